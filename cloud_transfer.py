@@ -1,0 +1,2377 @@
+#!/usr/bin/env python3
+"""cloud_transfer — copy a photo library from an Amazon S3 bucket into Google Drive, exactly once.
+
+Run it once from a terminal, re-run it after a failure, or schedule it with cron until the copy is
+complete: every run lists the bucket, skips what earlier runs finished, and uploads the rest.
+
+    python cloud_transfer.py [transfer|verify|rollback|status|auth] [options]
+
+Commands (no command means ``transfer``):
+    transfer  copy new and changed photos/videos from S3 into a Drive folder, mirroring key prefixes
+    verify    compare S3 with the Drive folder (present once, size and MD5 equal); writes nothing
+    rollback  move to the trash what this tool uploaded (per the checkpoint); ``--permanent`` deletes
+    status    summarise what the checkpoint says
+    auth      run the Google consent in a browser and store token.json (0600)
+
+Exit codes (stable; cron scripts may branch on them):
+    0   everything eligible is in Drive and validated
+    1   some objects failed (the others are done; re-run to retry them)
+    2   usage or configuration error
+    3   authentication or authorisation error (run ``python cloud_transfer.py auth``)
+    4   another run holds the lock
+    5   Drive storage quota or daily upload limit reached (stopped cleanly; resume later)
+    6   stopped at a run budget (resume later)
+    130 interrupted (SIGINT/SIGTERM); state flushed
+
+How to read this file: sections run in data-flow order, each opened by a three-line banner, so
+``grep -n '^# .*####' cloud_transfer.py`` prints the table of contents:
+constants → errors → configuration → output → retry and pacing → S3 source → Google Drive
+destination → checkpoint → transfer engine → commands → main.
+
+Design in one paragraph: S3Source and DriveDestination are the only code that touches their SDKs;
+each turns the SDK's errors into a Verdict (retry / skip / fail / stop). Every Drive file the tool
+creates carries its provenance in ``appProperties`` (a hash of bucket+key, the source ETag and the
+MD5), so Drive itself is the source of truth and the checkpoint is a fast cache and audit trail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import http.client
+import json
+import logging
+import mimetypes
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import httplib2
+from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
+from google.oauth2.credentials import Credentials
+from google_auth_httplib2 import AuthorizedHttp
+from googleapiclient.discovery import build_from_document
+from googleapiclient.discovery_cache import get_static_doc
+from googleapiclient.errors import HttpError
+from googleapiclient.http import MediaIoBaseUpload, build_http
+
+__version__ = "1.0.0"
+
+#######################################################################
+# Constants ###########################################################
+#######################################################################
+# Defaults and fixed facts of the services. Units are in the names.
+
+DEFAULT_FOLDER_NAME = "Amazon Photos Transfer"
+DEFAULT_CHECKPOINT = "cloud_transfer_checkpoint.json"
+DEFAULT_CREDENTIALS = "credentials.json"
+DEFAULT_TOKEN = "token.json"
+DEFAULT_ENV_FILE = ".env"
+DEFAULT_WORKERS = 4
+DEFAULT_CHUNK_MIB = 8.0
+DEFAULT_PAGE_SIZE = 1000
+
+#: Drive rejects non-final resumable chunks that are not a multiple of 256 KiB.
+#: https://developers.google.com/drive/api/guides/manage-uploads#resumable
+CHUNK_QUANTUM_BYTES = 256 * 1024
+#: Drive suggests a single multipart request up to 5 MB; one request per small photo decides wall time.
+SINGLE_REQUEST_MAX_BYTES = 5 * 1024 * 1024
+#: Objects up to this size are read with one streamed GET (hashed on the way); larger ones use
+#: s3transfer's parallel ranged download.
+STREAMED_GET_MAX_BYTES = 64 * 1024 * 1024
+DOWNLOAD_BLOCK_BYTES = 1024 * 1024
+
+SCOPE_DRIVE_FILE = "https://www.googleapis.com/auth/drive.file"  #: sees only what the tool created
+SCOPE_DRIVE_FULL = "https://www.googleapis.com/auth/drive"
+FOLDER_MIME = "application/vnd.google-apps.folder"
+
+#: appProperties keys written on every file the tool creates (Drive: <= 124 bytes per key+value).
+PROP_SOURCE = "ctSrc"   # sha256(s3://bucket/key)[:32]: which object this file is a copy of
+PROP_ETAG = "ctEtag"    # the source ETag when copied: a changed object gets a new revision
+PROP_MD5 = "ctMd5"      # MD5 of the bytes sent: lets a later run check the file without the source
+
+DRIVE_FILE_FIELDS = "id,name,mimeType,parents,size,md5Checksum,appProperties,modifiedTime,trashed"
+DRIVE_LIST_FIELDS = f"nextPageToken,files({DRIVE_FILE_FIELDS})"
+
+CHECKPOINT_VERSION = 1
+FLUSH_EVERY_N = 500        #: journal lines buffered before an fsync'd append
+FLUSH_INTERVAL_S = 10.0    #: ... or this long, whichever comes first
+LOG_INTERVAL_S = 30.0      #: progress log line interval when stderr is not a terminal
+MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
+MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 64.0
+
+PHOTO_EXTENSIONS = frozenset("""
+    jpg jpeg jpe jfif png gif bmp tif tiff webp heic heif avif jxl psd
+    dng cr2 cr3 crw nef nrw arw srf sr2 orf rw2 raf pef srw x3f 3fr erf kdc mrw rwl iiq mef mos
+""".split())
+VIDEO_EXTENSIONS = frozenset("""
+    mp4 m4v mov qt avi mkv wmv mpg mpeg mpe 3gp 3g2 mts m2ts ts webm flv vob ogv insv lrv
+""".split())
+MEDIA_EXTENSIONS = PHOTO_EXTENSIONS | VIDEO_EXTENSIONS
+#: Zero-byte objects that S3 tools (console, s3fs, Hadoop) write to pretend a folder exists.
+FOLDER_PLACEHOLDER_SUFFIXES = ("_$folder$",)
+ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+#######################################################################
+# Errors and exit codes ###############################################
+#######################################################################
+# One exception tree; main() maps it to exit codes. Each backend has one pure classifier
+# that turns an SDK error into a Verdict.
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    PARTIAL = 1
+    USAGE = 2
+    AUTH = 3
+    LOCKED = 4
+    QUOTA = 5
+    BUDGET = 6
+    INTERRUPTED = 130
+
+
+class CloudTransferError(Exception):
+    """Root of the tool's errors; the message is one line a user can act on."""
+    exit_code = ExitCode.PARTIAL
+
+
+class UsageError(CloudTransferError):
+    """Bad flags or configuration."""
+    exit_code = ExitCode.USAGE
+
+
+class CheckpointError(UsageError):
+    """The checkpoint file is corrupt, foreign or from a newer version."""
+
+
+class AuthError(CloudTransferError):
+    """Credentials missing, rejected, expired or lacking permission."""
+    exit_code = ExitCode.AUTH
+
+
+class LockHeldError(CloudTransferError):
+    """Another run holds the lock."""
+    exit_code = ExitCode.LOCKED
+
+
+class QuotaExceededError(CloudTransferError):
+    """Drive storage quota, daily upload cap or shared-drive item limit reached."""
+    exit_code = ExitCode.QUOTA
+
+
+class InterruptedRun(CloudTransferError):
+    """SIGINT/SIGTERM asked the run to stop."""
+    exit_code = ExitCode.INTERRUPTED
+
+
+class ObjectError(Exception):
+    """One object could not be copied now; `verdict` says whether to retry, skip or fail it."""
+
+    def __init__(self, verdict: Verdict):
+        super().__init__(verdict.reason)
+        self.verdict = verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What to do about an error: RETRY it, RESTART an upload session, SKIP or FAIL the object, STOP the run."""
+    action: str                        # one of RETRY, RESTART, SKIP, FAIL, STOP
+    reason: str                        # one line, no secrets
+    retry_after_s: float | None = None  # server's Retry-After, if it sent one
+    rate_limited: bool = False          # slow every worker down, not just this one
+    stop_error: type[CloudTransferError] | None = None  # for STOP: the error to raise
+
+    RETRY = "retry"
+    RESTART = "restart"
+    SKIP = "skip"
+    FAIL = "fail"
+    STOP = "stop"
+
+
+def raise_for(verdict: Verdict) -> None:
+    """Turn a Verdict into the exception that carries it up: run-stopping or per-object."""
+    if verdict.action == Verdict.STOP:
+        raise (verdict.stop_error or CloudTransferError)(verdict.reason)
+    raise ObjectError(verdict)
+
+
+#: Errors from sockets, TLS and the HTTP layers that mean "the network hiccupped": retry.
+TRANSIENT_NETWORK_ERRORS = (
+    ConnectionError, TimeoutError, socket.timeout, socket.gaierror, ssl.SSLError,
+    http.client.HTTPException, httplib2.HttpLib2Error, TransportError,
+)
+
+_S3_RETRY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+                   "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
+_S3_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                  "TokenRefreshRequired", "AccountProblem"}
+
+
+def classify_s3_error(exc: BaseException) -> Verdict:
+    """Map a boto3/botocore error (or a local check) to a Verdict."""
+    if isinstance(exc, ObjectError):
+        return exc.verdict
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return Verdict(Verdict.STOP, "no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                       "AWS_SECRET_ACCESS_KEY in .env, or use a profile or role", stop_error=AuthError)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in ("NoSuchKey", "404") or status == 404:
+            return Verdict(Verdict.SKIP, "deleted from S3 since it was listed")
+        if code == "InvalidObjectState":
+            return Verdict(Verdict.SKIP, "archived in Glacier/Deep Archive: restore it first")
+        if code == "PreconditionFailed" or status == 412:
+            return Verdict(Verdict.SKIP, "changed in S3 during the transfer: the next run copies it")
+        if code in _S3_AUTH_CODES:
+            return Verdict(Verdict.STOP, f"S3 rejected the credentials ({code})", stop_error=AuthError)
+        if code in _S3_RETRY_CODES or status >= 500 or status == 429:
+            return Verdict(Verdict.RETRY, f"S3 answered {code or status}")
+        if code == "AccessDenied" or status == 403:
+            return Verdict(Verdict.FAIL, "access denied reading the object (check s3:GetObject and KMS permissions)")
+        return Verdict(Verdict.FAIL, f"S3 error {code or status}: {error.get('Message', '')}".strip())
+    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                        botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError,
+                        *TRANSIENT_NETWORK_ERRORS)):
+        return Verdict(Verdict.RETRY, f"network error reading S3: {type(exc).__name__}")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return Verdict(Verdict.STOP, "no space left in the temporary directory: free space or use --temp-dir",
+                       stop_error=CloudTransferError)
+    return Verdict(Verdict.FAIL, f"unexpected error reading S3: {type(exc).__name__}: {exc}")
+
+
+def drive_error_details(exc: HttpError) -> tuple[int, str, str]:
+    """(status, reason, message) of a Drive error response."""
+    status = int(getattr(exc.resp, "status", 0) or 0)
+    reason, message = "", ""
+    try:
+        body = json.loads(exc.content.decode("utf-8"))["error"]
+        message = str(body.get("message", ""))
+        errors = body.get("errors") or [{}]
+        reason = str(errors[0].get("reason", "")) or str(body.get("status", ""))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        pass
+    return status, reason, message
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    try:
+        value = headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+#: The daily upload cap (~750 GB/24 h) arrives as userRateLimitExceeded with exactly this message;
+#: the per-minute limit has a longer one. Backoff does not clear it.
+DAILY_CAP_MESSAGE = "User rate limit exceeded."
+
+
+def classify_drive_error(exc: BaseException, in_upload_session: bool = False) -> Verdict:
+    """Map a googleapiclient/google-auth error to a Verdict (rclone's shouldRetry, drive.go).
+
+    `in_upload_session`: the error answered a chunk of a started resumable session, where 404/410
+    means the session expired (start a new one), not that a file is missing."""
+    if isinstance(exc, ObjectError):
+        return exc.verdict
+    if isinstance(exc, RefreshError):
+        return Verdict(Verdict.STOP, "the Google token cannot be refreshed (expired or revoked): "
+                       "run 'python cloud_transfer.py auth' in a terminal", stop_error=AuthError)
+    if isinstance(exc, HttpError):
+        status, reason, message = drive_error_details(exc)
+        retry_after = _retry_after_s(exc.resp)
+        if reason in ("storageQuotaExceeded", "quotaExceeded"):
+            return Verdict(Verdict.STOP, "Google Drive storage is full: free space or buy more, then re-run",
+                           stop_error=QuotaExceededError)
+        if reason == "teamDriveFileLimitExceeded":
+            return Verdict(Verdict.STOP, "the shared drive holds its maximum number of items (500,000)",
+                           stop_error=QuotaExceededError)
+        if status == 403 and reason == "userRateLimitExceeded" and message.strip() == DAILY_CAP_MESSAGE:
+            return Verdict(Verdict.STOP, "Google's daily upload limit (about 750 GB a day) is reached: "
+                           "re-run tomorrow to continue", stop_error=QuotaExceededError)
+        if status == 429 or reason in ("rateLimitExceeded", "userRateLimitExceeded"):
+            return Verdict(Verdict.RETRY, f"Drive rate limit ({reason or status})",
+                           retry_after_s=retry_after, rate_limited=True)
+        if status >= 500:
+            return Verdict(Verdict.RETRY, f"Drive answered {status}", retry_after_s=retry_after)
+        if status in (404, 410) and in_upload_session:
+            return Verdict(Verdict.RESTART, "the upload session expired")
+        if status == 401:
+            return Verdict(Verdict.STOP, "Google rejected the token: run 'python cloud_transfer.py auth'",
+                           stop_error=AuthError)
+        if status == 403 and reason in ("insufficientPermissions", "insufficientFilePermissions",
+                                        "appNotAuthorizedToFile", "forbidden", "domainPolicy"):
+            return Verdict(Verdict.STOP, f"Drive refused access ({reason}): the folder may need --full-scope "
+                           "and 'python cloud_transfer.py auth --full-scope'", stop_error=AuthError)
+        if status == 404:
+            return Verdict(Verdict.FAIL, f"Drive says not found: {message}")
+        return Verdict(Verdict.FAIL, f"Drive error {status} {reason}: {message}".strip())
+    if isinstance(exc, TRANSIENT_NETWORK_ERRORS):
+        return Verdict(Verdict.RETRY, f"network error talking to Drive: {type(exc).__name__}")
+    if isinstance(exc, GoogleAuthError):
+        return Verdict(Verdict.STOP, f"Google authentication failed: {exc}", stop_error=AuthError)
+    return Verdict(Verdict.FAIL, f"unexpected error talking to Drive: {type(exc).__name__}: {exc}")
+
+#######################################################################
+# Configuration #######################################################
+#######################################################################
+# Flags > environment > .env > defaults. Only load_config() reads argv, the environment or .env;
+# everything after it receives a Config.
+
+COMMAND_NAMES = ("transfer", "verify", "rollback", "status", "auth")
+
+EXIT_CODE_HELP = """\
+exit codes:
+  0    everything eligible is in Drive and validated
+  1    some objects failed (others done); re-run to retry them
+  2    usage or configuration error
+  3    authentication/authorisation error (run: python cloud_transfer.py auth)
+  4    another run holds the lock
+  5    Drive storage quota or daily upload limit reached (stopped cleanly; resume later)
+  6    stopped at a run budget (resume later)
+  130  interrupted (SIGINT/SIGTERM); state flushed
+"""
+
+HELP_EPILOG = f"""\
+examples:
+  python cloud_transfer.py auth                      # once, in a terminal: browser consent, writes token.json
+  python cloud_transfer.py                           # copy everything (S3_BUCKET_NAME from .env)
+  python cloud_transfer.py --prefix 2019/ --dry-run  # what would be copied, touching nothing
+  python cloud_transfer.py verify --json             # compare S3 with Drive
+  python cloud_transfer.py rollback --run last       # trash what the last run uploaded
+
+environment (.env is read from the current directory; real environment variables win):
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE,
+  AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (S3-compatible stores), S3_BUCKET_NAME, S3_PREFIX,
+  DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests)
+
+{EXIT_CODE_HELP}"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting, validated and typed. Secrets are kept out of repr()."""
+    command: str = "transfer"
+    bucket: str = ""
+    prefix: str = ""
+    folder_name: str = DEFAULT_FOLDER_NAME
+    folder_id: str | None = None
+    credentials_path: Path = Path(DEFAULT_CREDENTIALS)
+    token_path: Path = Path(DEFAULT_TOKEN)
+    checkpoint_path: Path = Path(DEFAULT_CHECKPOINT)
+    temp_dir: Path | None = None         # parent of the private download directory
+    workers: int = DEFAULT_WORKERS
+    chunk_size_bytes: int = int(DEFAULT_CHUNK_MIB * 1024 * 1024)
+    page_size: int = DEFAULT_PAGE_SIZE   # ListObjectsV2 keys per page
+    dry_run: bool = False
+    all_files: bool = False
+    full_scope: bool = False             # ask for the whole-Drive scope instead of drive.file
+    no_browser: bool = False             # auth: print the consent URL instead of opening a browser
+    oauth_port: int = 0                  # auth: local redirect port (0 = any free port)
+    quiet: bool = False
+    verbose: bool = False
+    log_file: Path | None = None
+    json_output: bool = False            # verify/status: machine-readable report on stdout
+    reset_checkpoint: bool = False
+    rollback_run: str | None = None      # rollback: "last" or a run id
+    permanent: bool = False              # rollback: delete instead of trash
+    assume_yes: bool = False
+    drive_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = None
+    aws_region: str | None = None
+    aws_profile: str | None = None
+    aws_access_key_id: str | None = dataclasses.field(default=None, repr=False)
+    aws_secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    aws_session_token: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def scopes(self) -> list[str]:
+        return [SCOPE_DRIVE_FULL if self.full_scope else SCOPE_DRIVE_FILE]
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.aws_secret_access_key, self.aws_session_token, self.aws_access_key_id) if s]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cloud_transfer.py",
+        description="Copy photos and videos from an S3 bucket into Google Drive, exactly once, resumably.",
+        epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="transfer", choices=COMMAND_NAMES,
+                        help="what to do (default: transfer)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    source = parser.add_argument_group("source (S3)")
+    source.add_argument("--bucket", help="S3 bucket (default: $S3_BUCKET_NAME)")
+    source.add_argument("--prefix", help="only keys under this prefix (default: $S3_PREFIX or all)")
+    source.add_argument("--page-size", type=int, default=None, metavar="N",
+                        help=f"keys per S3 listing page, 1-1000 (default {DEFAULT_PAGE_SIZE})")
+    source.add_argument("--all-files", action="store_true",
+                        help="copy every object, not only photos and videos")
+    dest = parser.add_argument_group("destination (Google Drive)")
+    dest.add_argument("--folder", dest="folder_name", metavar="NAME",
+                      help=f"root folder in My Drive, found again on re-runs (default: \"{DEFAULT_FOLDER_NAME}\")")
+    dest.add_argument("--folder-id", metavar="ID", help="use this existing folder (e.g. in a shared drive)")
+    dest.add_argument("--credentials", dest="credentials_path", metavar="PATH",
+                      help=f"OAuth client file (default {DEFAULT_CREDENTIALS})")
+    dest.add_argument("--token", dest="token_path", metavar="PATH", help=f"stored token (default {DEFAULT_TOKEN})")
+    dest.add_argument("--full-scope", action="store_true",
+                      help="ask for access to all of Drive (needed for a --folder-id the tool did not create)")
+    dest.add_argument("--no-browser", action="store_true", help="auth: print the consent URL instead of opening it")
+    dest.add_argument("--oauth-port", type=int, default=0, metavar="PORT",
+                      help="auth: local port for the consent redirect, e.g. for ssh -L (default: any)")
+    transfer = parser.add_argument_group("transfer")
+    transfer.add_argument("--workers", type=int, default=None, metavar="N",
+                          help=f"parallel transfers (default {DEFAULT_WORKERS})")
+    transfer.add_argument("--chunk-size", type=float, default=None, metavar="MIB",
+                          help=f"upload chunk in MiB, a multiple of 0.25 (default {DEFAULT_CHUNK_MIB:g})")
+    transfer.add_argument("--temp-dir", metavar="PATH", help="where downloads are staged (default: system temp)")
+    transfer.add_argument("--dry-run", action="store_true", help="list what would be copied; write nothing anywhere")
+    safety = parser.add_argument_group("state and safety")
+    safety.add_argument("--checkpoint", dest="checkpoint_path", metavar="PATH",
+                        help=f"checkpoint file (default {DEFAULT_CHECKPOINT})")
+    safety.add_argument("--reset-checkpoint", action="store_true",
+                        help="move an unusable or foreign checkpoint aside and start a new one")
+    safety.add_argument("--run", dest="rollback_run", metavar="last|ID", help="rollback: only this run")
+    safety.add_argument("--permanent", action="store_true", help="rollback: delete instead of moving to trash")
+    safety.add_argument("--yes", dest="assume_yes", action="store_true", help="rollback: do not ask")
+    output = parser.add_argument_group("output")
+    output.add_argument("--quiet", "-q", action="store_true", help="only errors (and the exit code)")
+    output.add_argument("--verbose", "-v", action="store_true", help="debug logging, tracebacks on internal errors")
+    output.add_argument("--log-file", metavar="PATH", help="also write the full log here")
+    output.add_argument("--json", dest="json_output", action="store_true",
+                        help="verify/status: print a machine-readable report")
+    output.add_argument("--env-file", metavar="PATH", help=f"read settings from this file (default {DEFAULT_ENV_FILE})")
+    return parser
+
+
+def read_env_file(path: Path, required: bool) -> dict[str, str]:
+    """Values from a .env file (python-dotenv); a missing optional file is empty."""
+    from dotenv import dotenv_values
+
+    if not path.is_file():
+        if required:
+            raise UsageError(f"env file not found: {path}")
+        return {}
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc.__class__.__name__}") from None
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def parse_chunk_size(mib: float) -> int:
+    """MiB (multiple of 0.25) → bytes, a multiple of Drive's 256 KiB chunk quantum."""
+    size_bytes = mib * 1024 * 1024
+    if mib <= 0 or size_bytes % CHUNK_QUANTUM_BYTES:
+        raise UsageError(f"--chunk-size must be a positive multiple of 0.25 MiB (256 KiB), not {mib:g}")
+    return int(size_bytes)
+
+
+def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
+    """Parse argv and merge it with the environment and .env; the only reader of either."""
+    args = build_parser().parse_args(argv)
+    env_file = Path(args.env_file or DEFAULT_ENV_FILE)
+    env = {**read_env_file(env_file, required=bool(args.env_file)),
+           **{k: v for k, v in environ.items()}}
+
+    def setting(flag_value: Any, *names: str, default: Any = None) -> Any:
+        if flag_value is not None:
+            return flag_value
+        for name in names:
+            if env.get(name, "").strip():
+                return env[name].strip()
+        return default
+
+    chunk_mib = args.chunk_size if args.chunk_size is not None else DEFAULT_CHUNK_MIB
+    config = Config(
+        command=args.command,
+        bucket=setting(args.bucket, "S3_BUCKET_NAME", default=""),
+        prefix=setting(args.prefix, "S3_PREFIX", default=""),
+        folder_name=setting(args.folder_name, "DRIVE_FOLDER_NAME", default=DEFAULT_FOLDER_NAME),
+        folder_id=setting(args.folder_id, "DRIVE_FOLDER_ID"),
+        credentials_path=Path(args.credentials_path or DEFAULT_CREDENTIALS),
+        token_path=Path(args.token_path or DEFAULT_TOKEN),
+        checkpoint_path=Path(args.checkpoint_path or DEFAULT_CHECKPOINT),
+        temp_dir=Path(args.temp_dir) if args.temp_dir else None,
+        workers=args.workers if args.workers is not None else DEFAULT_WORKERS,
+        chunk_size_bytes=parse_chunk_size(chunk_mib),
+        page_size=args.page_size if args.page_size is not None else DEFAULT_PAGE_SIZE,
+        dry_run=args.dry_run, all_files=args.all_files, full_scope=args.full_scope,
+        no_browser=args.no_browser, oauth_port=args.oauth_port,
+        quiet=args.quiet, verbose=args.verbose,
+        log_file=Path(args.log_file) if args.log_file else None,
+        json_output=args.json_output, reset_checkpoint=args.reset_checkpoint,
+        rollback_run=args.rollback_run, permanent=args.permanent, assume_yes=args.assume_yes,
+        drive_endpoint_url=(setting(None, "DRIVE_ENDPOINT_URL") or "").rstrip("/") or None,
+        s3_endpoint_url=setting(None, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        aws_region=setting(None, "AWS_REGION", "AWS_DEFAULT_REGION"),
+        aws_profile=setting(None, "AWS_PROFILE"),
+        aws_access_key_id=setting(None, "AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=setting(None, "AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=setting(None, "AWS_SESSION_TOKEN"),
+    )
+    validate_config(config)
+    return config
+
+
+def validate_config(config: Config) -> None:
+    """Every cross-flag rule, in one place."""
+    needs_bucket = config.command in ("transfer", "verify")
+    if needs_bucket and not config.bucket:
+        raise UsageError("S3_BUCKET_NAME is not set: add it to .env or pass --bucket")
+    if config.aws_access_key_id and not config.aws_secret_access_key:
+        raise UsageError("AWS_SECRET_ACCESS_KEY is not set (AWS_ACCESS_KEY_ID is): add it to .env")
+    if config.aws_secret_access_key and not config.aws_access_key_id:
+        raise UsageError("AWS_ACCESS_KEY_ID is not set (AWS_SECRET_ACCESS_KEY is): add it to .env")
+    if not 1 <= config.workers <= 64:
+        raise UsageError(f"--workers must be between 1 and 64, not {config.workers}")
+    if not 1 <= config.page_size <= 1000:
+        raise UsageError(f"--page-size must be between 1 and 1000, not {config.page_size}")
+    if config.quiet and config.verbose:
+        raise UsageError("--quiet and --verbose exclude each other")
+    if config.prefix.startswith("/"):
+        raise UsageError(f"--prefix must not start with '/': S3 keys have no leading slash ({config.prefix!r})")
+    if config.permanent and config.command != "rollback":
+        raise UsageError("--permanent only applies to rollback")
+    if config.rollback_run and config.command != "rollback":
+        raise UsageError("--run only applies to rollback")
+    if config.drive_endpoint_url and not re.match(r"^https?://[^/\s]+", config.drive_endpoint_url):
+        raise UsageError(f"DRIVE_ENDPOINT_URL must be an http(s) URL, not {config.drive_endpoint_url!r}")
+
+#######################################################################
+# Output and progress #################################################
+#######################################################################
+# Stats counts; Reporter draws (tqdm on a terminal, a log line every LOG_INTERVAL_S otherwise);
+# logging goes through a filter that blanks every known secret.
+
+log = logging.getLogger("cloud_transfer")
+
+
+class Stats:
+    """Thread-safe counters of one run; no output of its own."""
+
+    FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "transferred", "transferred_bytes",
+              "adopted", "updated", "failed", "verified", "checksum_mismatches", "retries", "drive_requests")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.failures: list[tuple[str, str]] = []   # (key, reason), first few kept for the summary
+        self.listing_done = False
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    def skip(self, reason: str) -> None:
+        with self._lock:
+            self.skipped[reason] += 1
+
+    def fail(self, key: str, reason: str) -> None:
+        with self._lock:
+            self.counts["failed"] += 1
+            if len(self.failures) < 20:
+                self.failures.append((key, reason))
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self.counts[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            result: dict[str, Any] = {name: self.counts[name] for name in self.FIELDS}
+            result["skipped"] = dict(self.skipped)
+            result["failures"] = [{"key": k, "reason": r} for k, r in self.failures]
+            return result
+
+
+class SecretFilter(logging.Filter):
+    """Blanks secrets (AWS keys, OAuth tokens, client secret) in every log record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+
+    def add(self, *secrets: str | None) -> None:
+        self._secrets.update(s for s in secrets if s and len(s) >= 6)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            import traceback
+            message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            record.exc_info = None
+        record.msg, record.args = self.redact(message), ()
+        return True
+
+
+SECRETS = SecretFilter()
+
+
+def setup_logging(config: Config) -> None:
+    """Console at WARNING/INFO/DEBUG by --quiet/--verbose; --log-file always gets INFO or more."""
+    log.handlers.clear()
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if config.quiet else logging.DEBUG if config.verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(SECRETS)
+    log.addHandler(console)
+    if config.log_file:
+        try:
+            handler = logging.FileHandler(config.log_file, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot open --log-file {config.log_file}: {exc.strerror}") from None
+        handler.setLevel(logging.DEBUG if config.verbose else logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.addFilter(SECRETS)
+        log.addHandler(handler)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Reporter:
+    """Renders a Stats while a run goes: tqdm bars on a terminal, else a log line every interval."""
+
+    def __init__(self, stats: Stats, *, enabled: bool, use_bars: bool,
+                 clock: Callable[[], float] = time.monotonic, interval_s: float = LOG_INTERVAL_S):
+        self.stats, self.enabled, self.clock, self.interval_s = stats, enabled, clock, interval_s
+        self._bars: tuple[Any, Any] | None = None
+        self._last_log = clock()
+        self._started = clock()
+        if enabled and use_bars:
+            from tqdm import tqdm
+            self._bars = (tqdm(total=0, unit="file", desc="files", position=0, dynamic_ncols=True),
+                          tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes",
+                               position=1, dynamic_ncols=True))
+
+    def tick(self) -> None:
+        if not self.enabled:
+            return
+        s = self.stats.as_dict()
+        files_done = s["transferred"] + s["adopted"] + s["failed"]
+        todo_files = s["eligible"] - s["already_done"]
+        if self._bars:
+            files_bar, bytes_bar = self._bars
+            files_bar.total, bytes_bar.total = todo_files, max(s["eligible_bytes"], s["transferred_bytes"])
+            files_bar.n, bytes_bar.n = files_done, s["transferred_bytes"]
+            files_bar.refresh()
+            bytes_bar.refresh()
+        elif self.clock() - self._last_log >= self.interval_s:
+            self._last_log = self.clock()
+            elapsed = max(self.clock() - self._started, 1e-9)
+            log.info("progress: %d/%d%s files, %s at %s/s, %d failed", files_done, todo_files,
+                     "" if self.stats.listing_done else "+", format_bytes(s["transferred_bytes"]),
+                     format_bytes(s["transferred_bytes"] / elapsed), s["failed"])
+
+    def close(self) -> None:
+        if self._bars:
+            self.tick()
+            for bar in self._bars:
+                bar.close()
+            self._bars = None
+
+
+def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
+    """The end-of-run validation table: counts, checksum results, request cost."""
+    copied = stats["transferred"] + stats["adopted"]
+    skipped = stats["skipped"]
+    skipped_text = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+    per_file = f" ({stats['drive_requests'] / copied:.2f} per file)" if copied else ""
+    rate = format_bytes(stats["transferred_bytes"] / elapsed_s) + "/s" if elapsed_s > 0 else "-"
+    rows = [
+        ("listed", f"{stats['listed']}"),
+        ("eligible", f"{stats['eligible']}  ({format_bytes(stats['eligible_bytes'])})"),
+        ("skipped", f"{sum(skipped.values())}" + (f"  ({skipped_text})" if skipped_text else "")),
+        ("already done", f"{stats['already_done']}"),
+        ("transferred", f"{stats['transferred']}  ({format_bytes(stats['transferred_bytes'])}, {rate})"
+                        + (f", {stats['updated']} as new revisions" if stats["updated"] else "")),
+        ("found intact in Drive", f"{stats['adopted']}"),
+        ("failed", f"{stats['failed']}"),
+        ("checksums", f"{stats['verified']} MD5 verified, {stats['checksum_mismatches']} mismatches re-sent"),
+        ("retries", f"{stats['retries']}"),
+        ("Drive requests", f"{stats['drive_requests']}{per_file}"),
+        ("elapsed", f"{elapsed_s:.1f} s"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"Summary of run {run_id}"] + [f"  {label:<{width}}  {value}" for label, value in rows]
+    for failure in stats["failures"][:5]:
+        lines.append(f"  failed: {failure['key']}: {failure['reason']}")
+    return "\n".join(lines)
+
+#######################################################################
+# Retry and pacing ####################################################
+#######################################################################
+# Backoff and Pacer are pure delay calculations; the only sleeping happens in the callers'
+# injected `sleep` (which is the run's stop event's wait, so Ctrl-C cuts a backoff short).
+
+
+class Backoff:
+    """Exponential backoff with full jitter and a cap; honours a server's Retry-After."""
+
+    def __init__(self, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S,
+                 rng: Callable[[], float] = random.random):
+        self.base_s, self.cap_s, self.rng = base_s, cap_s, rng
+
+    def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """Seconds to wait before retry number `attempt` (1-based)."""
+        ceiling = min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
+        jittered = self.rng() * ceiling
+        if retry_after_s is not None:
+            return max(min(retry_after_s, 3600.0), jittered)
+        return jittered
+
+
+class Pacer:
+    """Spaces Drive requests across all workers; after a rate-limit answer everyone slows down.
+
+    Thread-safe: `reserve()` hands out the next free slot under a lock and returns how long the
+    caller must wait for it. Success halves the backlog of rate-limit strikes; a rate limit adds one.
+    """
+
+    def __init__(self, backoff: Backoff, min_interval_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+        self.backoff, self.min_interval_s, self.clock = backoff, min_interval_s, clock
+        self._lock = threading.Lock()
+        self._next_slot = 0.0
+        self._strikes = 0
+
+    def reserve(self) -> float:
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self.min_interval_s
+            return slot - now
+
+    def rate_limited(self, retry_after_s: float | None) -> None:
+        with self._lock:
+            self._strikes += 1
+            pause = self.backoff.delay(self._strikes, retry_after_s)
+            self._next_slot = max(self._next_slot, self.clock() + pause)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._strikes //= 2
+
+#######################################################################
+# S3 source ###########################################################
+#######################################################################
+# The only code that touches boto3. Pure helpers about keys live in the transfer engine.
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceObject:
+    """One S3 object as listed (rclone's ObjectInfo)."""
+    key: str
+    size: int                      # bytes
+    etag: str                      # without quotes; a plain MD5 only for single-part, non-KMS objects
+    last_modified: dt.datetime     # S3 upload time (UTC)
+    storage_class: str = "STANDARD"
+
+
+@dataclasses.dataclass(frozen=True)
+class Download:
+    """What a finished download tells: the bytes' MD5 and the object's own metadata."""
+    md5: str
+    content_type: str | None
+    source_mtime: dt.datetime | None   # x-amz-meta-mtime (rclone, s3cmd) when present
+
+
+def make_s3_client(config: Config) -> Any:
+    """boto3 S3 client with botocore's standard retries; endpoint/credentials from the config or the chain."""
+    try:
+        session = boto3.session.Session(
+            aws_access_key_id=config.aws_access_key_id, aws_secret_access_key=config.aws_secret_access_key,
+            aws_session_token=config.aws_session_token, region_name=config.aws_region,
+            profile_name=config.aws_profile)
+    except botocore.exceptions.ProfileNotFound:
+        raise UsageError(f"AWS profile not found: {config.aws_profile!r} (check AWS_PROFILE)") from None
+    boto_config = botocore.config.Config(
+        retries={"mode": "standard", "max_attempts": 10},
+        max_pool_connections=max(10, config.workers * 3),
+        connect_timeout=20, read_timeout=120,
+        user_agent_extra=f"cloud_transfer/{__version__}")
+    return session.client("s3", endpoint_url=config.s3_endpoint_url, config=boto_config)
+
+
+def parse_s3_mtime(metadata: dict[str, str]) -> dt.datetime | None:
+    """rclone and s3cmd keep the original file time in x-amz-meta-mtime (Unix seconds)."""
+    value = metadata.get("mtime") or metadata.get("src-last-modified")
+    try:
+        return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc) if value else None
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+class S3Source:
+    """Lists and reads objects of one bucket/prefix; turns botocore errors into ours."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE):
+        self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
+
+    def check_access(self) -> None:
+        """Fail early, naming the bucket and the denied call."""
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket":
+                raise UsageError(f"S3 bucket not found: {self.bucket!r} (check S3_BUCKET_NAME)") from None
+            if code in ("AccessDenied", "AllAccessDisabled") or code in _S3_AUTH_CODES:
+                raise AuthError(f"S3 denied ListBucket on {self.bucket!r} ({code}): check the IAM policy "
+                                "and the keys in .env") from None
+            if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"):
+                raise UsageError(f"S3 bucket {self.bucket!r} is in another region: set AWS_REGION") from None
+            raise CloudTransferError(f"S3 ListObjectsV2 on {self.bucket!r} failed: {code}") from None
+        except botocore.exceptions.NoCredentialsError:
+            raise AuthError(classify_s3_error(botocore.exceptions.NoCredentialsError()).reason) from None
+        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError) as exc:
+            raise CloudTransferError(f"cannot reach S3: {type(exc).__name__}") from None
+
+    def iter_pages(self) -> Iterator[list[SourceObject]]:
+        """ListObjectsV2 page by page, so memory stays flat in bucket size."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix,
+                                   PaginationConfig={"PageSize": self.page_size})
+        try:
+            for page in pages:
+                yield [SourceObject(key=item["Key"], size=int(item.get("Size", 0)),
+                                    etag=str(item.get("ETag", "")).strip('"'),
+                                    last_modified=item["LastModified"],
+                                    storage_class=item.get("StorageClass") or "STANDARD")
+                       for item in page.get("Contents", [])]
+        except botocore.exceptions.BotoCoreError as exc:
+            raise CloudTransferError(f"listing s3://{self.bucket}/{self.prefix} failed: {type(exc).__name__}") from None
+        except botocore.exceptions.ClientError as exc:
+            verdict = classify_s3_error(exc)
+            error = verdict.stop_error or CloudTransferError
+            raise error(f"listing s3://{self.bucket}/{self.prefix} failed: {verdict.reason}") from None
+
+    def content_type(self, key: str) -> str | None:
+        """HEAD for objects whose name does not tell what they are."""
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key).get("ContentType")
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise_for(classify_s3_error(exc))
+
+    def download_to(self, obj: SourceObject, fileobj: Any) -> Download:
+        """Stream the object into `fileobj` (opened w+b), hashing on the way; verify size and ETag."""
+        try:
+            if obj.size <= STREAMED_GET_MAX_BYTES:
+                result = self._streamed_get(obj, fileobj)
+            else:
+                result = self._parallel_get(obj, fileobj)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            raise_for(classify_s3_error(exc))
+        written = fileobj.tell()
+        if written != obj.size:
+            raise ObjectError(Verdict(Verdict.RETRY, f"truncated download: {written} of {obj.size} bytes"))
+        if etag_is_plain_md5(obj.etag) and result.md5 != obj.etag:
+            raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {result.md5} vs ETag {obj.etag}"))
+        return result
+
+    def _streamed_get(self, obj: SourceObject, fileobj: Any) -> Download:
+        # IfMatch pins the bytes to the listed version: a concurrent overwrite fails with 412.
+        response = self.client.get_object(Bucket=self.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+        md5 = hashlib.md5()
+        body = response["Body"]
+        try:
+            for block in body.iter_chunks(DOWNLOAD_BLOCK_BYTES):
+                md5.update(block)
+                fileobj.write(block)
+        finally:
+            body.close()
+        return Download(md5.hexdigest(), response.get("ContentType"), parse_s3_mtime(response.get("Metadata", {})))
+
+    def _parallel_get(self, obj: SourceObject, fileobj: Any) -> Download:
+        from boto3.s3.transfer import TransferConfig
+
+        # PERF: s3transfer fetches ranges in parallel and writes them out of order, so the MD5 is
+        # computed afterwards from the local file (disk reads are far faster than the network).
+        head = self.client.head_object(Bucket=self.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+        transfer_config = TransferConfig(multipart_threshold=STREAMED_GET_MAX_BYTES, max_concurrency=4,
+                                         multipart_chunksize=16 * 1024 * 1024)
+        self.client.download_fileobj(self.bucket, obj.key, fileobj, Config=transfer_config)
+        fileobj.flush()
+        fileobj.seek(0)
+        md5 = hashlib.md5()
+        while block := fileobj.read(DOWNLOAD_BLOCK_BYTES):
+            md5.update(block)
+        return Download(md5.hexdigest(), head.get("ContentType"), parse_s3_mtime(head.get("Metadata", {})))
+
+#######################################################################
+# Google Drive destination ############################################
+#######################################################################
+# OAuth helpers, the Drive service factory, and DriveDestination: the only code that touches
+# googleapiclient. It owns request-level retry, the folder cache and the resumable session.
+
+
+@dataclasses.dataclass(frozen=True)
+class DriveFile:
+    """A Drive file or folder as the API reports it."""
+    id: str
+    name: str
+    mime_type: str
+    parent_id: str | None
+    size: int | None                 # bytes; None for folders
+    md5: str | None                  # Drive's md5Checksum; None for folders
+    app_properties: dict[str, str]
+    modified_time: str | None = None
+
+    @classmethod
+    def from_resource(cls, resource: dict[str, Any]) -> DriveFile:
+        parents = resource.get("parents") or [None]
+        size = resource.get("size")
+        return cls(id=resource["id"], name=resource.get("name", ""), mime_type=resource.get("mimeType", ""),
+                   parent_id=parents[0], size=int(size) if size is not None else None,
+                   md5=resource.get("md5Checksum"), app_properties=dict(resource.get("appProperties") or {}),
+                   modified_time=resource.get("modifiedTime"))
+
+    @property
+    def is_folder(self) -> bool:
+        return self.mime_type == FOLDER_MIME
+
+
+def drive_query_literal(value: str) -> str:
+    """Quote a value for a Drive `q` string: backslash first, then the apostrophe."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def load_client_config(path: Path) -> dict[str, Any]:
+    """The OAuth client from credentials.json; it must be a Desktop ("installed") client."""
+    if not path.is_file():
+        raise UsageError(f"OAuth client file not found: {path}: create a Desktop-app OAuth client in Google "
+                         "Cloud Console and save it there (see credentials.json.example)")
+    try:
+        client_config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        raise UsageError(f"{path} is not a valid JSON OAuth client file: download it again") from None
+    if not isinstance(client_config, dict) or "installed" not in client_config:
+        kind = next(iter(client_config), "?") if isinstance(client_config, dict) and client_config else "?"
+        raise UsageError(f"{path} holds a {kind!r} OAuth client; create one of type 'Desktop app' instead")
+    installed = client_config["installed"]
+    for field in ("client_id", "client_secret", "auth_uri", "token_uri"):
+        if not installed.get(field):
+            raise UsageError(f"{path} lacks installed.{field}: download the OAuth client file again")
+    SECRETS.add(installed.get("client_secret"))
+    return client_config
+
+
+def save_token(creds: Credentials, path: Path) -> None:
+    """Write token.json atomically (temp file + fsync + rename) with 0600 permissions."""
+    data = creds.to_json().encode("utf-8")
+    path = path.absolute()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def run_consent(config: Config) -> Credentials:
+    """The installed-app flow (local-server redirect; the out-of-band flow no longer exists)."""
+    from google_auth_oauthlib.flow import InstalledAppFlow
+
+    client_config = load_client_config(config.credentials_path)
+    flow = InstalledAppFlow.from_client_config(client_config, scopes=config.scopes)
+    try:
+        creds = flow.run_local_server(port=config.oauth_port, open_browser=not config.no_browser,
+                                      authorization_prompt_message="Open this URL to allow access to Drive: {url}")
+    except Exception as exc:  # oauthlib/requests raise many types; all mean "consent did not finish"
+        raise AuthError(f"Google consent did not complete: {type(exc).__name__}: {exc}") from None
+    SECRETS.add(creds.token, creds.refresh_token)
+    save_token(creds, config.token_path)
+    log.info("authorised; token saved to %s (mode 0600)", config.token_path)
+    return creds
+
+
+def load_credentials(config: Config, *, interactive: bool) -> Credentials:
+    """token.json → valid Credentials, refreshing (and saving) as needed; consent only on a terminal."""
+    if not config.token_path.exists():
+        load_client_config(config.credentials_path)   # name a missing/bad client file first
+        if not interactive:
+            raise AuthError(f"no Google token ({config.token_path}) and no terminal for consent: run "
+                            "'python cloud_transfer.py auth' interactively once")
+        return _with_endpoint(run_consent(config), config)
+    try:
+        info = json.loads(config.token_path.read_text(encoding="utf-8"))
+        creds = Credentials.from_authorized_user_info(info)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError):
+        raise AuthError(f"{config.token_path} is unreadable or corrupted: run 'python cloud_transfer.py auth' "
+                        "(it will be replaced)") from None
+    SECRETS.add(creds.token, creds.refresh_token, creds.client_secret)
+    granted = set(creds.scopes or [])
+    if config.full_scope and SCOPE_DRIVE_FULL not in granted:
+        raise AuthError(f"{config.token_path} does not grant full Drive access: run "
+                        "'python cloud_transfer.py auth --full-scope'")
+    if granted and not granted & {SCOPE_DRIVE_FILE, SCOPE_DRIVE_FULL}:
+        raise AuthError(f"{config.token_path} grants no Drive access: run 'python cloud_transfer.py auth'")
+    creds = _with_endpoint(creds, config)
+    if not creds.valid:
+        if not creds.refresh_token:
+            raise AuthError(f"{config.token_path} has expired and holds no refresh token: run "
+                            "'python cloud_transfer.py auth'")
+        refresh_credentials(creds)
+        save_token(creds, config.token_path)
+    return creds
+
+
+def refresh_credentials(creds: Credentials) -> None:
+    from google.auth.transport.requests import Request
+
+    try:
+        creds.refresh(Request())
+    except RefreshError:
+        raise AuthError(classify_drive_error(RefreshError()).reason) from None
+    except TransportError as exc:
+        raise CloudTransferError(f"cannot reach Google's token endpoint: {type(exc).__name__}") from None
+    SECRETS.add(creds.token)
+
+
+def _with_endpoint(creds: Credentials, config: Config) -> Credentials:
+    # google-auth ignores a token_uri stored in token.json, so an emulator's token endpoint is set here.
+    if config.drive_endpoint_url:
+        return creds.with_token_uri(f"{config.drive_endpoint_url}/token")
+    return creds
+
+
+_DISCOVERY_DOCS: dict[str | None, dict[str, Any]] = {}
+_DISCOVERY_LOCK = threading.Lock()
+
+
+def drive_discovery_doc(endpoint_url: str | None) -> dict[str, Any]:
+    """The bundled Drive v3 discovery document, re-rooted at `endpoint_url` when one is set.
+
+    client_options' api_endpoint keeps the https scheme for media URLs and drops drive/v3, so the
+    document's rootUrl/baseUrl are rewritten instead; then every API and upload URL goes there.
+    """
+    with _DISCOVERY_LOCK:
+        if endpoint_url not in _DISCOVERY_DOCS:
+            doc = json.loads(get_static_doc("drive", "v3"))
+            if endpoint_url:
+                root = endpoint_url.rstrip("/") + "/"
+                doc.update(rootUrl=root, mtlsRootUrl=root, baseUrl=root + doc.get("servicePath", "drive/v3/"))
+            _DISCOVERY_DOCS[endpoint_url] = doc
+        return _DISCOVERY_DOCS[endpoint_url]
+
+
+class _CountingAuthorizedHttp(AuthorizedHttp):
+    """AuthorizedHttp that counts requests, so runs can report Drive requests per file."""
+
+    def __init__(self, *args: Any, on_request: Callable[[], None], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._on_request = on_request
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("_credential_refresh_attempt"):
+            self._on_request()
+        return super().request(*args, **kwargs)
+
+
+def make_drive_service_factory(config: Config, creds: Credentials, stats: Stats | None = None) -> Callable[[], Any]:
+    """A factory of Drive services; call it once per thread (httplib2 is not thread-safe)."""
+    doc = drive_discovery_doc(config.drive_endpoint_url)
+    on_request = (lambda: stats.add("drive_requests")) if stats else (lambda: None)
+
+    def factory() -> Any:
+        # build_http() keeps 308 out of httplib2's redirect codes: Drive's "resume incomplete".
+        http = _CountingAuthorizedHttp(creds, http=build_http(), on_request=on_request)
+        return build_from_document(doc, http=http)
+
+    return factory
+
+
+@dataclasses.dataclass
+class FolderListing:
+    """What one Drive folder holds that matters to us; listed once per run."""
+    folders: dict[str, str]                  # child folder name -> id (oldest wins)
+    by_source: dict[str, list[DriveFile]]    # PROP_SOURCE value -> our files in the folder
+
+
+class DriveDestination:
+    """Creates folders and files under one root folder, with request-level retry and pacing.
+
+    Thread-safe: each thread gets its own service (httplib2 objects are not shared); the folder
+    cache and listings are guarded by `_lock`, and each folder path has its own lock, so two
+    workers never create the same folder twice.
+    """
+
+    def __init__(self, service_factory: Callable[[], Any], *, chunk_size_bytes: int = CHUNK_QUANTUM_BYTES * 32,
+                 pacer: Pacer | None = None, backoff: Backoff | None = None,
+                 sleep: Callable[[float], Any] = time.sleep, stop: threading.Event | None = None,
+                 stats: Stats | None = None, shared_drive: bool = False):
+        self._factory = service_factory
+        self._local = threading.local()
+        self.chunk_size_bytes = chunk_size_bytes
+        self.backoff = backoff or Backoff()
+        self.pacer = pacer or Pacer(self.backoff)
+        self.sleep, self.stop, self.stats = sleep, stop or threading.Event(), stats or Stats()
+        self._list_options = {"supportsAllDrives": True, "includeItemsFromAllDrives": True}
+        if shared_drive:
+            self._list_options["corpora"] = "allDrives"
+        self._lock = threading.Lock()
+        self._path_locks: defaultdict[tuple[str, ...], threading.Lock] = defaultdict(threading.Lock)
+        self._folder_ids: dict[tuple[str, ...], str] = {}
+        self._listings: dict[str, FolderListing] = {}
+        self.created_folders: list[tuple[tuple[str, ...], str]] = []   # (path, id), for rollback
+        self.on_folder_created: Callable[[tuple[str, ...], str], None] = lambda path, folder_id: None
+
+    # -- requests ----------------------------------------------------------------------------
+    def _service(self) -> Any:
+        service = getattr(self._local, "service", None)
+        if service is None:
+            service = self._local.service = self._factory()
+        return service
+
+    def _pause(self, seconds: float) -> None:
+        if seconds > 0:
+            self.sleep(seconds)
+        if self.stop.is_set():
+            raise InterruptedRun("interrupted")
+
+    def _after_error(self, verdict: Verdict, attempt: int) -> None:
+        """Count a retry and wait: rate limits slow every worker (the pacer), other errors just this one."""
+        self.stats.add("retries")
+        log.debug("retrying after: %s", verdict.reason)
+        if verdict.rate_limited:
+            self.pacer.rate_limited(verdict.retry_after_s)
+        else:
+            self._pause(self.backoff.delay(attempt, verdict.retry_after_s))
+
+    def call(self, make_request: Callable[[Any], Any], *, missing_ok: bool = False,
+             find_existing: Callable[[], Any] | None = None) -> Any:
+        """Execute a Drive request with retries. `find_existing` is consulted before re-sending a
+        create whose first attempt may have reached Drive, so a lost response never duplicates."""
+        for attempt in range(1, MAX_REQUEST_ATTEMPTS + 1):
+            self._pause(self.pacer.reserve())
+            try:
+                result = make_request(self._service()).execute(num_retries=0)
+                self.pacer.succeeded()
+                return result
+            except Exception as exc:  # classified: nothing is swallowed
+                if missing_ok and isinstance(exc, HttpError) and exc.resp.status == 404:
+                    return None
+                verdict = classify_drive_error(exc)
+                if verdict.action != Verdict.RETRY or attempt == MAX_REQUEST_ATTEMPTS:
+                    raise_for(verdict)
+                self._after_error(verdict, attempt)
+                if find_existing is not None and not verdict.rate_limited:
+                    found = find_existing()
+                    if found is not None:
+                        log.debug("found what a failed request had created; not sending it again")
+                        return found
+        raise AssertionError("unreachable")
+
+    def list_folder(self, folder_id: str, extra_query: str = "") -> Iterator[DriveFile]:
+        """Every non-trashed child of a folder, page by page."""
+        query = f"{drive_query_literal(folder_id)} in parents and trashed = false" + extra_query
+        page_token = None
+        while True:
+            response = self.call(lambda service: service.files().list(
+                q=query, fields=DRIVE_LIST_FIELDS, pageSize=1000, pageToken=page_token, **self._list_options))
+            for resource in response.get("files", []):
+                yield DriveFile.from_resource(resource)
+            page_token = response.get("nextPageToken")
+            if not page_token:
+                return
+
+    def get(self, file_id: str) -> DriveFile | None:
+        resource = self.call(lambda service: service.files().get(
+            fileId=file_id, fields=DRIVE_FILE_FIELDS, supportsAllDrives=True), missing_ok=True)
+        return DriveFile.from_resource(resource) if resource else None
+
+    def trash(self, file_id: str) -> None:
+        self.call(lambda service: service.files().update(
+            fileId=file_id, body={"trashed": True}, fields="id", supportsAllDrives=True), missing_ok=True)
+
+    def delete(self, file_id: str) -> None:
+        self.call(lambda service: service.files().delete(fileId=file_id, supportsAllDrives=True), missing_ok=True)
+
+    # -- folders -----------------------------------------------------------------------------
+    def resolve_root(self, folder_name: str, folder_id: str | None, remembered_id: str | None) -> str:
+        """The root folder's id: --folder-id, else the one the checkpoint remembers, else found by name
+        in My Drive, else created. Never creates a second root."""
+        if folder_id:
+            folder = self.get(folder_id)
+            if folder is None or not folder.is_folder:
+                raise UsageError(f"--folder-id {folder_id} is not a folder this app can see: with the default "
+                                 "drive.file scope the tool sees only folders it created; use --full-scope")
+            root_id = folder_id
+        else:
+            folder = self.get(remembered_id) if remembered_id else None
+            root_id = folder.id if folder and folder.is_folder else self._find_or_create_folder(folder_name, "root")
+        with self._lock:
+            self._folder_ids[()] = root_id
+        return root_id
+
+    def _find_folder(self, name: str, parent_id: str) -> str | None:
+        query = (f"name = {drive_query_literal(name)} and mimeType = '{FOLDER_MIME}' and "
+                 f"{drive_query_literal(parent_id)} in parents and trashed = false")
+        response = self.call(lambda service: service.files().list(
+            q=query, fields="files(id,name,createdTime)", orderBy="createdTime", pageSize=10, **self._list_options))
+        found = response.get("files", [])
+        if len(found) > 1:
+            log.warning("Drive holds %d folders named %r here; using the oldest", len(found), name)
+        return found[0]["id"] if found else None
+
+    def _find_or_create_folder(self, name: str, parent_id: str) -> str:
+        return self._find_folder(name, parent_id) or self._create_folder(name, parent_id)
+
+    def _create_folder(self, name: str, parent_id: str) -> str:
+        body = {"name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}
+        created = self.call(
+            lambda service: service.files().create(body=body, fields="id", supportsAllDrives=True),
+            find_existing=lambda: (lambda found: {"id": found} if found else None)(self._find_folder(name, parent_id)))
+        return created["id"]
+
+    def _listing(self, folder_id: str) -> FolderListing:
+        """The folder's child folders and our files, listed once per run (paged) and cached."""
+        with self._lock:
+            listing = self._listings.get(folder_id)
+            lock = self._path_locks[("\0listing", folder_id)]
+        if listing is not None:
+            return listing
+        with lock:
+            with self._lock:
+                if folder_id in self._listings:
+                    return self._listings[folder_id]
+            listing = FolderListing({}, defaultdict(list))
+            for item in self.list_folder(folder_id):
+                if item.is_folder:
+                    listing.folders.setdefault(item.name, item.id)
+                elif PROP_SOURCE in item.app_properties:
+                    listing.by_source[item.app_properties[PROP_SOURCE]].append(item)
+            with self._lock:
+                self._listings[folder_id] = listing
+            return listing
+
+    def ensure_folder(self, parts: tuple[str, ...]) -> str:
+        """The id of root/parts..., creating missing folders; one creation per path, ever."""
+        for depth in range(1, len(parts) + 1):
+            path = parts[:depth]
+            with self._lock:
+                if path in self._folder_ids:
+                    continue
+                path_lock = self._path_locks[path]
+                parent_id = self._folder_ids[path[:-1]]
+            with path_lock:
+                with self._lock:
+                    if path in self._folder_ids:
+                        continue
+                listing = self._listing(parent_id)
+                folder_id = listing.folders.get(path[-1])
+                if folder_id is None:
+                    folder_id = self._create_folder(path[-1], parent_id)
+                    with self._lock:
+                        listing.folders[path[-1]] = folder_id
+                        self._listings[folder_id] = FolderListing({}, defaultdict(list))  # new: empty
+                        self.created_folders.append((path, folder_id))
+                    self.on_folder_created(path, folder_id)
+                with self._lock:
+                    self._folder_ids[path] = folder_id
+        with self._lock:
+            return self._folder_ids[parts]
+
+    def files_for_source(self, folder_id: str, source_id: str) -> list[DriveFile]:
+        """Our files in `folder_id` that are copies of the given source object (from the cached listing)."""
+        return list(self._listing(folder_id).by_source.get(source_id, []))
+
+    def _query_source(self, folder_id: str, source_id: str) -> list[DriveFile]:
+        """Fresh (uncached) look for copies of a source object, used after an ambiguous failure."""
+        query = f" and appProperties has {{ key='{PROP_SOURCE}' and value={drive_query_literal(source_id)} }}"
+        return list(self.list_folder(folder_id, query))
+
+    # -- uploads -----------------------------------------------------------------------------
+    def upload(self, path: Path, size: int, metadata: dict[str, Any], mimetype: str, *,
+               update_id: str | None = None, progress: Callable[[int], None] | None = None) -> DriveFile:
+        """Create (or, with `update_id`, give a new revision to) a file from a local file.
+
+        Small files go in one multipart request; larger ones in a resumable session of
+        `chunk_size_bytes` chunks, which survives dropped connections and restarts when expired.
+        """
+        with open(path, "rb") as stream:
+            if size <= min(SINGLE_REQUEST_MAX_BYTES, self.chunk_size_bytes):
+                resource = self._upload_single(stream, metadata, mimetype, update_id)
+            else:
+                resource = self._upload_resumable(stream, size, metadata, mimetype, update_id, progress)
+        return DriveFile.from_resource(resource)
+
+    def _make_upload(self, service: Any, media: Any, metadata: dict[str, Any], update_id: str | None) -> Any:
+        if update_id:
+            body = {k: v for k, v in metadata.items() if k != "parents"}
+            return service.files().update(fileId=update_id, body=body, media_body=media,
+                                          fields=DRIVE_FILE_FIELDS, supportsAllDrives=True)
+        return service.files().create(body=metadata, media_body=media, fields=DRIVE_FILE_FIELDS,
+                                      supportsAllDrives=True)
+
+    def _find_uploaded(self, metadata: dict[str, Any]) -> dict[str, Any] | None:
+        """After an ambiguous failure: is the file already in Drive, complete (ours, same MD5)?"""
+        props = metadata.get("appProperties", {})
+        for candidate in self._query_source(metadata["parents"][0], props.get(PROP_SOURCE, "")):
+            if candidate.md5 == props.get(PROP_MD5) and candidate.app_properties.get(PROP_ETAG) == props.get(PROP_ETAG):
+                return self.call(lambda service: service.files().get(
+                    fileId=candidate.id, fields=DRIVE_FILE_FIELDS, supportsAllDrives=True))
+        return None
+
+    def _upload_single(self, stream: Any, metadata: dict[str, Any], mimetype: str, update_id: str | None) -> Any:
+        def make_request(service: Any) -> Any:
+            stream.seek(0)
+            return self._make_upload(service, MediaIoBaseUpload(stream, mimetype, resumable=False),
+                                     metadata, update_id)
+        return self.call(make_request, find_existing=None if update_id else lambda: self._find_uploaded(metadata))
+
+    def _upload_resumable(self, stream: Any, size: int, metadata: dict[str, Any], mimetype: str,
+                          update_id: str | None, progress: Callable[[int], None] | None) -> Any:
+        def new_session() -> Any:
+            stream.seek(0)
+            media = MediaIoBaseUpload(stream, mimetype, chunksize=self.chunk_size_bytes, resumable=True)
+            return self._make_upload(self._service(), media, metadata, update_id)
+
+        request, attempt, restarts = new_session(), 0, 0
+        while True:
+            if request.resumable_uri is None or attempt:
+                self._pause(self.pacer.reserve())   # starting a session costs API quota; retries are paced
+            elif self.stop.is_set():
+                raise InterruptedRun("interrupted")
+            try:
+                status, response = request.next_chunk(num_retries=0)
+            except Exception as exc:  # classified below
+                verdict = classify_drive_error(exc, in_upload_session=request.resumable_uri is not None)
+                if verdict.action == Verdict.RESTART and restarts < MAX_REQUEST_ATTEMPTS:
+                    restarts += 1
+                    log.debug("upload session expired; starting a new one")
+                    request = new_session()
+                    continue
+                attempt += 1
+                if verdict.action != Verdict.RETRY or attempt >= MAX_REQUEST_ATTEMPTS:
+                    raise_for(verdict)
+                self._after_error(verdict, attempt)
+                continue
+            attempt = 0
+            if response is not None:
+                self.pacer.succeeded()
+                return response
+            if status is not None and progress:
+                progress(status.resumable_progress)
+
+
+#######################################################################
+# Checkpoint (state) ##################################################
+#######################################################################
+# A JSON snapshot plus an append-only JSON-lines journal: recording an object costs one buffered
+# line, not a rewrite of the whole file; the snapshot is rewritten (atomically) only at the end of
+# a run. RunLock keeps two runs off the same checkpoint.
+
+STATUS_DONE, STATUS_FAILED, STATUS_SKIPPED, STATUS_ROLLED_BACK = "done", "failed", "skipped", "rolled_back"
+CHECKPOINT_KIND = "cloud_transfer checkpoint"
+
+
+@dataclasses.dataclass
+class CheckpointEntry:
+    """What the checkpoint knows about one S3 key."""
+    status: str                   # done | failed | skipped | rolled_back
+    etag: str                     # source ETag at the time of the outcome
+    size: int                     # source size, bytes
+    md5: str | None = None        # MD5 of the bytes sent
+    drive_id: str | None = None
+    attempts: int = 0             # attempts over all runs for this ETag
+    run: str = ""                 # id of the run that wrote the entry
+    reason: str | None = None     # why it failed or was skipped
+    at: str = ""                  # UTC time of the outcome
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckpointEntry:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """temp file (0600) in the same directory + fsync + rename: readers see old or new, never half."""
+    path = path.absolute()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Checkpoint:
+    """Per-key outcomes of all runs, bound to one bucket + prefix + Drive folder.
+
+    Thread-safe (`_lock`). I/O happens only in load(), flush() and compact(). A checkpoint that is
+    corrupt, foreign or newer is refused, never overwritten; --reset-checkpoint moves it aside.
+    """
+
+    def __init__(self, path: Path, binding: dict[str, str]):
+        self.path, self.binding = path, binding
+        self.journal_path = path.with_name(path.name + ".journal")
+        self.root_folder_id: str | None = None
+        self.folders: dict[str, dict[str, str]] = {}       # "a/b" -> {"id", "run"}; "" is the root
+        self.runs: list[dict[str, Any]] = []
+        self.objects: dict[str, CheckpointEntry] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._last_flush = time.monotonic()
+        self._lock = threading.RLock()
+
+    # -- pure (de)serialisation ---------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
+                    "root_folder_id": self.root_folder_id, "folders": self.folders, "runs": self.runs,
+                    "objects": {key: entry.to_json() for key, entry in self.objects.items()}}
+
+    def _apply(self, line: dict[str, Any]) -> None:
+        """Replay one journal line (the same shapes flush() writes)."""
+        if "key" in line:
+            self.objects[line["key"]] = CheckpointEntry.from_json(line["entry"])
+        elif "root" in line:
+            self.root_folder_id = line["root"]
+        elif "folder" in line:
+            self.folders[line["folder"]] = {"id": line["id"], "run": line.get("run", "")}
+        elif "run" in line:
+            runs = {run["id"]: i for i, run in enumerate(self.runs)}
+            if line["run"]["id"] in runs:
+                self.runs[runs[line["run"]["id"]]] = line["run"]
+            else:
+                self.runs.append(line["run"])
+
+    @classmethod
+    def from_json(cls, path: Path, data: Any, binding: dict[str, str]) -> Checkpoint:
+        hint = "use --reset-checkpoint to move it aside and start over (files already in Drive are found again)"
+        if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
+            raise CheckpointError(f"{path} is not a cloud_transfer checkpoint; {hint}")
+        if not isinstance(data.get("version"), int) or data["version"] > CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path} was written by a newer cloud_transfer (version {data.get('version')}); "
+                                  "upgrade this script")
+        stored = data.get("binding") or {}
+        for field in ("bucket", "prefix", "folder"):
+            if stored.get(field) != binding.get(field):
+                raise CheckpointError(f"checkpoint {path} belongs to {field} {stored.get(field)!r}, not "
+                                      f"{binding.get(field)!r}; use --checkpoint for another file or {hint}")
+        checkpoint = cls(path, binding)
+        try:
+            checkpoint.root_folder_id = data.get("root_folder_id")
+            checkpoint.folders = dict(data.get("folders") or {})
+            checkpoint.runs = list(data.get("runs") or [])
+            checkpoint.objects = {key: CheckpointEntry.from_json(entry)
+                                  for key, entry in (data.get("objects") or {}).items()}
+        except (TypeError, AttributeError):
+            raise CheckpointError(f"{path} is damaged; {hint}") from None
+        return checkpoint
+
+    # -- I/O ----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path, binding: dict[str, str], *, reset: bool = False, create: bool = True) -> Checkpoint:
+        """Open (or with `create`, start) the checkpoint at `path`, replaying its journal."""
+        journal = path.with_name(path.name + ".journal")
+        if reset:
+            cls._move_aside(path, journal)
+        if not path.exists():
+            if journal.exists():
+                stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                log.warning("journal without checkpoint: moved aside to %s.orphaned-%s", journal, stamp)
+                if create:
+                    journal.rename(journal.with_name(f"{journal.name}.orphaned-{stamp}"))
+            checkpoint = cls(path, binding)
+            if create:
+                checkpoint.compact()   # proves the directory is writable before any work
+            return checkpoint
+        hint = "use --reset-checkpoint to move it aside and start over (files already in Drive are found again)"
+        try:
+            data = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+        except (ValueError, UnicodeDecodeError):
+            raise CheckpointError(f"checkpoint {path} is not valid JSON (corrupted); {hint}") from None
+        checkpoint = cls.from_json(path, data, binding)
+        if journal.exists():
+            lines = journal.read_bytes().split(b"\n")
+            for number, raw in enumerate(lines, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = json.loads(raw)
+                    checkpoint._apply(line)
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    if number >= len(lines) - 1:   # a torn last line: the write a crash cut short
+                        log.debug("ignoring a torn last journal line")
+                        continue
+                    raise CheckpointError(f"checkpoint journal {journal} is damaged at line {number}; {hint}") from None
+        return checkpoint
+
+    @staticmethod
+    def _move_aside(path: Path, journal: Path) -> None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for file in (path, journal):
+            if file.exists():
+                target = file.with_name(f"{file.name}.{stamp}.bak")
+                file.rename(target)
+                log.warning("moved %s aside to %s", file, target)
+
+    def _journal(self, line: dict[str, Any]) -> None:
+        with self._lock:
+            self._pending.append(line)
+            if len(self._pending) >= FLUSH_EVERY_N or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+                self.flush()
+
+    def flush(self) -> None:
+        """Append buffered lines to the journal and fsync it."""
+        with self._lock:
+            self._last_flush = time.monotonic()
+            if not self._pending:
+                return
+            data = b"".join(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n" for line in self._pending)
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._pending.clear()
+
+    def compact(self) -> None:
+        """Rewrite the snapshot with everything and empty the journal (end of a run)."""
+        with self._lock:
+            self._pending.clear()
+            write_atomically(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=1).encode("utf-8"))
+            # A crash between the rename above and this unlink only replays lines already in the snapshot.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.journal_path)
+
+    # -- recording ----------------------------------------------------------------------------
+    def get(self, key: str) -> CheckpointEntry | None:
+        with self._lock:
+            return self.objects.get(key)
+
+    def record(self, key: str, entry: CheckpointEntry) -> None:
+        entry.at = entry.at or utc_now_iso()
+        with self._lock:
+            self.objects[key] = entry
+            self._journal({"key": key, "entry": entry.to_json()})
+
+    def set_root(self, folder_id: str) -> None:
+        with self._lock:
+            if self.root_folder_id != folder_id:
+                self.root_folder_id = folder_id
+                self._journal({"root": folder_id})
+
+    def add_folder(self, path: tuple[str, ...], folder_id: str, run_id: str) -> None:
+        key = "/".join(path)
+        with self._lock:
+            self.folders[key] = {"id": folder_id, "run": run_id}
+            self._journal({"folder": key, "id": folder_id, "run": run_id})
+
+    def save_run(self, run: dict[str, Any]) -> None:
+        with self._lock:
+            self._apply({"run": run})
+            self._journal({"run": run})
+            self.flush()
+
+
+class RunLock:
+    """An exclusive fcntl lock beside the checkpoint; the kernel drops it when the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise UsageError(f"cannot create lock file {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise LockHeldError(f"another cloud_transfer run holds the lock {self.path}; "
+                                "wait for it to finish (this run changed nothing)") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)   # closing releases the lock; the file stays (unlinking would race)
+            self._fd = None
+
+#######################################################################
+# Transfer engine #####################################################
+#######################################################################
+# Pure decisions first (what to copy, where, whether a copy is intact), then Transfer: one lister
+# thread feeding a bounded queue, N worker threads, the caller's thread drawing progress.
+
+
+def etag_is_plain_md5(etag: str) -> bool:
+    """True when the ETag is the object's MD5: single-part uploads without SSE-KMS/SSE-C."""
+    return bool(re.fullmatch(r"[0-9a-f]{32}", etag))
+
+
+def drive_path_for(key: str) -> tuple[str, ...]:
+    """S3 key → folder names + file name under the root; empty segments ('//', leading '/') vanish."""
+    return tuple(segment for segment in key.split("/") if segment)
+
+
+def source_id_for(bucket: str, key: str) -> str:
+    """The provenance id stored in appProperties: short, fixed length, no key bytes leaked."""
+    return hashlib.sha256(f"s3://{bucket}/{key}".encode("utf-8")).hexdigest()[:32]
+
+
+def is_folder_marker(obj: SourceObject) -> bool:
+    """Objects that only pretend a folder exists: 'x/' keys and zero-byte placeholders."""
+    return (obj.key.endswith("/") or not drive_path_for(obj.key)
+            or (obj.size == 0 and obj.key.endswith(FOLDER_PLACEHOLDER_SUFFIXES)))
+
+
+def media_kind_for(key: str) -> bool | None:
+    """True: a photo/video extension; False: another extension; None: no extension (ask S3)."""
+    name = key.rsplit("/", 1)[-1]
+    if "." not in name.strip("."):
+        return None
+    return name.rsplit(".", 1)[-1].lower() in MEDIA_EXTENSIONS
+
+
+def is_media_content_type(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.split(";")[0].strip().lower().startswith(("image/", "video/"))
+
+
+PLAN_SKIP, PLAN_DONE, PLAN_COPY, PLAN_CHECK_TYPE = "skip", "done", "copy", "check-type"
+SKIP_MARKER, SKIP_NOT_MEDIA = "folder marker", "not a photo or video"
+
+
+def plan_object(obj: SourceObject, entry: CheckpointEntry | None, all_files: bool) -> tuple[str, str | None]:
+    """What to do with a listed object: (PLAN_*, skip reason)."""
+    if is_folder_marker(obj):
+        return PLAN_SKIP, SKIP_MARKER
+    kind = True if all_files else media_kind_for(obj.key)
+    if kind is False:
+        return PLAN_SKIP, SKIP_NOT_MEDIA
+    if not needs_transfer(obj, entry):
+        return PLAN_DONE, None
+    return (PLAN_CHECK_TYPE if kind is None else PLAN_COPY), None
+
+
+def needs_transfer(obj: SourceObject, entry: CheckpointEntry | None) -> bool:
+    return not (entry and entry.status == STATUS_DONE and entry.etag == obj.etag and entry.size == obj.size)
+
+
+def is_intact_copy(drive_file: DriveFile, obj: SourceObject) -> bool:
+    """A Drive file that is a complete copy of this version of the object (checkable without the source)."""
+    props = drive_file.app_properties
+    recorded_md5 = props.get(PROP_MD5)
+    return (props.get(PROP_ETAG) == obj.etag and drive_file.size == obj.size and recorded_md5 is not None
+            and drive_file.md5 == recorded_md5
+            and (not etag_is_plain_md5(obj.etag) or recorded_md5 == obj.etag))
+
+
+def validate_upload(size: int, local_md5: str, drive_file: DriveFile) -> str | None:
+    """None if Drive holds exactly what was sent; else what differs, naming both values."""
+    if drive_file.size != size:
+        return f"size {drive_file.size} in Drive vs {size} sent"
+    if drive_file.md5 != local_md5:
+        return f"MD5 {drive_file.md5} in Drive vs {local_md5} sent"
+    return None
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def guess_mimetype(key: str, content_type: str | None) -> str:
+    if content_type and content_type.split(";")[0].strip() not in ("", "binary/octet-stream", "application/octet-stream"):
+        return content_type
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str, download: Download) -> dict[str, Any]:
+    """The one place that builds a Drive create request's metadata (name, place, provenance, dates)."""
+    return {
+        "name": drive_path_for(obj.key)[-1],
+        "parents": [parent_id],
+        "modifiedTime": rfc3339(download.source_mtime or obj.last_modified),
+        "description": f"Copied from s3://{bucket}/{obj.key} by cloud_transfer",
+        "appProperties": {PROP_SOURCE: source_id_for(bucket, obj.key), PROP_ETAG: obj.etag, PROP_MD5: md5},
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    obj: SourceObject
+    check_type: bool = False   # extension says nothing: ask S3 for the Content-Type first
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def make_private_temp_dir(parent: Path | None) -> Path:
+    """mkdtemp (0700) named after our pid; directories left by killed runs are removed first."""
+    base = Path(parent or tempfile.gettempdir())
+    try:
+        for stale in base.glob("cloud_transfer-*-*"):
+            with contextlib.suppress(ValueError, OSError):
+                if stale.is_dir() and stale.stat().st_uid == os.getuid() and not _pid_alive(int(stale.name.split("-")[1])):
+                    shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f"cloud_transfer-{os.getpid()}-", dir=base))
+    except OSError as exc:
+        raise UsageError(f"cannot create a temporary directory in {base}: {exc.strerror}; use --temp-dir") from None
+
+
+class Transfer:
+    """Copies every listed object that needs it; reports through Stats and the checkpoint, never prints.
+
+    Threads: one lister fills a bounded queue (memory flat in bucket size), `workers` threads copy.
+    `stop` (set by SIGINT/SIGTERM or a run-stopping error) makes everyone finish the step in hand.
+    """
+
+    def __init__(self, source: S3Source, dest: DriveDestination, checkpoint: Checkpoint, stats: Stats, *,
+                 bucket: str, run_id: str, temp_dir: Path, workers: int = DEFAULT_WORKERS,
+                 all_files: bool = False, stop: threading.Event | None = None, backoff: Backoff | None = None):
+        self.source, self.dest, self.checkpoint, self.stats = source, dest, checkpoint, stats
+        self.bucket, self.run_id, self.temp_dir, self.workers = bucket, run_id, temp_dir, workers
+        self.all_files = all_files
+        self.stop = stop or threading.Event()
+        self.backoff = backoff or Backoff()
+        self._queue: queue.Queue[WorkItem | None] = queue.Queue(maxsize=workers * 4)
+        self._fatal: CloudTransferError | None = None
+        self._fatal_lock = threading.Lock()
+        self._temp_counter = 0
+
+    def run(self, tick: Callable[[], None] = lambda: None) -> None:
+        """Copy everything; raises the first run-stopping error, or InterruptedRun after a stop."""
+        threads = [threading.Thread(target=self._list, name="lister", daemon=True)]
+        threads += [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.25)
+                tick()
+        if self._fatal is not None:
+            raise self._fatal
+        if self.stop.is_set():
+            raise InterruptedRun("interrupted: in-flight transfers abandoned, state saved; re-run to resume")
+
+    def _stop_run(self, error: CloudTransferError) -> None:
+        with self._fatal_lock:
+            if self._fatal is None:
+                self._fatal = error
+        self.stop.set()
+
+    def _put(self, item: WorkItem | None) -> bool:
+        while not self.stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.25)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _list(self) -> None:
+        try:
+            for page in self.source.iter_pages():
+                for obj in page:
+                    if self.stop.is_set():
+                        return
+                    self.stats.add("listed")
+                    action, reason = plan_object(obj, self.checkpoint.get(obj.key), self.all_files)
+                    if action == PLAN_SKIP:
+                        self.stats.skip(reason or "")
+                        continue
+                    if action != PLAN_CHECK_TYPE:
+                        self._count_eligible(obj)
+                    if action == PLAN_DONE:
+                        self.stats.add("already_done")
+                    elif not self._put(WorkItem(obj, check_type=action == PLAN_CHECK_TYPE)):
+                        return
+        except CloudTransferError as exc:
+            self._stop_run(exc)
+        finally:
+            self.stats.listing_done = True
+            for _ in range(self.workers):
+                self._put(None)
+
+    def _count_eligible(self, obj: SourceObject) -> None:
+        self.stats.add("eligible")
+        self.stats.add("eligible_bytes", obj.size)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.25)
+            except queue.Empty:
+                if self.stop.is_set():
+                    return
+                continue
+            if item is None or self.stop.is_set():
+                return
+            try:
+                self._copy_with_retries(item)
+            except InterruptedRun:
+                return
+            except CloudTransferError as exc:
+                self._stop_run(exc)
+                return
+
+    def _copy_with_retries(self, item: WorkItem) -> None:
+        obj = item.obj
+        entry = self.checkpoint.get(obj.key)
+        attempts = entry.attempts if entry and entry.etag == obj.etag and entry.status == STATUS_FAILED else 0
+        for attempt in range(1, MAX_OBJECT_ATTEMPTS + 1):
+            try:
+                if item.check_type:
+                    if not is_media_content_type(self.source.content_type(obj.key)):
+                        self.stats.skip(SKIP_NOT_MEDIA)
+                        return
+                    self._count_eligible(obj)
+                    item = WorkItem(obj)
+                self._copy(obj, entry, attempts + attempt)
+                return
+            except ObjectError as exc:
+                verdict = exc.verdict
+                if verdict.action == Verdict.RETRY and attempt < MAX_OBJECT_ATTEMPTS:
+                    self.stats.add("retries")
+                    log.info("retrying %s: %s", obj.key, verdict.reason)
+                    self.stop.wait(self.backoff.delay(attempt))
+                    if self.stop.is_set():
+                        raise InterruptedRun("interrupted") from None
+                    continue
+                status = STATUS_SKIPPED if verdict.action == Verdict.SKIP else STATUS_FAILED
+                self.checkpoint.record(obj.key, CheckpointEntry(
+                    status=status, etag=obj.etag, size=obj.size, attempts=attempts + attempt,
+                    run=self.run_id, reason=verdict.reason, drive_id=entry.drive_id if entry else None))
+                if status == STATUS_SKIPPED:
+                    self.stats.skip(verdict.reason)
+                    log.warning("skipped %s: %s", obj.key, verdict.reason)
+                else:
+                    self.stats.fail(obj.key, verdict.reason)
+                    log.warning("failed %s: %s", obj.key, verdict.reason)
+                return
+
+    def _copy(self, obj: SourceObject, entry: CheckpointEntry | None, attempts: int) -> None:
+        """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
+        parts = drive_path_for(obj.key)
+        folder_id = self.dest.ensure_folder(parts[:-1])
+        copies = self.dest.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
+        intact = [copy for copy in copies if is_intact_copy(copy, obj)]
+        if intact:
+            self._retire_extra_copies(obj, keep=intact[0], copies=copies)
+            self._record_done(obj, intact[0], attempts)
+            self.stats.add("adopted")
+            log.debug("already in Drive, intact: %s", obj.key)
+            return
+        # A stale copy (older version, or an upload that went wrong) gets new content, not a twin.
+        update_id = copies[0].id if copies else None
+        with self._temp_file() as (path, stream):
+            download = self.source.download_to(obj, stream)
+            stream.flush()
+            metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download)
+            mimetype = guess_mimetype(obj.key, download.content_type)
+            sent = 0
+
+            def progress(done_bytes: int) -> None:
+                nonlocal sent
+                self.stats.add("transferred_bytes", done_bytes - sent)
+                sent = done_bytes
+
+            uploaded = self.dest.upload(path, obj.size, metadata, mimetype, update_id=update_id, progress=progress)
+            self.stats.add("transferred_bytes", obj.size - sent)
+        problem = validate_upload(obj.size, download.md5, uploaded)
+        if problem:
+            self.stats.add("transferred_bytes", -obj.size)
+            self.stats.add("checksum_mismatches")
+            log.warning("corrupted on transfer, removing the Drive copy: %s: %s", obj.key, problem)
+            if update_id is None:
+                self.dest.delete(uploaded.id)
+            raise ObjectError(Verdict(Verdict.RETRY, f"corrupted on transfer: {problem}"))
+        self._retire_extra_copies(obj, keep=uploaded, copies=copies)
+        self.stats.add("verified")
+        self.stats.add("transferred")
+        if update_id:
+            self.stats.add("updated")
+        self._record_done(obj, uploaded, attempts)
+
+    def _retire_extra_copies(self, obj: SourceObject, keep: DriveFile, copies: list[DriveFile]) -> None:
+        """Drive itself sometimes duplicates an upload: move our extra copies of this key to the trash."""
+        for copy in copies:
+            if copy.id != keep.id:
+                log.warning("trashing a duplicate Drive copy of %s (id %s)", obj.key, copy.id)
+                self.dest.trash(copy.id)
+
+    def _record_done(self, obj: SourceObject, drive_file: DriveFile, attempts: int) -> None:
+        self.checkpoint.record(obj.key, CheckpointEntry(
+            status=STATUS_DONE, etag=obj.etag, size=obj.size, md5=drive_file.md5, drive_id=drive_file.id,
+            attempts=attempts, run=self.run_id))
+
+    @contextlib.contextmanager
+    def _temp_file(self) -> Iterator[tuple[Path, Any]]:
+        """A private staging file (name not derived from the key), removed on every exit path."""
+        with self._fatal_lock:
+            self._temp_counter += 1
+            path = self.temp_dir / f"object-{self._temp_counter}.part"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w+b") as stream:
+                yield path, stream
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+#######################################################################
+# Commands ############################################################
+#######################################################################
+# cmd_x(config, runtime) -> ExitCode. They wire the parts together and render results;
+# policy lives above.
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What a command needs from the process around it (injected by main, or by tests)."""
+    interactive: bool                       # a terminal is attached: consent and prompts are possible
+    stop: threading.Event                   # set by SIGINT/SIGTERM
+    out: Any = dataclasses.field(default_factory=lambda: sys.stdout)
+    progress_bars: bool = False             # stderr is a terminal
+
+
+def binding_for(config: Config) -> dict[str, str]:
+    folder = f"id:{config.folder_id}" if config.folder_id else f"name:{config.folder_name}"
+    return {"bucket": config.bucket, "prefix": config.prefix, "folder": folder}
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+
+def lock_path_for(config: Config) -> Path:
+    return config.checkpoint_path.with_name(config.checkpoint_path.name + ".lock")
+
+
+def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
+    try:
+        return Checkpoint.load(config.checkpoint_path, binding_for(config), reset=config.reset_checkpoint,
+                               create=create)
+    except PermissionError as exc:
+        raise UsageError(f"cannot write the checkpoint {config.checkpoint_path}: {exc.strerror}; "
+                         "use --checkpoint PATH in a writable directory") from None
+    except OSError as exc:
+        raise UsageError(f"checkpoint {config.checkpoint_path}: {exc.strerror}") from None
+
+
+def make_drive(config: Config, runtime: Runtime, stats: Stats) -> tuple[DriveDestination, Credentials]:
+    creds = load_credentials(config, interactive=runtime.interactive)
+    backoff = Backoff()
+    dest = DriveDestination(make_drive_service_factory(config, creds, stats), chunk_size_bytes=config.chunk_size_bytes,
+                            pacer=Pacer(backoff), backoff=backoff, sleep=runtime.stop.wait, stop=runtime.stop,
+                            stats=stats, shared_drive=bool(config.folder_id))
+    return dest, creds
+
+
+def _save_refreshed_token(creds: Credentials, token_before: str | None, config: Config) -> None:
+    if creds.token and creds.token != token_before:
+        with contextlib.suppress(OSError):
+            save_token(creds, config.token_path)
+
+
+def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
+    if config.dry_run:
+        return cmd_dry_run(config, runtime)
+    source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size)
+    with RunLock(lock_path_for(config)):
+        checkpoint = open_checkpoint(config)
+        source.check_access()
+        stats = Stats()
+        dest, creds = make_drive(config, runtime, stats)
+        token_before = creds.token
+        run_id = new_run_id()
+        started = time.monotonic()
+        dest.on_folder_created = lambda path, folder_id: checkpoint.add_folder(path, folder_id, run_id)
+        run = {"id": run_id, "started": utc_now_iso(), "outcome": "running"}
+        checkpoint.save_run(run)
+        temp_dir = make_private_temp_dir(config.temp_dir)
+        reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars)
+        outcome: CloudTransferError | None = None
+        try:
+            checkpoint.set_root(dest.resolve_root(config.folder_name, config.folder_id, checkpoint.root_folder_id))
+            log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix,
+                     config.folder_id or repr(config.folder_name), run_id)
+            Transfer(source, dest, checkpoint, stats, bucket=config.bucket, run_id=run_id, temp_dir=temp_dir,
+                     workers=config.workers, all_files=config.all_files, stop=runtime.stop).run(tick=reporter.tick)
+        except CloudTransferError as exc:
+            outcome = exc
+            raise
+        finally:
+            reporter.close()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            counts = stats.as_dict()
+            exit_code = outcome.exit_code if outcome else (ExitCode.PARTIAL if counts["failed"] else ExitCode.OK)
+            checkpoint.save_run({**run, "ended": utc_now_iso(), "outcome": exit_code.name.lower(),
+                                 "exit_code": int(exit_code), "counts": {k: v for k, v in counts.items() if k != "failures"}})
+            checkpoint.compact()
+            _save_refreshed_token(creds, token_before, config)
+            if not config.quiet:
+                print(summary_table(counts, time.monotonic() - started, run_id), file=runtime.out, flush=True)
+        if exit_code == ExitCode.OK:
+            log.info("done: everything eligible is in Drive and validated")
+        else:
+            log.warning("%d objects failed; re-run to retry them", counts["failed"])
+        return exit_code
+
+
+def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
+    """List and plan only: no lock, no checkpoint written, Drive not contacted."""
+    source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size)
+    source.check_access()
+    checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
+    stats, shown = Stats(), 0
+    for page in source.iter_pages():
+        for obj in page:
+            stats.add("listed")
+            action, reason = plan_object(obj, checkpoint.get(obj.key) if checkpoint else None, config.all_files)
+            if action == PLAN_SKIP:
+                stats.skip(reason or "")
+            elif action == PLAN_DONE:
+                stats.add("already_done")
+            else:
+                stats.add("eligible")
+                stats.add("eligible_bytes", obj.size)
+                if shown < 20 or config.verbose:
+                    shown += 1
+                    log.info("would copy: %s (%s)%s", obj.key, format_bytes(obj.size),
+                             " if S3 says it is a photo or video" if action == PLAN_CHECK_TYPE else "")
+    counts = stats.as_dict()
+    if not config.quiet:
+        skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts["skipped"].items())) or "none"
+        print(f"dry run: {counts['listed']} listed, {counts['eligible']} would be copied "
+              f"({format_bytes(counts['eligible_bytes'])}), {counts['already_done']} already done; "
+              f"skipped: {skipped}. Nothing was written.", file=runtime.out)
+    return ExitCode.OK
+
+
+def walk_drive_tree(dest: DriveDestination, root_id: str) -> dict[tuple[str, ...], list[DriveFile]]:
+    """Every file under the root by path (one listing per folder, breadth first)."""
+    tree: dict[tuple[str, ...], list[DriveFile]] = defaultdict(list)
+    pending = [((), root_id)]
+    while pending:
+        path, folder_id = pending.pop()
+        for item in dest.list_folder(folder_id):
+            if item.is_folder:
+                pending.append((path + (item.name,), item.id))
+            else:
+                tree[path + (item.name,)].append(item)
+    return tree
+
+
+def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
+    """Compare S3 with Drive per key: present once at the mirrored path, size and MD5 equal. No writes."""
+    source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size)
+    source.check_access()
+    stats = Stats()
+    dest, _ = make_drive(config, runtime, stats)
+    checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
+    root_id = config.folder_id or (checkpoint.root_folder_id if checkpoint else None)
+    if not root_id:
+        root_id = dest._find_folder(config.folder_name, "root")
+    tree = walk_drive_tree(dest, root_id) if root_id else {}
+    problems: dict[str, list[dict[str, Any]]] = {"missing": [], "duplicated": [], "mismatched": []}
+    matched: set[tuple[str, ...]] = set()
+    checked = 0
+    for page in source.iter_pages():
+        for obj in page:
+            action, _ = plan_object(obj, None, config.all_files)
+            if action == PLAN_SKIP or (action == PLAN_CHECK_TYPE and not is_media_content_type(
+                    _head_content_type(source, obj.key))):
+                continue
+            checked += 1
+            path = drive_path_for(obj.key)
+            files = tree.get(path, [])
+            matched.add(path)
+            if not files:
+                problems["missing"].append({"key": obj.key})
+            elif len(files) > 1:
+                problems["duplicated"].append({"key": obj.key, "ids": [f.id for f in files]})
+            else:
+                problem = _compare_copy(obj, files[0], checkpoint)
+                if problem:
+                    problems["mismatched"].append({"key": obj.key, "id": files[0].id, "problem": problem})
+    extra = ["/".join(path) for path in tree if path not in matched]
+    report = {"checked": checked, **{name: len(items) for name, items in problems.items()}, "extra": len(extra),
+              "details": {**problems, "extra": extra[:100]}}
+    clean = not any(problems.values())
+    if config.json_output:
+        print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
+    elif not config.quiet:
+        print(f"verify: {checked} objects checked; missing {report['missing']}, duplicated {report['duplicated']}, "
+              f"mismatched {report['mismatched']}, extra in Drive {report['extra']}", file=runtime.out)
+        for name, items in {**problems, "extra": [{"key": e} for e in extra]}.items():
+            for item in items[:5]:
+                print(f"  {name}: {item['key']}" + (f" ({item['problem']})" if "problem" in item else ""),
+                      file=runtime.out)
+    return ExitCode.OK if clean else ExitCode.PARTIAL
+
+
+def _head_content_type(source: S3Source, key: str) -> str | None:
+    try:
+        return source.content_type(key)
+    except ObjectError:
+        return None
+
+
+def _compare_copy(obj: SourceObject, drive_file: DriveFile, checkpoint: Checkpoint | None) -> str | None:
+    if drive_file.size != obj.size:
+        return f"size {drive_file.size} in Drive vs {obj.size} in S3"
+    entry = checkpoint.get(obj.key) if checkpoint else None
+    expected = (obj.etag if etag_is_plain_md5(obj.etag)
+                else drive_file.app_properties.get(PROP_MD5) if drive_file.app_properties.get(PROP_ETAG) == obj.etag
+                else entry.md5 if entry and entry.etag == obj.etag else None)
+    if expected is None:
+        return None   # a multipart object copied by something else: size is all that can be compared
+    if drive_file.md5 != expected:
+        return f"MD5 {drive_file.md5} in Drive vs {expected} expected"
+    return None
+
+
+def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
+    """Trash (or delete) what this tool uploaded per the checkpoint; only files carrying our provenance."""
+    if not config.checkpoint_path.exists():
+        raise UsageError(f"no checkpoint at {config.checkpoint_path}: nothing to roll back")
+    with RunLock(lock_path_for(config)):
+        checkpoint = Checkpoint.load(config.checkpoint_path, _stored_binding(config), create=False)
+        run_id = config.rollback_run
+        if run_id == "last":
+            run_id = checkpoint.runs[-1]["id"] if checkpoint.runs else None
+        targets = [(key, entry) for key, entry in sorted(checkpoint.objects.items())
+                   if entry.status == STATUS_DONE and entry.drive_id and (run_id is None or entry.run == run_id)]
+        folders = sorted(((path, info) for path, info in checkpoint.folders.items()
+                          if run_id is None or info.get("run") == run_id), key=lambda item: -len(item[0]))
+        verb = "delete permanently" if config.permanent else "move to the Drive trash"
+        print(f"rollback: {len(targets)} files and up to {len(folders)} empty folders to {verb}"
+              + (f" (run {run_id})" if run_id else ""), file=runtime.out)
+        if config.dry_run:
+            for key, entry in targets:
+                print(f"  would remove: {key} ({entry.drive_id})", file=runtime.out)
+            return ExitCode.OK
+        if not targets and not folders:
+            return ExitCode.OK
+        if not config.assume_yes:
+            if not runtime.interactive:
+                raise UsageError("rollback needs --yes when no terminal is attached")
+            if input(f"{verb.capitalize()} them? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("rollback: nothing changed", file=runtime.out)
+                return ExitCode.OK
+        stats = Stats()
+        dest, _ = make_drive(config, runtime, stats)
+        bucket = checkpoint.binding["bucket"]
+        removed = refused = 0
+        try:
+            for key, entry in targets:
+                drive_file = dest.get(entry.drive_id or "")
+                if drive_file and drive_file.app_properties.get(PROP_SOURCE) != source_id_for(bucket, key):
+                    refused += 1
+                    log.warning("not removing %s (%s): it does not carry this tool's provenance", key, entry.drive_id)
+                    continue
+                if drive_file:
+                    dest.delete(drive_file.id) if config.permanent else dest.trash(drive_file.id)
+                checkpoint.record(key, dataclasses.replace(entry, status=STATUS_ROLLED_BACK, run=entry.run,
+                                                           at=utc_now_iso(), reason="rolled back"))
+                removed += 1
+            for path, info in folders:
+                if next(dest.list_folder(info["id"]), None) is None:
+                    dest.delete(info["id"]) if config.permanent else dest.trash(info["id"])
+                    with checkpoint._lock:
+                        checkpoint.folders.pop(path, None)
+                    if path == "":
+                        checkpoint.root_folder_id = None
+        finally:
+            checkpoint.compact()
+        print(f"rollback: removed {removed} files; refused {refused} without our provenance", file=runtime.out)
+        return ExitCode.OK if not refused else ExitCode.PARTIAL
+
+
+def _stored_binding(config: Config) -> dict[str, str]:
+    """rollback/status use whatever the checkpoint is bound to (no bucket flag needed)."""
+    try:
+        data = json.loads(config.checkpoint_path.read_bytes())
+        return dict(data.get("binding") or {})
+    except (OSError, ValueError, AttributeError):
+        raise CheckpointError(f"checkpoint {config.checkpoint_path} is not valid JSON (corrupted); use "
+                              "--reset-checkpoint to move it aside") from None
+
+
+def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
+    """What the checkpoint says: per status counts, failure reasons, runs."""
+    if not config.checkpoint_path.exists():
+        raise UsageError(f"no checkpoint at {config.checkpoint_path}: nothing has run yet (or use --checkpoint)")
+    checkpoint = Checkpoint.load(config.checkpoint_path, _stored_binding(config), create=False)
+    by_status: Counter[str] = Counter(entry.status for entry in checkpoint.objects.values())
+    done_bytes = sum(entry.size for entry in checkpoint.objects.values() if entry.status == STATUS_DONE)
+    reasons = Counter(entry.reason for entry in checkpoint.objects.values()
+                      if entry.status in (STATUS_FAILED, STATUS_SKIPPED) and entry.reason)
+    report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
+              "objects": dict(by_status), "done_bytes": done_bytes, "reasons": dict(reasons), "runs": checkpoint.runs}
+    if config.json_output:
+        print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
+        return ExitCode.OK
+    binding = checkpoint.binding
+    lines = [f"checkpoint {config.checkpoint_path}: s3://{binding.get('bucket')}/{binding.get('prefix')} → "
+             f"Drive {binding.get('folder')} ({checkpoint.root_folder_id or 'not created yet'})",
+             f"  done {by_status[STATUS_DONE]} ({format_bytes(done_bytes)}), failed {by_status[STATUS_FAILED]}, "
+             f"skipped {by_status[STATUS_SKIPPED]}, rolled back {by_status[STATUS_ROLLED_BACK]}"]
+    lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(10)]
+    for run in checkpoint.runs[-10:]:
+        lines.append(f"  run {run['id']}: {run.get('started', '?')} → {run.get('ended', '(did not finish)')} "
+                     f"{run.get('outcome', '')}")
+    print("\n".join(lines), file=runtime.out)
+    return ExitCode.OK
+
+
+def cmd_auth(config: Config, runtime: Runtime) -> ExitCode:
+    """Browser consent, then token.json (0600)."""
+    if not runtime.interactive and not config.no_browser:
+        log.warning("no terminal attached: the consent URL is printed; open it in a browser")
+    run_consent(config)
+    print(f"authorised: token saved to {config.token_path}", file=runtime.out)
+    return ExitCode.OK
+
+
+COMMANDS: dict[str, Callable[[Config, Runtime], ExitCode]] = {
+    "transfer": cmd_transfer, "verify": cmd_verify, "rollback": cmd_rollback, "status": cmd_status, "auth": cmd_auth,
+}
+
+#######################################################################
+# main ################################################################
+#######################################################################
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set `stop` (work in hand finishes or is abandoned, state is flushed); a second
+    SIGINT raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("%s received: stopping after the step in hand (state is saved)", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    if environ is None:
+        environ = dict(os.environ)
+    try:
+        config = load_config(argv, environ)
+        setup_logging(config)
+    except CloudTransferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    SECRETS.add(*config.secrets())
+    runtime = Runtime(interactive=sys.stdin is not None and sys.stdin.isatty(), stop=threading.Event(),
+                      progress_bars=sys.stderr.isatty())
+    with stop_on_signals(runtime.stop):
+        try:
+            return COMMANDS[config.command](config, runtime)
+        except CloudTransferError as exc:
+            log.error("error: %s", exc)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            log.error("interrupted")
+            return ExitCode.INTERRUPTED
+        except Exception as exc:  # the last resort: one line, traceback only with --verbose
+            log.error("internal error: %s: %s (run with --verbose for details)", type(exc).__name__, exc)
+            log.debug("traceback", exc_info=True)
+            return ExitCode.PARTIAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

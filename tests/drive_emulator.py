@@ -1,0 +1,1913 @@
+"""A Google Drive v3 emulator for tests, built on the standard library only.
+
+Why it exists: cloud_transfer talks to Drive through googleapiclient (resumable
+uploads, partial responses, the `q` language, OAuth refresh).  Mocking that
+library hides exactly the behaviour that breaks in production: 308 handling,
+256 KiB chunk rules, `nextPageToken` only when asked for, error bodies that
+`HttpError` parses, rate limits, quota and the daily upload cap.  This module
+answers real HTTP on 127.0.0.1 with Drive's paths, status codes and JSON, and
+can inject the faults Drive is known for (see `Faults`).
+
+Usage::
+
+    with DriveEmulator() as emu:
+        token = emu.issue_token()
+        doc = emu.discovery_document()          # bundled drive.v3.json, pointed here
+        service = build_from_document(doc, http=AuthorizedHttp(creds, http=build_http()))
+
+Run stand-alone with ``python -m tests.drive_emulator --port 8081``.
+
+Where real Drive's answer was not verifiable, the choice is marked "guess" in a
+comment next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import dataclasses
+import email.message
+import hashlib
+import importlib.util
+import json
+import quopri
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+# ---------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------
+
+FOLDER_MIME = "application/vnd.google-apps.folder"
+#: Real Drive gives My Drive a per-user id like "0AB…Uk9PVA"; the alias "root"
+#: is accepted wherever a file id is, and stored parents hold the real id.
+ROOT_FOLDER_ID = "0AEmuRootFolderUk9PVA"
+CHUNK_GRANULARITY = 256 * 1024  # non-final resumable chunks: multiples of this
+MAX_PAGE_SIZE = 1000
+MAX_GENERATED_IDS = 1000
+MAX_APP_PROPERTIES = 30
+MAX_PROPERTY_BYTES = 124  # UTF-8 bytes of key + value
+MAX_UPLOAD_SIZE = 5 * 1024**4  # about.maxUploadSize: 5 TB as on real Drive
+
+#: Every property of the File schema in the bundled discovery document.  A
+#: `fields` selection naming anything else is refused as real Drive does; the
+#: ones this emulator does not model are simply absent from responses.
+FILE_FIELDS = frozenset(
+    """appProperties capabilities clientEncryptionDetails contentHints contentRestrictions
+    copyRequiresWriterPermission createdTime description downloadRestrictions driveId
+    explicitlyTrashed exportLinks fileExtension folderColorRgb fullFileExtension
+    hasAugmentedPermissions hasThumbnail headRevisionId iconLink id imageMediaMetadata
+    inheritedPermissionsDisabled isAppAuthorized kind labelInfo lastModifyingUser
+    linkShareMetadata md5Checksum mimeType modifiedByMe modifiedByMeTime modifiedTime name
+    originalFilename ownedByMe owners parents permissionIds permissions properties
+    quotaBytesUsed resourceKey sha1Checksum sha256Checksum shared sharedWithMeTime
+    sharingUser shortcutDetails size spaces starred teamDriveId thumbnailLink
+    thumbnailVersion trashed trashedTime trashingUser version videoMediaMetadata viewedByMe
+    viewedByMeTime viewersCanCopyContent webContentLink webViewLink writersCanShare""".split()
+)
+FILE_LIST_FIELDS = frozenset({"files", "incompleteSearch", "kind", "nextPageToken"})
+ABOUT_FIELDS = frozenset(
+    """appInstalled canCreateDrives canCreateTeamDrives driveThemes exportFormats
+    folderColorPalette importFormats kind maxImportSizes maxUploadSize storageQuota
+    teamDriveThemes user""".split()
+)
+GENERATED_IDS_FIELDS = frozenset({"ids", "kind", "space"})
+
+#: Fields a client may set in files.create; other File fields are output-only.
+CREATE_WRITABLE = frozenset(
+    """id name mimeType parents description appProperties properties createdTime
+    modifiedTime starred originalFilename folderColorRgb contentHints viewedByMeTime
+    writersCanShare copyRequiresWriterPermission contentRestrictions shortcutDetails
+    kind""".split()
+)
+#: Fields a client may set in files.update (parents go through add/removeParents).
+UPDATE_WRITABLE = frozenset(
+    """name mimeType description appProperties properties modifiedTime trashed starred
+    originalFilename folderColorRgb contentHints viewedByMeTime writersCanShare
+    copyRequiresWriterPermission contentRestrictions kind""".split()
+)
+DEFAULT_FILE_FIELDS = "kind,id,name,mimeType"
+DEFAULT_LIST_FIELDS = "kind,incompleteSearch,nextPageToken,files(kind,id,name,mimeType)"
+
+AUTH_HELP = (
+    "Expected OAuth 2 access token, login cookie or other valid authentication "
+    "credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+DAILY_CAP_MESSAGE = "User rate limit exceeded."
+QUOTA_MESSAGE = "The user's Drive storage quota has been exceeded."
+USER_RATE_MESSAGE = (
+    "User rate limit exceeded for quota metric 'Write requests' and limit "
+    "'Write requests per minute per user' of service 'drive.googleapis.com' for "
+    "consumer 'project_number:000000000000'."
+)
+RATE_429_MESSAGE = (
+    "Quota exceeded for quota metric 'Write requests' and limit 'Write requests per "
+    "minute' of service 'drive.googleapis.com' for consumer 'project_number:000000000000'."
+)
+# Google's front end answers 502 with an HTML page, not JSON: clients must cope.
+HTML_502 = (
+    b"<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n"
+    b"  <title>Error 502 (Server Error)!!1</title>\n"
+    b"  <p><b>502.</b> <ins>That\xe2\x80\x99s an error.</ins>\n"
+    b"  <p>The server encountered a temporary error and could not complete your request."
+    b"<p>Please try again in 30 seconds.  <ins>That\xe2\x80\x99s all we know.</ins>\n"
+)
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """A Drive error answer; rendered in the JSON shape googleapiclient parses.
+
+    `HttpError.reason` takes `error.message`; `HttpError.error_details` takes
+    `error.errors` (no `details` key is sent, so `errors` wins).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        domain: str = "global",
+        location: str | None = None,
+        location_type: str | None = None,
+        detail_message: str | None = None,
+        status: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(f"{code} {reason}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.domain = domain
+        self.location = location
+        self.location_type = location_type
+        self.detail_message = detail_message or message
+        self.status = status
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        detail: dict[str, Any] = {
+            "message": self.detail_message,
+            "domain": self.domain,
+            "reason": self.reason,
+        }
+        if self.location:
+            detail["location"] = self.location
+            detail["locationType"] = self.location_type or "parameter"
+        error: dict[str, Any] = {"code": self.code, "message": self.message, "errors": [detail]}
+        if self.status:
+            error["status"] = self.status
+        return {"error": error}
+
+
+def not_found(file_id: str) -> ApiError:
+    msg = f"File not found: {file_id}."
+    return ApiError(404, "notFound", msg, location="fileId", location_type="parameter")
+
+
+def bad_request(message: str, reason: str = "badRequest", **kw: Any) -> ApiError:
+    return ApiError(400, reason, message, **kw)
+
+
+def invalid_param(name: str, message: str = "Invalid Value") -> ApiError:
+    return ApiError(400, "invalid", message, location=name, location_type="parameter")
+
+
+def parse_error() -> ApiError:
+    return ApiError(400, "parseError", "Parse Error")
+
+
+def not_writable(message: str = "The resource body includes fields which are not directly writable.") -> ApiError:
+    return ApiError(403, "fieldNotWritable", message)
+
+
+def storage_quota_error() -> ApiError:
+    return ApiError(403, "storageQuotaExceeded", QUOTA_MESSAGE, domain="usageLimits")
+
+
+def generic_error(code: int) -> ApiError:
+    """The body Drive sends for a bare status (used by error_rate and fail_paths)."""
+    table = {
+        400: ("badRequest", "Bad Request"),
+        401: ("authError", "Invalid Credentials"),
+        403: ("forbidden", "Forbidden"),
+        404: ("notFound", "Not Found"),
+        409: ("conflict", "Conflict"),
+        429: ("rateLimitExceeded", "Rate Limit Exceeded"),
+        500: ("internalError", "Internal Error"),
+        503: ("backendError", "The service is currently unavailable."),
+    }
+    reason, message = table.get(code, ("backendError", "Backend Error"))
+    domain = "usageLimits" if code == 429 else "global"
+    return ApiError(code, reason, message, domain=domain)
+
+
+# ---------------------------------------------------------------------------
+# Small helpers: time, ids, hashing
+# ---------------------------------------------------------------------------
+
+
+def rfc3339(dt: datetime) -> str:
+    """Drive's timestamp form: UTC, milliseconds, trailing Z."""
+    dt = dt.astimezone(timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def now_rfc3339() -> str:
+    return rfc3339(datetime.now(timezone.utc))
+
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
+    r"(Z|z|[+-]\d{2}:\d{2})?)?$"
+)
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse an RFC 3339 date-time (a missing zone means UTC, as Drive documents)."""
+    m = _RFC3339.match(text.strip()) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(text)
+    y, mo, d, h, mi, s, frac, zone = m.groups()
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    tz = timezone.utc
+    if zone and zone not in "Zz":
+        sign = 1 if zone[0] == "+" else -1
+        tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    return datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), micro, tz)
+
+
+def new_file_id() -> str:
+    """33 url-safe characters starting with "1", the shape of modern Drive ids."""
+    return "1" + secrets.token_urlsafe(24)
+
+
+def digests(content: bytes) -> dict[str, str]:
+    return {
+        "size": str(len(content)),
+        "md5Checksum": hashlib.md5(content).hexdigest(),
+        "sha1Checksum": hashlib.sha1(content).hexdigest(),
+        "sha256Checksum": hashlib.sha256(content).hexdigest(),
+    }
+
+
+def is_google_type(mime: str) -> bool:
+    """Folders and Docs-editor types carry no bytes, hence no size or checksums."""
+    return mime.startswith("application/vnd.google-apps.")
+
+
+# ---------------------------------------------------------------------------
+# Partial responses: the `fields` selector
+# ---------------------------------------------------------------------------
+
+
+FieldTree = dict  # name -> FieldTree | None (None: the whole value)
+
+
+def parse_fields(spec: str) -> FieldTree:
+    """Parse `a,b/c,files(id,name),*` into a tree; raise ValueError on bad syntax."""
+    tokens = re.findall(r"[A-Za-z0-9_*]+|[/,()]|\S", spec)
+    pos = 0
+
+    def peek() -> str | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take() -> str:
+        nonlocal pos
+        if pos >= len(tokens):
+            raise ValueError(spec)
+        pos += 1
+        return tokens[pos - 1]
+
+    def name() -> str:
+        tok = take()
+        if not re.fullmatch(r"[A-Za-z0-9_*]+", tok):
+            raise ValueError(tok)
+        return tok
+
+    def merge(tree: FieldTree, path: list[str], sub: FieldTree | None) -> None:
+        for part in path[:-1]:
+            node = tree.get(part, {})
+            if node is None:  # already whole: nothing narrower matters
+                return
+            tree[part] = node
+            tree = node
+        last = path[-1]
+        if sub is None or tree.get(last, {}) is None:
+            tree[last] = None
+        else:
+            node = tree.setdefault(last, {})
+            for key, value in sub.items():
+                merge(node, [key], value)
+
+    def selection() -> FieldTree:
+        tree: FieldTree = {}
+        while True:
+            path = [name()]
+            while peek() == "/":
+                take()
+                path.append(name())
+            sub = None
+            if peek() == "(":
+                take()
+                sub = selection()
+                if take() != ")":
+                    raise ValueError(spec)
+            merge(tree, path, sub)
+            if peek() != ",":
+                return tree
+            take()
+
+    tree = selection()
+    if peek() is not None:
+        raise ValueError(spec)
+    return tree
+
+
+def select_fields(value: Any, tree: FieldTree | None) -> Any:
+    """Apply a parsed selection to a JSON value (lists apply it to each item)."""
+    if tree is None:
+        return value
+    if isinstance(value, list):
+        return [select_fields(v, tree) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    if "*" in tree:
+        for key, item in value.items():
+            out[key] = select_fields(item, tree["*"])
+    for key, sub in tree.items():
+        if key != "*" and key in value:
+            out[key] = select_fields(value[key], sub)
+    return out
+
+
+def checked_fields(
+    spec: str | None, default: str, allowed: frozenset, nested: dict[str, frozenset] | None = None
+) -> FieldTree:
+    """Parse `fields` (or the method's default) and refuse names the schema lacks."""
+
+    def invalid(what: str) -> ApiError:
+        return ApiError(400, "invalidParameter", f"Invalid field selection {what}",
+                        location="fields", location_type="parameter")
+
+    try:
+        tree = parse_fields(spec if spec else default)
+    except ValueError:
+        raise invalid(spec or "") from None
+
+    def check(node: FieldTree, names: frozenset, inner: dict[str, frozenset]) -> None:
+        for key, sub in node.items():
+            if key != "*" and key not in names:
+                raise invalid(key)
+            if sub and key in inner:
+                check(sub, inner[key], {})
+
+    check(tree, allowed, nested or {})
+    return tree
+
+
+# ---------------------------------------------------------------------------
+# The `q` query language: tokenizer + recursive-descent parser
+# ---------------------------------------------------------------------------
+
+
+class QueryError(ValueError):
+    """Any syntax or semantic problem in `q`; Drive answers 400 "Invalid Value"."""
+
+
+Predicate = Callable[[dict], bool]
+
+
+def tokenize_query(q: str) -> list[tuple[str, Any]]:
+    """Split `q` into (kind, value) tokens: str, op, word, punctuation, eof.
+
+    Strings are single-quoted; inside them only `\\'` and `\\\\` are escapes.
+    """
+    tokens: list[tuple[str, Any]] = []
+    i, n = 0, len(q)
+    while i < n:
+        c = q[i]
+        if c.isspace():
+            i += 1
+        elif c == "'":
+            i += 1
+            buf = []
+            while True:
+                if i >= n:
+                    raise QueryError("unterminated string")
+                c = q[i]
+                if c == "\\":
+                    if i + 1 >= n or q[i + 1] not in "'\\":
+                        raise QueryError("bad escape")
+                    buf.append(q[i + 1])
+                    i += 2
+                elif c == "'":
+                    i += 1
+                    break
+                else:
+                    buf.append(c)
+                    i += 1
+            tokens.append(("str", "".join(buf)))
+        elif q.startswith(("!=", "<=", ">="), i):
+            tokens.append(("op", q[i : i + 2]))
+            i += 2
+        elif c in "=<>":
+            tokens.append(("op", c))
+            i += 1
+        elif c in "(){}":
+            tokens.append((c, c))
+            i += 1
+        elif c.isalpha() or c == "_":
+            j = i
+            while j < n and (q[j].isalnum() or q[j] == "_"):
+                j += 1
+            tokens.append(("word", q[i:j]))
+            i = j
+        else:
+            raise QueryError(f"unexpected character {c!r}")
+    tokens.append(("eof", None))
+    return tokens
+
+
+def _word_starts(text: str) -> list[int]:
+    """Indexes where a word starts (start of text, or alnum after non-alnum)."""
+    return [i for i, c in enumerate(text) if c.isalnum() and (i == 0 or not text[i - 1].isalnum())] or [0]
+
+
+def name_contains(name: str, needle: str) -> bool:
+    """Drive's `name contains` is prefix matching on words, case-insensitive.
+
+    Documented: for "HelloWorld", 'Hello' matches and 'World' does not.  Matching
+    at every word start is this emulator's reading of "prefix" for multi-word names.
+    """
+    hay, needle = name.casefold(), needle.casefold()
+    return any(hay.startswith(needle, i) for i in _word_starts(hay))
+
+
+def full_text_contains(text: str, needle: str) -> bool:
+    """Approximation of `fullText contains`: whole-word (phrase) match, any case."""
+    hay, needle = text.casefold(), needle.casefold().strip()
+    if not needle:
+        return False
+    for i in _word_starts(hay):
+        end = i + len(needle)
+        if hay.startswith(needle, i) and (end >= len(hay) or not hay[end].isalnum()):
+            return True
+    return False
+
+
+class QueryParser:
+    """Recursive descent over the tokens; builds a predicate on stored files.
+
+    Grammar (precedence: not > and > or)::
+
+        expr    := and ('or' and)*
+        and     := unary ('and' unary)*
+        unary   := 'not' unary | '(' expr ')' | term
+        term    := STR 'in' 'parents'
+                 | ('name'|'mimeType') ('='|'!='|'contains') STR
+                 | 'fullText' 'contains' STR
+                 | ('trashed'|'starred') ('='|'!=') ('true'|'false')
+                 | ('modifiedTime'|'createdTime') CMP STR
+                 | ('appProperties'|'properties') 'has' '{' 'key' '=' STR 'and' 'value' '=' STR '}'
+    """
+
+    COMPARE = {
+        "=": lambda a, b: a == b,
+        "!=": lambda a, b: a != b,
+        "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b,
+        ">": lambda a, b: a > b,
+        ">=": lambda a, b: a >= b,
+    }
+
+    def __init__(self, q: str, resolve_id: Callable[[str], str]):
+        self.tokens = tokenize_query(q)
+        self.pos = 0
+        self.resolve_id = resolve_id
+
+    def parse(self) -> Predicate:
+        pred = self.expr()
+        self.expect("eof")
+        return pred
+
+    # -- token helpers
+    def peek(self) -> tuple[str, Any]:
+        return self.tokens[self.pos]
+
+    def take(self) -> tuple[str, Any]:
+        tok = self.tokens[self.pos]
+        if tok[0] != "eof":
+            self.pos += 1
+        return tok
+
+    def expect(self, kind: str, value: str | None = None) -> Any:
+        tok = self.take()
+        if tok[0] != kind or (value is not None and tok[1] != value):
+            raise QueryError(f"expected {value or kind}, got {tok[1]!r}")
+        return tok[1]
+
+    def is_keyword(self, word: str) -> bool:
+        kind, value = self.peek()
+        return kind == "word" and value.lower() == word
+
+    def keyword(self, word: str) -> None:
+        if not self.is_keyword(word):
+            raise QueryError(f"expected {word}")
+        self.take()
+
+    # -- grammar
+    def expr(self) -> Predicate:
+        parts = [self.conjunction()]
+        while self.is_keyword("or"):
+            self.take()
+            parts.append(self.conjunction())
+        return parts[0] if len(parts) == 1 else (lambda f: any(p(f) for p in parts))
+
+    def conjunction(self) -> Predicate:
+        parts = [self.unary()]
+        while self.is_keyword("and"):
+            self.take()
+            parts.append(self.unary())
+        return parts[0] if len(parts) == 1 else (lambda f: all(p(f) for p in parts))
+
+    def unary(self) -> Predicate:
+        if self.is_keyword("not"):
+            self.take()
+            inner = self.unary()
+            return lambda f: not inner(f)
+        if self.peek()[0] == "(":
+            self.take()
+            inner = self.expr()
+            self.expect(")")
+            return inner
+        return self.term()
+
+    def term(self) -> Predicate:
+        kind, value = self.take()
+        if kind == "str":
+            self.keyword("in")
+            if self.expect("word") != "parents":
+                raise QueryError("only 'parents' supports 'in'")
+            parent = self.resolve_id(value)
+            return lambda f: parent in f.get("parents", [])
+        if kind != "word":
+            raise QueryError(f"unexpected {value!r}")
+        field = value
+        if field in ("name", "mimeType"):
+            if self.is_keyword("contains"):
+                self.take()
+                needle = self.expect("str")
+                if field == "name":
+                    return lambda f: name_contains(f["name"], needle)
+                return lambda f: needle in f["mimeType"]
+            op = self.expect("op")
+            if op not in ("=", "!="):
+                raise QueryError(f"{field} does not support {op}")
+            text = self.expect("str")
+            cmp = self.COMPARE[op]
+            return lambda f: cmp(f[field], text)
+        if field == "fullText":
+            self.keyword("contains")
+            needle = self.expect("str")
+            return lambda f: full_text_contains(f["name"], needle) or full_text_contains(
+                f.get("description", ""), needle
+            )
+        if field in ("trashed", "starred"):
+            op = self.expect("op")
+            if op not in ("=", "!="):
+                raise QueryError(f"{field} does not support {op}")
+            word = self.expect("word").lower()
+            if word not in ("true", "false"):
+                raise QueryError("expected true or false")
+            flag, cmp = word == "true", self.COMPARE[op]
+            return lambda f: cmp(bool(f.get(field, False)), flag)
+        if field in ("modifiedTime", "createdTime"):
+            op = self.expect("op")
+            try:
+                when = parse_rfc3339(self.expect("str"))
+            except ValueError:
+                raise QueryError("bad date") from None
+            cmp = self.COMPARE[op]
+            return lambda f: cmp(parse_rfc3339(f[field]), when)
+        if field in ("appProperties", "properties"):
+            self.keyword("has")
+            self.expect("{")
+            self.keyword("key")
+            self.expect("op", "=")
+            key = self.expect("str")
+            self.keyword("and")
+            self.keyword("value")
+            self.expect("op", "=")
+            val = self.expect("str")
+            self.expect("}")
+            return lambda f: (f.get(field) or {}).get(key) == val
+        raise QueryError(f"unknown field {field!r}")
+
+
+# ---------------------------------------------------------------------------
+# multipart/related bodies (uploadType=multipart)
+# ---------------------------------------------------------------------------
+
+
+def parse_multipart_related(content_type: str, body: bytes) -> list[tuple[dict[str, str], bytes]]:
+    """Split a multipart body into (headers, payload) parts.
+
+    googleapiclient writes it with the email package: LF line ends, the media
+    part marked `Content-Transfer-Encoding: binary`.  Other clients use CRLF;
+    the style is taken from the first delimiter line so a payload ending in CR
+    is never trimmed by mistake.  base64 and quoted-printable parts are decoded.
+    """
+    msg = email.message.Message()
+    msg["content-type"] = content_type
+    boundary = msg.get_param("boundary")
+    if msg.get_content_type() not in ("multipart/related", "multipart/mixed") or not boundary:
+        raise bad_request("Invalid multipart request with 0 mime parts.", "badContent")
+    delim = b"--" + str(boundary).encode("latin-1")
+    start = body.find(delim)
+    if start < 0 or (start > 0 and body[start - 1 : start] != b"\n"):
+        raise bad_request("Invalid multipart request with 0 mime parts.", "badContent")
+    after = start + len(delim)
+    eol = b"\r\n" if body[after : after + 2] == b"\r\n" else b"\n"
+    separator = eol + delim
+    malformed = bad_request("Malformed multipart body.", "badContent")
+    parts = []
+    pos = after
+    while not body.startswith(b"--", pos):  # "--" after a delimiter closes the body
+        if not body.startswith(eol, pos):
+            raise malformed
+        pos += len(eol)
+        if body.startswith(eol, pos):  # a part without headers
+            head, payload_start = b"", pos + len(eol)
+        else:
+            head_end = body.find(eol + eol, pos)
+            if head_end < 0:
+                raise malformed
+            head, payload_start = body[pos:head_end], head_end + 2 * len(eol)
+        headers = {}
+        for line in head.split(eol):
+            if line.strip():
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+        # Search from the blank line's own EOL: an empty payload shares it with
+        # the next delimiter.
+        nxt = body.find(separator, payload_start - len(eol))
+        if nxt < 0:
+            raise malformed
+        payload = body[payload_start:nxt] if nxt >= payload_start else b""
+        encoding = headers.get("content-transfer-encoding", "binary").lower()
+        try:
+            if encoding == "base64":
+                payload = base64.b64decode(payload, validate=False)
+            elif encoding == "quoted-printable":
+                payload = quopri.decodestring(payload)
+        except (binascii.Error, ValueError):
+            raise bad_request("Invalid base64 in multipart body.", "badContent") from None
+        parts.append((headers, payload))
+        pos = nxt + len(separator)
+    return parts
+
+
+# ---------------------------------------------------------------------------
+# Faults and upload sessions
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Faults:
+    """Switches for Drive's failure modes; all off by default.
+
+    Tests mutate these fields while the server runs.  Random choices come from
+    `random.Random(seed)` (re-seeded whenever `seed` changes), so a run with the
+    same requests in the same order fires the same faults.  What fired is counted
+    in `DriveEmulator.fault_counts` under the key named in each comment.
+    """
+
+    latency_s: float = 0.0  # slept before every API/upload answer ("latency")
+    # Token bucket on creations (files.create, every upload create incl. resumable
+    # initiation).  Over it: 403 userRateLimitExceeded ("rate_limit_403") and 429
+    # rateLimitExceeded ("rate_limit_429") alternate, starting with 403.
+    create_rate_per_s: float | None = None
+    create_burst: int = 10
+    retry_after_s: float | None = None  # adds Retry-After (formatted with :g) to those
+    error_rate: float = 0.0  # API/upload requests answered 500/502/503 ("server_error_<code>")
+    drop_rate: float = 0.0  # socket closed after reading the request, nothing done ("drop")
+    # Emulator addition: the request IS processed (file created, chunk stored) but
+    # the answer is lost ("drop_response") — how duplicates happen on real Drive.
+    drop_response_rate: float = 0.0
+    # Chunk PUTs that store only a 256 KiB-multiple prefix and answer 308 ("partial_chunk").
+    partial_chunk_rate: float = 0.0
+    # Edge-triggered: when seen switched on, every session existing at that moment
+    # answers 404 from then on ("expired_session"); sessions started later work.
+    expire_sessions: bool = False
+    storage_quota_bytes: int | None = None  # 403 storageQuotaExceeded ("storage_quota")
+    # Bytes uploaded since reset; once above, new uploads are refused at initiation
+    # with 403 userRateLimitExceeded "User rate limit exceeded." ("daily_cap").
+    daily_upload_cap_bytes: int | None = None
+    # The next N upload answers that include md5Checksum report a wrong one ("wrong_md5").
+    wrong_md5_count: int = 0
+    # regex (re.search on the request target incl. query string) -> status ("fail_path")
+    fail_paths: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class UploadSession:
+    """State of one resumable upload; the file exists only once it completes."""
+
+    upload_id: str
+    create: dict | None  # validated create metadata, or None for an update
+    file_id: str | None  # the file being updated (update sessions)
+    patch: dict | None  # validated update metadata
+    media_mime: str
+    fields: str | None  # `fields` of the initiating request, used for the final answer
+    declared_size: int | None  # X-Upload-Content-Length
+    total: int | None = None  # total size once a Content-Range told it
+    data: bytearray = dataclasses.field(default_factory=bytearray)
+    done_file_id: str | None = None
+    expired: bool = False
+
+
+# ---------------------------------------------------------------------------
+# HTTP plumbing
+# ---------------------------------------------------------------------------
+
+
+class Reply:
+    """An answer to send; `drop` means close the socket without answering."""
+
+    def __init__(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+                 reason: str | None = None):
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+        self.reason = reason
+
+    @classmethod
+    def json(cls, status: int, obj: Any, headers: dict[str, str] | None = None) -> "Reply":
+        body = json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8")
+        hdrs = {"Content-Type": "application/json; charset=UTF-8"}
+        hdrs.update(headers or {})
+        return cls(status, body, hdrs)
+
+    @classmethod
+    def error(cls, err: ApiError) -> "Reply":
+        return cls.json(err.code, err.body(), err.headers)
+
+
+class _Drop(Exception):
+    """Raised to close the connection without an answer."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as httplib2 expects
+    server_version = "ESF"
+    sys_version = ""
+    timeout = 60  # idle keep-alive connections are closed after this
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.emulator._track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.emulator._track(self.connection, False)
+
+    def _any(self) -> None:
+        self.server.emulator._serve(self)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature fixed
+        """Silence the default stderr access log; `emu.requests` records requests."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+# ---------------------------------------------------------------------------
+# The emulator
+# ---------------------------------------------------------------------------
+
+
+class DriveEmulator:
+    """An in-memory Drive v3 answering HTTP on 127.0.0.1.
+
+    State is guarded by `lock` (an RLock); tests may read `files`, `requests`,
+    `fault_counts` under it and mutate `faults` at any time.
+    """
+
+    def __init__(self, port: int = 0, *, require_auth: bool = True, body_timeout_s: float = 2.0):
+        """`body_timeout_s`: how long a request body may stall before the socket is
+        closed.  It matters because httplib2 silently re-sends a request whose
+        connection dropped, but an upload stream it already consumed goes out as
+        an empty body under the old Content-Length: a real server times that out.
+        """
+        self.port = port
+        self.require_auth = require_auth
+        self.body_timeout_s = body_timeout_s
+        self.lock = threading.RLock()
+        self.faults = Faults()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._access_tokens: dict[str, str | None] = {}  # token -> refresh token it came from
+        self._revoked_refresh: set[str] = set()
+        self.token_refreshes = 0
+        self.reset()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> "DriveEmulator":
+        server = _Server(("127.0.0.1", self.port), _Handler)
+        server.emulator = self
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(target=server.serve_forever, name="drive-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open keep-alive connections, so a stopped emulator
+        looks like a dead server instead of answering on pooled sockets."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self.lock:
+            conns = list(self._connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "DriveEmulator":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("DriveEmulator is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    def _track(self, conn: socket.socket, alive: bool) -> None:
+        with self.lock:
+            (self._connections.add if alive else self._connections.discard)(conn)
+
+    # -- state & Python API ------------------------------------------------
+
+    def reset(self) -> None:
+        """Drop all files, sessions, requests, generated ids, counters and faults.
+        Access and refresh tokens survive, so clients built before keep working."""
+        with self.lock:
+            self.files: dict[str, dict] = {}
+            self.upload_sessions: dict[str, UploadSession] = {}
+            self.requests: list[dict] = []
+            self.faults = Faults()
+            self.fault_counts: dict[str, int] = {}
+            self.uploaded_bytes = 0
+            self._generated_ids: set[str] = set()
+            self._rng = random.Random(0)
+            self._rng_seed = 0
+            self._bucket: tuple[tuple, float, float] | None = None  # (params, tokens, time)
+            self._rate_limit_hits = 0
+            self._expire_seen = False
+
+    def issue_token(self, access_token: str | None = None) -> str:
+        """Register (or mint) an access token that the API accepts."""
+        token = access_token or "ya29.emu-" + secrets.token_urlsafe(24)
+        with self.lock:
+            self._access_tokens[token] = None
+        return token
+
+    def revoke_refresh_token(self, refresh_token: str) -> None:
+        """/token answers invalid_grant for it from now on, and the access tokens
+        minted from it stop working (as revoking a grant does on Google)."""
+        with self.lock:
+            self._revoked_refresh.add(refresh_token)
+            for tok, rt in list(self._access_tokens.items()):
+                if rt == refresh_token:
+                    del self._access_tokens[tok]
+
+    def expire_access_tokens(self) -> None:
+        """Every access token now gets 401, as after its hour is up; clients holding
+        a refresh token recover through /token."""
+        with self.lock:
+            self._access_tokens.clear()
+
+    def expire_all_sessions(self) -> None:
+        """Every resumable session that exists now answers 404 from now on."""
+        with self.lock:
+            for sess in self.upload_sessions.values():
+                sess.expired = True
+
+    def clear_requests(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    def list_files(self, include_trashed: bool = False) -> list[dict]:
+        """Snapshot of stored resources (without content), in creation order."""
+        with self.lock:
+            return [
+                {k: v for k, v in f.items() if k != "content"}
+                for f in self.files.values()
+                if include_trashed or not f["trashed"]
+            ]
+
+    def content(self, file_id: str) -> bytes:
+        with self.lock:
+            return bytes(self.files[file_id]["content"])
+
+    def path_of(self, file_id: str) -> str:
+        """Names from the top folder down to the file, My Drive itself excluded:
+        a file in folder Trip in folder 2019 at the top gives "2019/Trip/IMG_1.jpg"."""
+        names = []
+        with self.lock:
+            current: str | None = file_id
+            seen = set()
+            while current and current in self.files and current not in seen:
+                seen.add(current)
+                f = self.files[current]
+                names.append(f["name"])
+                current = f["parents"][0] if f.get("parents") else None
+        return "/".join(reversed(names))
+
+    def add_folder(self, name: str, parent_id: str | None = None, **fields: Any) -> dict:
+        """Create a folder directly (no HTTP, no faults); returns the resource."""
+        return self.add_file(name, b"", parent_id, mimeType=FOLDER_MIME, **fields)
+
+    def add_file(self, name: str, content: bytes = b"", parent_id: str | None = None, **fields: Any) -> dict:
+        """Create a file directly (no HTTP, no faults).  `fields` are create metadata
+        such as mimeType, appProperties, modifiedTime; returns the resource."""
+        meta = dict(fields, name=name)
+        if parent_id:
+            meta["parents"] = [parent_id]
+        with self.lock:
+            norm = self._validate_create(meta)
+            f = self._commit_create(norm, content, fields.get("mimeType") or "application/octet-stream")
+            return {k: v for k, v in f.items() if k != "content"}
+
+    def discovery_document(self) -> dict:
+        """The discovery document bundled with googleapiclient, pointed at this
+        emulator (found without importing googleapiclient, which this module avoids)."""
+        spec = importlib.util.find_spec("googleapiclient")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("googleapiclient is not installed")
+        path = Path(list(spec.submodule_search_locations)[0]) / "discovery_cache" / "documents" / "drive.v3.json"
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc["rootUrl"] = doc["mtlsRootUrl"] = self.url + "/"
+        doc["baseUrl"] = self.url + "/drive/v3/"
+        return doc
+
+    # -- request entry point -------------------------------------------------
+
+    def _serve(self, handler: _Handler) -> None:
+        """Read one request, run faults and the route, send (or drop) the answer."""
+        split = urlsplit(handler.path)
+        path = unquote(split.path)
+        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        record = {
+            "method": handler.command,
+            "path": path,
+            "query": query,
+            "status": None,
+            "host": handler.headers.get("Host", ""),
+            "content_range": handler.headers.get("Content-Range"),  # shows resumable status queries
+        }
+        with self.lock:
+            self.requests.append(record)
+        try:
+            body = self._read_body(handler)
+        except (TimeoutError, OSError, ValueError):
+            self._count("body_timeout")
+            handler.close_connection = True
+            return
+        is_api = path.startswith(("/drive/v3/", "/upload/drive/v3/"))
+        try:
+            reply = self._respond(handler, path, split.query, query, body, is_api)
+        except _Drop:
+            handler.close_connection = True
+            return
+        with self.lock:
+            record["status"] = reply.status
+        self._send(handler, reply)
+
+    def _respond(self, handler: _Handler, path: str, raw_query: str, query: dict, body: bytes,
+                 is_api: bool) -> Reply:
+        if is_api and self._chance("drop_rate"):
+            self._count("drop")
+            raise _Drop
+        try:
+            reply = self._faulted_or_routed(handler, path, raw_query, query, body, is_api)
+        except ApiError as err:
+            reply = Reply.error(err)
+        if is_api:
+            if self._chance("drop_response_rate"):
+                self._count("drop_response")
+                raise _Drop
+            latency = self.faults.latency_s
+            if latency > 0:
+                self._count("latency")
+                time.sleep(latency)
+        return reply
+
+    def _faulted_or_routed(self, handler: _Handler, path: str, raw_query: str, query: dict,
+                           body: bytes, is_api: bool) -> Reply:
+        target = path + ("?" + raw_query if raw_query else "")
+        if is_api:
+            self._check_auth(handler.headers.get("Authorization"), query)
+        for pattern, status in list(self.faults.fail_paths.items()):
+            if re.search(pattern, target):
+                self._count("fail_path")
+                return self._status_reply(int(status))
+        if is_api and self._chance("error_rate"):
+            with self.lock:
+                status = self._rng.choice((500, 502, 503))
+            self._count(f"server_error_{status}")
+            return self._status_reply(status)
+        return self._route(handler, path, query, body)
+
+    def _status_reply(self, status: int) -> Reply:
+        if status == 502:
+            return Reply(502, HTML_502, {"Content-Type": "text/html; charset=UTF-8"})
+        return Reply.error(generic_error(status))
+
+    def _read_body(self, handler: _Handler) -> bytes:
+        conn = handler.connection
+        conn.settimeout(self.body_timeout_s)
+        try:
+            if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = bytearray()
+                while True:
+                    size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return bytes(out)
+                    out += handler.rfile.read(size)
+                    handler.rfile.readline()
+            length = int(handler.headers.get("Content-Length") or 0)
+            data = handler.rfile.read(length) if length else b""
+            if len(data) != length:
+                raise ValueError("short body")
+            return data
+        finally:
+            conn.settimeout(handler.timeout)
+
+    def _send(self, handler: _Handler, reply: Reply) -> None:
+        handler.send_response(reply.status, reply.reason)
+        for name, value in reply.headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(reply.body)))
+        handler.end_headers()
+        if reply.body:
+            handler.wfile.write(reply.body)
+
+    # -- faults & auth -----------------------------------------------------
+
+    def _count(self, key: str) -> None:
+        with self.lock:
+            self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
+
+    def _chance(self, rate_field: str) -> bool:
+        """One seeded draw for a rate fault; no draw at all when it is off, so
+        switching one fault on does not shift the others' sequence."""
+        rate = getattr(self.faults, rate_field)
+        if rate <= 0:
+            return False
+        with self.lock:
+            if self._rng_seed != self.faults.seed:
+                self._rng_seed = self.faults.seed
+                self._rng = random.Random(self.faults.seed)
+            return self._rng.random() < rate
+
+    def _check_auth(self, header: str | None, query: dict) -> None:
+        if not self.require_auth:
+            return
+        token = None
+        if header and header.lower().startswith("bearer "):
+            token = header[7:].strip()
+        elif "access_token" in query:  # Google APIs also take the token as a parameter
+            token = query["access_token"]
+        www = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", error="invalid_token"'}
+        if not token:
+            raise ApiError(
+                401, "required", "Request is missing required authentication credential. " + AUTH_HELP,
+                detail_message="Login Required.", location="Authorization", location_type="header",
+                status="UNAUTHENTICATED", headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
+            )
+        with self.lock:
+            known = token in self._access_tokens
+        if not known:
+            raise ApiError(
+                401, "authError", "Request had invalid authentication credentials. " + AUTH_HELP,
+                detail_message="Invalid Credentials", location="Authorization", location_type="header",
+                status="UNAUTHENTICATED", headers=www,
+            )
+
+    def _check_create_rate(self) -> None:
+        """Token bucket on creations; refusals alternate 403 and 429."""
+        f = self.faults
+        if f.create_rate_per_s is None:
+            return
+        now = time.monotonic()
+        with self.lock:
+            params = (f.create_rate_per_s, f.create_burst)
+            if self._bucket is None or self._bucket[0] != params:
+                self._bucket = (params, float(f.create_burst), now)
+            _, tokens, then = self._bucket
+            tokens = min(float(f.create_burst), tokens + (now - then) * f.create_rate_per_s)
+            if tokens >= 1:
+                self._bucket = (params, tokens - 1, now)
+                return
+            self._bucket = (params, tokens, now)
+            hit = self._rate_limit_hits
+            self._rate_limit_hits += 1
+        headers = {"Retry-After": f"{f.retry_after_s:g}"} if f.retry_after_s is not None else {}
+        if hit % 2 == 0:
+            self._count("rate_limit_403")
+            raise ApiError(403, "userRateLimitExceeded", USER_RATE_MESSAGE, domain="usageLimits",
+                           headers=headers)
+        self._count("rate_limit_429")
+        raise ApiError(429, "rateLimitExceeded", RATE_429_MESSAGE, domain="usageLimits",
+                       status="RESOURCE_EXHAUSTED", headers=headers)
+
+    def _check_daily_cap(self) -> None:
+        cap = self.faults.daily_upload_cap_bytes
+        if cap is not None and self.uploaded_bytes > cap:
+            self._count("daily_cap")
+            raise ApiError(403, "userRateLimitExceeded", DAILY_CAP_MESSAGE, domain="usageLimits")
+
+    def _usage(self) -> int:
+        return sum(len(f["content"]) for f in self.files.values())
+
+    def _check_storage(self, extra_bytes: int) -> None:
+        quota = self.faults.storage_quota_bytes
+        if quota is not None and self._usage() + extra_bytes > quota:
+            self._count("storage_quota")
+            raise storage_quota_error()
+
+    # -- routing -------------------------------------------------------------
+
+    def _route(self, handler: _Handler, path: str, query: dict, body: bytes) -> Reply:
+        method = handler.command
+        headers = handler.headers
+        if path == "/token":
+            if method != "POST":
+                raise generic_error(404)
+            return self._token(body)
+        if path == "/drive/v3/about" and method == "GET":
+            return self._about(query)
+        if path == "/drive/v3/files":
+            if method == "GET":
+                return self._list(query)
+            if method == "POST":
+                return self._create(query, body)
+        elif path == "/drive/v3/files/generateIds" and method == "GET":
+            return self._generate_ids(query)
+        elif path.startswith("/drive/v3/files/"):
+            file_id = path[len("/drive/v3/files/"):]
+            if "/" not in file_id:
+                if method == "GET":
+                    return self._get(file_id, query, headers)
+                if method == "PATCH":
+                    return self._update(file_id, query, body)
+                if method == "DELETE":
+                    return self._delete(file_id)
+        elif path == "/upload/drive/v3/files" or path.startswith("/upload/drive/v3/files/"):
+            file_id = path[len("/upload/drive/v3/files/"):] or None
+            if "upload_id" in query:
+                if method != "PUT":
+                    raise generic_error(404)
+                return self._resumable_put(query, headers, body)
+            if file_id is None and method == "POST":
+                return self._upload(None, query, headers, body, handler)
+            if file_id and "/" not in file_id and method in ("PATCH", "PUT"):
+                return self._upload(file_id, query, headers, body, handler)
+        raise generic_error(404)
+
+    # -- OAuth token endpoint ------------------------------------------------
+
+    def _token(self, body: bytes) -> Reply:
+        """The refresh-token grant as google-auth sends it (form-encoded)."""
+        form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+        def oauth_error(status: int, error: str, description: str) -> Reply:
+            return Reply.json(status, {"error": error, "error_description": description})
+
+        grant = form.get("grant_type")
+        if grant != "refresh_token":
+            return oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant or ''}")
+        rt = form.get("refresh_token")
+        if not rt:
+            return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
+        if not form.get("client_id"):
+            return oauth_error(400, "invalid_request", "Could not determine client ID from request.")
+        with self.lock:
+            if rt in self._revoked_refresh:
+                return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+            token = "ya29.emu-" + secrets.token_urlsafe(24)
+            self._access_tokens[token] = rt
+            self.token_refreshes += 1
+        answer = {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+        if form.get("scope"):
+            answer["scope"] = form["scope"]
+        return Reply.json(200, answer)
+
+    # -- about & generateIds -----------------------------------------------
+
+    def _about(self, query: dict) -> Reply:
+        if not query.get("fields"):
+            raise ApiError(400, "required", "The 'fields' parameter is required for this method.",
+                           location="fields", location_type="parameter")
+        tree = checked_fields(query["fields"], "", ABOUT_FIELDS)
+        with self.lock:
+            usage = self._usage()
+            trash = sum(len(f["content"]) for f in self.files.values() if f["trashed"])
+            quota = {"usage": str(usage), "usageInDrive": str(usage), "usageInDriveTrash": str(trash)}
+            if self.faults.storage_quota_bytes is not None:
+                quota["limit"] = str(self.faults.storage_quota_bytes)
+        about = {
+            "kind": "drive#about",
+            "user": {
+                "kind": "drive#user",
+                "displayName": "Emulated User",
+                "emailAddress": "emulated.user@example.com",
+                "me": True,
+                "permissionId": "00000000000000000000",
+            },
+            "storageQuota": quota,
+            "maxUploadSize": str(MAX_UPLOAD_SIZE),
+            "appInstalled": True,
+        }
+        return Reply.json(200, select_fields(about, tree))
+
+    def _generate_ids(self, query: dict) -> Reply:
+        count = self._int_param(query, "count", 10, 1, MAX_GENERATED_IDS)
+        tree = checked_fields(query.get("fields"), "kind,space,ids", GENERATED_IDS_FIELDS)
+        ids = [new_file_id() for _ in range(count)]
+        with self.lock:
+            self._generated_ids.update(ids)
+        answer = {"kind": "drive#generatedIds", "space": query.get("space") or "drive", "ids": ids}
+        return Reply.json(200, select_fields(answer, tree))
+
+    @staticmethod
+    def _int_param(query: dict, name: str, default: int, low: int, high: int) -> int:
+        raw = query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise invalid_param(name, f"Invalid value '{raw}'. Values must be within the range: [{low}, {high}]") from None
+        if not low <= value <= high:
+            raise invalid_param(name, f"Invalid value '{raw}'. Values must be within the range: [{low}, {high}]")
+        return value
+
+    # -- file resources --------------------------------------------------------
+
+    def _resolve(self, file_id: str) -> str:
+        return ROOT_FOLDER_ID if file_id == "root" else file_id
+
+    def _root_resource(self) -> dict:
+        return {"kind": "drive#file", "id": ROOT_FOLDER_ID, "name": "My Drive", "mimeType": FOLDER_MIME,
+                "trashed": False, "explicitlyTrashed": False, "starred": False,
+                "createdTime": "2010-01-01T00:00:00.000Z", "modifiedTime": "2010-01-01T00:00:00.000Z",
+                "ownedByMe": True, "spaces": ["drive"]}
+
+    def _lookup(self, file_id: str) -> dict:
+        f = self.files.get(self._resolve(file_id))
+        if f is None:
+            raise not_found(file_id)
+        return f
+
+    def _public(self, f: dict) -> dict:
+        """The full API view of a stored file (stored keys plus derived ones)."""
+        out = {k: v for k, v in f.items() if k != "content"}
+        out.setdefault("spaces", ["drive"])
+        out["ownedByMe"] = True
+        out["quotaBytesUsed"] = "0" if is_google_type(f["mimeType"]) else str(len(f["content"]))
+        if f["mimeType"] == FOLDER_MIME:
+            out["webViewLink"] = f"https://drive.google.com/drive/folders/{f['id']}"
+        else:
+            out["webViewLink"] = f"https://drive.google.com/file/d/{f['id']}/view?usp=drivesdk"
+        name = f["name"]
+        if not is_google_type(f["mimeType"]) and "." in name and not name.startswith("."):
+            out["fullFileExtension"] = name.split(".", 1)[1]
+            out["fileExtension"] = name.rsplit(".", 1)[1]
+        return out
+
+    def _file_reply(self, f: dict, fields: str | None, *, upload: bool = False) -> Reply:
+        tree = checked_fields(fields, DEFAULT_FILE_FIELDS, FILE_FIELDS)
+        out = select_fields(self._public(f), tree)
+        if upload and "md5Checksum" in out:
+            with self.lock:
+                if self.faults.wrong_md5_count > 0:
+                    self.faults.wrong_md5_count -= 1
+                    out["md5Checksum"] = hashlib.md5(b"wrong:" + bytes(f["content"])).hexdigest()
+                    self._count("wrong_md5")
+        return Reply.json(200, out)
+
+    def _get(self, file_id: str, query: dict, headers: Any) -> Reply:
+        with self.lock:
+            if self._resolve(file_id) == ROOT_FOLDER_ID:
+                tree = checked_fields(query.get("fields"), DEFAULT_FILE_FIELDS, FILE_FIELDS)
+                return Reply.json(200, select_fields(self._root_resource(), tree))
+            f = self._lookup(file_id)
+            if query.get("alt") != "media":
+                return self._file_reply(f, query.get("fields"))
+            if is_google_type(f["mimeType"]):
+                raise ApiError(403, "fileNotDownloadable",
+                               "Only files with binary content can be downloaded. Use Export with Docs Editors files.",
+                               location="alt", location_type="parameter")
+            content = bytes(f["content"])
+            mime = f["mimeType"]
+        return self._media_reply(content, mime, headers.get("Range"))
+
+    @staticmethod
+    def _media_reply(content: bytes, mime: str, range_header: str | None) -> Reply:
+        """alt=media, honouring `Range: bytes=a-b` as MediaIoBaseDownload sends it."""
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", (range_header or "").strip())
+        if not m or not content or (not m.group(1) and not m.group(2)):
+            return Reply(200, content, {"Content-Type": mime})
+        size = len(content)
+        if m.group(1):
+            start, end = int(m.group(1)), int(m.group(2)) if m.group(2) else size - 1
+        else:
+            start, end = max(0, size - int(m.group(2))), size - 1
+        if start >= size or end < start:
+            return Reply(416, b"", {"Content-Range": f"bytes */{size}"})
+        end = min(end, size - 1)
+        return Reply(206, content[start : end + 1],
+                     {"Content-Type": mime, "Content-Range": f"bytes {start}-{end}/{size}"})
+
+    def _list(self, query: dict) -> Reply:
+        page_size = self._int_param(query, "pageSize", 100, 1, MAX_PAGE_SIZE)
+        tree = checked_fields(query.get("fields"), DEFAULT_LIST_FIELDS, FILE_LIST_FIELDS, {"files": FILE_FIELDS})
+        q = (query.get("q") or "").strip()
+        predicate: Predicate = lambda f: True  # noqa: E731
+        if q:
+            try:
+                predicate = QueryParser(q, self._resolve).parse()
+            except QueryError:
+                raise invalid_param("q") from None
+        offset = 0
+        fingerprint = hashlib.sha256(q.encode()).hexdigest()[:16]
+        if query.get("pageToken"):
+            try:
+                token = json.loads(base64.urlsafe_b64decode(query["pageToken"].encode()))
+                offset, token_q = int(token["o"]), token["q"]
+            except (ValueError, KeyError, TypeError, binascii.Error):
+                raise invalid_param("pageToken") from None
+            if token_q != fingerprint:
+                raise invalid_param("pageToken")
+        # Nothing lives in appDataFolder here; every other space is My Drive.
+        in_space = "drive" in (query.get("spaces") or "drive").split(",")
+        with self.lock:
+            matches = [f for f in self.files.values() if predicate(f)] if in_space else []
+            page = [self._public(f) for f in matches[offset : offset + page_size]]
+            more = offset + page_size < len(matches)
+        answer: dict[str, Any] = {"kind": "drive#fileList", "incompleteSearch": False, "files": page}
+        if more:
+            raw = json.dumps({"o": offset + page_size, "q": fingerprint}).encode()
+            answer["nextPageToken"] = base64.urlsafe_b64encode(raw).decode()
+        return Reply.json(200, select_fields(answer, tree))
+
+    def _delete(self, file_id: str) -> Reply:
+        with self.lock:
+            if self._resolve(file_id) == ROOT_FOLDER_ID:
+                raise ApiError(403, "insufficientFilePermissions",
+                               "The user does not have sufficient permissions for this file.")
+            f = self._lookup(file_id)
+            doomed = [f["id"]] + self._descendants(f["id"])
+            for fid in doomed:
+                self.files.pop(fid, None)
+        return Reply(204)
+
+    def _descendants(self, folder_id: str) -> list[str]:
+        out, frontier = [], [folder_id]
+        while frontier:
+            parent = frontier.pop()
+            for f in self.files.values():
+                if parent in f.get("parents", []):
+                    out.append(f["id"])
+                    frontier.append(f["id"])
+        return out
+
+    # -- create & update validation -------------------------------------------
+
+    @staticmethod
+    def _json_body(body: bytes) -> dict:
+        if not body.strip():
+            return {}
+        try:
+            meta = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise parse_error() from None
+        if not isinstance(meta, dict):
+            raise parse_error()
+        return meta
+
+    @staticmethod
+    def _check_properties(field: str, value: Any, existing: dict | None) -> dict:
+        """Validate and merge appProperties/properties; a null value deletes a key."""
+        if not isinstance(value, dict):
+            raise bad_request(f"Invalid value for {field}.", "invalid", location=field, location_type="body")
+        merged = dict(existing or {})
+        for key, val in value.items():
+            if val is None:
+                merged.pop(key, None)
+                continue
+            if not isinstance(val, str):
+                # guess: proto-JSON style refusal of a non-string map value
+                raise bad_request(f"Invalid value at '{field}[{key}]' (TYPE_STRING), {json.dumps(val)}",
+                                  "invalid", location=field, location_type="body")
+            if len(key.encode("utf-8")) + len(val.encode("utf-8")) > MAX_PROPERTY_BYTES:
+                # seen on real Drive (2026 report): 403 propertyLengthLimitExceeded
+                raise ApiError(403, "propertyLengthLimitExceeded",
+                               "Properties and app properties are limited to 124 bytes in UTF-8 encoding, "
+                               "counting both the key and the value.")
+            merged[key] = val
+        if len(merged) > MAX_APP_PROPERTIES:
+            # guess: the limit (30 per app per file) is documented, the error body is not
+            raise ApiError(403, "propertyCountLimitExceeded",
+                           f"A file can have at most {MAX_APP_PROPERTIES} {field} per application.")
+        return merged
+
+    @staticmethod
+    def _check_time(field: str, value: Any) -> str:
+        try:
+            return rfc3339(parse_rfc3339(value))
+        except (ValueError, TypeError):
+            raise bad_request(f"Invalid value for: Invalid format: \"{value}\"", "invalid",
+                              location=field, location_type="body") from None
+
+    def _check_parent(self, parent_id: Any) -> str:
+        if not isinstance(parent_id, str) or not parent_id:
+            raise bad_request("Invalid value for parents.", "invalid", location="parents", location_type="body")
+        resolved = self._resolve(parent_id)
+        if resolved == ROOT_FOLDER_ID:
+            return resolved
+        parent = self.files.get(resolved)
+        if parent is None:
+            raise not_found(parent_id)
+        if parent["mimeType"] != FOLDER_MIME:
+            # guess: Drive refuses a non-folder parent; the exact body is unverified
+            raise bad_request("The specified parent is not a folder.", "invalid",
+                              location="parents", location_type="body")
+        return resolved
+
+    def _check_new_id(self, file_id: Any) -> str:
+        """An `id` in files.create must come from generateIds and be unused.
+
+        Verified from public reports: a reused id gives 409 fileIdInUse "A file
+        already exists with the provided ID."; an id never generated gives 400
+        fileIdNotUsable "The provided file ID is not usable." (the latter less
+        certain)."""
+        if not isinstance(file_id, str) or file_id not in self._generated_ids and file_id not in self.files:
+            raise ApiError(400, "fileIdNotUsable", "The provided file ID is not usable.",
+                           location="file.id", location_type="other")
+        if file_id in self.files:
+            raise ApiError(409, "fileIdInUse", "A file already exists with the provided ID.")
+        return file_id
+
+    def _validate_create(self, meta: dict) -> dict:
+        """Check create metadata now (as Drive does at initiation); returns the
+        normalised metadata `_commit_create` needs later."""
+        output_only = [k for k in meta if k in FILE_FIELDS and k not in CREATE_WRITABLE]
+        if output_only:
+            raise not_writable()
+        norm: dict[str, Any] = {}
+        if "id" in meta:
+            norm["id"] = self._check_new_id(meta["id"])
+        name = meta.get("name")
+        if name is not None and not isinstance(name, str):
+            raise bad_request("Invalid value for name.", "invalid", location="name", location_type="body")
+        norm["name"] = name or "Untitled"  # real Drive names an unnamed file "Untitled"
+        mime = meta.get("mimeType")
+        if mime is not None and not isinstance(mime, str):
+            raise bad_request("Invalid value for mimeType.", "invalid", location="mimeType", location_type="body")
+        norm["mimeType"] = mime or None
+        parents = meta.get("parents") or []
+        if not isinstance(parents, list):
+            raise bad_request("Invalid value for parents.", "invalid", location="parents", location_type="body")
+        if len(parents) > 1:
+            raise ApiError(403, "cannotAddParent", "Increasing the number of parents is not allowed")
+        norm["parents"] = [self._check_parent(parents[0])] if parents else [ROOT_FOLDER_ID]
+        for field in ("appProperties", "properties"):
+            if meta.get(field) is not None:
+                props = self._check_properties(field, meta[field], None)
+                if props:
+                    norm[field] = props
+        for field in ("createdTime", "modifiedTime"):
+            if meta.get(field) is not None:
+                norm[field] = self._check_time(field, meta[field])
+        if meta.get("description") is not None:
+            norm["description"] = str(meta["description"])
+        norm["starred"] = bool(meta.get("starred", False))
+        if meta.get("originalFilename"):
+            norm["originalFilename"] = str(meta["originalFilename"])
+        return norm
+
+    def _commit_create(self, norm: dict, content: bytes | None, media_mime: str) -> dict:
+        """Store a new file from validated metadata (re-checking what may have
+        changed since a resumable upload was initiated)."""
+        for parent in norm["parents"]:
+            if parent != ROOT_FOLDER_ID:
+                self._check_parent(parent)
+        file_id = self._check_new_id(norm["id"]) if "id" in norm else new_file_id()
+        self._generated_ids.discard(file_id)
+        now = now_rfc3339()
+        mime = norm["mimeType"] or media_mime
+        f: dict[str, Any] = {
+            "kind": "drive#file",
+            "id": file_id,
+            "name": norm["name"],
+            "mimeType": mime,
+            "parents": list(norm["parents"]),
+            "createdTime": norm.get("createdTime", now),
+            "modifiedTime": norm.get("modifiedTime", norm.get("createdTime", now)),
+            "modifiedByMeTime": norm.get("modifiedTime", now),
+            "viewedByMeTime": now,
+            "trashed": False,
+            "explicitlyTrashed": False,
+            "starred": norm["starred"],
+            "version": "1",
+        }
+        for key in ("description", "appProperties", "properties"):
+            if key in norm:
+                f[key] = norm[key]
+        data = b"" if is_google_type(mime) else bytes(content or b"")
+        if not is_google_type(mime):
+            f["originalFilename"] = norm.get("originalFilename", norm["name"])
+            f["headRevisionId"] = secrets.token_urlsafe(12)
+            f.update(digests(data))
+        f["content"] = data
+        self._inherit_trash(f)
+        self.files[file_id] = f
+        return f
+
+    def _inherit_trash(self, f: dict) -> None:
+        parent = self.files.get(f["parents"][0]) if f.get("parents") else None
+        if parent is not None and parent["trashed"]:
+            f["trashed"] = True
+
+    def _validate_patch(self, f: dict, meta: dict, query: dict) -> dict:
+        """Check files.update metadata and parent moves; returns the changes."""
+        if "parents" in meta:
+            raise not_writable("The parents field is not directly writable in update requests. "
+                               "Use the addParents and removeParents parameters instead.")
+        if any(k in FILE_FIELDS and k not in UPDATE_WRITABLE for k in meta):
+            raise not_writable()
+        changes: dict[str, Any] = {}
+        if "name" in meta and meta["name"] is not None:
+            if not isinstance(meta["name"], str):
+                raise bad_request("Invalid value for name.", "invalid", location="name", location_type="body")
+            changes["name"] = meta["name"]
+        if meta.get("mimeType"):
+            changes["mimeType"] = str(meta["mimeType"])
+        if "description" in meta:
+            changes["description"] = meta["description"]
+        for field in ("appProperties", "properties"):
+            if field in meta and meta[field] is not None:
+                changes[field] = self._check_properties(field, meta[field], f.get(field))
+        if meta.get("modifiedTime") is not None:
+            changes["modifiedTime"] = self._check_time("modifiedTime", meta["modifiedTime"])
+        for flag in ("trashed", "starred"):
+            if flag in meta and meta[flag] is not None:
+                changes[flag] = bool(meta[flag])
+        parents = list(f.get("parents", []))
+        for pid in filter(None, (query.get("removeParents") or "").split(",")):
+            parents = [p for p in parents if p != self._resolve(pid)]
+        for pid in filter(None, (query.get("addParents") or "").split(",")):
+            resolved = self._check_parent(pid)
+            if resolved == f["id"] or resolved in self._descendants(f["id"]):
+                # guess at the wording; Drive documents a 400 for parent cycles
+                raise bad_request("A folder cannot be moved into itself or one of its descendants.",
+                                  "invalid", location="addParents", location_type="parameter")
+            if resolved not in parents:
+                parents.append(resolved)
+        if len(parents) > 1:
+            raise ApiError(403, "cannotAddParent", "Increasing the number of parents is not allowed")
+        if parents != f.get("parents", []):
+            changes["parents"] = parents
+        return changes
+
+    def _apply_patch(self, f: dict, changes: dict, content: bytes | None, media_mime: str | None) -> None:
+        for key in ("name", "mimeType", "parents", "starred", "modifiedTime"):
+            if key in changes:
+                f[key] = changes[key]
+        for key in ("description", "appProperties", "properties"):
+            if key in changes:
+                if changes[key]:
+                    f[key] = changes[key]
+                else:
+                    f.pop(key, None)
+        if "trashed" in changes and changes["trashed"] != f["explicitlyTrashed"]:
+            self._set_trashed(f, changes["trashed"])
+        if "parents" in changes:
+            f["trashed"] = f["explicitlyTrashed"]
+            self._inherit_trash(f)
+        if content is not None:
+            # A new revision: same id, new bytes, checksums and modifiedTime.
+            if "mimeType" not in changes and media_mime:
+                f["mimeType"] = media_mime
+            f["content"] = bytes(content)
+            f.update(digests(f["content"]))
+            f["headRevisionId"] = secrets.token_urlsafe(12)
+            if "modifiedTime" not in changes:
+                f["modifiedTime"] = now_rfc3339()
+        # guess: a metadata-only change leaves modifiedTime alone (it tracks content)
+        f["modifiedByMeTime"] = now_rfc3339()
+        f["version"] = str(int(f.get("version", "1")) + 1)
+
+    def _set_trashed(self, f: dict, trashed: bool) -> None:
+        """Trash/untrash a file; descendants follow, unless trashed on their own."""
+        f["explicitlyTrashed"] = trashed
+        f["trashed"] = trashed or self._parent_trashed(f)
+        if trashed:
+            f["trashedTime"] = now_rfc3339()
+        else:
+            f.pop("trashedTime", None)
+        for fid in self._descendants(f["id"]):
+            child = self.files[fid]
+            child["trashed"] = child["explicitlyTrashed"] or self._parent_trashed(child)
+
+    def _parent_trashed(self, f: dict) -> bool:
+        parent = self.files.get(f["parents"][0]) if f.get("parents") else None
+        return bool(parent and parent["trashed"])
+
+    # -- metadata create / update ------------------------------------------------
+
+    def _create(self, query: dict, body: bytes) -> Reply:
+        meta = self._json_body(body)
+        self._check_create_rate()
+        with self.lock:
+            norm = self._validate_create(meta)
+            self._check_storage(0)
+            f = self._commit_create(norm, b"", "application/octet-stream")
+            return self._file_reply(f, query.get("fields"))
+
+    def _update(self, file_id: str, query: dict, body: bytes) -> Reply:
+        meta = self._json_body(body)
+        with self.lock:
+            f = self._lookup(file_id)
+            changes = self._validate_patch(f, meta, query)
+            self._apply_patch(f, changes, None, None)
+            return self._file_reply(f, query.get("fields"))
+
+    # -- uploads: media, multipart, resumable ----------------------------------------
+
+    def _upload(self, file_id: str | None, query: dict, headers: Any, body: bytes, handler: _Handler) -> Reply:
+        upload_type = query.get("uploadType")
+        if upload_type not in ("media", "multipart", "resumable"):
+            # guess at the wording of Drive's refusal
+            raise invalid_param("uploadType", "Invalid upload type." if upload_type else
+                                "Upload requests must include an uploadType URL parameter and a URL-encoded file ID.")
+        if file_id is None:
+            self._check_create_rate()
+        with self.lock:
+            self._check_daily_cap()
+            target = self._lookup(file_id) if file_id else None
+        content_type = headers.get("Content-Type") or "application/octet-stream"
+        if upload_type == "media":
+            return self._finish_simple(target, query, {}, body, content_type.split(";")[0].strip())
+        if upload_type == "multipart":
+            parts = parse_multipart_related(content_type, body)
+            if len(parts) != 2:
+                raise bad_request(f"Invalid multipart request with {len(parts)} mime parts.", "badContent")
+            (meta_headers, meta_raw), (media_headers, media) = parts
+            if not meta_headers.get("content-type", "application/json").startswith("application/json"):
+                raise bad_request("The metadata part of a multipart upload must be JSON.", "badContent")
+            media_mime = media_headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+            return self._finish_simple(target, query, self._json_body(meta_raw), media, media_mime)
+        return self._start_resumable(target, query, headers, body, handler)
+
+    def _finish_simple(self, target: dict | None, query: dict, meta: dict, content: bytes, media_mime: str) -> Reply:
+        with self.lock:
+            if target is None:
+                norm = self._validate_create(meta)
+                self._check_storage(len(content))
+                f = self._commit_create(norm, content, media_mime)
+            else:
+                changes = self._validate_patch(target, meta, query)
+                self._check_storage(len(content) - len(target["content"]))
+                self._apply_patch(target, changes, content, media_mime)
+                f = target
+            self.uploaded_bytes += len(content)
+            return self._file_reply(f, query.get("fields"), upload=True)
+
+    def _start_resumable(self, target: dict | None, query: dict, headers: Any, body: bytes,
+                         handler: _Handler) -> Reply:
+        meta = self._json_body(body)
+        declared_raw = headers.get("X-Upload-Content-Length")
+        declared = None
+        if declared_raw is not None:
+            if not declared_raw.strip().isdigit():
+                raise bad_request("Invalid X-Upload-Content-Length header.", "badRequest")
+            declared = int(declared_raw)
+        with self.lock:
+            if target is None:
+                create, patch = self._validate_create(meta), None
+            else:
+                create, patch = None, self._validate_patch(target, meta, query)
+            self._check_storage(declared or 0)
+            media_mime = (headers.get("X-Upload-Content-Type") or meta.get("mimeType")
+                          or "application/octet-stream")
+            upload_id = "AEnB2U" + secrets.token_urlsafe(48)
+            self.upload_sessions[upload_id] = UploadSession(
+                upload_id=upload_id, create=create, file_id=target["id"] if target else None, patch=patch,
+                media_mime=str(media_mime).split(";")[0].strip(), fields=query.get("fields"),
+                declared_size=declared,
+            )
+        host = handler.headers.get("Host") or f"127.0.0.1:{self.port}"
+        path = "/upload/drive/v3/files" + (f"/{quote(target['id'])}" if target else "")
+        location = f"http://{host}{path}?uploadType=resumable&upload_id={upload_id}"
+        return Reply(200, b"", {"Location": location, "X-GUploader-UploadID": upload_id})
+
+    _RANGE_DATA = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$", re.IGNORECASE)
+    _RANGE_QUERY = re.compile(r"^bytes \*/(\d+|\*)$", re.IGNORECASE)
+
+    def _resumable_put(self, query: dict, headers: Any, body: bytes) -> Reply:
+        """One PUT on a session: a chunk, or a status query (`bytes */TOTAL`)."""
+        with self.lock:
+            self._apply_expire_switch()
+            sess = self.upload_sessions.get(query["upload_id"])
+            if sess is None or sess.expired:
+                if sess is not None:
+                    self._count("expired_session")
+                # guess at the body; the 404 status for a dead session is documented
+                raise ApiError(404, "notFound", "Not Found")
+            if sess.done_file_id is not None:
+                return self._session_done_reply(sess, query)
+            header = (headers.get("Content-Range") or "").strip()
+            if not header:
+                # No Content-Range: the body is the whole file in one request
+                # (googleapiclient sends an empty file this way).
+                if sess.data:
+                    raise bad_request("Missing Content-Range header.", "badRequest")
+                if not body:
+                    self._check_total(sess, 0)
+                    return self._complete_session(sess, query)
+                start, end, total = 0, len(body) - 1, len(body)
+            elif m := self._RANGE_QUERY.match(header):
+                if body:
+                    raise bad_request("A status query must not carry a body.", "badRequest")
+                total = None if m.group(1) == "*" else int(m.group(1))
+                self._check_total(sess, total)
+                if total is not None and total == len(sess.data):
+                    return self._complete_session(sess, query)
+                return self._incomplete_reply(sess)
+            elif m := self._RANGE_DATA.match(header):
+                start, end = int(m.group(1)), int(m.group(2))
+                total = None if m.group(3) == "*" else int(m.group(3))
+            else:
+                raise bad_request("Failed to parse Content-Range header.", "badRequest")
+            return self._store_chunk(sess, query, start, end, total, body)
+
+    def _store_chunk(self, sess: UploadSession, query: dict, start: int, end: int, total: int | None,
+                     body: bytes) -> Reply:
+        if end < start or (total is not None and end >= total):
+            raise bad_request("Failed to parse Content-Range header.", "badRequest")
+        if len(body) != end - start + 1:
+            raise bad_request(
+                f"Invalid request. The Content-Range header says {end - start + 1} byte(s) but the "
+                f"request body contained {len(body)} byte(s).", "badRequest")
+        self._check_total(sess, total)
+        total = total if total is not None else sess.total
+        limit = total if total is not None else sess.declared_size
+        if limit is not None and end >= limit:
+            raise bad_request(f"Invalid request. The chunk ends at byte {end}, beyond the upload size "
+                              f"of {limit} byte(s).", "badRequest")
+        received = len(sess.data)
+        if start > received:
+            # Verified wording (Drive via a public issue report).
+            raise bad_request(
+                f"Invalid request.  According to the Content-Range header, the upload offset is {start} "
+                f"byte(s), which exceeds already uploaded size of {received} byte(s).", "badRequest")
+        final = total is not None and end + 1 == total
+        if not final and len(body) % CHUNK_GRANULARITY:
+            raise bad_request(
+                f"Invalid request.  The number of bytes uploaded is required to be a multiple of "
+                f"{CHUNK_GRANULARITY} (256 KiB), except for the final request. The received request "
+                f"contained {len(body)} bytes, which does not meet this requirement.", "badRequest")
+        # guess: bytes before `received` were already stored (a retried chunk); they are skipped
+        new = body[received - start :]
+        if self._chance("partial_chunk_rate"):
+            keep = self._rng.randrange(0, len(new) // CHUNK_GRANULARITY + 1) * CHUNK_GRANULARITY
+            if keep < len(new):
+                self._count("partial_chunk")
+                final, new = False, new[:keep]
+        self._check_storage(len(sess.data) + len(new) - self._replaced_bytes(sess))
+        sess.data += new
+        self.uploaded_bytes += len(new)
+        if final:
+            return self._complete_session(sess, query)
+        return self._incomplete_reply(sess)
+
+    def _replaced_bytes(self, sess: UploadSession) -> int:
+        """Bytes an update session will free (the old revision) for quota checks."""
+        old = self.files.get(sess.file_id) if sess.file_id else None
+        return len(old["content"]) if old else 0
+
+    def _check_total(self, sess: UploadSession, total: int | None) -> None:
+        if total is None:
+            return
+        known = sess.total if sess.total is not None else sess.declared_size
+        if known is not None and known != total:
+            raise bad_request(
+                f"Invalid request. The total size {total} in Content-Range does not match the "
+                f"upload size {known}.", "badRequest")
+        if total < len(sess.data):
+            raise bad_request(f"Invalid request. The total size {total} is smaller than the "
+                              f"{len(sess.data)} byte(s) already uploaded.", "badRequest")
+        sess.total = total
+
+    @staticmethod
+    def _incomplete_reply(sess: UploadSession) -> Reply:
+        """308 Resume Incomplete, with Range only once something is stored and
+        never a Location header (googleapiclient must not follow it)."""
+        headers = {"Range": f"bytes=0-{len(sess.data) - 1}"} if sess.data else {}
+        headers["X-GUploader-UploadID"] = sess.upload_id
+        return Reply(308, b"", headers, reason="Resume Incomplete")
+
+    def _complete_session(self, sess: UploadSession, query: dict) -> Reply:
+        content = bytes(sess.data)
+        if sess.file_id is None:
+            f = self._commit_create(sess.create, content, sess.media_mime)
+        else:
+            f = self._lookup(sess.file_id)
+            self._apply_patch(f, sess.patch, content, sess.media_mime)
+        sess.done_file_id = f["id"]
+        sess.data = bytearray()  # the bytes now live in the file
+        sess.total = len(content)
+        return self._file_reply(f, query.get("fields") or sess.fields, upload=True)
+
+    def _session_done_reply(self, sess: UploadSession, query: dict) -> Reply:
+        """A completed session answers 200 with the file again (status queries
+        after a lost final answer land here)."""
+        f = self.files.get(sess.done_file_id)
+        if f is None:
+            raise ApiError(404, "notFound", "Not Found")
+        return self._file_reply(f, query.get("fields") or sess.fields, upload=True)
+
+    def _apply_expire_switch(self) -> None:
+        """`faults.expire_sessions` is edge-triggered: switching it on expires the
+        sessions that exist at that moment, once."""
+        if self.faults.expire_sessions and not self._expire_seen:
+            self.expire_all_sessions()
+        self._expire_seen = self.faults.expire_sessions
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a Google Drive v3 emulator on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--no-auth", action="store_true", help="accept requests without a token")
+    parser.add_argument("--token", help="access token to register (default: a random one)")
+    args = parser.parse_args(argv)
+    emu = DriveEmulator(args.port, require_auth=not args.no_auth).start()
+    token = emu.issue_token(args.token)
+    print(f"Drive emulator listening on {emu.url}", flush=True)
+    print(f"token: {token}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()
+
+
+if __name__ == "__main__":
+    main()

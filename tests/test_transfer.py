@@ -1,0 +1,272 @@
+"""End-to-end runs of the real script against moto server (S3) and the Drive emulator."""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+
+import boto3
+import pytest
+import requests
+
+import cloud_transfer as ct
+from tests.conftest import AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, photo_bytes, write_token
+
+FOLDER = "application/vnd.google-apps.folder"
+ROOT = "Amazon Photos Transfer"
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def upload_counts(drive) -> dict[str, int]:
+    with drive.lock:
+        requests_seen = list(drive.requests)
+    return {
+        "creates": sum(1 for r in requests_seen if r["method"] == "POST" and "/files" in r["path"]),
+        "total": len(requests_seen),
+    }
+
+
+MIXED = {
+    "2019/Trip/IMG_1.jpg": 3000,
+    "2019/Trip/IMG_2.HEIC": 5000,
+    "2019/Trip/clip.mov": 7000,
+    "2020/O'Brien's party.jpg": 1234,
+    "2020/back\\slash.png": 999,
+    "2020/Ünïcødé фото 写真.jpeg": 2222,
+    "2020/with  two spaces .jpg": 100,
+    "raw/DSC0001.NEF": 4096,
+    "top.jpg": 10,
+    "empty.jpg": 0,
+}
+NOT_COPIED = {
+    "2019/": 0,                      # folder marker
+    "2019/Trip/": 0,
+    "old_$folder$": 0,               # s3fs/Hadoop placeholder
+    "notes/readme.txt": 50,          # not a photo
+    "2019/Trip/album.json": 80,
+}
+
+
+def test_mixed_bucket_lands_once_at_mirrored_paths_and_rerun_uploads_nothing(env):
+    bodies = {key: env.put(key, photo_bytes(key, size)) for key, size in {**MIXED, **NOT_COPIED}.items()}
+
+    assert env.main("--workers", "3") == 0
+
+    files = env.drive_files()
+    expected = {f"{ROOT}/{key}" for key in MIXED}
+    assert set(files) == expected
+    for key in MIXED:
+        (item,) = files[f"{ROOT}/{key}"]
+        assert item["md5Checksum"] == md5(bodies[key])
+        assert int(item["size"]) == len(bodies[key])
+        assert item["appProperties"]["ctSrc"] == ct.source_id_for(env.bucket, key)
+        assert item["appProperties"]["ctMd5"] == md5(bodies[key])
+        assert f"s3://{env.bucket}/{key}" in item["description"]
+    folders = [f for f in env.drive.list_files() if f["mimeType"] == FOLDER]
+    folder_paths = [env.drive.path_of(f["id"]) for f in folders]
+    assert len(folder_paths) == len(set(folder_paths)), "a folder was created twice"
+    assert sorted(folder_paths) == sorted({ROOT, f"{ROOT}/2019", f"{ROOT}/2019/Trip", f"{ROOT}/2020", f"{ROOT}/raw"})
+
+    checkpoint = json.loads(env.checkpoint.read_text())
+    done = {k for k, e in checkpoint["objects"].items() if e["status"] == "done"}
+    assert done == set(MIXED)
+
+    env.drive.clear_requests()
+    assert env.main() == 0
+    counts = upload_counts(env.drive)
+    assert counts["creates"] == 0
+    assert len(env.drive.list_files()) == len(MIXED) + len(folders)
+
+
+def test_subprocess_run_prints_summary_and_exit_code(env):
+    env.put("a/b/c.jpg")
+    result = env.run("--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "transferred" in result.stdout and "Summary of run" in result.stdout
+    assert AWS_SECRET not in result.stdout + result.stderr
+    assert set(env.drive_files()) == {f"{ROOT}/a/b/c.jpg"}
+    assert oct(env.checkpoint.stat().st_mode & 0o777) == "0o600"
+
+
+def test_multipart_s3_object_and_multi_chunk_drive_upload(env):
+    part1 = photo_bytes("part1", 5 * 1024 * 1024)
+    part2 = photo_bytes("part2", 300 * 1024 + 7)
+    upload = env.s3.create_multipart_upload(Bucket=env.bucket, Key="video/long.mp4")
+    etags = [env.s3.upload_part(Bucket=env.bucket, Key="video/long.mp4", UploadId=upload["UploadId"], PartNumber=n,
+                                Body=body)["ETag"] for n, body in ((1, part1), (2, part2))]
+    env.s3.complete_multipart_upload(
+        Bucket=env.bucket, Key="video/long.mp4", UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n} for n, e in enumerate(etags, 1)]})
+    listed_etag = env.s3.head_object(Bucket=env.bucket, Key="video/long.mp4")["ETag"].strip('"')
+    assert "-" in listed_etag and not ct.etag_is_plain_md5(listed_etag)
+
+    assert env.main("--chunk-size", "1") == 0
+
+    (item,) = env.drive_files()[f"{ROOT}/video/long.mp4"]
+    assert item["md5Checksum"] == md5(part1 + part2)
+    with env.drive.lock:
+        chunk_puts = [r for r in env.drive.requests if r["method"] == "PUT" and "upload_id" in r["query"]]
+    assert len(chunk_puts) == 6   # 5 MiB + 300 KiB in 1 MiB chunks
+
+
+def test_dry_run_writes_nothing_anywhere(env):
+    env.put("x/one.jpg")
+    env.put("x/two.mp4")
+    env.put("x/notes.txt")
+    env.drive.clear_requests()
+    before = sorted(p.name for p in env.cwd.iterdir())
+
+    result = env.run("--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert "2 would be copied" in result.stdout
+    assert sorted(p.name for p in env.cwd.iterdir()) == before
+    assert env.drive.list_files() == []
+    with env.drive.lock:
+        assert env.drive.requests == []
+
+
+def test_changed_object_gets_a_new_revision_not_a_second_file(env):
+    env.put("p/photo.jpg", b"first version" * 100)
+    assert env.main() == 0
+    (first,) = env.drive_files()[f"{ROOT}/p/photo.jpg"]
+    new_body = env.put("p/photo.jpg", b"second version" * 100)
+    assert env.main() == 0
+    (second,) = env.drive_files()[f"{ROOT}/p/photo.jpg"]
+    assert second["id"] == first["id"]
+    assert second["md5Checksum"] == md5(new_body)
+
+
+def test_checkpoint_deleted_rerun_adopts_what_is_in_drive(env):
+    for n in range(5):
+        env.put(f"d/{n}.jpg")
+    assert env.main() == 0
+    env.checkpoint.unlink()
+    env.drive.clear_requests()
+    assert env.main() == 0
+    assert upload_counts(env.drive)["creates"] == 0
+    assert all(len(v) == 1 for v in env.drive_files().values())
+    assert len(env.drive_files()) == 5
+
+
+# -- configuration and auth errors: one line, documented exit code ---------------------------------
+
+def one_line_error(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_missing_bucket_variable_exits_2(env):
+    result = env.run(env={"S3_BUCKET_NAME": ""})
+    assert result.returncode == 2
+    assert "S3_BUCKET_NAME" in one_line_error(result)
+
+
+def test_missing_secret_key_exits_2_naming_the_variable(env):
+    variables = dict(env.vars)
+    del variables["AWS_SECRET_ACCESS_KEY"]
+    env.vars = variables
+    result = env.run()
+    assert result.returncode == 2
+    assert "AWS_SECRET_ACCESS_KEY" in one_line_error(result)
+
+
+def test_values_come_from_dotenv_file_and_environment_wins(env):
+    env.put("e/1.jpg")
+    variables = dict(env.vars)
+    bucket = variables.pop("S3_BUCKET_NAME")
+    (env.cwd / ".env").write_text(f"S3_BUCKET_NAME={bucket}\nDRIVE_FOLDER_NAME=From dotenv\n")
+    env.vars = variables
+    result = env.run(env={"DRIVE_FOLDER_NAME": "From environment"})
+    assert result.returncode == 0, result.stderr
+    assert set(env.drive_files()) == {"From environment/e/1.jpg"}
+
+
+def test_missing_credentials_without_token_exits_2(env):
+    (env.cwd / "token.json").unlink()
+    (env.cwd / "credentials.json").unlink()
+    env.put("c/1.jpg")
+    result = env.run()
+    assert result.returncode == 2
+    assert "credentials.json" in one_line_error(result)
+
+
+def test_no_token_and_no_terminal_exits_3_pointing_to_auth(env):
+    (env.cwd / "token.json").unlink()
+    env.put("c/1.jpg")
+    result = env.run()
+    assert result.returncode == 3
+    assert "cloud_transfer.py auth" in one_line_error(result)
+
+
+def test_nonexistent_bucket_exits_2(env):
+    result = env.run("--bucket", "no-such-bucket-here")
+    assert result.returncode == 2
+    assert "no-such-bucket-here" in one_line_error(result)
+
+
+def test_access_denied_exits_3(env, moto_url):
+    iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1",
+                       aws_access_key_id="x", aws_secret_access_key="y")
+    iam.create_user(UserName="nobody")
+    key = iam.create_access_key(UserName="nobody")["AccessKey"]
+    requests.post(f"{moto_url}/moto-api/reset-auth", data=b"0", timeout=10)
+    try:
+        result = env.run(env={"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]})
+    finally:
+        requests.post(f"{moto_url}/moto-api/reset-auth", data=b"inf", timeout=10)
+    assert result.returncode == 3
+    line = one_line_error(result)
+    assert "denied" in line and env.bucket in line
+    assert key["SecretAccessKey"] not in result.stderr
+
+
+def test_unrefreshable_token_without_tty_exits_3_and_keeps_token(env):
+    env.put("t/1.jpg")
+    token_path = env.cwd / "token.json"
+    write_token(token_path, "stale-access-token", expired=True)
+    env.drive.revoke_refresh_token(REFRESH_TOKEN)
+    before = token_path.read_bytes()
+    result = env.run()
+    assert result.returncode == 3
+    assert "cloud_transfer.py auth" in one_line_error(result)
+    assert token_path.read_bytes() == before
+    assert env.drive.list_files() == []
+
+
+def test_expired_token_is_refreshed_at_endpoint_and_saved_0600(env):
+    env.put("t/1.jpg")
+    token_path = env.cwd / "token.json"
+    write_token(token_path, "stale-access-token", expired=True)
+    result = env.run()
+    assert result.returncode == 0, result.stderr
+    assert env.drive.token_refreshes >= 1
+    saved = json.loads(token_path.read_text())
+    assert saved["token"] != "stale-access-token"
+    assert oct(token_path.stat().st_mode & 0o777) == "0o600"
+    for secret in (CLIENT_SECRET, REFRESH_TOKEN, saved["token"], AWS_SECRET):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_drive_endpoint_url_keeps_every_request_off_google(env, monkeypatch):
+    """Uploads (single and resumable) and the token refresh all go to DRIVE_ENDPOINT_URL."""
+    env.put("g/small.jpg")
+    env.put("g/large.mp4", photo_bytes("large", 700 * 1024))
+    write_token(env.cwd / "token.json", "stale-access-token", expired=True)
+    resolved = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def recording_getaddrinfo(host, *args, **kwargs):
+        resolved.append(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    assert env.main("--chunk-size", "0.25") == 0
+    assert env.drive.token_refreshes >= 1
+    assert not [h for h in resolved if "google" in str(h)], resolved
+    assert set(env.drive_files()) == {f"{ROOT}/g/small.jpg", f"{ROOT}/g/large.mp4"}

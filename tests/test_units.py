@@ -1,0 +1,312 @@
+"""Pure logic of cloud_transfer.py, table-tested: no network, no clock."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import botocore.exceptions
+import httplib2
+import pytest
+from google.auth.exceptions import RefreshError
+from googleapiclient.errors import HttpError
+
+import cloud_transfer as ct
+
+NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def obj(key="a/b.jpg", size=10, etag="0" * 32):
+    return ct.SourceObject(key=key, size=size, etag=etag, last_modified=NOW)
+
+
+def drive_http_error(status, reason="", message="", headers=None):
+    resp = httplib2.Response({"status": status, **(headers or {})})
+    body = {"error": {"code": status, "message": message, "errors": [{"reason": reason, "message": message}]}}
+    return HttpError(resp, json.dumps(body).encode())
+
+
+def s3_error(code, status):
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+# -- names and paths ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, quoted", [
+    ("plain", "'plain'"),
+    ("O'Brien's party.jpg", r"'O\'Brien\'s party.jpg'"),
+    ("back\\slash", r"'back\\slash'"),
+    ("both\\'", r"'both\\\''"),
+    ("Ünïcødé фото", "'Ünïcødé фото'"),
+])
+def test_drive_query_literal_escapes_backslash_then_quote(value, quoted):
+    assert ct.drive_query_literal(value) == quoted
+
+
+@pytest.mark.parametrize("key, parts", [
+    ("2019/Trip/IMG_1.jpg", ("2019", "Trip", "IMG_1.jpg")),
+    ("top.jpg", ("top.jpg",)),
+    ("/lead//double/x.jpg", ("lead", "double", "x.jpg")),
+    ("a b/ c .jpg", ("a b", " c .jpg")),
+])
+def test_drive_path_for(key, parts):
+    assert ct.drive_path_for(key) == parts
+
+
+@pytest.mark.parametrize("key, size, marker", [
+    ("x/", 0, True), ("x/y/", 5, True), ("old_$folder$", 0, True), ("/", 0, True),
+    ("old_$folder$", 3, False), ("empty.jpg", 0, False), ("a/b.jpg", 10, False),
+])
+def test_is_folder_marker(key, size, marker):
+    assert ct.is_folder_marker(obj(key, size)) is marker
+
+
+@pytest.mark.parametrize("key, kind", [
+    ("a.JPG", True), ("b.heic", True), ("c.NEF", True), ("d.cr3", True), ("e.mov", True), ("f.MP4", True),
+    ("g.txt", False), ("h.json", False), ("noext", None), ("dir/.hidden", None), ("x.tar.gz", False),
+])
+def test_media_kind_for(key, kind):
+    assert ct.media_kind_for(key) is kind
+
+
+def test_plan_object_decisions():
+    done = ct.CheckpointEntry(status="done", etag="0" * 32, size=10)
+    assert ct.plan_object(obj("x/"), None, False) == (ct.PLAN_SKIP, ct.SKIP_MARKER)
+    assert ct.plan_object(obj("n.txt"), None, False) == (ct.PLAN_SKIP, ct.SKIP_NOT_MEDIA)
+    assert ct.plan_object(obj("n.txt"), None, True) == (ct.PLAN_COPY, None)
+    assert ct.plan_object(obj("noext"), None, False) == (ct.PLAN_CHECK_TYPE, None)
+    assert ct.plan_object(obj(), done, False) == (ct.PLAN_DONE, None)
+    assert ct.plan_object(obj(etag="1" * 32), done, False) == (ct.PLAN_COPY, None)
+    assert ct.plan_object(obj(size=11), done, False) == (ct.PLAN_COPY, None)
+    failed = ct.CheckpointEntry(status="failed", etag="0" * 32, size=10)
+    assert ct.plan_object(obj(), failed, False) == (ct.PLAN_COPY, None)
+
+
+@pytest.mark.parametrize("etag, plain", [
+    ("d41d8cd98f00b204e9800998ecf8427e", True), ("d41d8cd98f00b204e9800998ecf8427e-2", False),
+    ("D41D8CD98F00B204E9800998ECF8427E", False), ("", False),
+])
+def test_etag_is_plain_md5(etag, plain):
+    assert ct.etag_is_plain_md5(etag) is plain
+
+
+def test_source_id_fits_app_properties_limit():
+    source_id = ct.source_id_for("bucket", "k" * 1024)
+    assert len((ct.PROP_SOURCE + source_id).encode()) <= 124
+    assert source_id != ct.source_id_for("bucket", "k" * 1023)
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+def drive_file(size=10, md5="0" * 32, props=None):
+    return ct.DriveFile(id="f", name="b.jpg", mime_type="image/jpeg", parent_id="p", size=size, md5=md5,
+                        app_properties=props if props is not None else {ct.PROP_ETAG: "0" * 32, ct.PROP_MD5: "0" * 32})
+
+
+def test_validate_upload_names_both_values():
+    assert ct.validate_upload(10, "0" * 32, drive_file()) is None
+    assert ct.validate_upload(11, "0" * 32, drive_file()) == "size 10 in Drive vs 11 sent"
+    assert ct.validate_upload(10, "1" * 32, drive_file()) == f"MD5 {'0' * 32} in Drive vs {'1' * 32} sent"
+
+
+def test_is_intact_copy():
+    assert ct.is_intact_copy(drive_file(), obj())
+    assert not ct.is_intact_copy(drive_file(size=9), obj())
+    assert not ct.is_intact_copy(drive_file(md5="2" * 32), obj())
+    assert not ct.is_intact_copy(drive_file(), obj(etag="3" * 32))            # source changed
+    assert not ct.is_intact_copy(drive_file(props={}), obj())                  # no provenance
+    multipart = "abc-2"
+    copy = drive_file(md5="9" * 32, props={ct.PROP_ETAG: multipart, ct.PROP_MD5: "9" * 32})
+    assert ct.is_intact_copy(copy, obj(etag=multipart))
+
+
+# -- error classification -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status, reason, message, action, stop_error", [
+    (403, "storageQuotaExceeded", "The user's Drive storage quota has been exceeded.", "stop", ct.QuotaExceededError),
+    (403, "userRateLimitExceeded", "User rate limit exceeded.", "stop", ct.QuotaExceededError),
+    (403, "userRateLimitExceeded", "User rate limit exceeded for quota metric 'Queries'.", "retry", None),
+    (403, "rateLimitExceeded", "Rate Limit Exceeded", "retry", None),
+    (429, "rateLimitExceeded", "", "retry", None),
+    (500, "backendError", "", "retry", None),
+    (503, "", "", "retry", None),
+    (401, "authError", "", "stop", ct.AuthError),
+    (403, "insufficientPermissions", "", "stop", ct.AuthError),
+    (404, "notFound", "File not found: x.", "fail", None),
+    (400, "invalid", "Invalid Value", "fail", None),
+])
+def test_classify_drive_error(status, reason, message, action, stop_error):
+    verdict = ct.classify_drive_error(drive_http_error(status, reason, message))
+    assert verdict.action == action
+    assert verdict.stop_error is stop_error
+
+
+def test_classify_drive_error_session_expiry_and_retry_after():
+    assert ct.classify_drive_error(drive_http_error(404, "notFound"), in_upload_session=True).action == "restart"
+    verdict = ct.classify_drive_error(drive_http_error(429, "rateLimitExceeded", headers={"retry-after": "30"}))
+    assert verdict.rate_limited and verdict.retry_after_s == 30.0
+    assert ct.classify_drive_error(RefreshError("invalid_grant")).stop_error is ct.AuthError
+    assert ct.classify_drive_error(ConnectionResetError()).action == "retry"
+    assert ct.classify_drive_error(TimeoutError()).action == "retry"
+
+
+@pytest.mark.parametrize("code, status, action", [
+    ("NoSuchKey", 404, "skip"), ("InvalidObjectState", 403, "skip"), ("PreconditionFailed", 412, "skip"),
+    ("SlowDown", 503, "retry"), ("InternalError", 500, "retry"), ("AccessDenied", 403, "fail"),
+    ("InvalidAccessKeyId", 403, "stop"),
+])
+def test_classify_s3_error(code, status, action):
+    assert ct.classify_s3_error(s3_error(code, status)).action == action
+
+
+def test_classify_s3_network_and_disk_errors():
+    assert ct.classify_s3_error(botocore.exceptions.ReadTimeoutError(endpoint_url="x")).action == "retry"
+    assert ct.classify_s3_error(botocore.exceptions.NoCredentialsError()).stop_error is ct.AuthError
+    import errno
+    assert ct.classify_s3_error(OSError(errno.ENOSPC, "full")).action == "stop"
+
+
+# -- retry and pacing -----------------------------------------------------------------------------
+
+def test_backoff_full_jitter_cap_and_retry_after():
+    top = ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0)
+    assert [top.delay(n) for n in range(1, 7)] == [1, 2, 4, 8, 8, 8]
+    assert ct.Backoff(base_s=1, cap_s=8, rng=lambda: 0.5).delay(3) == 2
+    assert ct.Backoff(rng=lambda: 0.0).delay(5) == 0
+    assert top.delay(1, retry_after_s=30) == 30
+    assert top.delay(6, retry_after_s=0.5) == 8
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_pacer_spaces_requests_and_backs_off_everyone_after_rate_limit():
+    clock = FakeClock()
+    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), min_interval_s=0.5, clock=clock)
+    assert [pacer.reserve() for _ in range(3)] == [0, 0.5, 1.0]
+    clock.now += 10
+    pacer.rate_limited(None)
+    assert pacer.reserve() == 1.0
+    pacer.rate_limited(None)
+    assert pacer.reserve() == 2.0           # second strike doubles (and is shared by every caller)
+    pacer.rate_limited(retry_after_s=30)
+    assert pacer.reserve() == 30.0
+    pacer.succeeded()
+    clock.now += 100
+    assert pacer.reserve() == 0
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mib, ok", [(0.25, True), (8, True), (1.5, True), (0.3, False), (0, False), (-1, False)])
+def test_parse_chunk_size(mib, ok):
+    if ok:
+        assert ct.parse_chunk_size(mib) % ct.CHUNK_QUANTUM_BYTES == 0
+    else:
+        with pytest.raises(ct.UsageError):
+            ct.parse_chunk_size(mib)
+
+
+def test_config_precedence_flag_over_environment_over_dotenv(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("S3_BUCKET_NAME=from-dotenv\nS3_PREFIX=dotenv/\nDRIVE_FOLDER_NAME=Dotenv folder\n")
+    config = ct.load_config(["--env-file", str(dotenv), "--prefix", "flag/"],
+                            {"S3_PREFIX": "env/", "DRIVE_FOLDER_NAME": "Env folder"})
+    assert (config.bucket, config.prefix, config.folder_name) == ("from-dotenv", "flag/", "Env folder")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--workers", "0"], "--workers"),
+    (["--chunk-size", "0.3"], "--chunk-size"),
+    (["--page-size", "5000"], "--page-size"),
+    (["--quiet", "--verbose"], "--quiet"),
+    (["--prefix", "/abs"], "--prefix"),
+    (["--permanent"], "--permanent"),
+    (["bogus-command"], "invalid choice"),
+    (["--no-such-flag"], "unrecognized"),
+])
+def test_bad_flags_are_usage_errors(argv, fragment):
+    with pytest.raises(ct.UsageError, match=fragment.replace("-", r"\-")):
+        ct.load_config(argv, {"S3_BUCKET_NAME": "b"})
+
+
+def test_config_repr_hides_secrets():
+    config = ct.load_config([], {"S3_BUCKET_NAME": "b", "AWS_ACCESS_KEY_ID": "AKIAXXXX",
+                                 "AWS_SECRET_ACCESS_KEY": "very-secret-value"})
+    assert "very-secret-value" not in repr(config)
+
+
+def test_secret_filter_blanks_secrets():
+    secrets = ct.SecretFilter()
+    secrets.add("s3cr3t-value", None, "")
+    assert secrets.redact("key=s3cr3t-value!") == "key=***!"
+
+
+# -- checkpoint -----------------------------------------------------------------------------------
+
+BINDING = {"bucket": "b", "prefix": "", "folder": "name:X"}
+
+
+def test_checkpoint_journal_replays_and_compacts(tmp_path):
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    checkpoint.record("a.jpg", ct.CheckpointEntry(status="done", etag="e", size=1, drive_id="d1", run="r"))
+    checkpoint.set_root("root-id")
+    checkpoint.flush()
+    reloaded = ct.Checkpoint.load(path, BINDING)
+    assert reloaded.get("a.jpg").drive_id == "d1" and reloaded.root_folder_id == "root-id"
+    reloaded.compact()
+    assert not reloaded.journal_path.exists()
+    assert ct.Checkpoint.load(path, BINDING).get("a.jpg").status == "done"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_checkpoint_torn_last_line_is_ignored_but_damage_in_the_middle_is_refused(tmp_path):
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    checkpoint.record("a.jpg", ct.CheckpointEntry(status="done", etag="e", size=1))
+    checkpoint.flush()
+    with open(checkpoint.journal_path, "ab") as journal:
+        journal.write(b'{"key": "b.jpg", "entr')
+    assert ct.Checkpoint.load(path, BINDING).get("a.jpg") is not None
+    with open(checkpoint.journal_path, "ab") as journal:
+        journal.write(b'\n{"key": "c.jpg", "entry": {"status": "done", "etag": "e", "size": 1}}\n')
+    with pytest.raises(ct.CheckpointError, match="damaged"):
+        ct.Checkpoint.load(path, BINDING)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"{not json", "not valid JSON"),
+    (json.dumps({"kind": "something else"}).encode(), "not a cloud_transfer checkpoint"),
+    (json.dumps({"kind": ct.CHECKPOINT_KIND, "version": 99, "binding": BINDING}).encode(), "newer"),
+    (json.dumps({"kind": ct.CHECKPOINT_KIND, "version": 1,
+                 "binding": {**BINDING, "bucket": "other"}}).encode(), "belongs to bucket 'other'"),
+])
+def test_unusable_checkpoint_is_refused_and_left_untouched(tmp_path, content, fragment):
+    path = tmp_path / "cp.json"
+    path.write_bytes(content)
+    with pytest.raises(ct.CheckpointError, match=fragment):
+        ct.Checkpoint.load(path, BINDING)
+    assert path.read_bytes() == content
+
+
+def test_reset_checkpoint_moves_it_aside(tmp_path):
+    path = tmp_path / "cp.json"
+    path.write_bytes(b"{not json")
+    checkpoint = ct.Checkpoint.load(path, BINDING, reset=True)
+    assert checkpoint.objects == {}
+    assert [p.read_bytes() for p in tmp_path.glob("cp.json.*.bak")] == [b"{not json"]
+
+
+def test_run_lock_is_exclusive(tmp_path):
+    with ct.RunLock(tmp_path / "x.lock"):
+        with pytest.raises(ct.LockHeldError, match="x.lock"):
+            with ct.RunLock(tmp_path / "x.lock"):
+                pass
+    with ct.RunLock(tmp_path / "x.lock"):
+        pass
