@@ -415,7 +415,8 @@ class Config:
         return [SCOPE_DRIVE_FULL if self.full_scope else SCOPE_DRIVE_FILE]
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.aws_secret_access_key, self.aws_session_token, self.aws_access_key_id) if s]
+        # The access key id is an identifier, not a secret; blanking it would garble bucket names.
+        return [s for s in (self.aws_secret_access_key, self.aws_session_token) if s]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1267,7 +1268,14 @@ class DriveDestination:
         return found[0]["id"] if found else None
 
     def _find_or_create_folder(self, name: str, parent_id: str) -> str:
-        return self._find_folder(name, parent_id) or self._create_folder(name, parent_id)
+        found = self._find_folder(name, parent_id)
+        if found:
+            return found
+        created = self._create_folder(name, parent_id)
+        with self._lock:
+            self._listings[created] = FolderListing({}, defaultdict(list))   # new: nothing to list
+        self.on_folder_created((), created)
+        return created
 
     def _create_folder(self, name: str, parent_id: str) -> str:
         body = {"name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}

@@ -310,3 +310,26 @@ def test_run_lock_is_exclusive(tmp_path):
                 pass
     with ct.RunLock(tmp_path / "x.lock"):
         pass
+
+
+def test_readme_and_help_document_the_same_flags():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    parser = ct.build_parser()
+    flags_in_help = {flag for action in parser._actions for flag in action.option_strings
+                     if flag.startswith("--")} - {"--help", "--version"}
+    table = readme.split("### Options", 1)[1].split("\n#", 1)[0]
+    flags_in_readme = set(re.findall(r"`(--[a-z][a-z-]+)", table))
+    assert flags_in_help == flags_in_readme
+
+
+def test_readme_and_help_list_the_same_exit_codes():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    help_codes = {int(line.split()[0]) for line in ct.EXIT_CODE_HELP.splitlines()[1:]}
+    readme_codes = {int(code) for code in re.findall(r"^\| (\d+) \|", readme, re.M)}
+    assert help_codes == readme_codes == {int(code) for code in ct.ExitCode}
