@@ -369,6 +369,7 @@ examples:
 environment (.env is read from the current directory; real environment variables win):
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE,
   AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (S3-compatible stores), S3_BUCKET_NAME, S3_PREFIX,
+  AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION,
   DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests)
 
 {EXIT_CODE_HELP}"""
@@ -409,6 +410,9 @@ class Config:
     aws_access_key_id: str | None = dataclasses.field(default=None, repr=False)
     aws_secret_access_key: str | None = dataclasses.field(default=None, repr=False)
     aws_session_token: str | None = dataclasses.field(default=None, repr=False)
+    aws_ca_bundle: str | None = None
+    aws_checksum_calculation: str | None = None   # AWS_REQUEST_CHECKSUM_CALCULATION (some S3-compatible stores)
+    aws_checksum_validation: str | None = None    # AWS_RESPONSE_CHECKSUM_VALIDATION
 
     @property
     def scopes(self) -> list[str]:
@@ -543,6 +547,9 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         aws_access_key_id=setting(None, "AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=setting(None, "AWS_SECRET_ACCESS_KEY"),
         aws_session_token=setting(None, "AWS_SESSION_TOKEN"),
+        aws_ca_bundle=setting(None, "AWS_CA_BUNDLE"),
+        aws_checksum_calculation=setting(None, "AWS_REQUEST_CHECKSUM_CALCULATION"),
+        aws_checksum_validation=setting(None, "AWS_RESPONSE_CHECKSUM_VALIDATION"),
     )
     validate_config(config)
     return config
@@ -832,12 +839,16 @@ def make_s3_client(config: Config) -> Any:
             profile_name=config.aws_profile)
     except botocore.exceptions.ProfileNotFound:
         raise UsageError(f"AWS profile not found: {config.aws_profile!r} (check AWS_PROFILE)") from None
+    checksum_options = {name: value for name, value in (
+        ("request_checksum_calculation", config.aws_checksum_calculation),
+        ("response_checksum_validation", config.aws_checksum_validation)) if value}
     boto_config = botocore.config.Config(
         retries={"mode": "standard", "max_attempts": 10},
         max_pool_connections=max(10, config.workers * 3),
         connect_timeout=20, read_timeout=120,
-        user_agent_extra=f"cloud_transfer/{__version__}")
-    return session.client("s3", endpoint_url=config.s3_endpoint_url, config=boto_config)
+        user_agent_extra=f"cloud_transfer/{__version__}", **checksum_options)
+    return session.client("s3", endpoint_url=config.s3_endpoint_url, config=boto_config,
+                          verify=config.aws_ca_bundle or None)
 
 
 def parse_s3_mtime(metadata: dict[str, str]) -> dt.datetime | None:
@@ -1257,7 +1268,7 @@ class DriveDestination:
             self._folder_ids[()] = root_id
         return root_id
 
-    def _find_folder(self, name: str, parent_id: str) -> str | None:
+    def find_folder(self, name: str, parent_id: str) -> str | None:
         query = (f"name = {drive_query_literal(name)} and mimeType = '{FOLDER_MIME}' and "
                  f"{drive_query_literal(parent_id)} in parents and trashed = false")
         response = self.call(lambda service: service.files().list(
@@ -1268,7 +1279,7 @@ class DriveDestination:
         return found[0]["id"] if found else None
 
     def _find_or_create_folder(self, name: str, parent_id: str) -> str:
-        found = self._find_folder(name, parent_id)
+        found = self.find_folder(name, parent_id)
         if found:
             return found
         created = self._create_folder(name, parent_id)
@@ -1281,7 +1292,7 @@ class DriveDestination:
         body = {"name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}
         created = self.call(
             lambda service: service.files().create(body=body, fields="id", supportsAllDrives=True),
-            find_existing=lambda: (lambda found: {"id": found} if found else None)(self._find_folder(name, parent_id)))
+            find_existing=lambda: (lambda found: {"id": found} if found else None)(self.find_folder(name, parent_id)))
         return created["id"]
 
     def _listing(self, folder_id: str) -> FolderListing:
@@ -1644,6 +1655,13 @@ class Checkpoint:
             self.folders[key] = {"id": folder_id, "run": run_id}
             self._journal({"folder": key, "id": folder_id, "run": run_id})
 
+    def forget_folder(self, path: str) -> None:
+        """A folder the tool created is gone (rolled back); "" is the root."""
+        with self._lock:
+            self.folders.pop(path, None)
+            if path == "":
+                self.root_folder_id = None
+
     def save_run(self, run: dict[str, Any]) -> None:
         with self._lock:
             self._apply({"run": run})
@@ -1876,6 +1894,9 @@ class Transfer:
                         return
         except CloudTransferError as exc:
             self._stop_run(exc)
+        except Exception as exc:  # a listing that dies unseen would end the run "complete": stop it
+            log.debug("listing failed", exc_info=True)
+            self._stop_run(CloudTransferError(f"listing failed: {type(exc).__name__}: {exc}"))
         finally:
             self.stats.listing_done = True
             for _ in range(self.workers):
@@ -1902,6 +1923,11 @@ class Transfer:
             except CloudTransferError as exc:
                 self._stop_run(exc)
                 return
+            except Exception as exc:  # a bug must cost one object, not hang the run
+                log.debug("internal error on %s", item.obj.key, exc_info=True)
+                self.stats.fail(item.obj.key, f"internal error: {type(exc).__name__}: {exc}")
+                log.error("failed %s: internal error: %s: %s (run with --verbose for details)",
+                          item.obj.key, type(exc).__name__, exc)
 
     def _copy_with_retries(self, item: WorkItem) -> None:
         obj = item.obj
@@ -2079,21 +2105,24 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
         checkpoint.save_run(run)
         temp_dir = make_private_temp_dir(config.temp_dir)
         reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars)
-        outcome: CloudTransferError | None = None
+        exit_code = ExitCode.PARTIAL   # until the run says otherwise
         try:
             checkpoint.set_root(dest.resolve_root(config.folder_name, config.folder_id, checkpoint.root_folder_id))
             log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix,
                      config.folder_id or repr(config.folder_name), run_id)
             Transfer(source, dest, checkpoint, stats, bucket=config.bucket, run_id=run_id, temp_dir=temp_dir,
                      workers=config.workers, all_files=config.all_files, stop=runtime.stop).run(tick=reporter.tick)
+            exit_code = ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
         except CloudTransferError as exc:
-            outcome = exc
+            exit_code = exc.exit_code
+            raise
+        except KeyboardInterrupt:
+            exit_code = ExitCode.INTERRUPTED
             raise
         finally:
             reporter.close()
             shutil.rmtree(temp_dir, ignore_errors=True)
             counts = stats.as_dict()
-            exit_code = outcome.exit_code if outcome else (ExitCode.PARTIAL if counts["failed"] else ExitCode.OK)
             checkpoint.save_run({**run, "ended": utc_now_iso(), "outcome": exit_code.name.lower(),
                                  "exit_code": int(exit_code), "counts": {k: v for k, v in counts.items() if k != "failures"}})
             checkpoint.compact()
@@ -2160,7 +2189,7 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
     checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
     root_id = config.folder_id or (checkpoint.root_folder_id if checkpoint else None)
     if not root_id:
-        root_id = dest._find_folder(config.folder_name, "root")
+        root_id = dest.find_folder(config.folder_name, "root")
     tree = walk_drive_tree(dest, root_id) if root_id else {}
     problems: dict[str, list[dict[str, Any]]] = {"missing": [], "duplicated": [], "mismatched": []}
     matched: set[tuple[str, ...]] = set()
@@ -2267,10 +2296,7 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
             for path, info in folders:
                 if next(dest.list_folder(info["id"]), None) is None:
                     dest.delete(info["id"]) if config.permanent else dest.trash(info["id"])
-                    with checkpoint._lock:
-                        checkpoint.folders.pop(path, None)
-                    if path == "":
-                        checkpoint.root_folder_id = None
+                    checkpoint.forget_folder(path)
         finally:
             checkpoint.compact()
         print(f"rollback: removed {removed} files; refused {refused} without our provenance", file=runtime.out)

@@ -270,3 +270,69 @@ def test_drive_endpoint_url_keeps_every_request_off_google(env, monkeypatch):
     assert env.drive.token_refreshes >= 1
     assert not [h for h in resolved if "google" in str(h)], resolved
     assert set(env.drive_files()) == {f"{ROOT}/g/small.jpg", f"{ROOT}/g/large.mp4"}
+
+
+# -- concurrency, commands --------------------------------------------------------------------------
+
+def test_many_workers_never_create_a_folder_twice(env):
+    for n in range(24):
+        env.put(f"deep/er/still/{n:02d}.jpg", photo_bytes(str(n), 500))
+    env.drive.faults.latency_s = 0.02     # widen the window in which workers race for the same folder
+    assert env.main("--workers", "8") == 0
+    folder_paths = [env.drive.path_of(f["id"]) for f in env.drive.list_files() if f["mimeType"] == FOLDER]
+    assert sorted(folder_paths) == [ROOT, f"{ROOT}/deep", f"{ROOT}/deep/er", f"{ROOT}/deep/er/still"]
+    assert len(env.drive_files()) == 24
+
+
+def test_second_run_while_lock_is_held_exits_4_at_once(env):
+    env.put("l/1.jpg")
+    with ct.RunLock(env.cwd / "cloud_transfer_checkpoint.json.lock"):
+        result = env.run()
+    assert result.returncode == 4
+    assert "cloud_transfer_checkpoint.json.lock" in one_line_error(result)
+    assert env.drive.list_files() == []
+
+
+def test_verify_reports_missing_and_mismatched_and_json(env, capsys):
+    for n in range(4):
+        env.put(f"v/{n}.jpg")
+    assert env.main() == 0
+    assert env.main("verify") == 0
+    capsys.readouterr()
+    files = env.drive_files()
+    env.drive.files.pop(files[f"{ROOT}/v/0.jpg"][0]["id"])
+    with env.drive.lock:
+        record = env.drive.files[files[f"{ROOT}/v/1.jpg"][0]["id"]]
+        record["md5Checksum"] = "0" * 32
+    env.drive.clear_requests()
+    assert env.main("verify", "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["checked"], report["missing"], report["mismatched"], report["duplicated"]) == (4, 1, 1, 0)
+    assert report["details"]["missing"] == [{"key": "v/0.jpg"}]
+    with env.drive.lock:
+        assert all(r["method"] == "GET" for r in env.drive.requests), "verify must not write"
+
+
+def test_rollback_trashes_uploads_and_a_rerun_copies_them_again(env, capsys):
+    for n in range(3):
+        env.put(f"r/{n}.jpg")
+    assert env.main() == 0
+    assert env.main("rollback", "--yes") == 0
+    assert env.drive_files() == {}
+    trashed = [f for f in env.drive.list_files(include_trashed=True) if f.get("trashed")]
+    assert len(trashed) >= 3
+    status = json.loads(env.checkpoint.read_text())
+    assert {e["status"] for e in status["objects"].values()} == {"rolled_back"}
+    assert env.main() == 0
+    assert len(env.drive_files()) == 3
+
+
+def test_status_summarises_the_checkpoint(env, capsys):
+    env.put("s/1.jpg")
+    env.put("s/2.jpg", b"")
+    assert env.main() == 0
+    capsys.readouterr()
+    assert env.main("status", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["objects"] == {"done": 2}
+    assert report["runs"][-1]["outcome"] == "ok"

@@ -333,3 +333,35 @@ def test_readme_and_help_list_the_same_exit_codes():
     help_codes = {int(line.split()[0]) for line in ct.EXIT_CODE_HELP.splitlines()[1:]}
     readme_codes = {int(code) for code in re.findall(r"^\| (\d+) \|", readme, re.M)}
     assert help_codes == readme_codes == {int(code) for code in ct.ExitCode}
+
+
+def test_reporter_logs_a_progress_line_per_interval_without_a_terminal(caplog):
+    clock = FakeClock()
+    stats = ct.Stats()
+    reporter = ct.Reporter(stats, enabled=True, use_bars=False, clock=clock, interval_s=30)
+    caplog.set_level("INFO", logger="cloud_transfer")
+    ct.log.addHandler(caplog.handler)
+    try:
+        stats.add("eligible", 10)
+        stats.add("transferred", 3)
+        stats.add("transferred_bytes", 3 * 1024 * 1024)
+        reporter.tick()
+        assert not [r for r in caplog.records if "progress" in r.getMessage()]
+        clock.now += 30
+        reporter.tick()
+        clock.now += 1
+        reporter.tick()
+    finally:
+        ct.log.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if "progress" in r.getMessage()]
+    assert lines == ["progress: 3/10+ files, 3.0 MiB at 102.4 KiB/s, 0 failed"]
+
+
+def test_summary_table_counts_and_request_cost():
+    stats = ct.Stats()
+    for name, n in {"listed": 12, "eligible": 10, "transferred": 8, "adopted": 2, "drive_requests": 15}.items():
+        stats.add(name, n)
+    stats.skip("folder marker")
+    stats.skip("folder marker")
+    text = ct.summary_table(stats.as_dict(), 2.0, "run-1")
+    assert "folder marker 2" in text and "15 (1.50 per file)" in text and "run-1" in text
