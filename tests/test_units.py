@@ -335,24 +335,21 @@ def test_readme_and_help_list_the_same_exit_codes():
     assert help_codes == readme_codes == {int(code) for code in ct.ExitCode}
 
 
-def test_reporter_logs_a_progress_line_per_interval_without_a_terminal(caplog):
+def test_reporter_logs_a_progress_line_per_interval_without_a_terminal(caplog, monkeypatch):
     clock = FakeClock()
     stats = ct.Stats()
     reporter = ct.Reporter(stats, enabled=True, use_bars=False, clock=clock, interval_s=30)
     caplog.set_level("INFO", logger="cloud_transfer")
-    ct.log.addHandler(caplog.handler)
-    try:
-        stats.add("eligible", 10)
-        stats.add("transferred", 3)
-        stats.add("transferred_bytes", 3 * 1024 * 1024)
-        reporter.tick()
-        assert not [r for r in caplog.records if "progress" in r.getMessage()]
-        clock.now += 30
-        reporter.tick()
-        clock.now += 1
-        reporter.tick()
-    finally:
-        ct.log.removeHandler(caplog.handler)
+    monkeypatch.setattr(ct.log, "propagate", True)   # main() turns it off; caplog listens at the root
+    stats.add("eligible", 10)
+    stats.add("transferred", 3)
+    stats.add("transferred_bytes", 3 * 1024 * 1024)
+    reporter.tick()
+    assert not [r for r in caplog.records if "progress" in r.getMessage()]
+    clock.now += 30
+    reporter.tick()
+    clock.now += 1
+    reporter.tick()
     lines = [r.getMessage() for r in caplog.records if "progress" in r.getMessage()]
     assert lines == ["progress: 3/10+ files, 3.0 MiB at 102.4 KiB/s, 0 failed"]
 
