@@ -260,9 +260,9 @@ def classify_s3_error(exc: BaseException) -> Verdict:
                         botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError,
                         *TRANSIENT_NETWORK_ERRORS)):
         return Verdict(Verdict.RETRY, f"network error reading S3: {type(exc).__name__}")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return Verdict(Verdict.STOP, "no space left in the temporary directory: free space or use --temp-dir",
-                       stop_error=CloudTransferError)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return Verdict(Verdict.STOP, f"cannot stage the download ({os.strerror(exc.errno)}): free space in the "
+                       "temporary directory or point --temp-dir at a larger disk", stop_error=CloudTransferError)
     return Verdict(Verdict.FAIL, f"unexpected error reading S3: {type(exc).__name__}: {exc}")
 
 
@@ -486,11 +486,19 @@ def read_env_file(path: Path, required: bool) -> dict[str, str]:
     """Values from a .env file (python-dotenv); a missing optional file is empty."""
     from dotenv import dotenv_values
 
+    from dotenv.parser import parse_stream
+
     if not path.is_file():
         if required:
             raise UsageError(f"env file not found: {path}")
         return {}
     try:
+        # python-dotenv only warns about a malformed line and drops it; a dropped secret would then
+        # surface as a confusing "not set" error, so name the line (never its content) instead.
+        with open(path, encoding="utf-8") as stream:
+            broken = [binding.original.line for binding in parse_stream(stream) if binding.error]
+        if broken:
+            raise UsageError(f"{path} line {broken[0]} is not KEY=VALUE: fix or remove it")
         values = dotenv_values(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc.__class__.__name__}") from None
@@ -559,11 +567,11 @@ def validate_config(config: Config) -> None:
     """Every cross-flag rule, in one place."""
     needs_bucket = config.command in ("transfer", "verify")
     if needs_bucket and not config.bucket:
-        raise UsageError("S3_BUCKET_NAME is not set: add it to .env or pass --bucket")
+        raise UsageError("S3_BUCKET_NAME is empty or not set: add it to .env or pass --bucket")
     if config.aws_access_key_id and not config.aws_secret_access_key:
-        raise UsageError("AWS_SECRET_ACCESS_KEY is not set (AWS_ACCESS_KEY_ID is): add it to .env")
+        raise UsageError("AWS_SECRET_ACCESS_KEY is empty or not set (AWS_ACCESS_KEY_ID is): add it to .env")
     if config.aws_secret_access_key and not config.aws_access_key_id:
-        raise UsageError("AWS_ACCESS_KEY_ID is not set (AWS_SECRET_ACCESS_KEY is): add it to .env")
+        raise UsageError("AWS_ACCESS_KEY_ID is empty or not set (AWS_SECRET_ACCESS_KEY is): add it to .env")
     if not 1 <= config.workers <= 64:
         raise UsageError(f"--workers must be between 1 and 64, not {config.workers}")
     if not 1 <= config.page_size <= 1000:
@@ -1136,6 +1144,10 @@ def make_drive_service_factory(config: Config, creds: Credentials, stats: Stats 
     """A factory of Drive services; call it once per thread (httplib2 is not thread-safe)."""
     doc = drive_discovery_doc(config.drive_endpoint_url)
     on_request = (lambda: stats.add("drive_requests")) if stats else (lambda: None)
+    # httplib2 silently re-sends any request, POST included, once after the connection drops before
+    # the answer: a create Drive already carried out would then make a duplicate. With one try per
+    # call, the error reaches DriveDestination.call, which looks for the file before sending again.
+    httplib2.RETRIES = 1
 
     def factory() -> Any:
         # build_http() keeps 308 out of httplib2's redirect codes: Drive's "resume incomplete".
@@ -1709,9 +1721,16 @@ def etag_is_plain_md5(etag: str) -> bool:
     return bool(re.fullmatch(r"[0-9a-f]{32}", etag))
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def drive_path_for(key: str) -> tuple[str, ...]:
-    """S3 key → folder names + file name under the root; empty segments ('//', leading '/') vanish."""
-    return tuple(segment for segment in key.split("/") if segment)
+    """S3 key → folder names + file name under the root.
+
+    Empty segments ('//', a leading '/') vanish; control characters, which Drive's web UI cannot
+    show or type, become '_'. Drive has no path syntax, so '.' and '..' stay ordinary names.
+    """
+    return tuple(_CONTROL_CHARACTERS.sub("_", segment) for segment in key.split("/") if segment)
 
 
 def source_id_for(bucket: str, key: str) -> str:
@@ -2129,7 +2148,9 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
             _save_refreshed_token(creds, token_before, config)
             if not config.quiet:
                 print(summary_table(counts, time.monotonic() - started, run_id), file=runtime.out, flush=True)
-        if exit_code == ExitCode.OK:
+        if counts["listed"] == 0:
+            log.info("nothing to transfer: no objects under s3://%s/%s", config.bucket, config.prefix)
+        elif exit_code == ExitCode.OK:
             log.info("done: everything eligible is in Drive and validated")
         else:
             log.warning("%d objects failed; re-run to retry them", counts["failed"])
@@ -2192,7 +2213,7 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
         root_id = dest.find_folder(config.folder_name, "root")
     tree = walk_drive_tree(dest, root_id) if root_id else {}
     problems: dict[str, list[dict[str, Any]]] = {"missing": [], "duplicated": [], "mismatched": []}
-    matched: set[tuple[str, ...]] = set()
+    claimed: set[str] = set()
     checked = 0
     for page in source.iter_pages():
         for obj in page:
@@ -2201,18 +2222,17 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
                     _head_content_type(source, obj.key))):
                 continue
             checked += 1
-            path = drive_path_for(obj.key)
-            files = tree.get(path, [])
-            matched.add(path)
-            if not files:
+            copies = copies_of(obj, config.bucket, tree.get(drive_path_for(obj.key), []))
+            claimed.update(f.id for f in copies)
+            if not copies:
                 problems["missing"].append({"key": obj.key})
-            elif len(files) > 1:
-                problems["duplicated"].append({"key": obj.key, "ids": [f.id for f in files]})
+            elif len(copies) > 1:
+                problems["duplicated"].append({"key": obj.key, "ids": [f.id for f in copies]})
             else:
-                problem = _compare_copy(obj, files[0], checkpoint)
+                problem = _compare_copy(obj, copies[0], checkpoint)
                 if problem:
-                    problems["mismatched"].append({"key": obj.key, "id": files[0].id, "problem": problem})
-    extra = ["/".join(path) for path in tree if path not in matched]
+                    problems["mismatched"].append({"key": obj.key, "id": copies[0].id, "problem": problem})
+    extra = ["/".join(path) for path, files in tree.items() for f in files if f.id not in claimed]
     report = {"checked": checked, **{name: len(items) for name, items in problems.items()}, "extra": len(extra),
               "details": {**problems, "extra": extra[:100]}}
     clean = not any(problems.values())
@@ -2226,6 +2246,14 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
                 print(f"  {name}: {item['key']}" + (f" ({item['problem']})" if "problem" in item else ""),
                       file=runtime.out)
     return ExitCode.OK if clean else ExitCode.PARTIAL
+
+
+def copies_of(obj: SourceObject, bucket: str, files_at_path: list[DriveFile]) -> list[DriveFile]:
+    """The files at an object's mirrored path that stand for it: those carrying its provenance, or,
+    when none does, whatever files are there without ours (copied by another tool)."""
+    source_id = source_id_for(bucket, obj.key)
+    ours = [f for f in files_at_path if f.app_properties.get(PROP_SOURCE) == source_id]
+    return ours or [f for f in files_at_path if PROP_SOURCE not in f.app_properties]
 
 
 def _head_content_type(source: S3Source, key: str) -> str | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import copy
 import dataclasses
 import email.message
 import hashlib
@@ -36,8 +37,10 @@ import random
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
+import traceback
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -694,9 +697,10 @@ class Faults:
     """Switches for Drive's failure modes; all off by default.
 
     Tests mutate these fields while the server runs.  Random choices come from
-    `random.Random(seed)` (re-seeded whenever `seed` changes), so a run with the
-    same requests in the same order fires the same faults.  What fired is counted
-    in `DriveEmulator.fault_counts` under the key named in each comment.
+    `random.Random(seed)`, re-seeded whenever `seed` changes or a new Faults
+    object is assigned to `emu.faults`, so the same requests in the same order
+    fire the same faults.  What fired is counted in `DriveEmulator.fault_counts`
+    under the key named in each comment.
     """
 
     latency_s: float = 0.0  # slept before every API/upload answer ("latency")
@@ -750,7 +754,7 @@ class UploadSession:
 
 
 class Reply:
-    """An answer to send; `drop` means close the socket without answering."""
+    """An HTTP answer: status, body bytes, extra headers (Content-Length is added)."""
 
     def __init__(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
                  reason: str | None = None):
@@ -783,6 +787,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body leave in separate writes; without NODELAY, Nagle plus
+        # the client's delayed ACK costs ~40 ms per request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.emulator._track(self.connection, True)
 
     def finish(self) -> None:
@@ -803,6 +810,12 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up (dropped faults, stop(), test teardown) is normal
+        here; anything else still gets socketserver's traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 # ---------------------------------------------------------------------------
@@ -834,6 +847,12 @@ class DriveEmulator:
         self._access_tokens: dict[str, str | None] = {}  # token -> refresh token it came from
         self._revoked_refresh: set[str] = set()
         self.token_refreshes = 0
+        self.files: dict[str, dict] = {}
+        self.upload_sessions: dict[str, UploadSession] = {}
+        self.requests: list[dict] = []
+        self.fault_counts: dict[str, int] = {}
+        # Tracebacks of emulator bugs (answered 500); a test can assert it stays empty.
+        self.internal_errors: list[str] = []
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------
@@ -843,7 +862,8 @@ class DriveEmulator:
         server.emulator = self
         self._server = server
         self.port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, name="drive-emulator", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.02,), name="drive-emulator",
+                                        daemon=True)  # short poll: quick stop()
         self._thread.start()
         return self
 
@@ -884,18 +904,20 @@ class DriveEmulator:
     # -- state & Python API ------------------------------------------------
 
     def reset(self) -> None:
-        """Drop all files, sessions, requests, generated ids, counters and faults.
-        Access and refresh tokens survive, so clients built before keep working."""
+        """Drop all files, sessions, requests, generated ids, counters and faults
+        (containers are cleared in place).  Access and refresh tokens survive, so
+        clients built before keep working."""
         with self.lock:
-            self.files: dict[str, dict] = {}
-            self.upload_sessions: dict[str, UploadSession] = {}
-            self.requests: list[dict] = []
+            self.files.clear()
+            self.upload_sessions.clear()
+            self.requests.clear()
+            self.fault_counts.clear()
+            self.internal_errors.clear()
             self.faults = Faults()
-            self.fault_counts: dict[str, int] = {}
             self.uploaded_bytes = 0
             self._generated_ids: set[str] = set()
             self._rng = random.Random(0)
-            self._rng_seed = 0
+            self._rng_owner: tuple[Faults, int] | None = None  # (faults object, seed) it was seeded for
             self._bucket: tuple[tuple, float, float] | None = None  # (params, tokens, time)
             self._rate_limit_hits = 0
             self._expire_seen = False
@@ -933,10 +955,10 @@ class DriveEmulator:
             self.requests.clear()
 
     def list_files(self, include_trashed: bool = False) -> list[dict]:
-        """Snapshot of stored resources (without content), in creation order."""
+        """Snapshot (deep copies, without content) of stored resources, in creation order."""
         with self.lock:
             return [
-                {k: v for k, v in f.items() if k != "content"}
+                copy.deepcopy({k: v for k, v in f.items() if k != "content"})
                 for f in self.files.values()
                 if include_trashed or not f["trashed"]
             ]
@@ -947,9 +969,12 @@ class DriveEmulator:
 
     def path_of(self, file_id: str) -> str:
         """Names from the top folder down to the file, My Drive itself excluded:
-        a file in folder Trip in folder 2019 at the top gives "2019/Trip/IMG_1.jpg"."""
+        a file in folder Trip in folder 2019 at the top gives "2019/Trip/IMG_1.jpg".
+        KeyError for an unknown id."""
         names = []
         with self.lock:
+            if file_id not in self.files:
+                raise KeyError(file_id)
             current: str | None = file_id
             seen = set()
             while current and current in self.files and current not in seen:
@@ -1006,7 +1031,7 @@ class DriveEmulator:
         try:
             body = self._read_body(handler)
         except (TimeoutError, OSError, ValueError):
-            self._count("body_timeout")
+            self._count("incomplete_body")  # stalled past body_timeout_s, or cut off
             handler.close_connection = True
             return
         is_api = path.startswith(("/drive/v3/", "/upload/drive/v3/"))
@@ -1028,6 +1053,12 @@ class DriveEmulator:
             reply = self._faulted_or_routed(handler, path, raw_query, query, body, is_api)
         except ApiError as err:
             reply = Reply.error(err)
+        except Exception:  # an emulator bug: answer like Drive would, but keep the evidence
+            trace = traceback.format_exc()
+            with self.lock:
+                self.internal_errors.append(trace)
+            sys.stderr.write(f"drive emulator internal error:\n{trace}")
+            reply = Reply.error(generic_error(500))
         if is_api:
             if self._chance("drop_response_rate"):
                 self._count("drop_response")
@@ -1042,6 +1073,7 @@ class DriveEmulator:
                            body: bytes, is_api: bool) -> Reply:
         target = path + ("?" + raw_query if raw_query else "")
         if is_api:
+            self._apply_expire_switch()
             self._check_auth(handler.headers.get("Authorization"), query)
         for pattern, status in list(self.faults.fail_paths.items()):
             if re.search(pattern, target):
@@ -1103,8 +1135,9 @@ class DriveEmulator:
         if rate <= 0:
             return False
         with self.lock:
-            if self._rng_seed != self.faults.seed:
-                self._rng_seed = self.faults.seed
+            owner = self._rng_owner
+            if owner is None or owner[0] is not self.faults or owner[1] != self.faults.seed:
+                self._rng_owner = (self.faults, self.faults.seed)
                 self._rng = random.Random(self.faults.seed)
             return self._rng.random() < rate
 
@@ -1283,13 +1316,9 @@ class DriveEmulator:
         raw = query.get(name)
         if raw is None or raw == "":
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise invalid_param(name, f"Invalid value '{raw}'. Values must be within the range: [{low}, {high}]") from None
-        if not low <= value <= high:
+        if not re.fullmatch(r"-?\d+", raw) or not low <= int(raw) <= high:
             raise invalid_param(name, f"Invalid value '{raw}'. Values must be within the range: [{low}, {high}]")
-        return value
+        return int(raw)
 
     # -- file resources --------------------------------------------------------
 
@@ -1323,6 +1352,11 @@ class DriveEmulator:
             out["fullFileExtension"] = name.split(".", 1)[1]
             out["fileExtension"] = name.rsplit(".", 1)[1]
         return out
+
+    @staticmethod
+    def _check_file_fields(query: dict) -> None:
+        """Refuse a bad `fields` before anything is changed, as Drive does."""
+        checked_fields(query.get("fields"), DEFAULT_FILE_FIELDS, FILE_FIELDS)
 
     def _file_reply(self, f: dict, fields: str | None, *, upload: bool = False) -> Reply:
         tree = checked_fields(fields, DEFAULT_FILE_FIELDS, FILE_FIELDS)
@@ -1667,6 +1701,7 @@ class DriveEmulator:
     # -- metadata create / update ------------------------------------------------
 
     def _create(self, query: dict, body: bytes) -> Reply:
+        self._check_file_fields(query)
         meta = self._json_body(body)
         self._check_create_rate()
         with self.lock:
@@ -1676,6 +1711,7 @@ class DriveEmulator:
             return self._file_reply(f, query.get("fields"))
 
     def _update(self, file_id: str, query: dict, body: bytes) -> Reply:
+        self._check_file_fields(query)
         meta = self._json_body(body)
         with self.lock:
             f = self._lookup(file_id)
@@ -1691,6 +1727,7 @@ class DriveEmulator:
             # guess at the wording of Drive's refusal
             raise invalid_param("uploadType", "Invalid upload type." if upload_type else
                                 "Upload requests must include an uploadType URL parameter and a URL-encoded file ID.")
+        self._check_file_fields(query)
         if file_id is None:
             self._check_create_rate()
         with self.lock:
@@ -1758,7 +1795,6 @@ class DriveEmulator:
     def _resumable_put(self, query: dict, headers: Any, body: bytes) -> Reply:
         """One PUT on a session: a chunk, or a status query (`bytes */TOTAL`)."""
         with self.lock:
-            self._apply_expire_switch()
             sess = self.upload_sessions.get(query["upload_id"])
             if sess is None or sess.expired:
                 if sess is not None:
@@ -1774,15 +1810,15 @@ class DriveEmulator:
                 if sess.data:
                     raise bad_request("Missing Content-Range header.", "badRequest")
                 if not body:
-                    self._check_total(sess, 0)
+                    sess.total = self._check_total(sess, 0)
                     return self._complete_session(sess, query)
                 start, end, total = 0, len(body) - 1, len(body)
             elif m := self._RANGE_QUERY.match(header):
                 if body:
                     raise bad_request("A status query must not carry a body.", "badRequest")
-                total = None if m.group(1) == "*" else int(m.group(1))
-                self._check_total(sess, total)
+                total = self._check_total(sess, None if m.group(1) == "*" else int(m.group(1)))
                 if total is not None and total == len(sess.data):
+                    sess.total = total
                     return self._complete_session(sess, query)
                 return self._incomplete_reply(sess)
             elif m := self._RANGE_DATA.match(header):
@@ -1800,8 +1836,7 @@ class DriveEmulator:
             raise bad_request(
                 f"Invalid request. The Content-Range header says {end - start + 1} byte(s) but the "
                 f"request body contained {len(body)} byte(s).", "badRequest")
-        self._check_total(sess, total)
-        total = total if total is not None else sess.total
+        total = self._check_total(sess, total)
         limit = total if total is not None else sess.declared_size
         if limit is not None and end >= limit:
             raise bad_request(f"Invalid request. The chunk ends at byte {end}, beyond the upload size "
@@ -1826,6 +1861,7 @@ class DriveEmulator:
                 self._count("partial_chunk")
                 final, new = False, new[:keep]
         self._check_storage(len(sess.data) + len(new) - self._replaced_bytes(sess))
+        sess.total = total
         sess.data += new
         self.uploaded_bytes += len(new)
         if final:
@@ -1837,9 +1873,13 @@ class DriveEmulator:
         old = self.files.get(sess.file_id) if sess.file_id else None
         return len(old["content"]) if old else 0
 
-    def _check_total(self, sess: UploadSession, total: int | None) -> None:
+    @staticmethod
+    def _check_total(sess: UploadSession, total: int | None) -> int | None:
+        """Validate a Content-Range total against what the session knows; returns
+        the total now in force.  Nothing is changed: a refused request leaves the
+        session as it was."""
         if total is None:
-            return
+            return sess.total
         known = sess.total if sess.total is not None else sess.declared_size
         if known is not None and known != total:
             raise bad_request(
@@ -1848,7 +1888,7 @@ class DriveEmulator:
         if total < len(sess.data):
             raise bad_request(f"Invalid request. The total size {total} is smaller than the "
                               f"{len(sess.data)} byte(s) already uploaded.", "badRequest")
-        sess.total = total
+        return total
 
     @staticmethod
     def _incomplete_reply(sess: UploadSession) -> Reply:
@@ -1879,11 +1919,12 @@ class DriveEmulator:
         return self._file_reply(f, query.get("fields") or sess.fields, upload=True)
 
     def _apply_expire_switch(self) -> None:
-        """`faults.expire_sessions` is edge-triggered: switching it on expires the
-        sessions that exist at that moment, once."""
-        if self.faults.expire_sessions and not self._expire_seen:
-            self.expire_all_sessions()
-        self._expire_seen = self.faults.expire_sessions
+        """`faults.expire_sessions` is edge-triggered: the first API request after
+        it is switched on expires the sessions that exist at that moment, once."""
+        with self.lock:
+            if self.faults.expire_sessions and not self._expire_seen:
+                self.expire_all_sessions()
+            self._expire_seen = self.faults.expire_sessions
 
 
 # ---------------------------------------------------------------------------

@@ -341,6 +341,7 @@ def test_reporter_logs_a_progress_line_per_interval_without_a_terminal(caplog, m
     reporter = ct.Reporter(stats, enabled=True, use_bars=False, clock=clock, interval_s=30)
     caplog.set_level("INFO", logger="cloud_transfer")
     monkeypatch.setattr(ct.log, "propagate", True)   # main() turns it off; caplog listens at the root
+    monkeypatch.setattr(ct.log, "handlers", [])       # ...and leaves its own handlers behind
     stats.add("eligible", 10)
     stats.add("transferred", 3)
     stats.add("transferred_bytes", 3 * 1024 * 1024)

@@ -1,0 +1,951 @@
+"""Tests for the Drive v3 emulator.
+
+Two kinds of client: a real googleapiclient service (built from the bundled
+discovery document, exactly as cloud_transfer builds it) to prove the emulator
+accepts what the library sends, and raw http.client requests for protocol edge
+cases the library never produces.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import httplib2
+import pytest
+from google.auth.exceptions import RefreshError
+from google.oauth2.credentials import Credentials
+from google_auth_httplib2 import AuthorizedHttp
+from googleapiclient.discovery import build_from_document
+from googleapiclient.errors import HttpError
+from googleapiclient.http import MediaIoBaseDownload, MediaIoBaseUpload, build_http
+
+from tests.drive_emulator import (
+    CHUNK_GRANULARITY,
+    DAILY_CAP_MESSAGE,
+    FOLDER_MIME,
+    QUOTA_MESSAGE,
+    ROOT_FOLDER_ID,
+    DriveEmulator,
+    Faults,
+    parse_fields,
+    select_fields,
+)
+
+CHUNK = 256 * 1024
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException, httplib2.HttpLib2Error)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def emu():
+    # A short body timeout keeps tests fast when httplib2 re-sends a consumed stream.
+    with DriveEmulator(body_timeout_s=0.3) as e:
+        yield e
+        assert e.internal_errors == []  # an emulator bug must never pass as a Drive error
+
+
+def service(emu: DriveEmulator, token: str | None = None, refresh_token: str | None = None):
+    """A googleapiclient Drive service on its own Http (they are not thread-safe)."""
+    creds = Credentials(
+        token=token if token is not None or refresh_token else emu.issue_token(),
+        refresh_token=refresh_token,
+        token_uri=emu.url + "/token",
+        client_id="client-id",
+        client_secret="client-secret",
+    )
+    return build_from_document(emu.discovery_document(), http=AuthorizedHttp(creds, http=build_http()))
+
+
+def q_literal(text: str) -> str:
+    """Quote a value for `q` the documented way: backslash first, then apostrophe."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def media(data: bytes, mime: str = "image/jpeg", resumable: bool = True) -> MediaIoBaseUpload:
+    return MediaIoBaseUpload(io.BytesIO(data), mimetype=mime, chunksize=CHUNK, resumable=resumable)
+
+
+def run_upload(request) -> dict:
+    response = None
+    while response is None:
+        _, response = request.next_chunk()
+    return response
+
+
+def upload(svc, data: bytes, name: str, parents: list[str] | None = None,
+           fields: str = "id,name,size,md5Checksum,parents", **meta) -> dict:
+    body = dict(meta, name=name)
+    if parents:
+        body["parents"] = parents
+    return run_upload(svc.files().create(body=body, media_body=media(data), fields=fields))
+
+
+def raw(emu: DriveEmulator, method: str, path: str, body: bytes | str | dict | None = None,
+        headers: dict | None = None, token: str | None = "auto", host: str | None = None):
+    """One request over http.client; returns (status, headers, decoded body)."""
+    hdrs = dict(headers or {})
+    if token == "auto":
+        token = emu.issue_token("raw-test-token")
+    if token:
+        hdrs["Authorization"] = f"Bearer {token}"
+    if isinstance(body, dict):
+        body = json.dumps(body)
+        hdrs.setdefault("Content-Type", "application/json; charset=UTF-8")
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=host is not None)
+        if host is not None:
+            conn.putheader("Host", host)
+        for k, v in hdrs.items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Length", str(len(body or b"")))
+        conn.endheaders(body or b"")
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    ctype = resp.getheader("Content-Type") or ""
+    decoded = json.loads(data) if data and "json" in ctype else data
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, decoded
+
+
+def reason_of(body: dict) -> str:
+    return body["error"]["errors"][0]["reason"]
+
+
+def http_reason(err: HttpError) -> str:
+    return err.error_details[0]["reason"]
+
+
+def start_session(emu: DriveEmulator, meta: dict | None = None, headers: dict | None = None,
+                  query: str = "") -> str:
+    hdrs = {"X-Upload-Content-Type": "image/jpeg"}
+    hdrs.update(headers or {})
+    status, h, _ = raw(emu, "POST", "/upload/drive/v3/files?uploadType=resumable" + query,
+                       meta or {"name": "session.jpg"}, hdrs)
+    assert status == 200, status
+    loc = urlsplit(h["location"])
+    return f"{loc.path}?{loc.query}"
+
+
+def put(emu: DriveEmulator, session: str, data: bytes, content_range: str | None):
+    headers = {"Content-Range": content_range} if content_range is not None else {}
+    return raw(emu, "PUT", session, data, headers)
+
+
+# ---------------------------------------------------------------------------
+# googleapiclient against the emulator: uploads
+# ---------------------------------------------------------------------------
+
+
+def test_resumable_multichunk_upload_gives_right_md5_and_size(emu):
+    svc = service(emu)
+    folder = svc.files().create(body={"name": "2019", "mimeType": FOLDER_MIME}, fields="id").execute()
+    data = bytes(range(256)) * 4096 + b"12345"  # 1 MiB + 5 bytes: 4 full chunks and a tail
+    request = svc.files().create(
+        body={"name": "IMG_1.jpg", "parents": [folder["id"]]},
+        media_body=media(data),
+        fields="id,size,md5Checksum,sha256Checksum,mimeType,parents",
+    )
+    progress = []
+    response = None
+    while response is None:
+        status, response = request.next_chunk()
+        if status:
+            progress.append(status.resumable_progress)
+            assert len(emu.list_files()) == 1  # only the folder until the upload completes
+    assert progress == [CHUNK, 2 * CHUNK, 3 * CHUNK, 4 * CHUNK]
+    assert response["size"] == str(len(data))
+    assert response["md5Checksum"] == hashlib.md5(data).hexdigest()
+    assert response["sha256Checksum"] == hashlib.sha256(data).hexdigest()
+    assert response["mimeType"] == "image/jpeg"
+    assert response["parents"] == [folder["id"]]
+    assert emu.content(response["id"]) == data
+    assert emu.path_of(response["id"]) == "2019/IMG_1.jpg"
+    puts = [r["status"] for r in emu.requests if r["method"] == "PUT"]
+    assert puts == [308, 308, 308, 308, 200]
+
+
+def test_file_appears_only_when_resumable_upload_completes(emu):
+    svc = service(emu)
+    request = svc.files().create(body={"name": "big.jpg"}, media_body=media(b"x" * (CHUNK + 1)), fields="id")
+    status, response = request.next_chunk()
+    assert response is None and status.resumable_progress == CHUNK
+    assert emu.list_files() == []
+    assert svc.files().list(q="name = 'big.jpg'").execute()["files"] == []
+    _, response = request.next_chunk()
+    assert [f["id"] for f in emu.list_files()] == [response["id"]]
+
+
+def test_multipart_and_media_uploads(emu):
+    svc = service(emu)
+    data = b"\x00\r\n--not-a-boundary\n\xff" * 100
+    made = svc.files().create(
+        body={"name": "multi.jpg", "description": "from S3", "appProperties": {"src": "s3://b/k"}},
+        media_body=media(data, resumable=False),
+        fields="id,size,md5Checksum,mimeType,description,appProperties",
+    ).execute()
+    assert made["md5Checksum"] == hashlib.md5(data).hexdigest()
+    assert made["size"] == str(len(data))
+    assert made["appProperties"] == {"src": "s3://b/k"}
+    assert emu.content(made["id"]) == data
+    assert [r["query"]["uploadType"] for r in emu.requests] == ["multipart"]
+
+    empty = svc.files().create(body={"name": "empty.bin"}, media_body=media(b"", "application/octet-stream", False),
+                               fields="id,size,md5Checksum").execute()
+    assert empty["size"] == "0" and empty["md5Checksum"] == hashlib.md5(b"").hexdigest()
+
+    simple = svc.files().create(media_body=media(b"simple", "text/plain", False), fields="name,mimeType").execute()
+    assert simple == {"name": "Untitled", "mimeType": "text/plain"}
+
+
+def test_empty_file_resumable_upload(emu):
+    response = upload(service(emu), b"", "empty.jpg")
+    assert response["size"] == "0"
+    assert response["md5Checksum"] == hashlib.md5(b"").hexdigest()
+
+
+def test_update_content_is_a_new_revision_with_same_id(emu):
+    svc = service(emu)
+    first = upload(svc, b"one" * 1000, "photo.jpg", fields="id,md5Checksum,modifiedTime,createdTime,version")
+    time.sleep(0.002)  # only so the millisecond timestamps can differ
+    request = svc.files().update(fileId=first["id"], body={"description": "v2"}, media_body=media(b"two" * 100000),
+                                 fields="id,md5Checksum,size,modifiedTime,createdTime,description,version")
+    second = run_upload(request)
+    assert second["id"] == first["id"]
+    assert second["md5Checksum"] == hashlib.md5(b"two" * 100000).hexdigest() != first["md5Checksum"]
+    assert second["size"] == "300000"
+    assert second["modifiedTime"] > first["modifiedTime"]
+    assert second["createdTime"] == first["createdTime"]
+    assert int(second["version"]) > int(first["version"])
+    assert second["description"] == "v2"
+    assert len(emu.files) == 1
+
+
+def test_download_with_googleapiclient_and_range(emu):
+    svc = service(emu)
+    data = bytes(range(256)) * 1000
+    made = upload(svc, data, "d.jpg")
+    buf = io.BytesIO()
+    downloader = MediaIoBaseDownload(buf, svc.files().get_media(fileId=made["id"]), chunksize=100000)
+    done = False
+    while not done:
+        _, done = downloader.next_chunk()
+    assert buf.getvalue() == data
+    status, headers, body = raw(emu, "GET", f"/drive/v3/files/{made['id']}?alt=media", headers={"Range": "bytes=10-19"})
+    assert status == 206 and body == data[10:20]
+    assert headers["content-range"] == f"bytes 10-19/{len(data)}"
+    folder = svc.files().create(body={"name": "f", "mimeType": FOLDER_MIME}).execute()
+    status, _, body = raw(emu, "GET", f"/drive/v3/files/{folder['id']}?alt=media")
+    assert status == 403 and reason_of(body) == "fileNotDownloadable"
+
+
+def test_parallel_uploads_each_with_own_http(emu):
+    results, errors = {}, []
+
+    def worker(n: int) -> None:
+        try:
+            data = bytes([n]) * (2 * CHUNK + n)
+            results[n] = (upload(service(emu), data, f"p{n}.jpg"), data)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for response, data in results.values():
+        assert response["md5Checksum"] == hashlib.md5(data).hexdigest()
+    assert len(emu.files) == 6
+
+
+# ---------------------------------------------------------------------------
+# Resumable protocol edge cases (raw HTTP)
+# ---------------------------------------------------------------------------
+
+
+def test_session_location_uses_client_host_and_308_has_no_location(emu):
+    session = start_session(emu)
+    status, headers, _ = raw(emu, "POST", "/upload/drive/v3/files?uploadType=resumable", {"name": "h.jpg"},
+                             {"X-Upload-Content-Type": "image/jpeg"}, host=f"localhost:{emu.port}")
+    assert headers["location"].startswith(f"http://localhost:{emu.port}/upload/drive/v3/files?uploadType=resumable&upload_id=")
+    status, headers, _ = put(emu, session, b"", "bytes */*")
+    assert status == 308 and "range" not in headers and "location" not in headers
+    status, headers, _ = put(emu, session, b"a" * CHUNK, "bytes 0-262143/*")
+    assert status == 308 and headers["range"] == "bytes=0-262143" and "location" not in headers
+
+
+def test_non_multiple_intermediate_chunk_is_rejected(emu):
+    session = start_session(emu)
+    status, _, body = put(emu, session, b"a" * 100, "bytes 0-99/1000")
+    assert status == 400
+    assert "262144" in body["error"]["message"] and "multiple" in body["error"]["message"]
+    status, _, body = put(emu, session, b"a" * (CHUNK + 1), f"bytes 0-{CHUNK}/*")
+    assert status == 400
+    # The final chunk may have any length.
+    status, _, body = put(emu, session, b"a" * 100, "bytes 0-99/100")
+    assert status == 200 and body["name"] == "session.jpg"
+
+
+def test_offset_beyond_received_is_rejected(emu):
+    session = start_session(emu)
+    status, _, body = put(emu, session, b"a" * CHUNK, f"bytes {CHUNK}-{2 * CHUNK - 1}/*")
+    assert status == 400
+    assert "exceeds already uploaded size of 0 byte(s)" in body["error"]["message"]
+    assert reason_of(body) == "badRequest"
+
+
+@pytest.mark.parametrize("content_range", [
+    "bytes 0-99", "bytes=0-99/100", "0-99/100", "bytes 99-0/100", "bytes a-b/c", "bytes 0-99/50", "items 0-99/100",
+])
+def test_malformed_content_range_is_rejected(emu, content_range):
+    session = start_session(emu)
+    status, _, body = put(emu, session, b"a" * 100, content_range)
+    assert status == 400, content_range
+    assert body["error"]["code"] == 400
+
+
+def test_body_length_must_match_content_range(emu):
+    session = start_session(emu)
+    status, _, body = put(emu, session, b"a" * 10, "bytes 0-99/100")
+    assert status == 400
+
+
+def test_total_must_match_declared_length(emu):
+    session = start_session(emu, headers={"X-Upload-Content-Length": "1000"})
+    status, _, _ = put(emu, session, b"a" * 100, "bytes 0-99/100")
+    assert status == 400
+    status, _, _ = put(emu, session, b"a" * (2 * CHUNK), f"bytes 0-{2 * CHUNK - 1}/*")
+    assert status == 400  # runs past the declared 1000 bytes
+
+
+def test_retransmitted_chunk_is_accepted_and_status_query_completes(emu):
+    session = start_session(emu, query="&fields=id,size,md5Checksum")
+    data = b"z" * (CHUNK + 7)
+    assert put(emu, session, data[:CHUNK], f"bytes 0-{CHUNK - 1}/*")[0] == 308
+    status, headers, _ = put(emu, session, data[:CHUNK], f"bytes 0-{CHUNK - 1}/*")  # a retry of the same chunk
+    assert status == 308 and headers["range"] == f"bytes=0-{CHUNK - 1}"
+    status, _, body = put(emu, session, data[CHUNK:], f"bytes {CHUNK}-{len(data) - 1}/{len(data)}")
+    assert status == 200
+    assert body == {"id": body["id"], "size": str(len(data)), "md5Checksum": hashlib.md5(data).hexdigest()}
+    # After completion a status query answers with the file again.
+    status, _, again = put(emu, session, b"", f"bytes */{len(data)}")
+    assert status == 200 and again == body
+
+
+def test_unknown_session_is_404(emu):
+    status, _, body = put(emu, "/upload/drive/v3/files?uploadType=resumable&upload_id=nope", b"", "bytes */*")
+    assert status == 404 and reason_of(body) == "notFound"
+
+
+def test_multipart_with_crlf_and_base64_parts(emu):
+    data = bytes(range(256)) * 3 + b"\r"
+    body = (
+        b"--XyZ\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+        + json.dumps({"name": "crlf.jpg", "parents": ["root"]}).encode()
+        + b"\r\n--XyZ\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.b64encode(data)
+        + b"\r\n--XyZ--\r\n"
+    )
+    status, _, made = raw(emu, "POST", "/upload/drive/v3/files?uploadType=multipart&fields=id,md5Checksum,mimeType,parents",
+                          body, {"Content-Type": 'multipart/related; boundary="XyZ"'})
+    assert status == 200, made
+    assert made["md5Checksum"] == hashlib.md5(data).hexdigest()
+    assert made["mimeType"] == "image/png" and made["parents"] == [ROOT_FOLDER_ID]
+    status, _, err = raw(emu, "POST", "/upload/drive/v3/files?uploadType=multipart", b"--XyZ--\r\n",
+                         {"Content-Type": 'multipart/related; boundary="XyZ"'})
+    assert status == 400 and "0 mime parts" in err["error"]["message"]
+
+
+def test_chunked_request_body_is_read(emu):
+    conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=5)
+    conn.request("POST", "/upload/drive/v3/files?uploadType=media&fields=size", body=iter([b"ab", b"cde"]),
+                 headers={"Authorization": "Bearer " + emu.issue_token(), "Content-Type": "image/jpeg"},
+                 encode_chunked=True)
+    assert json.loads(conn.getresponse().read()) == {"size": "5"}
+    conn.close()
+
+
+def test_upload_type_is_required(emu):
+    status, _, body = raw(emu, "POST", "/upload/drive/v3/files", b"abc", {"Content-Type": "image/jpeg"})
+    assert status == 400 and body["error"]["errors"][0]["location"] == "uploadType"
+
+
+# ---------------------------------------------------------------------------
+# Recovery flows googleapiclient relies on
+# ---------------------------------------------------------------------------
+
+
+def test_status_query_after_dropped_connection_resumes(emu):
+    svc = service(emu)
+    data = bytes(range(256)) * 3072 + b"tail"  # 3 chunks + 4 bytes
+    request = svc.files().create(body={"name": "drop.jpg"}, media_body=media(data), fields="id,md5Checksum")
+    assert request.next_chunk()[0].resumable_progress == CHUNK
+    emu.faults.drop_rate = 1.0
+    with pytest.raises(TRANSPORT_ERRORS):
+        request.next_chunk()
+    assert emu.fault_counts["drop"] >= 1
+    emu.faults.drop_rate = 0.0
+    emu.clear_requests()
+    response = run_upload(request)
+    assert response["md5Checksum"] == hashlib.md5(data).hexdigest()
+    # The library first asked for the offset, then continued from byte 262144.
+    assert emu.requests[0]["content_range"] == f"bytes */{len(data)}"
+    assert emu.requests[1]["content_range"].startswith(f"bytes {CHUNK}-")
+
+
+def test_lost_answer_to_final_chunk_is_recovered_by_status_query(emu):
+    svc = service(emu)
+    data = b"q" * (CHUNK + 5)
+    request = svc.files().create(body={"name": "lost.jpg"}, media_body=media(data), fields="id,size")
+    request.next_chunk()
+    emu.faults.drop_response_rate = 1.0
+    with pytest.raises(TRANSPORT_ERRORS):
+        request.next_chunk()
+    assert len(emu.files) == 1  # the file was created although the client never heard
+    emu.faults.drop_response_rate = 0.0
+    response = run_upload(request)
+    assert response["size"] == str(len(data))
+    assert len(emu.files) == 1
+
+
+def test_lost_answer_to_metadata_create_duplicates_unless_id_is_pregenerated(emu):
+    svc = service(emu)
+    emu.faults.drop_response_rate = 1.0
+    with pytest.raises(TRANSPORT_ERRORS):
+        svc.files().create(body={"name": "dup", "mimeType": FOLDER_MIME}).execute()
+    # httplib2 silently re-sent the POST: Drive now has two folders of that name.
+    assert [f["name"] for f in emu.list_files()] == ["dup", "dup"]
+    emu.faults.drop_response_rate = 0.0
+    file_id = svc.files().generateIds(count=1).execute()["ids"][0]
+    emu.faults.drop_response_rate = 1.0
+    with pytest.raises(TRANSPORT_ERRORS):
+        svc.files().create(body={"id": file_id, "name": "once", "mimeType": FOLDER_MIME}).execute()
+    assert [f["id"] for f in emu.list_files() if f["name"] == "once"] == [file_id]
+    assert emu.fault_counts["drop_response"] == 4
+
+
+def test_expired_session_is_404_and_new_session_works(emu):
+    svc = service(emu)
+    request = svc.files().create(body={"name": "exp.jpg"}, media_body=media(b"e" * (CHUNK + 1)))
+    request.next_chunk()
+    emu.faults.expire_sessions = True
+    # Edge-triggered: a session started after the switch works...
+    assert upload(svc, b"fresh", "fresh.jpg")["size"] == "5"
+    # ...while the one that existed when it flipped is gone for good.
+    with pytest.raises(HttpError) as err:
+        request.next_chunk()
+    assert err.value.status_code == 404
+    assert emu.fault_counts["expired_session"] == 1
+    session = start_session(emu)
+    emu.expire_all_sessions()
+    assert put(emu, session, b"", "bytes */*")[0] == 404
+
+
+# ---------------------------------------------------------------------------
+# Query language
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("q", [
+    "name = x",                      # unquoted value
+    'name = "x"',                    # double quotes
+    "name 'x'",                      # missing operator
+    "name = 'x' and",                # dangling connective
+    "(name = 'x'",                   # unbalanced
+    "name = 'x')",
+    "name = 'unterminated",
+    r"name = 'bad\escape'",          # only \' and \\ are escapes
+    "size > '5'",                    # unknown field
+    "name ~ 'x'",                    # unknown operator
+    "name > 'x'",                    # operator the field lacks
+    "trashed = maybe",
+    "modifiedTime > 'yesterday'",
+    "appProperties has { key='k' }",
+    "'x' in owners",
+    "and name = 'x'",
+])
+def test_invalid_queries_are_400_invalid(emu, q):
+    with pytest.raises(HttpError) as err:
+        service(emu).files().list(q=q).execute()
+    assert err.value.status_code == 400
+    assert err.value.error_details == [
+        {"message": "Invalid Value", "domain": "global", "reason": "invalid", "location": "q",
+         "locationType": "parameter"}
+    ]
+
+
+def test_escaped_quotes_and_backslashes_find_the_right_files(emu):
+    svc = service(emu)
+    names = ["O'Brien's party.jpg", "back\\slash.jpg", "back\\\\double.jpg", "plain.jpg"]
+    ids = {n: svc.files().create(body={"name": n}, fields="id").execute()["id"] for n in names}
+    for name in names:
+        found = svc.files().list(q=f"name = {q_literal(name)}", fields="files(id,name)").execute()["files"]
+        assert found == [{"id": ids[name], "name": name}]
+    found = svc.files().list(q=r"name contains 'O\'Brien'", fields="files(name)").execute()["files"]
+    assert found == [{"name": "O'Brien's party.jpg"}]
+
+
+def test_query_combinators_and_fields(emu):
+    svc = service(emu)
+    trip = svc.files().create(body={"name": "Trip", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    a = upload(svc, b"a", "HelloWorld.jpg", [trip], modifiedTime="2019-05-01T10:00:00Z", description="beach sunset")["id"]
+    b = upload(svc, b"b", "other.png", [trip], modifiedTime="2021-01-01T00:00:00+02:00", mimeType="image/png")["id"]
+    c = upload(svc, b"c", "top.jpg", modifiedTime="2020-06-01T00:00:00Z")["id"]
+
+    def ids(q: str) -> set[str]:
+        return {f["id"] for f in svc.files().list(q=q, fields="files(id)").execute()["files"]}
+
+    assert ids(f"'{trip}' in parents") == {a, b}
+    assert ids("'root' in parents and mimeType != 'application/vnd.google-apps.folder'") == {c}
+    assert ids(f"mimeType = '{FOLDER_MIME}'") == {trip}
+    assert ids("name contains 'Hello'") == {a}
+    assert ids("name contains 'World'") == set()  # Drive's name contains matches prefixes
+    assert ids("fullText contains 'sunset'") == {a}
+    assert ids("modifiedTime > '2020-01-01T00:00:00'") == {b, c, trip}
+    assert ids("modifiedTime < '2020-01-01T00:00:00Z' or name = 'top.jpg'") == {a, c}
+    assert ids(f"not '{trip}' in parents and not name = 'Trip'") == {c}
+    assert ids(f"('{trip}' in parents or name = 'top.jpg') and (mimeType = 'image/png' or name contains 'top')") == {b, c}
+    assert ids("trashed = false AND name = 'other.png'") == {b}
+
+
+def test_unicode_names_round_trip(emu):
+    svc = service(emu)
+    name = "Été 写真 📷 naïve.jpg"
+    folder = svc.files().create(body={"name": "Ålbum ✈", "mimeType": FOLDER_MIME}, fields="id,name").execute()
+    made = upload(svc, b"u" * 10, name, [folder["id"]], fields="id,name", appProperties={"ключ": "значение"})
+    assert made["name"] == name
+    found = svc.files().list(q=f"name = {q_literal(name)} and appProperties has {{ key='ключ' and value='значение' }}",
+                             fields="files(id,name)").execute()["files"]
+    assert found == [made]
+    assert svc.files().get(fileId=made["id"], fields="name").execute() == {"name": name}
+    assert emu.path_of(made["id"]) == f"Ålbum ✈/{name}"
+
+
+def test_app_properties_has_query_and_merge(emu):
+    svc = service(emu)
+    one = upload(svc, b"1", "1.jpg", appProperties={"s3key": "photos/1.jpg", "etag": "abc"})["id"]
+    upload(svc, b"2", "2.jpg", appProperties={"s3key": "photos/2.jpg"})
+    q = "appProperties has { key='s3key' and value='photos/1.jpg' }"
+    assert [f["id"] for f in svc.files().list(q=q).execute()["files"]] == [one]
+    assert svc.files().list(q="properties has { key='s3key' and value='photos/1.jpg' }").execute()["files"] == []
+    patched = svc.files().update(fileId=one, body={"appProperties": {"etag": None, "run": "r1"}},
+                                 fields="appProperties").execute()
+    assert patched == {"appProperties": {"s3key": "photos/1.jpg", "run": "r1"}}
+
+
+def test_app_properties_limits(emu):
+    svc = service(emu)
+    ok = svc.files().create(body={"name": "ok", "appProperties": {"k": "é" * 61 + "x"}}, fields="id").execute()
+    assert ok["id"]
+    with pytest.raises(HttpError) as err:  # 1 + 124 bytes
+        svc.files().create(body={"name": "long", "appProperties": {"k": "é" * 62}}).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "propertyLengthLimitExceeded"
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"name": "many", "appProperties": {f"k{i}": "v" for i in range(31)}}).execute()
+    assert err.value.status_code == 403
+
+
+def test_pagination(emu):
+    svc = service(emu)
+    for i in range(25):
+        emu.add_file(f"f{i:02}.jpg", b"x")
+    seen, token, pages = [], None, 0
+    while True:
+        page = svc.files().list(pageSize=10, pageToken=token, q="trashed = false",
+                                fields="nextPageToken,files(name)").execute()
+        seen += [f["name"] for f in page["files"]]
+        pages += 1
+        token = page.get("nextPageToken")
+        if not token:
+            break
+    assert pages == 3 and seen == [f"f{i:02}.jpg" for i in range(25)]
+    # nextPageToken comes only when asked for (or with the default fields).
+    assert "nextPageToken" not in svc.files().list(pageSize=10, fields="files(id)").execute()
+    default = svc.files().list(pageSize=10).execute()
+    assert set(default) == {"kind", "incompleteSearch", "files", "nextPageToken"}
+    assert set(default["files"][0]) == {"kind", "id", "name", "mimeType"}
+    for bad in (1001, 0):
+        with pytest.raises(HttpError) as err:
+            svc.files().list(pageSize=bad).execute()
+        assert err.value.status_code == 400 and err.value.error_details[0]["location"] == "pageSize"
+    with pytest.raises(HttpError):
+        svc.files().list(pageToken=default["nextPageToken"], q="name = 'x'").execute()  # token of another query
+
+
+# ---------------------------------------------------------------------------
+# Metadata: fields, parents, ids, trash, about
+# ---------------------------------------------------------------------------
+
+
+def test_fields_selector():
+    doc = {"kind": "k", "files": [{"id": "1", "name": "a", "x": 1}], "nextPageToken": "t"}
+    assert select_fields(doc, parse_fields("files(id,name)")) == {"files": [{"id": "1", "name": "a"}]}
+    assert select_fields(doc, parse_fields("files/id,nextPageToken")) == {"files": [{"id": "1"}], "nextPageToken": "t"}
+    assert select_fields(doc, parse_fields("*")) == doc
+    for bad in ("files(id", "a,,b", "a)", ""):
+        with pytest.raises(ValueError):
+            parse_fields(bad)
+
+
+def test_file_fields_default_star_and_invalid(emu):
+    svc = service(emu)
+    made = upload(svc, b"abc", "f.jpg", fields="id")
+    assert set(svc.files().get(fileId=made["id"]).execute()) == {"kind", "id", "name", "mimeType"}
+    full = svc.files().get(fileId=made["id"], fields="*").execute()
+    assert full["md5Checksum"] == hashlib.md5(b"abc").hexdigest() and full["trashed"] is False
+    assert full["parents"] == [ROOT_FOLDER_ID]
+    assert "content" not in full
+    with pytest.raises(HttpError) as err:
+        svc.files().get(fileId=made["id"], fields="id,md5checksum").execute()
+    assert err.value.status_code == 400 and http_reason(err.value) == "invalidParameter"
+    for bad_create in (svc.files().create(body={"name": "n"}, fields="id,nope"),
+                       svc.files().create(body={"name": "n"}, media_body=media(b"x"), fields="files(id)")):
+        with pytest.raises(HttpError) as err:
+            bad_create.execute()
+        assert err.value.status_code == 400
+    assert len(emu.files) == 1  # refused before anything was stored
+    with pytest.raises(HttpError) as err:
+        svc.files().get(fileId="missing").execute()
+    assert err.value.status_code == 404 and err.value.reason == "File not found: missing."
+    assert err.value.error_details[0]["reason"] == "notFound"
+    root = svc.files().get(fileId="root", fields="id,name,mimeType").execute()
+    assert root == {"id": ROOT_FOLDER_ID, "name": "My Drive", "mimeType": FOLDER_MIME}
+
+
+def test_times_are_writable_at_create_only(emu):
+    svc = service(emu)
+    made = svc.files().create(body={"name": "t.jpg", "createdTime": "2019-05-01T10:00:00+02:00",
+                                    "modifiedTime": "2019-05-01T10:00:01.5Z"},
+                              fields="id,createdTime,modifiedTime").execute()
+    assert made["createdTime"] == "2019-05-01T08:00:00.000Z"
+    assert made["modifiedTime"] == "2019-05-01T10:00:01.500Z"
+    with pytest.raises(HttpError) as err:
+        svc.files().update(fileId=made["id"], body={"createdTime": "2020-01-01T00:00:00Z"}).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "fieldNotWritable"
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"name": "x", "modifiedTime": "not a date"}).execute()
+    assert err.value.status_code == 400
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"name": "x", "md5Checksum": "0" * 32}).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "fieldNotWritable"
+
+
+def test_parents_validation_and_moves(emu):
+    svc = service(emu)
+    a = svc.files().create(body={"name": "A", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    b = svc.files().create(body={"name": "B", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    f = upload(svc, b"x", "x.jpg", [a])["id"]
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"name": "n", "parents": ["nope"]}).execute()
+    assert err.value.status_code == 404 and err.value.reason == "File not found: nope."
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"name": "n", "parents": [a, b]}).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "cannotAddParent"
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"name": "n", "parents": [f]}).execute()
+    assert err.value.status_code == 400
+    with pytest.raises(HttpError) as err:
+        svc.files().update(fileId=f, body={"parents": [b]}).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "fieldNotWritable"
+    with pytest.raises(HttpError) as err:
+        svc.files().update(fileId=f, addParents=b).execute()
+    assert http_reason(err.value) == "cannotAddParent"
+    moved = svc.files().update(fileId=f, addParents=b, removeParents=a, fields="parents").execute()
+    assert moved == {"parents": [b]}
+    assert emu.path_of(f) == "B/x.jpg"
+    with pytest.raises(HttpError) as err:
+        svc.files().update(fileId=a, addParents=a, removeParents="root").execute()
+    assert err.value.status_code == 400
+
+
+def test_generate_ids_and_create_with_id(emu):
+    svc = service(emu)
+    answer = svc.files().generateIds(count=3).execute()
+    assert answer["kind"] == "drive#generatedIds" and answer["space"] == "drive" and len(answer["ids"]) == 3
+    file_id = answer["ids"][0]
+    made = upload(svc, b"x", "with-id.jpg", fields="id", id=file_id)
+    assert made == {"id": file_id}
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"id": file_id, "name": "again"}).execute()
+    assert err.value.status_code == 409 and http_reason(err.value) == "fileIdInUse"
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"id": "1madeUpIdThatWasNeverGeneratedXXXX", "name": "bad"}).execute()
+    assert err.value.status_code == 400 and http_reason(err.value) == "fileIdNotUsable"
+    with pytest.raises(HttpError) as err:
+        svc.files().generateIds(count=1001).execute()
+    assert err.value.status_code == 400
+
+
+def test_trash_and_delete(emu):
+    svc = service(emu)
+    top = emu.add_folder("Top")
+    sub = emu.add_folder("Sub", top["id"])
+    leaf = emu.add_file("leaf.jpg", b"123", sub["id"])
+    svc.files().update(fileId=top["id"], body={"trashed": True}).execute()
+    # files.list returns trashed items unless the query excludes them.
+    assert len(svc.files().list().execute()["files"]) == 3
+    assert svc.files().list(q="trashed = false").execute()["files"] == []
+    got = svc.files().get(fileId=leaf["id"], fields="trashed,explicitlyTrashed").execute()
+    assert got == {"trashed": True, "explicitlyTrashed": False}
+    assert emu.list_files() == [] and len(emu.list_files(include_trashed=True)) == 3
+    about = svc.about().get(fields="storageQuota").execute()["storageQuota"]
+    assert about["usageInDriveTrash"] == "3"
+    svc.files().update(fileId=top["id"], body={"trashed": False}).execute()
+    assert len(emu.list_files()) == 3
+    assert svc.files().delete(fileId=top["id"]).execute() == ""
+    assert emu.files == {}
+    status, _, _ = raw(emu, "DELETE", f"/drive/v3/files/{top['id']}")
+    assert status == 404
+
+
+def test_about_requires_fields(emu):
+    svc = service(emu)
+    with pytest.raises(HttpError) as err:
+        svc.about().get().execute()
+    assert err.value.status_code == 400 and http_reason(err.value) == "required"
+    about = svc.about().get(fields="user(emailAddress),storageQuota,maxUploadSize").execute()
+    assert set(about) == {"user", "storageQuota", "maxUploadSize"}
+    assert "limit" not in about["storageQuota"]  # unlimited
+    emu.faults.storage_quota_bytes = 10**9
+    about = svc.about().get(fields="storageQuota(limit,usage)").execute()
+    assert about == {"storageQuota": {"limit": str(10**9), "usage": "0"}}
+
+
+# ---------------------------------------------------------------------------
+# Auth and the token endpoint
+# ---------------------------------------------------------------------------
+
+
+def test_requests_without_valid_token_get_401(emu):
+    status, headers, body = raw(emu, "GET", "/drive/v3/files", token=None)
+    assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
+    assert reason_of(body) == "required"  # real Drive: no credential at all is "required"
+    status, headers, body = raw(emu, "GET", "/drive/v3/files", token="forged")
+    assert status == 401 and reason_of(body) == "authError"
+    assert body["error"]["message"].startswith("Request had invalid authentication credentials.")
+    assert body["error"]["errors"][0]["locationType"] == "header"
+    assert "www-authenticate" in headers
+    status, _, _ = raw(emu, "PUT", "/upload/drive/v3/files?uploadType=resumable&upload_id=x", b"", token=None)
+    assert status == 401
+    token = emu.issue_token()
+    assert raw(emu, "GET", f"/drive/v3/files?access_token={token}", token=None)[0] == 200
+
+
+def test_require_auth_false_accepts_anonymous():
+    with DriveEmulator(require_auth=False) as open_emu:
+        assert raw(open_emu, "GET", "/drive/v3/files", token=None)[0] == 200
+
+
+def test_refresh_through_token_endpoint_and_invalid_grant(emu):
+    svc = service(emu, token=None, refresh_token="rt-good")
+    assert svc.files().list().execute()["files"] == []
+    assert emu.token_refreshes == 1
+    emu.expire_access_tokens()  # the hour is up: 401, then a silent refresh
+    assert svc.files().list().execute()["files"] == []
+    assert emu.token_refreshes == 2
+    assert [r["path"] for r in emu.requests] == ["/token", "/drive/v3/files", "/drive/v3/files", "/token",
+                                                 "/drive/v3/files"]
+    emu.revoke_refresh_token("rt-good")  # also kills access tokens minted from it
+    with pytest.raises(RefreshError) as err:
+        svc.files().list().execute()
+    assert "invalid_grant" in str(err.value)
+    assert emu.token_refreshes == 2
+
+
+def test_token_endpoint_raw(emu):
+    form = {"grant_type": "refresh_token", "refresh_token": "rt", "client_id": "c", "client_secret": "s",
+            "scope": "https://www.googleapis.com/auth/drive.file"}
+    hdrs = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, body = raw(emu, "POST", "/token", urlencode(form), hdrs, token=None)
+    assert status == 200
+    assert body["expires_in"] == 3599 and body["token_type"] == "Bearer" and body["scope"] == form["scope"]
+    assert raw(emu, "GET", "/drive/v3/files", token=body["access_token"])[0] == 200
+    emu.revoke_refresh_token("rt")
+    status, _, body = raw(emu, "POST", "/token", urlencode(form), hdrs, token=None)
+    assert (status, body) == (400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+    status, _, body = raw(emu, "POST", "/token", urlencode({"grant_type": "refresh_token", "client_id": "c"}), hdrs,
+                          token=None)
+    assert status == 400 and body["error"] == "invalid_request"
+
+
+# ---------------------------------------------------------------------------
+# Faults
+# ---------------------------------------------------------------------------
+
+
+def test_rate_limit_alternates_403_and_429_with_retry_after(emu):
+    emu.faults.create_rate_per_s = 0.001  # effectively no refill during the test
+    emu.faults.create_burst = 2
+    emu.faults.retry_after_s = 7
+    svc = service(emu)
+    for i in range(2):
+        svc.files().create(body={"name": f"ok{i}"}).execute()
+    statuses = []
+    for _ in range(3):
+        status, headers, body = raw(emu, "POST", "/drive/v3/files", {"name": "limited"})
+        statuses.append((status, reason_of(body)))
+        assert headers["retry-after"] == "7"
+        assert body["error"]["errors"][0]["domain"] == "usageLimits"
+    assert statuses == [(403, "userRateLimitExceeded"), (429, "rateLimitExceeded"), (403, "userRateLimitExceeded")]
+    assert body["error"]["message"].startswith("User rate limit exceeded for quota metric")
+    with pytest.raises(HttpError) as err:  # uploads count as creations too
+        svc.files().create(body={"name": "u"}, media_body=media(b"x", resumable=False)).execute()
+    assert err.value.status_code == 429
+    assert svc.files().list().execute()  # reads are not limited
+    assert emu.fault_counts == {"rate_limit_403": 2, "rate_limit_429": 2}
+
+
+def test_rate_limit_refills():
+    with DriveEmulator(require_auth=False) as e:
+        e.faults = Faults(create_rate_per_s=1000.0, create_burst=1)
+        for _ in range(5):
+            status, _, _ = raw(e, "POST", "/drive/v3/files", {"name": "x"}, token=None)
+            time.sleep(0.002)  # lets the bucket refill; this is the thing under test, not a sync point
+            assert status == 200
+
+
+def test_storage_quota(emu):
+    svc = service(emu)
+    emu.faults.storage_quota_bytes = 1000
+    upload(svc, b"a" * 600, "a.jpg")
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"name": "b.jpg"}, media_body=media(b"b" * 600, resumable=False)).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "storageQuotaExceeded"
+    assert err.value.reason == QUOTA_MESSAGE
+    status, _, body = raw(emu, "POST", "/upload/drive/v3/files?uploadType=resumable", {"name": "c"},
+                          {"X-Upload-Content-Length": "600"})
+    assert status == 403 and reason_of(body) == "storageQuotaExceeded"
+    with pytest.raises(HttpError):  # without a declared length the chunk itself is refused
+        upload(svc, b"d" * 600, "d.jpg")
+    assert emu.fault_counts["storage_quota"] == 3
+    assert len(emu.files) == 1
+
+
+def test_daily_upload_cap(emu):
+    svc = service(emu)
+    emu.faults.daily_upload_cap_bytes = 1000
+    upload(svc, b"a" * 800, "a.jpg")
+    upload(svc, b"b" * 800, "b.jpg")  # crosses the cap and still completes
+    with pytest.raises(HttpError) as err:
+        upload(svc, b"c" * 10, "c.jpg")
+    assert err.value.status_code == 403 and http_reason(err.value) == "userRateLimitExceeded"
+    assert err.value.reason == DAILY_CAP_MESSAGE
+    with pytest.raises(HttpError) as err:
+        svc.files().create(body={"name": "m"}, media_body=media(b"m", resumable=False)).execute()
+    assert err.value.reason == DAILY_CAP_MESSAGE
+    assert svc.files().create(body={"name": "folder", "mimeType": FOLDER_MIME}).execute()  # no bytes: allowed
+    assert emu.fault_counts["daily_cap"] == 2
+    assert emu.uploaded_bytes == 1600
+
+
+def test_wrong_md5_once(emu):
+    svc = service(emu)
+    emu.faults.wrong_md5_count = 1
+    data = b"photo" * 1000
+    first = upload(svc, data, "1.jpg")
+    assert first["md5Checksum"] != hashlib.md5(data).hexdigest()
+    assert hashlib.md5(emu.content(first["id"])).hexdigest() == hashlib.md5(data).hexdigest()
+    assert svc.files().get(fileId=first["id"], fields="md5Checksum").execute()["md5Checksum"] == hashlib.md5(data).hexdigest()
+    assert upload(svc, data, "2.jpg")["md5Checksum"] == hashlib.md5(data).hexdigest()
+    assert emu.fault_counts["wrong_md5"] == 1
+
+
+def test_partial_chunks_still_complete_with_googleapiclient(emu):
+    emu.faults = Faults(partial_chunk_rate=0.5, seed=3)
+    data = bytes(range(256)) * 4096 + b"xyz"
+    response = upload(service(emu), data, "partial.jpg")
+    assert response["md5Checksum"] == hashlib.md5(data).hexdigest()
+    assert emu.content(response["id"]) == data
+    assert emu.fault_counts["partial_chunk"] >= 1
+    puts = [r for r in emu.requests if r["method"] == "PUT"]
+    assert len(puts) > 5  # shortened chunks were re-sent from the Range the server gave
+
+
+def test_error_rate_answers_5xx_deterministically(emu):
+    emu.faults = Faults(error_rate=1.0, seed=1)
+    statuses = {raw(emu, "GET", "/drive/v3/files")[0] for _ in range(12)}
+    assert statuses == {500, 502, 503}
+    status, headers, body = raw(emu, "GET", "/drive/v3/files")
+    assert status in (500, 502, 503)
+    with pytest.raises(HttpError) as err:
+        service(emu).files().list().execute()
+    assert err.value.status_code >= 500
+    counts = sum(v for k, v in emu.fault_counts.items() if k.startswith("server_error_"))
+    assert counts == 14
+
+    def sequence(seed: int) -> list[int]:
+        emu.faults = Faults(error_rate=0.5, seed=seed)
+        return [raw(emu, "GET", "/drive/v3/files")[0] for _ in range(10)]
+
+    assert sequence(7) == sequence(7)
+
+
+def test_latency_and_fail_paths(emu):
+    emu.faults.latency_s = 0.05
+    started = time.monotonic()
+    raw(emu, "GET", "/drive/v3/files")
+    assert time.monotonic() - started >= 0.05
+    assert emu.fault_counts["latency"] == 1
+    emu.faults = Faults(fail_paths={r"^/drive/v3/files\?.*q=": 503})
+    svc = service(emu)
+    assert svc.files().list().execute()["files"] == []
+    with pytest.raises(HttpError) as err:
+        svc.files().list(q="trashed = false").execute()
+    assert err.value.status_code == 503
+    assert emu.fault_counts["fail_path"] == 1
+
+
+def test_reset_clears_state_but_keeps_tokens(emu):
+    token = emu.issue_token()
+    emu.add_file("x", b"1")
+    emu.faults.error_rate = 1.0
+    emu.reset()
+    assert emu.files == {} and emu.requests == [] and emu.faults == Faults() and emu.fault_counts == {}
+    assert raw(emu, "GET", "/drive/v3/files", token=token)[0] == 200
+
+
+def test_stop_cuts_pooled_connections():
+    emu = DriveEmulator().start()
+    svc = service(emu)
+    svc.files().list().execute()  # leaves a keep-alive connection in the pool
+    emu.stop()
+    with pytest.raises(TRANSPORT_ERRORS):
+        svc.files().list().execute()
+
+
+def test_command_line_prints_url_and_token():
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.drive_emulator", "--port", "0"], cwd=root,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        url_line = proc.stdout.readline()
+        token_line = proc.stdout.readline()
+        assert token_line.startswith("token: ")
+        url = url_line.split()[-1]
+        port = int(url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/drive/v3/files", headers={"Authorization": "Bearer " + token_line.split()[1]})
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
