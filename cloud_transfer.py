@@ -370,7 +370,8 @@ environment (.env is read from the current directory; real environment variables
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE,
   AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (S3-compatible stores), S3_BUCKET_NAME, S3_PREFIX,
   AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION,
-  DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests)
+  DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests),
+  CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s)
 
 {EXIT_CODE_HELP}"""
 
@@ -403,6 +404,8 @@ class Config:
     rollback_run: str | None = None      # rollback: "last" or a run id
     permanent: bool = False              # rollback: delete instead of trash
     assume_yes: bool = False
+    backoff_base_s: float = BACKOFF_BASE_S   # first retry waits up to this long (full jitter)
+    backoff_cap_s: float = BACKOFF_CAP_S     # no single wait is longer (except a server's Retry-After)
     drive_endpoint_url: str | None = None
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
@@ -513,6 +516,16 @@ def parse_chunk_size(mib: float) -> int:
     return int(size_bytes)
 
 
+def _positive_float(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number <= 0:
+        raise UsageError(f"{name} must be a positive number of seconds, not {value!r}")
+    return number
+
+
 def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
     """Parse argv and merge it with the environment and .env; the only reader of either."""
     args = build_parser().parse_args(argv)
@@ -548,6 +561,10 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         log_file=Path(args.log_file) if args.log_file else None,
         json_output=args.json_output, reset_checkpoint=args.reset_checkpoint,
         rollback_run=args.rollback_run, permanent=args.permanent, assume_yes=args.assume_yes,
+        backoff_base_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_BASE_S", default=BACKOFF_BASE_S),
+                                       "CLOUD_TRANSFER_BACKOFF_BASE_S"),
+        backoff_cap_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_CAP_S", default=BACKOFF_CAP_S),
+                                      "CLOUD_TRANSFER_BACKOFF_CAP_S"),
         drive_endpoint_url=(setting(None, "DRIVE_ENDPOINT_URL") or "").rstrip("/") or None,
         s3_endpoint_url=setting(None, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
         aws_region=setting(None, "AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -1127,6 +1144,36 @@ def drive_discovery_doc(endpoint_url: str | None) -> dict[str, Any]:
         return _DISCOVERY_DOCS[endpoint_url]
 
 
+class _SendOnceHttp(httplib2.Http):
+    """httplib2.Http that sends a request carrying a body exactly once.
+
+    NOTE: httplib2 re-sends a request when the connection drops before the answer — a POST too, and
+    on a first failure "regardless of the number of RETRIES" (httplib2 _conn_request). A create that
+    Drive already carried out then becomes a duplicate file, and a re-sent upload chunk goes out with
+    its stream already consumed. Here such errors reach DriveDestination.call instead, which looks
+    for the file by provenance before sending anything again. Body-less requests keep httplib2's
+    behaviour (a GET or DELETE is safe to repeat).
+    """
+
+    def _conn_request(self, conn: Any, request_uri: str, method: str, body: Any, headers: Any) -> Any:
+        if body is None:
+            return super()._conn_request(conn, request_uri, method, body, headers)
+        try:
+            if conn.sock is None:
+                conn.connect()
+            conn.request(method, request_uri, body, headers)
+            raw_response = conn.getresponse()
+            content = raw_response.read()
+        except BaseException:
+            conn.close()
+            raise
+        response = httplib2.Response(raw_response)
+        limits = getattr(self, "limit_kwargs", None)   # httplib2 >= 0.31 takes decompression limits
+        decompress = httplib2._decompressContent
+        return response, (decompress(response, content, limits) if limits is not None
+                          else decompress(response, content))
+
+
 class _CountingAuthorizedHttp(AuthorizedHttp):
     """AuthorizedHttp that counts requests, so runs can report Drive requests per file."""
 
@@ -1144,14 +1191,12 @@ def make_drive_service_factory(config: Config, creds: Credentials, stats: Stats 
     """A factory of Drive services; call it once per thread (httplib2 is not thread-safe)."""
     doc = drive_discovery_doc(config.drive_endpoint_url)
     on_request = (lambda: stats.add("drive_requests")) if stats else (lambda: None)
-    # httplib2 silently re-sends any request, POST included, once after the connection drops before
-    # the answer: a create Drive already carried out would then make a duplicate. With one try per
-    # call, the error reaches DriveDestination.call, which looks for the file before sending again.
-    httplib2.RETRIES = 1
 
     def factory() -> Any:
-        # build_http() keeps 308 out of httplib2's redirect codes: Drive's "resume incomplete".
-        http = _CountingAuthorizedHttp(creds, http=build_http(), on_request=on_request)
+        transport = _SendOnceHttp(timeout=build_http().timeout)
+        # As build_http() does: 308 is Drive's "resume incomplete", not a redirect.
+        transport.redirect_codes = transport.redirect_codes - {308}
+        http = _CountingAuthorizedHttp(creds, http=transport, on_request=on_request)
         return build_from_document(doc, http=http)
 
     return factory
@@ -2094,7 +2139,7 @@ def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
 
 def make_drive(config: Config, runtime: Runtime, stats: Stats) -> tuple[DriveDestination, Credentials]:
     creds = load_credentials(config, interactive=runtime.interactive)
-    backoff = Backoff()
+    backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
     dest = DriveDestination(make_drive_service_factory(config, creds, stats), chunk_size_bytes=config.chunk_size_bytes,
                             pacer=Pacer(backoff), backoff=backoff, sleep=runtime.stop.wait, stop=runtime.stop,
                             stats=stats, shared_drive=bool(config.folder_id))
@@ -2130,7 +2175,8 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
             log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix,
                      config.folder_id or repr(config.folder_name), run_id)
             Transfer(source, dest, checkpoint, stats, bucket=config.bucket, run_id=run_id, temp_dir=temp_dir,
-                     workers=config.workers, all_files=config.all_files, stop=runtime.stop).run(tick=reporter.tick)
+                     workers=config.workers, all_files=config.all_files, stop=runtime.stop,
+                     backoff=dest.backoff).run(tick=reporter.tick)
             exit_code = ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
         except CloudTransferError as exc:
             exit_code = exc.exit_code
@@ -2214,7 +2260,7 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
     tree = walk_drive_tree(dest, root_id) if root_id else {}
     problems: dict[str, list[dict[str, Any]]] = {"missing": [], "duplicated": [], "mismatched": []}
     claimed: set[str] = set()
-    checked = 0
+    checked = archived = 0
     for page in source.iter_pages():
         for obj in page:
             action, _ = plan_object(obj, None, config.all_files)
@@ -2224,7 +2270,9 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
             checked += 1
             copies = copies_of(obj, config.bucket, tree.get(drive_path_for(obj.key), []))
             claimed.update(f.id for f in copies)
-            if not copies:
+            if not copies and obj.storage_class in ARCHIVED_STORAGE_CLASSES:
+                archived += 1   # unreadable until restored: transfer skips it with that reason too
+            elif not copies:
                 problems["missing"].append({"key": obj.key})
             elif len(copies) > 1:
                 problems["duplicated"].append({"key": obj.key, "ids": [f.id for f in copies]})
@@ -2234,13 +2282,15 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
                     problems["mismatched"].append({"key": obj.key, "id": copies[0].id, "problem": problem})
     extra = ["/".join(path) for path, files in tree.items() for f in files if f.id not in claimed]
     report = {"checked": checked, **{name: len(items) for name, items in problems.items()}, "extra": len(extra),
+              "archived_not_copied": archived,
               "details": {**problems, "extra": extra[:100]}}
     clean = not any(problems.values())
     if config.json_output:
         print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
     elif not config.quiet:
         print(f"verify: {checked} objects checked; missing {report['missing']}, duplicated {report['duplicated']}, "
-              f"mismatched {report['mismatched']}, extra in Drive {report['extra']}", file=runtime.out)
+              f"mismatched {report['mismatched']}, extra in Drive {report['extra']}"
+              + (f", {archived} archived in Glacier (restore them to copy)" if archived else ""), file=runtime.out)
         for name, items in {**problems, "extra": [{"key": e} for e in extra]}.items():
             for item in items[:5]:
                 print(f"  {name}: {item['key']}" + (f" ({item['problem']})" if "problem" in item else ""),

@@ -6,6 +6,7 @@ and as a subprocess (``python cloud_transfer.py``), against these servers.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from tests.drive_emulator import DriveEmulator
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)   # moto server's per-request access log
 
 PROJECT = Path(__file__).resolve().parent.parent
 SCRIPT = PROJECT / "cloud_transfer.py"

@@ -853,6 +853,11 @@ class DriveEmulator:
         self.fault_counts: dict[str, int] = {}
         # Tracebacks of emulator bugs (answered 500); a test can assert it stays empty.
         self.internal_errors: list[str] = []
+        # Test hooks, called on the server thread: on_request(record) once a request's body is read,
+        # before_reply(record, reply) after Drive did its work and before the answer is sent (a
+        # test kills the client there to be "after Drive accepted it, before the client knew").
+        self.on_request: Callable[[dict], None] | None = None
+        self.before_reply: Callable[[dict, Reply], None] | None = None
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------
@@ -1035,6 +1040,8 @@ class DriveEmulator:
             handler.close_connection = True
             return
         is_api = path.startswith(("/drive/v3/", "/upload/drive/v3/"))
+        if self.on_request is not None:
+            self.on_request(record)
         try:
             reply = self._respond(handler, path, split.query, query, body, is_api)
         except _Drop:
@@ -1042,6 +1049,8 @@ class DriveEmulator:
             return
         with self.lock:
             record["status"] = reply.status
+        if self.before_reply is not None:
+            self.before_reply(record, reply)
         self._send(handler, reply)
 
     def _respond(self, handler: _Handler, path: str, raw_query: str, query: dict, body: bytes,

@@ -1,0 +1,481 @@
+"""Fault injection: crashes, network faults, Google's limits, S3 faults, bad state.
+
+Every test runs the real script as a subprocess against moto server (through a fault-injecting
+proxy where S3 must misbehave) and the Drive emulator, and ends with a full check of Drive against
+S3: the tool's own `verify` plus an independent count in the emulator (every eligible object
+exactly once at its mirrored path with the right MD5, nothing else, no duplicate ever created).
+Synchronisation is by events set from server-side hooks, never by sleeping.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.conftest import (AWS_SECRET, CLIENT_SECRET, PROJECT, REFRESH_TOKEN, SCRIPT, photo_bytes,
+                            write_token)
+from tests.s3_fault_proxy import S3FaultProxy
+
+ROOT = "Amazon Photos Transfer"
+FOLDER = "application/vnd.google-apps.folder"
+FAST_RETRIES = {"CLOUD_TRANSFER_BACKOFF_BASE_S": "0.01", "CLOUD_TRANSFER_BACKOFF_CAP_S": "0.1"}
+HOOK_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def fenv(env, moto_url):
+    """`env` with S3 behind the fault proxy, fast retry waits, and a short body timeout."""
+    env.drive.body_timeout_s = 0.3
+    with S3FaultProxy(moto_url) as proxy:
+        env.vars.update(AWS_ENDPOINT_URL=proxy.url, **FAST_RETRIES)
+        env.proxy = proxy
+        yield env
+
+
+def populate(env, count=10, large=()):
+    """`count` small photos plus the named large ones (multi-chunk with --chunk-size 0.25)."""
+    bodies = {}
+    for n in range(count):
+        key = f"album/{n // 4}/IMG_{n:03d}.jpg"
+        bodies[key] = env.put(key, photo_bytes(key, 3000 + n))
+    for key in large:
+        bodies[key] = env.put(key, photo_bytes(key, 1024 * 1024 + 17))
+    return bodies
+
+
+def start(env, *args, env_extra=None):
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env.cwd), **env.vars, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=env.cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def hold_downloads(proxy, key=None):
+    """Hold object GETs (of `key`, or every one) in flight; returns (reached, release) events."""
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(requested_key):
+        if key is None or requested_key == key:
+            reached.set()
+            release.wait(HOOK_TIMEOUT_S)
+
+    proxy.on_object_get = hold
+    return reached, release
+
+
+def on_nth_create(drive, n, action):
+    """Call `action()` when Drive has created the n-th file, before the client hears of it."""
+    created = []
+
+    def before_reply(record, reply):
+        if record["path"] == "/upload/drive/v3/files" and reply.status == 200:
+            created.append(json.loads(reply.body)["name"])
+            if len(created) == n:
+                action()
+
+    drive.before_reply = before_reply
+
+
+def assert_drive_matches(env, bodies):
+    """Independent check in the emulator, then the tool's own verify."""
+    files = env.drive_files()
+    assert set(files) == {f"{ROOT}/{key}" for key in bodies}, "missing or extra files"
+    for key, body in bodies.items():
+        copies = files[f"{ROOT}/{key}"]
+        assert len(copies) == 1, f"duplicate of {key}"
+        assert copies[0]["md5Checksum"] == hashlib.md5(body).hexdigest(), f"wrong content for {key}"
+    every = [f for f in env.drive.list_files(include_trashed=True) if f["mimeType"] != FOLDER]
+    assert len(every) == len(bodies), "a duplicate was created (and trashed)"
+    folders = [env.drive.path_of(f["id"]) for f in env.drive.list_files() if f["mimeType"] == FOLDER]
+    assert len(folders) == len(set(folders)), "a folder was created twice"
+    result = env.run("verify", "--json", env={"AWS_ENDPOINT_URL": env.vars["AWS_ENDPOINT_URL"]})
+    report = json.loads(result.stdout)
+    assert (report["missing"], report["duplicated"], report["mismatched"]) == (0, 0, 0), report
+    assert result.returncode == 0
+
+
+def creates_for(drive, names=None):
+    """File-creating requests the emulator answered with success (uploads of new files)."""
+    with drive.lock:
+        return [r for r in drive.requests if r["method"] == "POST" and r["path"] == "/upload/drive/v3/files"
+                and r["status"] in (200, 201) and "upload_id" not in r["query"]]
+
+
+# -- kill -9 at several points -------------------------------------------------------------------------
+
+def test_kill_9_during_download_then_rerun_completes(fenv):
+    bodies = populate(fenv, 12)
+    reached, release = hold_downloads(fenv.proxy, "album/1/IMG_005.jpg")
+    process = start(fenv, "--workers", "2")
+    assert reached.wait(HOOK_TIMEOUT_S)
+    process.kill()
+    process.wait()
+    fenv.proxy.on_object_get = None
+    release.set()
+    present = len(fenv.drive_files())
+    fenv.drive.clear_requests()
+
+    result = fenv.run("--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert len(creates_for(fenv.drive)) == len(bodies) - present   # what was in Drive is not sent again
+    assert_drive_matches(fenv, bodies)
+
+
+def test_kill_9_mid_upload_then_rerun_completes(fenv):
+    bodies = populate(fenv, 6, large=["video/big.mp4"])
+    chunks, reached = [], threading.Event()
+
+    def on_request(record):
+        if record["method"] == "PUT" and "upload_id" in record["query"]:
+            chunks.append(record)
+            if len(chunks) == 2:
+                reached.set()
+
+    fenv.drive.on_request = on_request
+    process = start(fenv, "--chunk-size", "0.25", "--workers", "1")
+    assert reached.wait(HOOK_TIMEOUT_S)
+    process.kill()
+    process.wait()
+    fenv.drive.on_request = None
+    assert f"{ROOT}/video/big.mp4" not in fenv.drive_files()
+
+    result = fenv.run("--chunk-size", "0.25")
+    assert result.returncode == 0, result.stderr
+    assert_drive_matches(fenv, bodies)
+
+
+def test_kill_9_after_drive_accepted_before_checkpoint_then_rerun_adopts(fenv):
+    """The window between "Drive created it" and "checkpoint says done" creates no duplicate."""
+    bodies = populate(fenv, 8)
+    on_nth_create(fenv.drive, 5, lambda: process.kill())   # Drive has the 5th file; the client never hears
+    process = start(fenv, "--workers", "1")
+    process.wait(timeout=HOOK_TIMEOUT_S)
+    fenv.drive.before_reply = None
+    assert process.returncode == -signal.SIGKILL
+    assert len(fenv.drive_files()) == 5
+    fenv.drive.clear_requests()
+
+    result = fenv.run("--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert len(creates_for(fenv.drive)) == len(bodies) - 5    # the 5 in Drive were adopted, not re-sent
+    assert "found intact in Drive  5" in result.stdout
+    assert_drive_matches(fenv, bodies)
+
+
+def test_sigterm_stops_cleanly_flushes_state_and_removes_temp_files(fenv, tmp_path):
+    bodies = populate(fenv, 10)
+    temp_parent = tmp_path / "staging"
+    temp_parent.mkdir()
+    on_nth_create(fenv.drive, 3, lambda: process.send_signal(signal.SIGTERM))
+    process = start(fenv, "--workers", "1", "--temp-dir", str(temp_parent))
+    out, err = process.communicate(timeout=HOOK_TIMEOUT_S)
+    fenv.drive.before_reply = None
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert list(temp_parent.iterdir()) == []
+    checkpoint = json.loads(fenv.checkpoint.read_text())
+    assert checkpoint["runs"][-1]["outcome"] == "interrupted"
+    assert sum(e["status"] == "done" for e in checkpoint["objects"].values()) >= 3
+
+    result = fenv.run("--temp-dir", str(temp_parent))
+    assert result.returncode == 0, result.stderr
+    assert_drive_matches(fenv, bodies)
+
+
+def test_killed_run_leaves_no_lock_and_its_staging_directory_is_cleaned(fenv, tmp_path):
+    bodies = populate(fenv, 4)
+    temp_parent = tmp_path / "staging"
+    temp_parent.mkdir()
+    reached, release = hold_downloads(fenv.proxy)
+    process = start(fenv, "--temp-dir", str(temp_parent))
+    assert reached.wait(HOOK_TIMEOUT_S)
+    process.kill()
+    process.wait()
+    fenv.proxy.on_object_get = None
+    release.set()
+    assert [p.name.split("-")[1] for p in temp_parent.iterdir()] == [str(process.pid)]
+
+    result = fenv.run("--temp-dir", str(temp_parent))
+    assert result.returncode == 0, result.stderr
+    assert list(temp_parent.iterdir()) == []
+    assert_drive_matches(fenv, bodies)
+
+
+def test_concurrent_runs_one_exits_4_the_other_completes(fenv):
+    bodies = populate(fenv, 6)
+    reached, release = hold_downloads(fenv.proxy)
+    first = start(fenv)
+    assert reached.wait(HOOK_TIMEOUT_S)
+    second = fenv.run()
+    fenv.proxy.on_object_get = None
+    release.set()
+    assert second.returncode == 4
+    assert "lock" in second.stderr
+    first.communicate(timeout=HOOK_TIMEOUT_S)
+    assert first.returncode == 0
+    assert_drive_matches(fenv, bodies)
+
+
+# -- checkpoint damage ---------------------------------------------------------------------------------
+
+def test_checkpoint_deleted_rerun_rebuilds_from_drive(fenv):
+    bodies = populate(fenv, 8)
+    assert fenv.run().returncode == 0
+    fenv.checkpoint.unlink()
+    fenv.drive.clear_requests()
+    result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert creates_for(fenv.drive) == []
+    assert_drive_matches(fenv, bodies)
+    assert sum(e["status"] == "done" for e in json.loads(fenv.checkpoint.read_text())["objects"].values()) == 8
+
+
+@pytest.mark.parametrize("damage", [
+    b"{\"kind\": \"cloud_transfer checkpoint\", \"vers",                       # truncated JSON
+    b"\x00\x01garbage",
+    json.dumps({"kind": "cloud_transfer checkpoint", "version": 99, "binding": {}}).encode(),
+])
+def test_damaged_checkpoint_is_refused_untouched_then_reset_recovers(fenv, damage):
+    bodies = populate(fenv, 3)
+    assert fenv.run().returncode == 0
+    fenv.checkpoint.write_bytes(damage)
+    result = fenv.run()
+    assert result.returncode == 2
+    assert "--reset-checkpoint" in result.stderr or "newer" in result.stderr
+    assert fenv.checkpoint.read_bytes() == damage
+    fenv.drive.clear_requests()
+    result = fenv.run("--reset-checkpoint")
+    assert result.returncode == 0, result.stderr
+    assert creates_for(fenv.drive) == []
+    assert [p.read_bytes() for p in fenv.cwd.glob("cloud_transfer_checkpoint.json.*.bak")] == [damage]
+    assert_drive_matches(fenv, bodies)
+
+
+def test_foreign_checkpoint_is_refused(fenv):
+    populate(fenv, 2)
+    assert fenv.run().returncode == 0
+    before = fenv.checkpoint.read_bytes()
+    result = fenv.run("--folder", "Another folder")
+    assert result.returncode == 2
+    assert "belongs to folder" in result.stderr
+    assert fenv.checkpoint.read_bytes() == before
+
+
+# -- Drive faults --------------------------------------------------------------------------------------
+
+def test_rate_limits_403_and_429_are_retried(fenv):
+    bodies = populate(fenv, 16)
+    fenv.drive.faults.create_rate_per_s = 40
+    fenv.drive.faults.create_burst = 3
+    fenv.drive.faults.retry_after_s = 0.02
+    result = fenv.run("--workers", "4")
+    assert result.returncode == 0, result.stderr
+    assert fenv.drive.fault_counts.get("rate_limit_403", 0) > 0
+    assert fenv.drive.fault_counts.get("rate_limit_429", 0) > 0
+    fenv.drive.faults.create_rate_per_s = None
+    assert_drive_matches(fenv, bodies)
+
+
+def test_server_errors_are_retried(fenv):
+    bodies = populate(fenv, 12, large=["v/a.mp4"])
+    fenv.drive.faults.error_rate = 0.25
+    fenv.drive.faults.seed = 3
+    result = fenv.run("--chunk-size", "0.25")
+    assert result.returncode == 0, result.stderr
+    assert sum(v for k, v in fenv.drive.fault_counts.items() if k.startswith("server_error")) > 0
+    fenv.drive.faults.error_rate = 0
+    assert_drive_matches(fenv, bodies)
+
+
+@pytest.mark.parametrize("seed", [7, 11, 23])
+def test_dropped_connections_before_and_after_drive_acted_make_no_duplicates(fenv, seed):
+    bodies = populate(fenv, 16, large=["v/a.mp4", "v/b.mp4"])
+    fenv.drive.faults.drop_rate = 0.1
+    fenv.drive.faults.drop_response_rate = 0.15
+    fenv.drive.faults.seed = seed
+    result = fenv.run("--chunk-size", "0.25", "--workers", "3")
+    assert result.returncode == 0, result.stderr
+    assert fenv.drive.fault_counts.get("drop", 0) > 0 and fenv.drive.fault_counts.get("drop_response", 0) > 0
+    fenv.drive.faults.drop_rate = fenv.drive.faults.drop_response_rate = 0
+    assert_drive_matches(fenv, bodies)
+
+
+def test_partial_chunks_are_resumed_from_the_servers_offset(fenv):
+    bodies = populate(fenv, 2, large=["v/a.mp4", "v/b.mp4"])
+    fenv.drive.faults.partial_chunk_rate = 0.5
+    result = fenv.run("--chunk-size", "0.25")
+    assert result.returncode == 0, result.stderr
+    assert fenv.drive.fault_counts.get("partial_chunk", 0) > 0
+    assert_drive_matches(fenv, bodies)
+
+
+def test_expired_upload_session_restarts_the_upload(fenv):
+    bodies = populate(fenv, 1, large=["v/a.mp4"])
+    chunks = []
+
+    def on_request(record):
+        if record["method"] == "PUT" and "upload_id" in record["query"]:
+            chunks.append(1)
+            if len(chunks) == 2:
+                fenv.drive.expire_all_sessions()
+
+    fenv.drive.on_request = on_request
+    result = fenv.run("--chunk-size", "0.25")
+    fenv.drive.on_request = None
+    assert result.returncode == 0, result.stderr
+    assert fenv.drive.fault_counts.get("expired_session", 0) >= 1
+    assert_drive_matches(fenv, bodies)
+
+
+def test_storage_quota_stops_with_exit_5_and_resumes_later(fenv):
+    bodies = populate(fenv, 10)
+    fenv.drive.faults.storage_quota_bytes = 4 * 3100
+    result = fenv.run("--workers", "1")
+    assert result.returncode == 5
+    assert "storage is full" in result.stderr
+    checkpoint = json.loads(fenv.checkpoint.read_text())
+    assert checkpoint["runs"][-1]["outcome"] == "quota"
+    fenv.drive.faults.storage_quota_bytes = None
+    result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert_drive_matches(fenv, bodies)
+
+
+def test_daily_upload_cap_stops_with_exit_5_without_hammering(fenv):
+    bodies = populate(fenv, 10)
+    fenv.drive.faults.daily_upload_cap_bytes = 3 * 3000
+    result = fenv.run("--workers", "1")
+    assert result.returncode == 5
+    assert "daily upload limit" in result.stderr
+    assert fenv.drive.fault_counts["daily_cap"] <= 2      # stopped at once, not retried
+    fenv.drive.faults.daily_upload_cap_bytes = None
+    result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert_drive_matches(fenv, bodies)
+
+
+def test_md5_mismatch_reported_by_drive_removes_the_copy_and_resends(fenv):
+    bodies = populate(fenv, 4)
+    fenv.drive.faults.wrong_md5_count = 1
+    result = fenv.run("--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert fenv.drive.fault_counts.get("wrong_md5") == 1
+    assert "1 mismatches re-sent" in result.stdout
+    with fenv.drive.lock:
+        deletes = [r for r in fenv.drive.requests if r["method"] == "DELETE"]
+    assert len(deletes) == 1
+    assert_drive_matches(fenv, bodies)
+
+
+def test_token_refresh_failure_mid_run_exits_3_state_intact_and_resumable(fenv):
+    bodies = populate(fenv, 10)
+
+    def revoke():
+        fenv.drive.revoke_refresh_token(REFRESH_TOKEN)
+        fenv.drive.expire_access_tokens()
+
+    on_nth_create(fenv.drive, 3, revoke)
+    result = fenv.run("--workers", "1")
+    fenv.drive.before_reply = None
+    assert result.returncode == 3, result.stderr
+    assert "auth" in result.stderr.splitlines()[-1]
+    checkpoint = json.loads(fenv.checkpoint.read_text())
+    assert sum(e["status"] == "done" for e in checkpoint["objects"].values()) >= 3
+    write_token(fenv.cwd / "token.json", fenv.drive.issue_token(), refresh_token="a-new-refresh-token-0002")
+    result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert_drive_matches(fenv, bodies)
+
+
+# -- S3 faults -----------------------------------------------------------------------------------------
+
+def test_s3_slowdown_is_retried(fenv):
+    bodies = populate(fenv, 6)
+    fenv.proxy.slowdown_count = 3
+    result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert fenv.proxy.counts["slowdown"] == 3
+    assert_drive_matches(fenv, bodies)
+
+
+def test_truncated_download_is_retried(fenv):
+    bodies = populate(fenv, 5, large=["v/a.mp4"])
+    fenv.proxy.truncate_count = 2
+    result = fenv.run("--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert fenv.proxy.counts["truncate"] == 2
+    assert_drive_matches(fenv, bodies)
+
+
+def test_object_deleted_between_list_and_get_is_skipped_with_reason(fenv):
+    bodies = populate(fenv, 5)
+    gone = "album/0/IMG_002.jpg"
+
+    def delete_first(key):
+        if key == gone:
+            fenv.s3.delete_object(Bucket=fenv.bucket, Key=gone)
+
+    fenv.proxy.on_object_get = delete_first
+    result = fenv.run()
+    fenv.proxy.on_object_get = None
+    assert result.returncode == 0, result.stderr
+    assert "deleted from S3" in result.stdout + result.stderr
+    del bodies[gone]
+    assert_drive_matches(fenv, bodies)
+
+
+def test_glacier_object_is_skipped_with_reason(fenv):
+    bodies = populate(fenv, 3)
+    fenv.put("cold/archived.jpg", StorageClass="GLACIER")
+    result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert "archived" in result.stdout
+    status = fenv.run("status", "--json")
+    assert any("Glacier" in reason for reason in json.loads(status.stdout)["reasons"])
+    assert_drive_matches(fenv, bodies)
+
+
+def test_staging_disk_full_stops_with_a_clear_message_and_loses_nothing(fenv, tmp_path):
+    bodies = populate(fenv, 3, large=["v/a.mp4"])
+
+    def limit_file_size():
+        # A file-size limit makes writes past 512 KiB fail (EFBIG) the way a full disk does (ENOSPC).
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, 512 * 1024))
+
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(fenv.cwd), **fenv.vars}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--workers", "1", "--temp-dir", str(tmp_path)],
+                            cwd=fenv.cwd, env=full_env, capture_output=True, text=True, timeout=120,
+                            preexec_fn=limit_file_size)
+    assert result.returncode == 1, result.stderr
+    assert "cannot stage the download" in result.stderr and "--temp-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("cloud_transfer-")] == []
+    json.loads(fenv.checkpoint.read_text())
+    result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert_drive_matches(fenv, bodies)
+
+
+# -- secrets -------------------------------------------------------------------------------------------
+
+def test_secrets_never_appear_in_output_logs_or_checkpoint(fenv, tmp_path):
+    populate(fenv, 4)
+    write_token(fenv.cwd / "token.json", "expired-access-token-value", expired=True)
+    fenv.drive.faults.error_rate = 0.2
+    log_file = tmp_path / "run.log"
+    result = fenv.run("--verbose", "--log-file", str(log_file))
+    assert result.returncode == 0, result.stderr
+    refreshed = json.loads((fenv.cwd / "token.json").read_text())["token"]
+    bad = fenv.run("--verbose", env={"S3_BUCKET_NAME": "no-such-bucket-anywhere"})
+    everything = (result.stdout + result.stderr + bad.stdout + bad.stderr + log_file.read_text()
+                  + fenv.checkpoint.read_text())
+    for secret in (AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, refreshed, "expired-access-token-value"):
+        assert secret not in everything
+    assert oct((fenv.cwd / "token.json").stat().st_mode & 0o777) == "0o600"
