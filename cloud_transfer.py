@@ -2156,9 +2156,9 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
     if config.dry_run:
         return cmd_dry_run(config, runtime)
     source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size)
+    source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
     with RunLock(lock_path_for(config)):
         checkpoint = open_checkpoint(config)
-        source.check_access()
         stats = Stats()
         dest, creds = make_drive(config, runtime, stats)
         token_before = creds.token

@@ -117,6 +117,14 @@ class Env:
         return found
 
 
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The single, traceback-free line a failed run printed on stderr."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
 def write_token(path: Path, access_token: str, *, expired: bool = False, refresh_token: str = REFRESH_TOKEN,
                 scopes: list[str] | None = None) -> None:
     expiry = dt.datetime.utcnow() + (dt.timedelta(hours=-1) if expired else dt.timedelta(hours=1))

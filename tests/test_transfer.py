@@ -10,7 +10,7 @@ import pytest
 import requests
 
 import cloud_transfer as ct
-from tests.conftest import AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, photo_bytes, write_token
+from tests.conftest import AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, one_line_error, photo_bytes, write_token
 
 FOLDER = "application/vnd.google-apps.folder"
 ROOT = "Amazon Photos Transfer"
@@ -153,13 +153,6 @@ def test_checkpoint_deleted_rerun_adopts_what_is_in_drive(env):
 
 
 # -- configuration and auth errors: one line, documented exit code ---------------------------------
-
-def one_line_error(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
-
 
 def test_missing_bucket_variable_exits_2(env):
     result = env.run(env={"S3_BUCKET_NAME": ""})

@@ -1,0 +1,91 @@
+"""verify, rollback and status in depth (subprocess and in-process runs against the real servers)."""
+from __future__ import annotations
+
+import json
+
+from tests.conftest import photo_bytes
+
+ROOT = "Amazon Photos Transfer"
+FOLDER = "application/vnd.google-apps.folder"
+
+
+def two_runs(env):
+    """Run 1 copies first/*, run 2 copies second/*; returns the checkpoint's run ids."""
+    for n in range(3):
+        env.put(f"first/{n}.jpg")
+    assert env.run().returncode == 0
+    for n in range(2):
+        env.put(f"second/{n}.jpg")
+    assert env.run().returncode == 0
+    return [run["id"] for run in json.loads(env.checkpoint.read_text())["runs"]]
+
+
+def test_rollback_dry_run_lists_and_changes_nothing(env):
+    two_runs(env)
+    before = sorted(f["id"] for f in env.drive.list_files())
+    result = env.run("rollback", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("would remove") == 5
+    assert sorted(f["id"] for f in env.drive.list_files()) == before
+
+
+def test_rollback_last_run_only_and_its_empty_folder(env):
+    first_run, second_run = two_runs(env)
+    result = env.run("rollback", "--run", "last", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert set(env.drive_files()) == {f"{ROOT}/first/{n}.jpg" for n in range(3)}
+    live_folders = {env.drive.path_of(f["id"]) for f in env.drive.list_files() if f["mimeType"] == FOLDER}
+    assert f"{ROOT}/second" not in live_folders and f"{ROOT}/first" in live_folders
+    entries = json.loads(env.checkpoint.read_text())["objects"]
+    assert {k for k, e in entries.items() if e["status"] == "rolled_back"} == {"second/0.jpg", "second/1.jpg"}
+    assert all(f.get("trashed") for f in env.drive.list_files(include_trashed=True)
+               if env.drive.path_of(f["id"]).startswith(f"{ROOT}/second"))
+
+
+def test_rollback_permanent_deletes(env):
+    two_runs(env)
+    assert env.run("rollback", "--permanent", "--yes").returncode == 0
+    assert [f for f in env.drive.list_files(include_trashed=True) if f["mimeType"] != FOLDER] == []
+
+
+def test_rollback_never_touches_a_file_without_our_provenance(env):
+    env.put("p/mine.jpg")
+    assert env.run().returncode == 0
+    checkpoint = json.loads(env.checkpoint.read_text())
+    folder_id = checkpoint["folders"]["p"]["id"]
+    stranger = env.drive.add_file("someone-elses.jpg", b"not ours", parent_id=folder_id)
+    checkpoint["objects"]["p/mine.jpg"]["drive_id"] = stranger["id"]   # a checkpoint that points astray
+    env.checkpoint.write_text(json.dumps(checkpoint))
+    result = env.run("rollback", "--yes")
+    assert result.returncode == 1
+    assert "does not carry this tool's provenance" in result.stderr
+    assert not env.drive.files[stranger["id"]].get("trashed")
+
+
+def test_verify_finds_duplicates_and_extras_and_writes_nothing(env):
+    for n in range(3):
+        env.put(f"v/{n}.jpg", photo_bytes(str(n), 900))
+    assert env.run().returncode == 0
+    files = env.drive_files()
+    original = files[f"{ROOT}/v/0.jpg"][0]
+    env.drive.add_file("0.jpg", env.drive.content(original["id"]), parent_id=original["parents"][0],
+                       appProperties=original["appProperties"])
+    env.drive.add_file("stray.jpg", b"stray", parent_id=original["parents"][0])
+    env.drive.clear_requests()
+    result = env.run("verify")
+    assert result.returncode == 1
+    assert "duplicated 1" in result.stdout and "extra in Drive 1" in result.stdout
+    assert "duplicated: v/0.jpg" in result.stdout
+    with env.drive.lock:
+        assert {r["method"] for r in env.drive.requests} == {"GET"}
+
+
+def test_status_reports_failures_with_reasons_and_runs(env):
+    env.put("s/ok.jpg")
+    env.put("s/cold.jpg", StorageClass="GLACIER")
+    assert env.run().returncode == 0
+    result = env.run("status")
+    assert result.returncode == 0, result.stderr
+    assert "done 1" in result.stdout and "skipped 1" in result.stdout
+    assert "Glacier" in result.stdout
+    assert "run " in result.stdout and "ok" in result.stdout
