@@ -616,7 +616,8 @@ log = logging.getLogger("cloud_transfer")
 class Stats:
     """Thread-safe counters of one run; no output of its own."""
 
-    FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "transferred", "transferred_bytes",
+    FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "already_done_bytes",
+              "transferred", "transferred_bytes",
               "adopted", "updated", "failed", "verified", "checksum_mismatches", "retries", "drive_requests")
 
     def __init__(self) -> None:
@@ -718,8 +719,13 @@ class Reporter:
         self._bars: tuple[Any, Any] | None = None
         self._last_log = clock()
         self._started = clock()
+        self._log_redirect = contextlib.ExitStack()
         if enabled and use_bars:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            # Log lines go through tqdm.write while bars are drawn, so they do not tear the bars.
+            self._log_redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
             self._bars = (tqdm(total=0, unit="file", desc="files", position=0, dynamic_ncols=True),
                           tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes",
                                position=1, dynamic_ncols=True))
@@ -731,11 +737,12 @@ class Reporter:
         files_done = s["transferred"] + s["adopted"] + s["failed"]
         todo_files = s["eligible"] - s["already_done"]
         if self._bars:
+            # Totals grow as listing pages arrive; update() (not assigning n) keeps tqdm's rate and ETA.
             files_bar, bytes_bar = self._bars
-            files_bar.total, bytes_bar.total = todo_files, max(s["eligible_bytes"], s["transferred_bytes"])
-            files_bar.n, bytes_bar.n = files_done, s["transferred_bytes"]
-            files_bar.refresh()
-            bytes_bar.refresh()
+            files_bar.total = todo_files
+            bytes_bar.total = max(s["eligible_bytes"] - s["already_done_bytes"], s["transferred_bytes"])
+            files_bar.update(files_done - files_bar.n)
+            bytes_bar.update(s["transferred_bytes"] - bytes_bar.n)
         elif self.clock() - self._last_log >= self.interval_s:
             self._last_log = self.clock()
             elapsed = max(self.clock() - self._started, 1e-9)
@@ -749,6 +756,7 @@ class Reporter:
             for bar in self._bars:
                 bar.close()
             self._bars = None
+        self._log_redirect.close()
 
 
 def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
@@ -1954,6 +1962,7 @@ class Transfer:
                         self._count_eligible(obj)
                     if action == PLAN_DONE:
                         self.stats.add("already_done")
+                        self.stats.add("already_done_bytes", obj.size)
                     elif not self._put(WorkItem(obj, check_type=action == PLAN_CHECK_TYPE)):
                         return
         except CloudTransferError as exc:

@@ -329,3 +329,39 @@ def test_status_summarises_the_checkpoint(env, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["objects"] == {"done": 2}
     assert report["runs"][-1]["outcome"] == "ok"
+
+
+def test_progress_bars_on_a_terminal_with_rate_and_eta(env):
+    """stderr is a terminal (a pty sized 100x30): tqdm draws files and bytes bars."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+
+    from tests.conftest import SCRIPT
+
+    for n in range(12):
+        env.put(f"tty/{n}.jpg", photo_bytes(str(n), 50_000))
+    child_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env.cwd), **env.vars}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of a real size, then the script
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        os.chdir(env.cwd)
+        os.execve(sys.executable, [sys.executable, str(SCRIPT), "--workers", "2"], child_env)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "files: 100%" in text and "12/12" in text
+    assert "bytes: 100%" in text and "file/s" in text
+    assert "Summary of run" in text
