@@ -1502,9 +1502,9 @@ STATUS_DONE, STATUS_FAILED, STATUS_SKIPPED, STATUS_ROLLED_BACK = "done", "failed
 CHECKPOINT_KIND = "cloud_transfer checkpoint"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class CheckpointEntry:
-    """What the checkpoint knows about one S3 key."""
+    """What the checkpoint knows about one S3 key (slots: a million of these live in memory)."""
     status: str                   # done | failed | skipped | rolled_back
     etag: str                     # source ETag at the time of the outcome
     size: int                     # source size, bytes
@@ -1519,9 +1519,27 @@ class CheckpointEntry:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CheckpointEntry:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
+    def from_json(cls, data: dict[str, Any] | CheckpointEntry) -> CheckpointEntry:
+        if isinstance(data, CheckpointEntry):   # already built by json_entries_hook
+            return data
+        entry = cls(**{k: v for k, v in data.items() if k in _ENTRY_FIELDS})
+        # PERF: a few distinct statuses and run ids repeat across a million entries; share them.
+        entry.status, entry.run = sys.intern(entry.status), sys.intern(entry.run)
+        return entry
+
+
+_ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(CheckpointEntry))
+
+
+def json_entries_hook(obj: dict[str, Any]) -> Any:
+    """json object_hook turning entry-shaped objects into CheckpointEntry as they are parsed, so a
+    million-entry snapshot is never held twice (as dicts and as entries) while loading."""
+    if "status" in obj and "etag" in obj and "size" in obj and obj.keys() <= _ENTRY_FIELDS:
+        try:
+            return CheckpointEntry.from_json(obj)
+        except TypeError:
+            return obj
+    return obj
 
 
 def utc_now_iso() -> str:
@@ -1637,7 +1655,7 @@ class Checkpoint:
             return checkpoint
         hint = "use --reset-checkpoint to move it aside and start over (files already in Drive are found again)"
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(path.read_bytes(), object_hook=json_entries_hook)
         except OSError as exc:
             raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
         except (ValueError, UnicodeDecodeError):
@@ -1649,7 +1667,7 @@ class Checkpoint:
                 if not raw.strip():
                     continue
                 try:
-                    line = json.loads(raw)
+                    line = json.loads(raw, object_hook=json_entries_hook)
                     checkpoint._apply(line)
                 except (ValueError, KeyError, TypeError, AttributeError):
                     if number >= len(lines) - 1:   # a torn last line: the write a crash cut short
