@@ -122,6 +122,7 @@ FLUSH_INTERVAL_S = 10.0    #: ... or this long, whichever comes first
 LOG_INTERVAL_S = 30.0      #: progress log line interval when stderr is not a terminal
 MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
+STOP_GRACE_S = 5.0         #: after SIGINT/SIGTERM, how long in-flight work may take to reach a stopping point
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 64.0
 
@@ -189,8 +190,9 @@ class InterruptedRun(CloudTransferError):
     exit_code = ExitCode.INTERRUPTED
 
 
-class ObjectError(Exception):
-    """One object could not be copied now; `verdict` says whether to retry, skip or fail it."""
+class ObjectError(CloudTransferError):
+    """One object (or request) could not be done now; `verdict` says whether to retry, skip or fail it.
+    Outside the per-object loop (root folder, verify, rollback) it ends the command with exit 1."""
 
     def __init__(self, verdict: Verdict):
         super().__init__(verdict.reason)
@@ -248,7 +250,7 @@ def classify_s3_error(exc: BaseException) -> Verdict:
         if code == "InvalidObjectState":
             return Verdict(Verdict.SKIP, "archived in Glacier/Deep Archive: restore it first")
         if code == "PreconditionFailed" or status == 412:
-            return Verdict(Verdict.SKIP, "changed in S3 during the transfer: the next run copies it")
+            return Verdict(Verdict.FAIL, "changed in S3 during the transfer: the next run copies it")
         if code in _S3_AUTH_CODES:
             return Verdict(Verdict.STOP, f"S3 rejected the credentials ({code})", stop_error=AuthError)
         if code in _S3_RETRY_CODES or status >= 500 or status == 429:
@@ -301,6 +303,8 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False) ->
     if isinstance(exc, ObjectError):
         return exc.verdict
     if isinstance(exc, RefreshError):
+        if getattr(exc, "retryable", False):   # google-auth's own retries of a 5xx/429 token endpoint ran out
+            return Verdict(Verdict.RETRY, "Google's token endpoint is unavailable for now")
         return Verdict(Verdict.STOP, "the Google token cannot be refreshed (expired or revoked): "
                        "run 'python cloud_transfer.py auth' in a terminal", stop_error=AuthError)
     if isinstance(exc, HttpError):
@@ -309,6 +313,9 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False) ->
         if reason in ("storageQuotaExceeded", "quotaExceeded"):
             return Verdict(Verdict.STOP, "Google Drive storage is full: free space or buy more, then re-run",
                            stop_error=QuotaExceededError)
+        if reason in ("dailyLimitExceeded", "dailyLimitExceededUnreg"):
+            return Verdict(Verdict.STOP, "the Drive API's daily request quota of this OAuth client is used up: "
+                           "re-run tomorrow", stop_error=QuotaExceededError)
         if reason == "teamDriveFileLimitExceeded":
             return Verdict(Verdict.STOP, "the shared drive holds its maximum number of items (500,000)",
                            stop_error=QuotaExceededError)
@@ -401,6 +408,7 @@ class Config:
     log_file: Path | None = None
     json_output: bool = False            # verify/status: machine-readable report on stdout
     reset_checkpoint: bool = False
+    recheck: bool = False                # look in Drive for objects the checkpoint calls done
     rollback_run: str | None = None      # rollback: "last" or a run id
     permanent: bool = False              # rollback: delete instead of trash
     assume_yes: bool = False
@@ -467,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"upload chunk in MiB, a multiple of 0.25 (default {DEFAULT_CHUNK_MIB:g})")
     transfer.add_argument("--temp-dir", metavar="PATH", help="where downloads are staged (default: system temp)")
     transfer.add_argument("--dry-run", action="store_true", help="list what would be copied; write nothing anywhere")
+    transfer.add_argument("--recheck", action="store_true",
+                          help="do not trust the checkpoint's 'done': look in Drive for every object "
+                               "(re-copies files deleted or trashed in Drive; uploads nothing that is intact)")
     safety = parser.add_argument_group("state and safety")
     safety.add_argument("--checkpoint", dest="checkpoint_path", metavar="PATH",
                         help=f"checkpoint file (default {DEFAULT_CHECKPOINT})")
@@ -559,7 +570,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         no_browser=args.no_browser, oauth_port=args.oauth_port,
         quiet=args.quiet, verbose=args.verbose,
         log_file=Path(args.log_file) if args.log_file else None,
-        json_output=args.json_output, reset_checkpoint=args.reset_checkpoint,
+        json_output=args.json_output, reset_checkpoint=args.reset_checkpoint, recheck=args.recheck,
         rollback_run=args.rollback_run, permanent=args.permanent, assume_yes=args.assume_yes,
         backoff_base_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_BASE_S", default=BACKOFF_BASE_S),
                                        "CLOUD_TRANSFER_BACKOFF_BASE_S"),
@@ -597,6 +608,10 @@ def validate_config(config: Config) -> None:
         raise UsageError("--quiet and --verbose exclude each other")
     if config.prefix.startswith("/"):
         raise UsageError(f"--prefix must not start with '/': S3 keys have no leading slash ({config.prefix!r})")
+    if config.reset_checkpoint and (config.command != "transfer" or config.dry_run):
+        raise UsageError("--reset-checkpoint only applies to a transfer (not a dry run)")
+    if config.recheck and config.command != "transfer":
+        raise UsageError("--recheck only applies to transfer")
     if config.permanent and config.command != "rollback":
         raise UsageError("--permanent only applies to rollback")
     if config.rollback_run and config.command != "rollback":
@@ -840,6 +855,61 @@ class Pacer:
             self._strikes //= 2
 
 #######################################################################
+# Local files #########################################################
+#######################################################################
+# Atomic writes (token, checkpoint) and the private staging directory for downloads.
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """temp file (0600) in the same directory + fsync + rename: readers see old or new, never half."""
+    path = path.absolute()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def make_private_temp_dir(parent: Path | None) -> Path:
+    """mkdtemp (0700) named after our pid; directories left by killed runs are removed first."""
+    base = Path(parent or tempfile.gettempdir())
+    try:
+        for stale in base.glob("cloud_transfer-*-*"):
+            with contextlib.suppress(ValueError, OSError):
+                if stale.is_dir() and stale.stat().st_uid == os.getuid() and not _pid_alive(int(stale.name.split("-")[1])):
+                    shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f"cloud_transfer-{os.getpid()}-", dir=base))
+    except OSError as exc:
+        raise UsageError(f"cannot create a temporary directory in {base}: {exc.strerror}; use --temp-dir") from None
+
+
+#######################################################################
 # S3 source ###########################################################
 #######################################################################
 # The only code that touches boto3. Pure helpers about keys live in the transfer engine.
@@ -893,11 +963,30 @@ def parse_s3_mtime(metadata: dict[str, str]) -> dt.datetime | None:
         return None
 
 
-class S3Source:
-    """Lists and reads objects of one bucket/prefix; turns botocore errors into ours."""
+class _StopAwareWriter:
+    """A file wrapper whose write() raises InterruptedRun once `stop` is set, so a Ctrl-C or SIGTERM
+    ends a download at the next block, s3transfer's parallel ones included."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE):
+    def __init__(self, fileobj: Any, stop: threading.Event):
+        self._fileobj, self._stop = fileobj, stop
+
+    def write(self, data: bytes) -> int:
+        if self._stop.is_set():
+            raise InterruptedRun("interrupted")
+        return self._fileobj.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fileobj, name)
+
+
+class S3Source:
+    """Lists and reads objects of one bucket/prefix; turns botocore errors into ours.
+    Downloads end early (InterruptedRun) once `stop` is set."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE,
+                 stop: threading.Event | None = None):
         self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
+        self.stop = stop or threading.Event()
 
     def check_access(self) -> None:
         """Fail early, naming the bucket and the denied call."""
@@ -946,11 +1035,12 @@ class S3Source:
 
     def download_to(self, obj: SourceObject, fileobj: Any) -> Download:
         """Stream the object into `fileobj` (opened w+b), hashing on the way; verify size and ETag."""
+        writer = _StopAwareWriter(fileobj, self.stop)
         try:
             if obj.size <= STREAMED_GET_MAX_BYTES:
-                result = self._streamed_get(obj, fileobj)
+                result = self._streamed_get(obj, writer)
             else:
-                result = self._parallel_get(obj, fileobj)
+                result = self._parallel_get(obj, writer)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             raise_for(classify_s3_error(exc))
         written = fileobj.tell()
@@ -1007,6 +1097,7 @@ class DriveFile:
     md5: str | None                  # Drive's md5Checksum; None for folders
     app_properties: dict[str, str]
     modified_time: str | None = None
+    trashed: bool = False
 
     @classmethod
     def from_resource(cls, resource: dict[str, Any]) -> DriveFile:
@@ -1015,7 +1106,7 @@ class DriveFile:
         return cls(id=resource["id"], name=resource.get("name", ""), mime_type=resource.get("mimeType", ""),
                    parent_id=parents[0], size=int(size) if size is not None else None,
                    md5=resource.get("md5Checksum"), app_properties=dict(resource.get("appProperties") or {}),
-                   modified_time=resource.get("modifiedTime"))
+                   modified_time=resource.get("modifiedTime"), trashed=bool(resource.get("trashed")))
 
     @property
     def is_folder(self) -> bool:
@@ -1048,21 +1139,8 @@ def load_client_config(path: Path) -> dict[str, Any]:
 
 
 def save_token(creds: Credentials, path: Path) -> None:
-    """Write token.json atomically (temp file + fsync + rename) with 0600 permissions."""
-    data = creds.to_json().encode("utf-8")
-    path = path.absolute()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    """Write token.json atomically with 0600 permissions (Google's quickstart does neither)."""
+    write_atomically(path, creds.to_json().encode("utf-8"))
 
 
 def run_consent(config: Config) -> Credentials:
@@ -1118,8 +1196,11 @@ def refresh_credentials(creds: Credentials) -> None:
 
     try:
         creds.refresh(Request())
-    except RefreshError:
-        raise AuthError(classify_drive_error(RefreshError()).reason) from None
+    except RefreshError as exc:
+        verdict = classify_drive_error(exc)
+        if verdict.action == Verdict.RETRY:
+            raise CloudTransferError(f"{verdict.reason}: try again later (token.json is fine)") from None
+        raise AuthError(verdict.reason) from None
     except TransportError as exc:
         raise CloudTransferError(f"cannot reach Google's token endpoint: {type(exc).__name__}") from None
     SECRETS.add(creds.token)
@@ -1128,7 +1209,9 @@ def refresh_credentials(creds: Credentials) -> None:
 def _with_endpoint(creds: Credentials, config: Config) -> Credentials:
     # google-auth ignores a token_uri stored in token.json, so an emulator's token endpoint is set here.
     if config.drive_endpoint_url:
-        return creds.with_token_uri(f"{config.drive_endpoint_url}/token")
+        rerouted = creds.with_token_uri(f"{config.drive_endpoint_url}/token")
+        rerouted.expiry = creds.expiry   # the copy loses it (google-auth 2.63), hiding an expired token
+        return rerouted
     return creds
 
 
@@ -1242,7 +1325,6 @@ class DriveDestination:
         self._path_locks: defaultdict[tuple[str, ...], threading.Lock] = defaultdict(threading.Lock)
         self._folder_ids: dict[tuple[str, ...], str] = {}
         self._listings: dict[str, FolderListing] = {}
-        self.created_folders: list[tuple[tuple[str, ...], str]] = []   # (path, id), for rollback
         self.on_folder_created: Callable[[tuple[str, ...], str], None] = lambda path, folder_id: None
 
     # -- requests ----------------------------------------------------------------------------
@@ -1297,7 +1379,8 @@ class DriveDestination:
         page_token = None
         while True:
             response = self.call(lambda service: service.files().list(
-                q=query, fields=DRIVE_LIST_FIELDS, pageSize=1000, pageToken=page_token, **self._list_options))
+                q=query, fields=DRIVE_LIST_FIELDS, pageSize=1000, pageToken=page_token, orderBy="createdTime",
+                **self._list_options))
             for resource in response.get("files", []):
                 yield DriveFile.from_resource(resource)
             page_token = response.get("nextPageToken")
@@ -1325,10 +1408,15 @@ class DriveDestination:
             if folder is None or not folder.is_folder:
                 raise UsageError(f"--folder-id {folder_id} is not a folder this app can see: with the default "
                                  "drive.file scope the tool sees only folders it created; use --full-scope")
+            if folder.trashed:
+                raise UsageError(f"--folder-id {folder_id} is in the Drive trash: restore it, or choose another")
             root_id = folder_id
         else:
             folder = self.get(remembered_id) if remembered_id else None
-            root_id = folder.id if folder and folder.is_folder else self._find_or_create_folder(folder_name, "root")
+            if folder and folder.trashed:
+                log.warning("the Drive folder %r is in the trash; using (or creating) another", folder_name)
+            usable = folder is not None and folder.is_folder and not folder.trashed
+            root_id = folder.id if usable else self._find_or_create_folder(folder_name, "root")
         with self._lock:
             self._folder_ids[()] = root_id
         return root_id
@@ -1355,10 +1443,22 @@ class DriveDestination:
 
     def _create_folder(self, name: str, parent_id: str) -> str:
         body = {"name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}
-        created = self.call(
-            lambda service: service.files().create(body=body, fields="id", supportsAllDrives=True),
-            find_existing=lambda: (lambda found: {"id": found} if found else None)(self.find_folder(name, parent_id)))
+        with self._forgetting_listing_on_error(parent_id):
+            created = self.call(
+                lambda service: service.files().create(body=body, fields="id", supportsAllDrives=True),
+                find_existing=lambda: (lambda found: {"id": found} if found else None)(self.find_folder(name, parent_id)))
         return created["id"]
+
+    @contextlib.contextmanager
+    def _forgetting_listing_on_error(self, folder_id: str) -> Iterator[None]:
+        """A create that failed may still have happened in Drive, unseen by the cached listing of
+        its folder; dropping that listing makes the object's next attempt look at Drive afresh."""
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                self._listings.pop(folder_id, None)
+            raise
 
     def _listing(self, folder_id: str) -> FolderListing:
         """The folder's child folders and our files, listed once per run (paged) and cached."""
@@ -1401,7 +1501,6 @@ class DriveDestination:
                     with self._lock:
                         listing.folders[path[-1]] = folder_id
                         self._listings[folder_id] = FolderListing({}, defaultdict(list))  # new: empty
-                        self.created_folders.append((path, folder_id))
                     self.on_folder_created(path, folder_id)
                 with self._lock:
                     self._folder_ids[path] = folder_id
@@ -1425,7 +1524,7 @@ class DriveDestination:
         Small files go in one multipart request; larger ones in a resumable session of
         `chunk_size_bytes` chunks, which survives dropped connections and restarts when expired.
         """
-        with open(path, "rb") as stream:
+        with open(path, "rb") as stream, self._forgetting_listing_on_error(metadata["parents"][0]):
             if size <= min(SINGLE_REQUEST_MAX_BYTES, self.chunk_size_bytes):
                 resource = self._upload_single(stream, metadata, mimetype, update_id)
             else:
@@ -1440,10 +1539,14 @@ class DriveDestination:
         return service.files().create(body=metadata, media_body=media, fields=DRIVE_FILE_FIELDS,
                                       supportsAllDrives=True)
 
-    def _find_uploaded(self, metadata: dict[str, Any]) -> dict[str, Any] | None:
-        """After an ambiguous failure: is the file already in Drive, complete (ours, same MD5)?"""
+    def _find_uploaded(self, metadata: dict[str, Any], update_id: str | None) -> dict[str, Any] | None:
+        """After an ambiguous failure: is the upload already complete in Drive (ours, same MD5)?"""
         props = metadata.get("appProperties", {})
-        for candidate in self._query_source(metadata["parents"][0], props.get(PROP_SOURCE, "")):
+        if update_id:
+            candidates = [found] if (found := self.get(update_id)) else []
+        else:
+            candidates = self._query_source(metadata["parents"][0], props.get(PROP_SOURCE, ""))
+        for candidate in candidates:
             if candidate.md5 == props.get(PROP_MD5) and candidate.app_properties.get(PROP_ETAG) == props.get(PROP_ETAG):
                 return self.call(lambda service: service.files().get(
                     fileId=candidate.id, fields=DRIVE_FILE_FIELDS, supportsAllDrives=True))
@@ -1454,7 +1557,7 @@ class DriveDestination:
             stream.seek(0)
             return self._make_upload(service, MediaIoBaseUpload(stream, mimetype, resumable=False),
                                      metadata, update_id)
-        return self.call(make_request, find_existing=None if update_id else lambda: self._find_uploaded(metadata))
+        return self.call(make_request, find_existing=lambda: self._find_uploaded(metadata, update_id))
 
     def _upload_resumable(self, stream: Any, size: int, metadata: dict[str, Any], mimetype: str,
                           update_id: str | None, progress: Callable[[int], None] | None) -> Any:
@@ -1475,6 +1578,9 @@ class DriveDestination:
                 verdict = classify_drive_error(exc, in_upload_session=request.resumable_uri is not None)
                 if verdict.action == Verdict.RESTART and restarts < MAX_REQUEST_ATTEMPTS:
                     restarts += 1
+                    found = self._find_uploaded(metadata, update_id)   # the last chunk may have landed
+                    if found is not None:
+                        return found
                     log.debug("upload session expired; starting a new one")
                     request = new_session()
                     continue
@@ -1499,6 +1605,7 @@ class DriveDestination:
 # a run. RunLock keeps two runs off the same checkpoint.
 
 STATUS_DONE, STATUS_FAILED, STATUS_SKIPPED, STATUS_ROLLED_BACK = "done", "failed", "skipped", "rolled_back"
+RESET_HINT = "use --reset-checkpoint to move it aside and start over (files already in Drive are found again)"
 CHECKPOINT_KIND = "cloud_transfer checkpoint"
 
 
@@ -1546,32 +1653,6 @@ def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """temp file (0600) in the same directory + fsync + rename: readers see old or new, never half."""
-    path = path.absolute()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
 class Checkpoint:
     """Per-key outcomes of all runs, bound to one bucket + prefix + Drive folder.
 
@@ -1614,9 +1695,8 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, path: Path, data: Any, binding: dict[str, str]) -> Checkpoint:
-        hint = "use --reset-checkpoint to move it aside and start over (files already in Drive are found again)"
         if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
-            raise CheckpointError(f"{path} is not a cloud_transfer checkpoint; {hint}")
+            raise CheckpointError(f"{path} is not a cloud_transfer checkpoint; {RESET_HINT}")
         if not isinstance(data.get("version"), int) or data["version"] > CHECKPOINT_VERSION:
             raise CheckpointError(f"{path} was written by a newer cloud_transfer (version {data.get('version')}); "
                                   "upgrade this script")
@@ -1624,7 +1704,7 @@ class Checkpoint:
         for field in ("bucket", "prefix", "folder"):
             if stored.get(field) != binding.get(field):
                 raise CheckpointError(f"checkpoint {path} belongs to {field} {stored.get(field)!r}, not "
-                                      f"{binding.get(field)!r}; use --checkpoint for another file or {hint}")
+                                      f"{binding.get(field)!r}; use --checkpoint for another file or {RESET_HINT}")
         checkpoint = cls(path, binding)
         try:
             checkpoint.root_folder_id = data.get("root_folder_id")
@@ -1633,7 +1713,7 @@ class Checkpoint:
             checkpoint.objects = {key: CheckpointEntry.from_json(entry)
                                   for key, entry in (data.get("objects") or {}).items()}
         except (TypeError, AttributeError):
-            raise CheckpointError(f"{path} is damaged; {hint}") from None
+            raise CheckpointError(f"{path} is damaged; {RESET_HINT}") from None
         return checkpoint
 
     # -- I/O ----------------------------------------------------------------------------------
@@ -1644,37 +1724,38 @@ class Checkpoint:
         if reset:
             cls._move_aside(path, journal)
         if not path.exists():
-            if journal.exists():
+            if journal.exists() and create:   # its snapshot was deleted: the lines mean nothing alone
                 stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                journal.rename(journal.with_name(f"{journal.name}.orphaned-{stamp}"))
                 log.warning("journal without checkpoint: moved aside to %s.orphaned-%s", journal, stamp)
-                if create:
-                    journal.rename(journal.with_name(f"{journal.name}.orphaned-{stamp}"))
-            checkpoint = cls(path, binding)
-            if create:
-                checkpoint.compact()   # proves the directory is writable before any work
-            return checkpoint
-        hint = "use --reset-checkpoint to move it aside and start over (files already in Drive are found again)"
+            return cls(path, binding)   # written at its first flush, so a run that stops early leaves none
         try:
             data = json.loads(path.read_bytes(), object_hook=json_entries_hook)
         except OSError as exc:
             raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
         except (ValueError, UnicodeDecodeError):
-            raise CheckpointError(f"checkpoint {path} is not valid JSON (corrupted); {hint}") from None
+            raise CheckpointError(f"checkpoint {path} is not valid JSON (corrupted); {RESET_HINT}") from None
         checkpoint = cls.from_json(path, data, binding)
         if journal.exists():
-            lines = journal.read_bytes().split(b"\n")
-            for number, raw in enumerate(lines, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    line = json.loads(raw, object_hook=json_entries_hook)
-                    checkpoint._apply(line)
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    if number >= len(lines) - 1:   # a torn last line: the write a crash cut short
-                        log.debug("ignoring a torn last journal line")
-                        continue
-                    raise CheckpointError(f"checkpoint journal {journal} is damaged at line {number}; {hint}") from None
+            checkpoint._replay(journal, writable=create)
         return checkpoint
+
+    def _replay(self, journal: Path, *, writable: bool) -> None:
+        """Apply the journal's lines. A torn last line (a write a crash cut short) is ignored and, when
+        we may write, cut off, so the next append does not glue a new line onto it."""
+        raw = journal.read_bytes()
+        complete, _, torn = raw.rpartition(b"\n")
+        for number, line in enumerate(complete.split(b"\n"), 1):
+            if line.strip():
+                try:
+                    self._apply(json.loads(line, object_hook=json_entries_hook))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise CheckpointError(f"checkpoint journal {journal} is damaged at line {number}; "
+                                          f"{RESET_HINT}") from None
+        if torn.strip():
+            log.debug("ignoring a torn last journal line")
+            if writable:
+                os.truncate(journal, len(complete) + 1 if complete else 0)
 
     @staticmethod
     def _move_aside(path: Path, journal: Path) -> None:
@@ -1692,25 +1773,36 @@ class Checkpoint:
                 self.flush()
 
     def flush(self) -> None:
-        """Append buffered lines to the journal and fsync it."""
+        """Append buffered lines to the journal and fsync it (the first flush writes the snapshot)."""
         with self._lock:
             self._last_flush = time.monotonic()
+            if not self.path.exists():
+                self.compact()
+                return
             if not self._pending:
                 return
             data = b"".join(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n" for line in self._pending)
-            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    while data:
+                        data = data[os.write(fd, data):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise CloudTransferError(f"cannot write the checkpoint journal {self.journal_path}: "
+                                         f"{exc.strerror}; the run stops (what is in Drive stays)") from None
             self._pending.clear()
 
     def compact(self) -> None:
         """Rewrite the snapshot with everything and empty the journal (end of a run)."""
         with self._lock:
+            try:
+                write_atomically(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=1).encode("utf-8"))
+            except OSError as exc:
+                raise CloudTransferError(f"cannot write the checkpoint {self.path}: {exc.strerror}") from None
             self._pending.clear()
-            write_atomically(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=1).encode("utf-8"))
             # A crash between the rename above and this unlink only replays lines already in the snapshot.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.journal_path)
@@ -1892,29 +1984,6 @@ class WorkItem:
     check_type: bool = False   # extension says nothing: ask S3 for the Content-Type first
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def make_private_temp_dir(parent: Path | None) -> Path:
-    """mkdtemp (0700) named after our pid; directories left by killed runs are removed first."""
-    base = Path(parent or tempfile.gettempdir())
-    try:
-        for stale in base.glob("cloud_transfer-*-*"):
-            with contextlib.suppress(ValueError, OSError):
-                if stale.is_dir() and stale.stat().st_uid == os.getuid() and not _pid_alive(int(stale.name.split("-")[1])):
-                    shutil.rmtree(stale, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix=f"cloud_transfer-{os.getpid()}-", dir=base))
-    except OSError as exc:
-        raise UsageError(f"cannot create a temporary directory in {base}: {exc.strerror}; use --temp-dir") from None
-
-
 class Transfer:
     """Copies every listed object that needs it; reports through Stats and the checkpoint, never prints.
 
@@ -1924,10 +1993,11 @@ class Transfer:
 
     def __init__(self, source: S3Source, dest: DriveDestination, checkpoint: Checkpoint, stats: Stats, *,
                  bucket: str, run_id: str, temp_dir: Path, workers: int = DEFAULT_WORKERS,
-                 all_files: bool = False, stop: threading.Event | None = None, backoff: Backoff | None = None):
+                 all_files: bool = False, recheck: bool = False, stop: threading.Event | None = None,
+                 backoff: Backoff | None = None):
         self.source, self.dest, self.checkpoint, self.stats = source, dest, checkpoint, stats
         self.bucket, self.run_id, self.temp_dir, self.workers = bucket, run_id, temp_dir, workers
-        self.all_files = all_files
+        self.all_files, self.recheck = all_files, recheck
         self.stop = stop or threading.Event()
         self.backoff = backoff or Backoff()
         self._queue: queue.Queue[WorkItem | None] = queue.Queue(maxsize=workers * 4)
@@ -1941,10 +2011,19 @@ class Transfer:
         threads += [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True) for n in range(self.workers)]
         for thread in threads:
             thread.start()
+        stopped_at: float | None = None
         for thread in threads:
             while thread.is_alive():
                 thread.join(timeout=0.25)
                 tick()
+                if self.stop.is_set():
+                    stopped_at = stopped_at or time.monotonic()
+                    if time.monotonic() - stopped_at > STOP_GRACE_S:
+                        # A worker stuck in a network call (a stalled GET) is abandoned: its daemon
+                        # thread dies with the process, its staging file with the temp directory, and
+                        # whatever it was sending is found again in Drive by provenance next run.
+                        log.warning("abandoning transfers still in flight after %.0f s", STOP_GRACE_S)
+                        break
         if self._fatal is not None:
             raise self._fatal
         if self.stop.is_set():
@@ -1972,7 +2051,8 @@ class Transfer:
                     if self.stop.is_set():
                         return
                     self.stats.add("listed")
-                    action, reason = plan_object(obj, self.checkpoint.get(obj.key), self.all_files)
+                    entry = None if self.recheck else self.checkpoint.get(obj.key)
+                    action, reason = plan_object(obj, entry, self.all_files)
                     if action == PLAN_SKIP:
                         self.stats.skip(reason or "")
                         continue
@@ -2164,6 +2244,10 @@ def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
         raise UsageError(f"checkpoint {config.checkpoint_path}: {exc.strerror}") from None
 
 
+def make_source(config: Config, runtime: Runtime) -> S3Source:
+    return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop)
+
+
 def make_drive(config: Config, runtime: Runtime, stats: Stats) -> tuple[DriveDestination, Credentials]:
     creds = load_credentials(config, interactive=runtime.interactive)
     backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
@@ -2182,7 +2266,7 @@ def _save_refreshed_token(creds: Credentials, token_before: str | None, config: 
 def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
     if config.dry_run:
         return cmd_dry_run(config, runtime)
-    source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size)
+    source = make_source(config, runtime)
     source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
     with RunLock(lock_path_for(config)):
         checkpoint = open_checkpoint(config)
@@ -2190,49 +2274,58 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
         dest, creds = make_drive(config, runtime, stats)
         token_before = creds.token
         run_id = new_run_id()
-        started = time.monotonic()
         dest.on_folder_created = lambda path, folder_id: checkpoint.add_folder(path, folder_id, run_id)
-        run = {"id": run_id, "started": utc_now_iso(), "outcome": "running"}
-        checkpoint.save_run(run)
-        temp_dir = make_private_temp_dir(config.temp_dir)
-        reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars)
-        exit_code = ExitCode.PARTIAL   # until the run says otherwise
         try:
+            # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
             checkpoint.set_root(dest.resolve_root(config.folder_name, config.folder_id, checkpoint.root_folder_id))
-            log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix,
-                     config.folder_id or repr(config.folder_name), run_id)
-            Transfer(source, dest, checkpoint, stats, bucket=config.bucket, run_id=run_id, temp_dir=temp_dir,
-                     workers=config.workers, all_files=config.all_files, stop=runtime.stop,
-                     backoff=dest.backoff).run(tick=reporter.tick)
-            exit_code = ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
-        except CloudTransferError as exc:
-            exit_code = exc.exit_code
-            raise
-        except KeyboardInterrupt:
-            exit_code = ExitCode.INTERRUPTED
-            raise
+            return _run_transfer(config, runtime, Transfer(
+                source, dest, checkpoint, stats, bucket=config.bucket, run_id=run_id,
+                temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
+                all_files=config.all_files, recheck=config.recheck, stop=runtime.stop, backoff=dest.backoff))
         finally:
-            reporter.close()
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            counts = stats.as_dict()
-            checkpoint.save_run({**run, "ended": utc_now_iso(), "outcome": exit_code.name.lower(),
-                                 "exit_code": int(exit_code), "counts": {k: v for k, v in counts.items() if k != "failures"}})
-            checkpoint.compact()
             _save_refreshed_token(creds, token_before, config)
-            if not config.quiet:
-                print(summary_table(counts, time.monotonic() - started, run_id), file=runtime.out, flush=True)
-        if counts["listed"] == 0:
-            log.info("nothing to transfer: no objects under s3://%s/%s", config.bucket, config.prefix)
-        elif exit_code == ExitCode.OK:
-            log.info("done: everything eligible is in Drive and validated")
-        else:
-            log.warning("%d objects failed; re-run to retry them", counts["failed"])
-        return exit_code
+
+
+def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitCode:
+    """Run a transfer between two records in the checkpoint; always flush, clean up and summarise."""
+    checkpoint, stats = transfer.checkpoint, transfer.stats
+    run = {"id": transfer.run_id, "started": utc_now_iso(), "outcome": "running"}
+    checkpoint.save_run(run)
+    log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix,
+             config.folder_id or repr(config.folder_name), transfer.run_id)
+    started = time.monotonic()
+    reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars)
+    exit_code = ExitCode.PARTIAL   # until the run says otherwise
+    try:
+        transfer.run(tick=reporter.tick)
+        exit_code = ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
+    except CloudTransferError as exc:
+        exit_code = exc.exit_code
+        raise
+    except KeyboardInterrupt:
+        exit_code = ExitCode.INTERRUPTED
+        raise
+    finally:
+        reporter.close()
+        shutil.rmtree(transfer.temp_dir, ignore_errors=True)
+        counts = stats.as_dict()
+        checkpoint.save_run({**run, "ended": utc_now_iso(), "outcome": exit_code.name.lower(),
+                             "exit_code": int(exit_code), "counts": {k: v for k, v in counts.items() if k != "failures"}})
+        checkpoint.compact()
+        if not config.quiet:
+            print(summary_table(counts, time.monotonic() - started, transfer.run_id), file=runtime.out, flush=True)
+    if counts["listed"] == 0:
+        log.info("nothing to transfer: no objects under s3://%s/%s", config.bucket, config.prefix)
+    elif exit_code == ExitCode.OK:
+        log.info("done: everything eligible is in Drive and validated")
+    else:
+        log.warning("%d objects failed; re-run to retry them", counts["failed"])
+    return exit_code
 
 
 def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     """List and plan only: no lock, no checkpoint written, Drive not contacted."""
-    source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size)
+    source = make_source(config, runtime)
     source.check_access()
     checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
     stats, shown = Stats(), 0
@@ -2261,7 +2354,7 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
 
 
 def walk_drive_tree(dest: DriveDestination, root_id: str) -> dict[tuple[str, ...], list[DriveFile]]:
-    """Every file under the root by path (one listing per folder, breadth first)."""
+    """Every file under the root by path (one listing per folder)."""
     tree: dict[tuple[str, ...], list[DriveFile]] = defaultdict(list)
     pending = [((), root_id)]
     while pending:
@@ -2276,7 +2369,7 @@ def walk_drive_tree(dest: DriveDestination, root_id: str) -> dict[tuple[str, ...
 
 def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
     """Compare S3 with Drive per key: present once at the mirrored path, size and MD5 equal. No writes."""
-    source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size)
+    source = make_source(config, runtime)
     source.check_access()
     stats = Stats()
     dest, _ = make_drive(config, runtime, stats)
@@ -2359,7 +2452,7 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
     if not config.checkpoint_path.exists():
         raise UsageError(f"no checkpoint at {config.checkpoint_path}: nothing to roll back")
     with RunLock(lock_path_for(config)):
-        checkpoint = Checkpoint.load(config.checkpoint_path, _stored_binding(config), create=False)
+        checkpoint = Checkpoint.load(config.checkpoint_path, _stored_binding(config))
         run_id = config.rollback_run
         if run_id == "last":
             run_id = checkpoint.runs[-1]["id"] if checkpoint.runs else None
@@ -2393,10 +2486,13 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
                     refused += 1
                     log.warning("not removing %s (%s): it does not carry this tool's provenance", key, entry.drive_id)
                     continue
+                # Recorded (and fsync'd) before the file goes: a rollback killed here leaves an entry a
+                # later transfer checks against Drive, never a trashed photo the checkpoint calls done.
+                checkpoint.record(key, dataclasses.replace(entry, status=STATUS_ROLLED_BACK, at=utc_now_iso(),
+                                                           reason="rolled back"))
+                checkpoint.flush()
                 if drive_file:
                     dest.delete(drive_file.id) if config.permanent else dest.trash(drive_file.id)
-                checkpoint.record(key, dataclasses.replace(entry, status=STATUS_ROLLED_BACK, run=entry.run,
-                                                           at=utc_now_iso(), reason="rolled back"))
                 removed += 1
             for path, info in folders:
                 if next(dest.list_folder(info["id"]), None) is None:
@@ -2414,8 +2510,8 @@ def _stored_binding(config: Config) -> dict[str, str]:
         data = json.loads(config.checkpoint_path.read_bytes())
         return dict(data.get("binding") or {})
     except (OSError, ValueError, AttributeError):
-        raise CheckpointError(f"checkpoint {config.checkpoint_path} is not valid JSON (corrupted); use "
-                              "--reset-checkpoint to move it aside") from None
+        raise CheckpointError(f"checkpoint {config.checkpoint_path} is not valid JSON (corrupted); "
+                              f"{RESET_HINT}") from None
 
 
 def cmd_status(config: Config, runtime: Runtime) -> ExitCode:

@@ -241,6 +241,9 @@ def test_expired_token_is_refreshed_at_endpoint_and_saved_0600(env):
     assert env.drive.token_refreshes >= 1
     saved = json.loads(token_path.read_text())
     assert saved["token"] != "stale-access-token"
+    with env.drive.lock:
+        first = env.drive.requests[0]
+    assert first["path"] == "/token", "an expired token is refreshed before use, not after a 401"
     assert oct(token_path.stat().st_mode & 0o777) == "0o600"
     for secret in (CLIENT_SECRET, REFRESH_TOKEN, saved["token"], AWS_SECRET):
         assert secret not in result.stdout + result.stderr

@@ -151,7 +151,7 @@ def test_classify_drive_error_session_expiry_and_retry_after():
 
 
 @pytest.mark.parametrize("code, status, action", [
-    ("NoSuchKey", 404, "skip"), ("InvalidObjectState", 403, "skip"), ("PreconditionFailed", 412, "skip"),
+    ("NoSuchKey", 404, "skip"), ("InvalidObjectState", 403, "skip"), ("PreconditionFailed", 412, "fail"),
     ("SlowDown", 503, "retry"), ("InternalError", 500, "retry"), ("AccessDenied", 403, "fail"),
     ("InvalidAccessKeyId", 403, "stop"),
 ])
@@ -266,18 +266,44 @@ def test_checkpoint_journal_replays_and_compacts(tmp_path):
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
-def test_checkpoint_torn_last_line_is_ignored_but_damage_in_the_middle_is_refused(tmp_path):
+def test_checkpoint_torn_last_line_is_ignored_and_cut_off_so_later_appends_stay_whole(tmp_path):
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    checkpoint.record("a.jpg", ct.CheckpointEntry(status="done", etag="e", size=1))
+    checkpoint.flush()
+    checkpoint.record("b.jpg", ct.CheckpointEntry(status="done", etag="e", size=1))
+    checkpoint.flush()
+    whole = checkpoint.journal_path.read_bytes()
+    with open(checkpoint.journal_path, "ab") as journal:
+        journal.write(b'{"key": "c.jpg", "entr')               # a crash cut this write short
+    read_only = ct.Checkpoint.load(path, BINDING, create=False)
+    assert read_only.get("a.jpg") and read_only.get("b.jpg") and read_only.get("c.jpg") is None
+    assert checkpoint.journal_path.read_bytes().endswith(b'"entr')  # status/verify never write
+    resumed = ct.Checkpoint.load(path, BINDING)
+    assert checkpoint.journal_path.read_bytes() == whole
+    resumed.record("d.jpg", ct.CheckpointEntry(status="done", etag="e", size=1))
+    resumed.flush()
+    assert ct.Checkpoint.load(path, BINDING).get("d.jpg") is not None
+
+
+def test_checkpoint_damage_in_the_middle_of_the_journal_is_refused(tmp_path):
     path = tmp_path / "cp.json"
     checkpoint = ct.Checkpoint.load(path, BINDING)
     checkpoint.record("a.jpg", ct.CheckpointEntry(status="done", etag="e", size=1))
     checkpoint.flush()
     with open(checkpoint.journal_path, "ab") as journal:
-        journal.write(b'{"key": "b.jpg", "entr')
-    assert ct.Checkpoint.load(path, BINDING).get("a.jpg") is not None
-    with open(checkpoint.journal_path, "ab") as journal:
-        journal.write(b'\n{"key": "c.jpg", "entry": {"status": "done", "etag": "e", "size": 1}}\n')
-    with pytest.raises(ct.CheckpointError, match="damaged"):
+        journal.write(b'{"key": "b.jpg", "entr\n{"key": "c.jpg", "entry": {"status": "done", "etag": "e", "size": 1}}\n')
+    with pytest.raises(ct.CheckpointError, match="damaged at line 1"):
         ct.Checkpoint.load(path, BINDING)
+
+
+def test_checkpoint_is_written_only_once_there_is_something_to_keep(tmp_path):
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    assert not path.exists()
+    checkpoint.set_root("root-id")
+    checkpoint.flush()
+    assert json.loads(path.read_text())["root_folder_id"] == "root-id"
 
 
 @pytest.mark.parametrize("content, fragment", [

@@ -1,0 +1,181 @@
+"""Regressions found in review: each reproduced a duplicate, a lost photo, a hang or a wrong exit code
+before its fix. Real script, real servers; synchronisation by events, never by sleeping."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from tests.conftest import SCRIPT, one_line_error, photo_bytes
+from tests.s3_fault_proxy import S3FaultProxy
+
+ROOT = "Amazon Photos Transfer"
+FAST = {"CLOUD_TRANSFER_BACKOFF_BASE_S": "0.01", "CLOUD_TRANSFER_BACKOFF_CAP_S": "0.05"}
+
+
+def start(env, *args):
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env.cwd), **env.vars}
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=env.cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def verify_report(env):
+    result = env.run("verify", "--json")
+    return json.loads(result.stdout)
+
+
+def test_lost_create_plus_failing_lookup_does_not_duplicate(env):
+    """Drive made the file but the answer was lost, and the provenance look-up kept failing: the
+    object's next attempt must look at Drive again instead of a cached listing."""
+    env.vars.update(FAST)
+    env.put("album/IMG_001.jpg", photo_bytes("x", 3000))
+    creates = []
+
+    def on_request(record):
+        is_create = record["method"] == "POST" and record["path"] == "/upload/drive/v3/files"
+        if is_create:
+            creates.append(1)
+        env.drive.faults.drop_response_rate = 1.0 if (is_create and len(creates) == 1) else 0.0
+
+    env.drive.on_request = on_request
+    env.drive.faults.fail_paths = {r"appProperties(\+|%20)has": 500}
+    result = env.run("--workers", "1")
+    env.drive.on_request = None
+    env.drive.faults.fail_paths = {}
+    assert result.returncode == 0, result.stderr
+    assert len(env.drive_files()[f"{ROOT}/album/IMG_001.jpg"]) == 1
+    assert verify_report(env)["duplicated"] == 0
+
+
+def test_restart_after_lost_final_chunk_looks_before_uploading_again(env):
+    env.vars.update(FAST)
+    env.put("v/a.mp4", photo_bytes("v", 1024 * 1024 + 17))
+    fired = []
+
+    def before_reply(record, reply):
+        if record["method"] == "PUT" and "upload_id" in record["query"] and reply.status in (200, 201) and not fired:
+            fired.append(1)
+            env.drive.expire_all_sessions()          # the session is gone by the time the client asks
+            raise ConnectionResetError("answer lost")
+
+    env.drive.before_reply = before_reply
+    result = env.run("--chunk-size", "0.25")
+    env.drive.before_reply = None
+    assert fired and result.returncode == 0, result.stderr
+    assert len(env.drive_files()[f"{ROOT}/v/a.mp4"]) == 1
+
+
+def test_killed_rollback_never_leaves_trashed_photos_marked_done(env):
+    for n in range(12):
+        env.put(f"a/IMG_{n:02d}.jpg")
+    assert env.run("--workers", "1").returncode == 0
+    trashes = []
+
+    def before_reply(record, reply):
+        if record["method"] == "PATCH" and reply.status == 200:
+            trashes.append(1)
+            if len(trashes) == 5:
+                process.kill()                        # power loss in the middle of a rollback
+
+    env.drive.before_reply = before_reply
+    process = start(env, "rollback", "--yes")
+    process.communicate(timeout=60)
+    env.drive.before_reply = None
+    assert process.returncode == -signal.SIGKILL
+    result = env.run()
+    assert result.returncode == 0, result.stderr
+    report = verify_report(env)
+    assert (report["missing"], report["duplicated"]) == (0, 0)
+    assert len(env.drive_files()) == 12
+
+
+def test_recheck_recopies_a_photo_deleted_in_drive(env):
+    for n in range(3):
+        env.put(f"r/{n}.jpg")
+    assert env.run().returncode == 0
+    gone = env.drive_files()[f"{ROOT}/r/1.jpg"][0]["id"]
+    env.drive.files.pop(gone)
+    assert env.run().returncode == 0
+    assert f"{ROOT}/r/1.jpg" not in env.drive_files()      # the checkpoint is trusted by default...
+    env.drive.clear_requests()
+    result = env.run("--recheck")
+    assert result.returncode == 0, result.stderr
+    assert set(env.drive_files()) == {f"{ROOT}/r/{n}.jpg" for n in range(3)}   # ...--recheck looks
+    assert "found intact in Drive  2" in result.stdout
+
+
+def test_trashed_root_folder_is_not_uploaded_into(env):
+    env.put("a/one.jpg")
+    assert env.run().returncode == 0
+    root_id = json.loads(env.checkpoint.read_text())["root_folder_id"]
+    with env.drive.lock:
+        env.drive.files[root_id]["trashed"] = True
+    env.put("a/two.jpg")
+    result = env.run()
+    assert result.returncode == 0, result.stderr
+    assert set(env.drive_files()) >= {f"{ROOT}/a/one.jpg", f"{ROOT}/a/two.jpg"}
+    live = [f for f in env.drive.list_files() if f["name"] == "two.jpg"]
+    assert len(live) == 1 and not live[0].get("trashed")
+
+
+def test_sigterm_while_a_download_is_stalled_exits_130_without_waiting_for_it(env, moto_url):
+    env.vars.update(FAST)
+    for n in range(3):
+        env.put(f"s/{n}.jpg")
+    reached, release = threading.Event(), threading.Event()
+
+    def stall(key):
+        reached.set()
+        release.wait(120)
+
+    with S3FaultProxy(moto_url) as proxy:
+        env.vars["AWS_ENDPOINT_URL"] = proxy.url
+        proxy.on_object_get = stall
+        process = start(env, "--workers", "1")
+        try:
+            assert reached.wait(60)
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=60)     # would hang here if it waited for the download
+        finally:
+            proxy.on_object_get = None
+            release.set()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+
+
+def test_token_endpoint_outage_is_not_reported_as_a_revoked_token(env):
+    from tests.conftest import write_token
+
+    env.vars.update(FAST)
+    env.put("t/1.jpg")
+    write_token(env.cwd / "token.json", "stale-token", expired=True)
+    env.drive.faults.fail_paths = {r"^/token": 503}
+    result = env.run()
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert "unavailable" in line and "auth" not in line.split(":")[-1]
+
+
+def test_drive_outage_while_finding_the_root_is_one_line_not_an_internal_error(env):
+    env.vars.update(FAST)
+    env.put("x/1.jpg")
+    env.drive.faults.fail_paths = {r"^/drive/v3/files": 503}
+    for args in ([], ["verify"]):
+        result = env.run(*args)
+        assert result.returncode == 1
+        line = one_line_error(result)
+        assert "internal error" not in line and "503" in line
+
+
+def test_reset_checkpoint_is_refused_outside_a_real_transfer(env):
+    env.put("x/1.jpg")
+    assert env.run().returncode == 0
+    before = env.checkpoint.read_bytes()
+    for args in (["verify", "--reset-checkpoint"], ["--dry-run", "--reset-checkpoint"]):
+        result = env.run(*args)
+        assert result.returncode == 2
+        assert "--reset-checkpoint only applies" in one_line_error(result)
+    assert env.checkpoint.read_bytes() == before
