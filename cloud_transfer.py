@@ -25,8 +25,8 @@ Exit codes (stable; cron scripts may branch on them):
 
 How to read this file: sections run in data-flow order, each opened by a three-line banner, so
 ``grep -n '^# .*####' cloud_transfer.py`` prints the table of contents:
-constants → errors → configuration → output → retry and pacing → S3 source → Google Drive
-destination → checkpoint → transfer engine → commands → main.
+constants → errors → configuration → output → retry and pacing → local files → S3 source →
+Google Drive destination → checkpoint → transfer engine → commands → main.
 
 Design in one paragraph: S3Source and DriveDestination are the only code that touches their SDKs;
 each turns the SDK's errors into a Verdict (retry / skip / fail / stop). Every Drive file the tool
@@ -701,6 +701,7 @@ def setup_logging(config: Config) -> None:
     log.handlers.clear()
     log.setLevel(logging.DEBUG)
     log.propagate = False
+    logging.getLogger("exifread").setLevel(logging.CRITICAL)   # "format not recognized" for videos, PNGs...
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if config.quiet else logging.DEBUG if config.verbose else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -1532,8 +1533,8 @@ class DriveDestination:
         return DriveFile.from_resource(resource)
 
     def _make_upload(self, service: Any, media: Any, metadata: dict[str, Any], update_id: str | None) -> Any:
-        if update_id:
-            body = {k: v for k, v in metadata.items() if k != "parents"}
+        if update_id:   # parents and createdTime are fixed once a file exists
+            body = {k: v for k, v in metadata.items() if k not in ("parents", "createdTime")}
             return service.files().update(fileId=update_id, body=body, media_body=media,
                                           fields=DRIVE_FILE_FIELDS, supportsAllDrives=True)
         return service.files().create(body=metadata, media_body=media, fields=DRIVE_FILE_FIELDS,
@@ -1915,6 +1916,10 @@ def media_kind_for(key: str) -> bool | None:
     return name.rsplit(".", 1)[-1].lower() in MEDIA_EXTENSIONS
 
 
+def is_video(key: str) -> bool:
+    return key.rsplit(".", 1)[-1].lower() in VIDEO_EXTENSIONS
+
+
 def is_media_content_type(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";")[0].strip().lower().startswith(("image/", "video/"))
 
@@ -1967,15 +1972,55 @@ def guess_mimetype(key: str, content_type: str | None) -> str:
     return mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
-def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str, download: Download) -> dict[str, Any]:
-    """The one place that builds a Drive create request's metadata (name, place, provenance, dates)."""
-    return {
+def parse_exif_datetime(value: str, offset: str = "") -> dt.datetime | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' (+ OffsetTimeOriginal '+02:00') → aware datetime; None if unusable.
+
+    Without an offset the camera's wall-clock time is taken as UTC: EXIF before 2.31 has no zone.
+    """
+    try:
+        moment = dt.datetime.strptime(value.strip()[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    zone = dt.timezone.utc
+    if match := re.fullmatch(r"([+-])(\d\d):(\d\d)", offset.strip()):
+        sign = 1 if match[1] == "+" else -1
+        zone = dt.timezone(sign * dt.timedelta(hours=int(match[2]), minutes=int(match[3])))
+    moment = moment.replace(tzinfo=zone)
+    if not dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc) <= moment <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1):
+        return None   # a camera with an unset clock; Drive need not be told 1970 or 2099
+    return moment
+
+
+def capture_time_for(path: Path) -> dt.datetime | None:
+    """When the photo was taken, from its EXIF (JPEG, HEIC, TIFF-based RAW, WebP); None if unknown."""
+    import exifread
+
+    try:
+        with open(path, "rb") as stream:
+            tags = exifread.process_file(stream, details=False, stop_tag="OffsetTimeOriginal")
+    except Exception:  # malformed metadata must never cost the photo itself
+        log.debug("unreadable EXIF in a staged download", exc_info=True)
+        return None
+    return parse_exif_datetime(str(tags.get("EXIF DateTimeOriginal", "")), str(tags.get("EXIF OffsetTimeOriginal", "")))
+
+
+def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str, download: Download,
+                        captured: dt.datetime | None = None) -> dict[str, Any]:
+    """The one place that builds a Drive create request's metadata (name, place, provenance, dates).
+
+    modifiedTime keeps the original file time (rclone's x-amz-meta-mtime) or else the S3 upload time;
+    createdTime, writable only at creation, gets the capture time when EXIF has one.
+    """
+    metadata = {
         "name": drive_path_for(obj.key)[-1],
         "parents": [parent_id],
         "modifiedTime": rfc3339(download.source_mtime or obj.last_modified),
         "description": f"Copied from s3://{bucket}/{obj.key} by cloud_transfer",
         "appProperties": {PROP_SOURCE: source_id_for(bucket, obj.key), PROP_ETAG: obj.etag, PROP_MD5: md5},
     }
+    if captured is not None:
+        metadata["createdTime"] = rfc3339(captured)
+    return metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2152,7 +2197,8 @@ class Transfer:
         with self._temp_file() as (path, stream):
             download = self.source.download_to(obj, stream)
             stream.flush()
-            metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download)
+            captured = None if is_video(obj.key) else capture_time_for(path)
+            metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, captured)
             mimetype = guess_mimetype(obj.key, download.content_type)
             sent = 0
 

@@ -368,3 +368,18 @@ def test_progress_bars_on_a_terminal_with_rate_and_eta(env):
     assert "files: 100%" in text and "12/12" in text
     assert "bytes: 100%" in text and "file/s" in text
     assert "Summary of run" in text
+
+
+def test_capture_date_from_exif_becomes_created_time_and_s3_time_modified_time(env):
+    from tests.conftest import jpeg_with_exif
+
+    env.put("dated/IMG_0001.jpg", jpeg_with_exif("2014:07:05 18:30:12", "+02:00"))
+    env.put("dated/clip.mp4", photo_bytes("clip", 4000))
+    assert env.main() == 0
+    files = env.drive_files()
+    (photo,) = files[f"{ROOT}/dated/IMG_0001.jpg"]
+    assert photo["createdTime"] == "2014-07-05T16:30:12.000Z"
+    listed = env.s3.head_object(Bucket=env.bucket, Key="dated/IMG_0001.jpg")["LastModified"]
+    assert photo["modifiedTime"] == ct.rfc3339(listed)
+    (clip,) = files[f"{ROOT}/dated/clip.mp4"]
+    assert clip["createdTime"] != "2014-07-05T16:30:12.000Z"

@@ -389,3 +389,37 @@ def test_summary_table_counts_and_request_cost():
     stats.skip("folder marker")
     text = ct.summary_table(stats.as_dict(), 2.0, "run-1")
     assert "folder marker 2" in text and "15 (1.50 per file)" in text and "run-1" in text
+
+
+@pytest.mark.parametrize("value, offset, expected", [
+    ("2014:07:05 18:30:12", "+02:00", "2014-07-05T16:30:12.000Z"),
+    ("2014:07:05 18:30:12", "-05:30", "2014-07-06T00:00:12.000Z"),
+    ("2014:07:05 18:30:12", "", "2014-07-05T18:30:12.000Z"),
+    ("0000:00:00 00:00:00", "", None),
+    ("1970:01:01 00:00:00 ", "", "1970-01-01T00:00:00.000Z"),
+    ("2099:01:01 00:00:00", "", None),
+    ("garbage", "", None),
+])
+def test_parse_exif_datetime(value, offset, expected):
+    moment = ct.parse_exif_datetime(value, offset)
+    assert (ct.rfc3339(moment) if moment else None) == expected
+
+
+def test_capture_time_from_a_real_exif_block_and_none_without_one(tmp_path):
+    from tests.conftest import jpeg_with_exif
+
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(jpeg_with_exif("2019:12:24 20:15:00", "+01:00"))
+    assert ct.rfc3339(ct.capture_time_for(photo)) == "2019-12-24T19:15:00.000Z"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 no exif here")
+    assert ct.capture_time_for(photo) is None
+
+
+def test_metadata_carries_dates_and_provenance():
+    download = ct.Download(md5="a" * 32, content_type="image/jpeg", source_mtime=None)
+    captured = dt.datetime(2019, 12, 24, 19, 15, tzinfo=dt.timezone.utc)
+    metadata = ct.build_file_metadata(obj("x/y.jpg"), "bkt", "parent", "a" * 32, download, captured)
+    assert metadata["name"] == "y.jpg" and metadata["parents"] == ["parent"]
+    assert metadata["createdTime"] == "2019-12-24T19:15:00.000Z"
+    assert metadata["modifiedTime"] == "2024-05-01T12:00:00.000Z"
+    assert all(len((k + v).encode()) <= 124 for k, v in metadata["appProperties"].items())
