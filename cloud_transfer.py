@@ -2569,8 +2569,10 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     done_bytes = sum(entry.size for entry in checkpoint.objects.values() if entry.status == STATUS_DONE)
     reasons = Counter(entry.reason for entry in checkpoint.objects.values()
                       if entry.status in (STATUS_FAILED, STATUS_SKIPPED) and entry.reason)
+    pending = by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK]   # the next run tries these again
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
-              "objects": dict(by_status), "done_bytes": done_bytes, "reasons": dict(reasons), "runs": checkpoint.runs}
+              "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),
+              "runs": checkpoint.runs}
     if config.json_output:
         print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
         return ExitCode.OK
@@ -2578,7 +2580,8 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     lines = [f"checkpoint {config.checkpoint_path}: s3://{binding.get('bucket')}/{binding.get('prefix')} → "
              f"Drive {binding.get('folder')} ({checkpoint.root_folder_id or 'not created yet'})",
              f"  done {by_status[STATUS_DONE]} ({format_bytes(done_bytes)}), failed {by_status[STATUS_FAILED]}, "
-             f"skipped {by_status[STATUS_SKIPPED]}, rolled back {by_status[STATUS_ROLLED_BACK]}"]
+             f"skipped {by_status[STATUS_SKIPPED]}, rolled back {by_status[STATUS_ROLLED_BACK]}; "
+             f"pending {pending} (the next run retries them; objects no run has seen yet: see --dry-run)"]
     lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(10)]
     for run in checkpoint.runs[-10:]:
         lines.append(f"  run {run['id']}: {run.get('started', '?')} → {run.get('ended', '(did not finish)')} "

@@ -86,6 +86,41 @@ def test_status_reports_failures_with_reasons_and_runs(env):
     assert env.run().returncode == 0
     result = env.run("status")
     assert result.returncode == 0, result.stderr
-    assert "done 1" in result.stdout and "skipped 1" in result.stdout
+    assert "done 1" in result.stdout and "skipped 1" in result.stdout and "pending 0" in result.stdout
     assert "Glacier" in result.stdout
     assert "run " in result.stdout and "ok" in result.stdout
+
+
+def test_rollback_asks_on_a_terminal_and_no_changes_nothing(env):
+    """With a terminal attached and no --yes, rollback asks; answering 'n' removes nothing."""
+    import os
+    import pty
+    import sys
+
+    from tests.conftest import SCRIPT
+
+    env.put("q/1.jpg")
+    assert env.run().returncode == 0
+    child_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env.cwd), **env.vars}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(env.cwd)
+        os.execve(sys.executable, [sys.executable, str(SCRIPT), "rollback"], child_env)
+    output = b""
+    while b"[y/N]" not in output:
+        chunk = os.read(fd, 4096)
+        assert chunk, output
+        output += chunk
+    os.write(fd, b"n\n")
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"nothing changed" in output
+    assert len(env.drive_files()) == 1

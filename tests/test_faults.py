@@ -168,11 +168,12 @@ def test_kill_9_after_drive_accepted_before_checkpoint_then_rerun_adopts(fenv):
     assert_drive_matches(fenv, bodies)
 
 
-def test_sigterm_stops_cleanly_flushes_state_and_removes_temp_files(fenv, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_flushes_state_and_removes_temp_files(fenv, tmp_path, stop_signal):
     bodies = populate(fenv, 10)
     temp_parent = tmp_path / "staging"
     temp_parent.mkdir()
-    on_nth_create(fenv.drive, 3, lambda: process.send_signal(signal.SIGTERM))
+    on_nth_create(fenv.drive, 3, lambda: process.send_signal(stop_signal))
     process = start(fenv, "--workers", "1", "--temp-dir", str(temp_parent))
     out, err = process.communicate(timeout=HOOK_TIMEOUT_S)
     fenv.drive.before_reply = None
