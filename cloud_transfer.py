@@ -37,7 +37,6 @@ MD5), so Drive itself is the source of truth and the checkpoint is a fast cache 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -64,7 +63,7 @@ import uuid
 from collections import Counter, defaultdict
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import boto3
 import botocore.config
@@ -339,6 +338,9 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False) ->
         if status == 404:
             return Verdict(Verdict.FAIL, f"Drive says not found: {message}")
         return Verdict(Verdict.FAIL, f"Drive error {status} {reason}: {message}".strip())
+    if isinstance(exc, ssl.SSLCertVerificationError):   # an SSLError, but no retry will fix it
+        return Verdict(Verdict.STOP, "Google's TLS certificate could not be verified (a proxy intercepting "
+                       "HTTPS?); verification stays on: fix the system's trusted certificates", stop_error=CloudTransferError)
     if isinstance(exc, TRANSIENT_NETWORK_ERRORS):
         return Verdict(Verdict.RETRY, f"network error talking to Drive: {type(exc).__name__}")
     if isinstance(exc, GoogleAuthError):
@@ -1379,8 +1381,8 @@ class DriveDestination:
         query = f"{drive_query_literal(folder_id)} in parents and trashed = false" + extra_query
         page_token = None
         while True:
-            response = self.call(lambda service: service.files().list(
-                q=query, fields=DRIVE_LIST_FIELDS, pageSize=1000, pageToken=page_token, orderBy="createdTime",
+            response = self.call(lambda service, token=page_token: service.files().list(
+                q=query, fields=DRIVE_LIST_FIELDS, pageSize=1000, pageToken=token, orderBy="createdTime",
                 **self._list_options))
             for resource in response.get("files", []):
                 yield DriveFile.from_resource(resource)
@@ -1549,8 +1551,8 @@ class DriveDestination:
             candidates = self._query_source(metadata["parents"][0], props.get(PROP_SOURCE, ""))
         for candidate in candidates:
             if candidate.md5 == props.get(PROP_MD5) and candidate.app_properties.get(PROP_ETAG) == props.get(PROP_ETAG):
-                return self.call(lambda service: service.files().get(
-                    fileId=candidate.id, fields=DRIVE_FILE_FIELDS, supportsAllDrives=True))
+                return self.call(lambda service, file_id=candidate.id: service.files().get(
+                    fileId=file_id, fields=DRIVE_FILE_FIELDS, supportsAllDrives=True))
         return None
 
     def _upload_single(self, stream: Any, metadata: dict[str, Any], mimetype: str, update_id: str | None) -> Any:

@@ -30,7 +30,6 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaIoBaseDownload, MediaIoBaseUpload, build_http
 
 from tests.drive_emulator import (
-    CHUNK_GRANULARITY,
     DAILY_CAP_MESSAGE,
     FOLDER_MIME,
     QUOTA_MESSAGE,

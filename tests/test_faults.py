@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from tests.conftest import (AWS_SECRET, CLIENT_SECRET, PROJECT, REFRESH_TOKEN, SCRIPT, photo_bytes,
+from tests.conftest import (AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, SCRIPT, photo_bytes,
                             write_token)
 from tests.s3_fault_proxy import S3FaultProxy
 

@@ -6,7 +6,6 @@ import json
 import socket
 
 import boto3
-import pytest
 import requests
 
 import cloud_transfer as ct
