@@ -1153,8 +1153,11 @@ def run_consent(config: Config) -> Credentials:
     client_config = load_client_config(config.credentials_path)
     flow = InstalledAppFlow.from_client_config(client_config, scopes=config.scopes)
     try:
+        # access_type=offline (the library's default) asks for a refresh token; prompt=consent makes
+        # Google send one again on a second `auth`, which it otherwise omits for an app already allowed.
         creds = flow.run_local_server(port=config.oauth_port, open_browser=not config.no_browser,
-                                      authorization_prompt_message="Open this URL to allow access to Drive: {url}")
+                                      authorization_prompt_message="Open this URL to allow access to Drive: {url}",
+                                      prompt="consent")
     except Exception as exc:  # oauthlib/requests raise many types; all mean "consent did not finish"
         raise AuthError(f"Google consent did not complete: {type(exc).__name__}: {exc}") from None
     SECRETS.add(creds.token, creds.refresh_token)
@@ -2596,6 +2599,8 @@ def cmd_auth(config: Config, runtime: Runtime) -> ExitCode:
     """Browser consent, then token.json (0600)."""
     if not runtime.interactive and not config.no_browser:
         log.warning("no terminal attached: the consent URL is printed; open it in a browser")
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)   # the URL must show now, even through a pipe or tee
     run_consent(config)
     print(f"authorised: token saved to {config.token_path}", file=runtime.out)
     return ExitCode.OK

@@ -846,6 +846,7 @@ class DriveEmulator:
         self._connections: set[socket.socket] = set()
         self._access_tokens: dict[str, str | None] = {}  # token -> refresh token it came from
         self._revoked_refresh: set[str] = set()
+        self._auth_codes: set[str] = set()
         self.token_refreshes = 0
         self.files: dict[str, dict] = {}
         self.upload_sessions: dict[str, UploadSession] = {}
@@ -933,6 +934,13 @@ class DriveEmulator:
         with self.lock:
             self._access_tokens[token] = None
         return token
+
+    def issue_auth_code(self) -> str:
+        """A one-time authorization code, as Google's consent page hands to the redirect URI."""
+        code = "4/emu-" + secrets.token_urlsafe(16)
+        with self.lock:
+            self._auth_codes.add(code)
+        return code
 
     def revoke_refresh_token(self, refresh_token: str) -> None:
         """/token answers invalid_grant for it from now on, and the access tokens
@@ -1258,13 +1266,24 @@ class DriveEmulator:
     # -- OAuth token endpoint ------------------------------------------------
 
     def _token(self, body: bytes) -> Reply:
-        """The refresh-token grant as google-auth sends it (form-encoded)."""
+        """The refresh-token grant as google-auth sends it (form-encoded), and the authorization-code
+        grant the installed-app flow ends with (codes from issue_auth_code(), single use)."""
         form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
         def oauth_error(status: int, error: str, description: str) -> Reply:
             return Reply.json(status, {"error": error, "error_description": description})
 
         grant = form.get("grant_type")
+        if grant == "authorization_code":
+            with self.lock:
+                if form.get("code") not in self._auth_codes:
+                    return oauth_error(400, "invalid_grant", "Malformed auth code.")
+                self._auth_codes.discard(form["code"])
+                token = "ya29.emu-" + secrets.token_urlsafe(24)
+                refresh = "1//emu-" + secrets.token_urlsafe(24)
+                self._access_tokens[token] = refresh
+            return Reply.json(200, {"access_token": token, "refresh_token": refresh, "expires_in": 3599,
+                                    "token_type": "Bearer", "scope": "https://www.googleapis.com/auth/drive.file"})
         if grant != "refresh_token":
             return oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant or ''}")
         rt = form.get("refresh_token")

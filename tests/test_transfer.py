@@ -382,3 +382,46 @@ def test_capture_date_from_exif_becomes_created_time_and_s3_time_modified_time(e
     assert photo["modifiedTime"] == ct.rfc3339(listed)
     (clip,) = files[f"{ROOT}/dated/clip.mp4"]
     assert clip["createdTime"] != "2014-07-05T16:30:12.000Z"
+
+
+def test_auth_runs_the_installed_app_flow_and_saves_a_0600_token(env):
+    """`auth --no-browser`: the consent URL is printed, the browser's redirect to the local server
+    carries a code, the code is exchanged at the token endpoint; token.json is written 0600."""
+    import os
+    import subprocess
+    import sys
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.conftest import SCRIPT, write_client
+
+    (env.cwd / "token.json").unlink()
+    write_client(env.cwd / "credentials.json")
+    client = json.loads((env.cwd / "credentials.json").read_text())
+    client["installed"]["token_uri"] = f"{env.drive.url}/token"       # the emulator plays Google's OAuth server
+    (env.cwd / "credentials.json").write_text(json.dumps(client))
+    child_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env.cwd), **env.vars,
+                 "OAUTHLIB_INSECURE_TRANSPORT": "1"}                     # the emulator speaks plain http
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "auth", "--no-browser"], cwd=env.cwd, env=child_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        consent_url = line[line.index("https://"):].strip()
+        params = parse_qs(urlsplit(consent_url).query)
+        assert params["scope"] == ["https://www.googleapis.com/auth/drive.file"]
+        assert params["access_type"] == ["offline"] and params["prompt"] == ["consent"]   # a refresh token, always
+        redirect = params["redirect_uri"][0]
+        assert redirect.startswith("http://localhost:")
+        answer = requests.get(redirect, params={"code": env.drive.issue_auth_code(), "state": params["state"][0]},
+                              timeout=30)
+        assert answer.status_code == 200
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    token_path = env.cwd / "token.json"
+    saved = json.loads(token_path.read_text())
+    assert saved["refresh_token"].startswith("1//emu-")
+    assert oct(token_path.stat().st_mode & 0o777) == "0o600"
+    assert saved["refresh_token"] not in out + err and CLIENT_SECRET not in out + err
+    env.put("after-auth/1.jpg")
+    assert env.run().returncode == 0
