@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Drive emulator:     {drive.url}")
             print(f"working directory:  {workdir}")
             (workdir / "token.json").write_text(json.dumps({
-                "token": drive.issue_token(), "refresh_token": "sandbox-refresh", "client_id": "sandbox",
-                "client_secret": "sandbox", "scopes": ["https://www.googleapis.com/auth/drive.file"]}))
+                "token": drive.issue_token(), "refresh_token": "sandbox-refresh-token", "client_id": "sandbox-client",
+                "client_secret": "sandbox-client-secret", "scopes": ["https://www.googleapis.com/auth/drive.file"]}))
             (workdir / "token.json").chmod(0o600)
             env = {**os.environ, "AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox-secret",
                    "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_url, "S3_BUCKET_NAME": "sandbox-photos",

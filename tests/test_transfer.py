@@ -425,3 +425,18 @@ def test_auth_runs_the_installed_app_flow_and_saves_a_0600_token(env):
     assert saved["refresh_token"] not in out + err and CLIENT_SECRET not in out + err
     env.put("after-auth/1.jpg")
     assert env.run().returncode == 0
+
+
+def test_sandbox_shows_a_real_transfer():
+    """`python -m tests.sandbox`, as the README tells a newcomer to run it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT
+
+    result = subprocess.run([sys.executable, "-m", "tests.sandbox"], cwd=PROJECT, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "Amazon Photos Transfer/2020/O'Brien's party.jpg" in result.stdout
+    assert "already done           5" in result.stdout
+    assert "missing 0, duplicated 0, mismatched 0" in result.stdout
