@@ -60,12 +60,17 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter, defaultdict
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import boto3
+# google-api-core warns on every import under Python 3.10 that it will stop supporting it; the tool
+# supports 3.10, and that warning would break its promise of one clear line on stderr.
+warnings.filterwarnings("ignore", message="You are using a non-supported Python version", category=FutureWarning)
+
+import boto3  # noqa: E402  (after the filter above, as the Google imports below must be)
 import botocore.config
 import botocore.exceptions
 import httplib2
