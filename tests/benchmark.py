@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import boto3
-from moto.server import ThreadedMotoServer
-
 from tests.drive_emulator import DriveEmulator
+from tests.local_cloud import local_cloud
 
 PROJECT = Path(__file__).resolve().parent.parent
 KINDS = [("jpg", 350_000), ("HEIC", 900_000), ("NEF", 2_500_000), ("mp4", 6_000_000), ("png", 40_000),
@@ -63,11 +58,11 @@ def run_tool(workdir: Path, env: dict[str, str], *args: str) -> tuple[int, float
     return process.returncode, time.perf_counter() - started, peak_kib
 
 
-def drive_posts(drive: DriveEmulator) -> tuple[int, int]:
+def drive_requests_since_last(drive: DriveEmulator) -> int:
     with drive.lock:
-        total = len(drive.requests)
-        drive.clear_requests()
-    return total, 0
+        count = len(drive.requests)
+    drive.clear_requests()
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,67 +71,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-mib", type=int, default=200, help="size of the single large object (0: skip)")
     parser.add_argument("--workers", type=int, default=4)
     options = parser.parse_args(argv)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    url = f"http://{host}:{port}"
-    try:
-        with DriveEmulator() as drive, tempfile.TemporaryDirectory(prefix="ct-bench-") as tmp:
-            workdir = Path(tmp)
-            s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                              aws_access_key_id="bench", aws_secret_access_key="bench-secret")
-            s3.create_bucket(Bucket="bench")
-            total_bytes, eligible, eligible_bytes = 0, 0, 0
-            for n in range(options.objects):
-                ext, size = KINDS[n % len(KINDS)]
-                key = f"{2015 + n % 6}/album-{n % 17:02d}/IMG_{n:05d}.{ext}"
-                s3.put_object(Bucket="bench", Key=key, Body=body(key, size))
-                total_bytes += size
-                if ext not in ("txt", "json"):
-                    eligible, eligible_bytes = eligible + 1, eligible_bytes + size
-            import json
-            (workdir / "token.json").write_text(json.dumps({
-                "token": drive.issue_token(), "refresh_token": "r", "client_id": "c", "client_secret": "s",
-                "scopes": ["https://www.googleapis.com/auth/drive.file"]}))
-            env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-                   "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": url, "S3_BUCKET_NAME": "bench",
-                   "DRIVE_ENDPOINT_URL": drive.url}
+    with local_cloud("bench") as cloud:
+        s3, drive, workdir, env = cloud.s3, cloud.drive, cloud.workdir, cloud.tool_env()
+        total_bytes, eligible, eligible_bytes = 0, 0, 0
+        for n in range(options.objects):
+            ext, size = KINDS[n % len(KINDS)]
+            key = f"{2015 + n % 6}/album-{n % 17:02d}/IMG_{n:05d}.{ext}"
+            s3.put_object(Bucket=cloud.bucket, Key=key, Body=body(key, size))
+            total_bytes += size
+            if ext not in ("txt", "json"):
+                eligible, eligible_bytes = eligible + 1, eligible_bytes + size
+        drive.clear_requests()
+        code, seconds, rss = run_tool(workdir, env, "--workers", str(options.workers))
+        first_requests = drive_requests_since_last(drive)
+        files = [f for f in drive.list_files() if f["mimeType"] != "application/vnd.google-apps.folder"]
+        code2, seconds2, _ = run_tool(workdir, env)
+        rerun_requests = drive_requests_since_last(drive)
+        verify, seconds3, _ = run_tool(workdir, env, "verify")
+        print(f"mixed bucket: {options.objects} objects ({total_bytes / 2**20:.1f} MiB), {eligible} photos/videos "
+              f"({eligible_bytes / 2**20:.1f} MiB), workers {options.workers}")
+        print(f"  first run:  exit {code}, {seconds:.1f} s, {len(files)} files in Drive, "
+              f"{first_requests} Drive requests ({first_requests / max(len(files), 1):.2f} per file), "
+              f"{eligible_bytes / 2**20 / seconds:.1f} MiB/s, peak RSS {rss / 1024:.0f} MiB")
+        print(f"  re-run:     exit {code2}, {seconds2:.1f} s, {rerun_requests} Drive requests")
+        print(f"  verify:     exit {verify}, {seconds3:.1f} s")
+        if options.large_mib:
+            key, size, part = "video/large.mp4", options.large_mib * 2**20, 16 * 2**20
+            upload = s3.create_multipart_upload(Bucket=cloud.bucket, Key=key)
+            parts = []
+            for number, offset in enumerate(range(0, size, part), 1):
+                etag = s3.upload_part(Bucket=cloud.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number,
+                                      Body=body(f"{key}{number}", min(part, size - offset)))["ETag"]
+                parts.append({"ETag": etag, "PartNumber": number})
+            s3.complete_multipart_upload(Bucket=cloud.bucket, Key=key, UploadId=upload["UploadId"],
+                                         MultipartUpload={"Parts": parts})
             drive.clear_requests()
-            code, seconds, rss = run_tool(workdir, env, "--workers", str(options.workers))
-            first_requests, _ = drive_posts(drive)
-            files = [f for f in drive.list_files() if f["mimeType"] != "application/vnd.google-apps.folder"]
-            code2, seconds2, _ = run_tool(workdir, env)
-            rerun_requests, _ = drive_posts(drive)
-            verify, seconds3, _ = run_tool(workdir, env, "verify")
-            print(f"mixed bucket: {options.objects} objects ({total_bytes / 2**20:.1f} MiB), {eligible} photos/videos "
-                  f"({eligible_bytes / 2**20:.1f} MiB), workers {options.workers}")
-            print(f"  first run:  exit {code}, {seconds:.1f} s, {len(files)} files in Drive, "
-                  f"{first_requests} Drive requests ({first_requests / max(len(files), 1):.2f} per file), "
-                  f"{eligible_bytes / 2**20 / seconds:.1f} MiB/s, peak RSS {rss / 1024:.0f} MiB")
-            print(f"  re-run:     exit {code2}, {seconds2:.1f} s, {rerun_requests} Drive requests")
-            print(f"  verify:     exit {verify}, {seconds3:.1f} s")
-            if options.large_mib:
-                key = "video/large.mp4"
-                size = options.large_mib * 2**20
-                part = 16 * 2**20
-                upload = s3.create_multipart_upload(Bucket="bench", Key=key)
-                parts = []
-                for number, offset in enumerate(range(0, size, part), 1):
-                    etag = s3.upload_part(Bucket="bench", Key=key, UploadId=upload["UploadId"], PartNumber=number,
-                                          Body=body(f"{key}{number}", min(part, size - offset)))["ETag"]
-                    parts.append({"ETag": etag, "PartNumber": number})
-                s3.complete_multipart_upload(Bucket="bench", Key=key, UploadId=upload["UploadId"],
-                                             MultipartUpload={"Parts": parts})
-                drive.clear_requests()
-                code, seconds, rss = run_tool(workdir, env, "--prefix", "video/", "--checkpoint", "large.json")
-                requests, _ = drive_posts(drive)
-                print(f"large object: {options.large_mib} MiB, exit {code}, {seconds:.1f} s "
-                      f"({options.large_mib / seconds:.1f} MiB/s), {requests} Drive requests, "
-                      f"peak RSS {rss / 1024:.0f} MiB")
-            return 0
-    finally:
-        moto.stop()
+            code, seconds, rss = run_tool(workdir, env, "--prefix", "video/", "--checkpoint", "large.json")
+            print(f"large object: {options.large_mib} MiB, exit {code}, {seconds:.1f} s "
+                  f"({options.large_mib / seconds:.1f} MiB/s), {drive_requests_since_last(drive)} Drive requests, "
+                  f"peak RSS {rss / 1024:.0f} MiB")
+        return 0
 
 
 if __name__ == "__main__":

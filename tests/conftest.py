@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import hashlib
 import json
 import os
 import struct
@@ -23,6 +22,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from tests.drive_emulator import DriveEmulator
+from tests.local_cloud import DRIVE_FILE_SCOPE, photo_bytes  # noqa: F401  (re-exported for the tests)
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)   # moto server's per-request access log
 
@@ -32,7 +32,6 @@ AWS_KEY_ID = "AKIATESTKEYID0000001"
 AWS_SECRET = "test-secret-key-must-never-be-logged-0001"
 CLIENT_SECRET = "client-secret-must-never-be-logged-0001"
 REFRESH_TOKEN = "refresh-token-must-never-be-logged-0001"
-DRIVE_FILE_SCOPE = "https://www.googleapis.com/auth/drive.file"
 
 
 @pytest.fixture(scope="session")
@@ -62,16 +61,6 @@ def bucket(s3):
 def drive():
     with DriveEmulator() as emulator:
         yield emulator
-
-
-def photo_bytes(seed: str, size: int = 2048) -> bytes:
-    """Deterministic bytes that start like a JPEG."""
-    out = bytearray(b"\xff\xd8\xff\xe0")
-    block = hashlib.sha256(seed.encode()).digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block
-    return bytes(out[:size])
 
 
 def jpeg_with_exif(date: str, offset: str | None = None, body: bytes = b"\x00" * 100) -> bytes:
@@ -134,6 +123,20 @@ class Env:
             if item.get("mimeType") != "application/vnd.google-apps.folder":
                 found.setdefault(self.drive.path_of(item["id"]), []).append(item)
         return found
+
+
+def read_pty(fd: int, until: bytes | None = None) -> bytes:
+    """Read a pty's output until `until` appears, or until the child closes it."""
+    output = b""
+    while until is None or until not in output:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:   # EIO: the child exited and closed its side
+            break
+        if not chunk:
+            break
+        output += chunk
+    return output
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:

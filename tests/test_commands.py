@@ -97,7 +97,7 @@ def test_rollback_asks_on_a_terminal_and_no_changes_nothing(env):
     import pty
     import sys
 
-    from tests.conftest import SCRIPT
+    from tests.conftest import SCRIPT, read_pty
 
     env.put("q/1.jpg")
     assert env.run().returncode == 0
@@ -106,20 +106,10 @@ def test_rollback_asks_on_a_terminal_and_no_changes_nothing(env):
     if pid == 0:
         os.chdir(env.cwd)
         os.execve(sys.executable, [sys.executable, str(SCRIPT), "rollback"], child_env)
-    output = b""
-    while b"[y/N]" not in output:
-        chunk = os.read(fd, 4096)
-        assert chunk, output
-        output += chunk
+    output = read_pty(fd, until=b"[y/N]")
+    assert b"[y/N]" in output, output
     os.write(fd, b"n\n")
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
+    output += read_pty(fd)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert b"nothing changed" in output

@@ -342,7 +342,7 @@ def test_progress_bars_on_a_terminal_with_rate_and_eta(env):
     import sys
     import termios
 
-    from tests.conftest import SCRIPT
+    from tests.conftest import SCRIPT, read_pty
 
     for n in range(12):
         env.put(f"tty/{n}.jpg", photo_bytes(str(n), 50_000))
@@ -352,15 +352,7 @@ def test_progress_bars_on_a_terminal_with_rate_and_eta(env):
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
         os.chdir(env.cwd)
         os.execve(sys.executable, [sys.executable, str(SCRIPT), "--workers", "2"], child_env)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
+    output = read_pty(fd)
     _, status = os.waitpid(pid, 0)
     text = output.decode("utf-8", "replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
