@@ -2167,7 +2167,7 @@ class Transfer:
                         return
                     self._count_eligible(obj)
                     item = WorkItem(obj)
-                self._copy(obj, entry, attempts + attempt)
+                self._copy(obj, attempts + attempt)
                 return
             except ObjectError as exc:
                 verdict = exc.verdict
@@ -2190,7 +2190,7 @@ class Transfer:
                     log.warning("failed %s: %s", obj.key, verdict.reason)
                 return
 
-    def _copy(self, obj: SourceObject, entry: CheckpointEntry | None, attempts: int) -> None:
+    def _copy(self, obj: SourceObject, attempts: int) -> None:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
         parts = drive_path_for(obj.key)
         folder_id = self.dest.ensure_folder(parts[:-1])
@@ -2217,7 +2217,12 @@ class Transfer:
                 self.stats.add("transferred_bytes", done_bytes - sent)
                 sent = done_bytes
 
-            uploaded = self.dest.upload(path, obj.size, metadata, mimetype, update_id=update_id, progress=progress)
+            try:
+                uploaded = self.dest.upload(path, obj.size, metadata, mimetype, update_id=update_id,
+                                            progress=progress)
+            except BaseException:
+                self.stats.add("transferred_bytes", -sent)   # the next attempt sends it all again
+                raise
             self.stats.add("transferred_bytes", obj.size - sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
         if problem:
