@@ -1336,6 +1336,7 @@ class DriveDestination:
         self._path_locks: defaultdict[tuple[str, ...], threading.Lock] = defaultdict(threading.Lock)
         self._folder_ids: dict[tuple[str, ...], str] = {}
         self._listings: dict[str, FolderListing] = {}
+        self._listing_epochs: Counter[str] = Counter()   # bumped when a listing is forgotten
         self.on_folder_created: Callable[[tuple[str, ...], str], None] = lambda path, folder_id: None
 
     # -- requests ----------------------------------------------------------------------------
@@ -1469,6 +1470,7 @@ class DriveDestination:
         except BaseException:
             with self._lock:
                 self._listings.pop(folder_id, None)
+                self._listing_epochs[folder_id] += 1   # a listing taken meanwhile may miss it too
             raise
 
     def _listing(self, folder_id: str) -> FolderListing:
@@ -1482,6 +1484,7 @@ class DriveDestination:
             with self._lock:
                 if folder_id in self._listings:
                     return self._listings[folder_id]
+                epoch = self._listing_epochs[folder_id]
             listing = FolderListing({}, defaultdict(list))
             for item in self.list_folder(folder_id):
                 if item.is_folder:
@@ -1489,7 +1492,8 @@ class DriveDestination:
                 elif PROP_SOURCE in item.app_properties:
                     listing.by_source[item.app_properties[PROP_SOURCE]].append(item)
             with self._lock:
-                self._listings[folder_id] = listing
+                if self._listing_epochs[folder_id] == epoch:   # not forgotten while we listed
+                    self._listings[folder_id] = listing
             return listing
 
     def ensure_folder(self, parts: tuple[str, ...]) -> str:
@@ -1795,10 +1799,16 @@ class Checkpoint:
             data = b"".join(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n" for line in self._pending)
             try:
                 fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                start = os.fstat(fd).st_size
                 try:
                     while data:
                         data = data[os.write(fd, data):]
                     os.fsync(fd)
+                except OSError:
+                    # A short write then ENOSPC leaves half a line; cut it, or the next append glues on.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                    raise
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -1861,6 +1871,7 @@ class RunLock:
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
+        self.hold_until_exit = False   # threads that outlive the run keep the lock with them
 
     def __enter__(self) -> RunLock:
         try:
@@ -1879,7 +1890,7 @@ class RunLock:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._fd is not None:
+        if self._fd is not None and not self.hold_until_exit:
             os.close(self._fd)   # closing releases the lock; the file stays (unlinking would race)
             self._fd = None
 
@@ -1992,7 +2003,8 @@ def parse_exif_datetime(value: str, offset: str = "") -> dt.datetime | None:
     except ValueError:
         return None
     zone = dt.timezone.utc
-    if match := re.fullmatch(r"([+-])(\d\d):(\d\d)", offset.strip()):
+    match = re.fullmatch(r"([+-])(\d\d):(\d\d)", offset.strip())
+    if match and int(match[2]) < 24 and int(match[3]) < 60:   # "+24:00" is malformed, not a zone
         sign = 1 if match[1] == "+" else -1
         zone = dt.timezone(sign * dt.timedelta(hours=int(match[2]), minutes=int(match[3])))
     moment = moment.replace(tzinfo=zone)
@@ -2059,6 +2071,7 @@ class Transfer:
         self._fatal: CloudTransferError | None = None
         self._fatal_lock = threading.Lock()
         self._temp_counter = 0
+        self.abandoned = False   # some worker was still in a network call when the run ended
 
     def run(self, tick: Callable[[], None] = lambda: None) -> None:
         """Copy everything; raises the first run-stopping error, or InterruptedRun after a stop."""
@@ -2078,6 +2091,7 @@ class Transfer:
                         # thread dies with the process, its staging file with the temp directory, and
                         # whatever it was sending is found again in Drive by provenance next run.
                         log.warning("abandoning transfers still in flight after %.0f s", STOP_GRACE_S)
+                        self.abandoned = True
                         break
         if self._fatal is not None:
             raise self._fatal
@@ -2279,6 +2293,7 @@ class Runtime:
     stop: threading.Event                   # set by SIGINT/SIGTERM
     out: Any = dataclasses.field(default_factory=lambda: sys.stdout)
     progress_bars: bool = False             # stderr is a terminal
+    abandoned_work: bool = False            # a run ended with threads stuck in network calls
 
 
 def binding_for(config: Config) -> dict[str, str]:
@@ -2329,7 +2344,7 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
         return cmd_dry_run(config, runtime)
     source = make_source(config, runtime)
     source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
-    with RunLock(lock_path_for(config)):
+    with RunLock(lock_path_for(config)) as lock:
         checkpoint = open_checkpoint(config)
         stats = Stats()
         dest, creds = make_drive(config, runtime, stats)
@@ -2338,13 +2353,20 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
         dest.on_folder_created = lambda path, folder_id: checkpoint.add_folder(path, folder_id, run_id)
         try:
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
-            checkpoint.set_root(dest.resolve_root(config.folder_name, config.folder_id, checkpoint.root_folder_id))
+            root_id = dest.resolve_root(config.folder_name, config.folder_id, checkpoint.root_folder_id)
+            recheck = config.recheck
+            if checkpoint.root_folder_id and root_id != checkpoint.root_folder_id:
+                # What earlier runs copied went into a folder that is gone (trashed or deleted).
+                log.warning("the Drive folder is not the one earlier runs filled: checking every object")
+                recheck = True
+            checkpoint.set_root(root_id)
             return _run_transfer(config, runtime, Transfer(
                 source, dest, checkpoint, stats, bucket=config.bucket, run_id=run_id,
                 temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
-                all_files=config.all_files, recheck=config.recheck, stop=runtime.stop, backoff=dest.backoff))
+                all_files=config.all_files, recheck=recheck, stop=runtime.stop, backoff=dest.backoff))
         finally:
             _save_refreshed_token(creds, token_before, config)
+            lock.hold_until_exit = runtime.abandoned_work
 
 
 def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitCode:
@@ -2367,6 +2389,7 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
         exit_code = ExitCode.INTERRUPTED
         raise
     finally:
+        runtime.abandoned_work = transfer.abandoned
         reporter.close()
         shutil.rmtree(transfer.temp_dir, ignore_errors=True)
         counts = stats.as_dict()
@@ -2660,18 +2683,31 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     runtime = Runtime(interactive=sys.stdin is not None and sys.stdin.isatty(), stop=threading.Event(),
                       progress_bars=sys.stderr.isatty())
     with stop_on_signals(runtime.stop):
-        try:
-            return COMMANDS[config.command](config, runtime)
-        except CloudTransferError as exc:
-            log.error("error: %s", exc)
-            return exc.exit_code
-        except KeyboardInterrupt:
-            log.error("interrupted")
-            return ExitCode.INTERRUPTED
-        except Exception as exc:  # the last resort: one line, traceback only with --verbose
-            log.error("internal error: %s: %s (run with --verbose for details)", type(exc).__name__, exc)
-            log.debug("traceback", exc_info=True)
-            return ExitCode.PARTIAL
+        code = _run_command(config, runtime)
+    if runtime.abandoned_work:
+        # Threads stuck in network calls (s3transfer's are not daemons) would keep this process, and
+        # the lock it still holds, alive for minutes; the state is saved, so end it now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run_command(config: Config, runtime: Runtime) -> int:
+    """Dispatch, and turn every way of failing into one line and an exit code."""
+    try:
+        return COMMANDS[config.command](config, runtime)
+    except CloudTransferError as exc:
+        log.error("error: %s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # the last resort: one line, traceback only with --verbose
+        log.error("internal error: %s: %s (run with --verbose for details)", type(exc).__name__, exc)
+        log.debug("traceback", exc_info=True)
+        return ExitCode.PARTIAL
 
 
 if __name__ == "__main__":

@@ -111,14 +111,18 @@ def test_trashed_root_folder_is_not_uploaded_into(env):
     env.put("a/one.jpg")
     assert env.run().returncode == 0
     root_id = json.loads(env.checkpoint.read_text())["root_folder_id"]
-    with env.drive.lock:
-        env.drive.files[root_id]["trashed"] = True
+    with env.drive.lock:   # Drive trashes a folder's contents with it
+        for file_id, record in env.drive.files.items():
+            if file_id == root_id or env.drive.path_of(file_id).startswith(ROOT + "/"):
+                record["trashed"] = True
     env.put("a/two.jpg")
     result = env.run()
     assert result.returncode == 0, result.stderr
-    assert set(env.drive_files()) >= {f"{ROOT}/a/one.jpg", f"{ROOT}/a/two.jpg"}
-    live = [f for f in env.drive.list_files() if f["name"] == "two.jpg"]
-    assert len(live) == 1 and not live[0].get("trashed")
+    for name in ("one.jpg", "two.jpg"):   # one.jpg was "done", but in a folder now in the trash
+        live = [f for f in env.drive.list_files() if f["name"] == name]
+        assert len(live) == 1 and not live[0].get("trashed"), name
+    report = verify_report(env)
+    assert (report["missing"], report["duplicated"]) == (0, 0)
 
 
 def test_sigterm_while_a_download_is_stalled_exits_130_without_waiting_for_it(env, moto_url):
@@ -179,3 +183,34 @@ def test_reset_checkpoint_is_refused_outside_a_real_transfer(env):
         assert result.returncode == 2
         assert "--reset-checkpoint only applies" in one_line_error(result)
     assert env.checkpoint.read_bytes() == before
+
+
+def test_sigterm_during_a_stalled_parallel_download_ends_the_process_and_frees_the_lock(env, moto_url):
+    """s3transfer's threads are not daemons: an abandoned >64 MiB download kept the process (and the
+    journal it could still write) alive for minutes after the run had ended."""
+    import cloud_transfer as ct
+
+    env.vars.update(FAST)
+    env.put("v/big.mp4", photo_bytes("big", 65 * 1024 * 1024 + 5))
+    reached, release = threading.Event(), threading.Event()
+
+    def stall(key):
+        reached.set()
+        release.wait(120)
+
+    with S3FaultProxy(moto_url) as proxy:
+        env.vars["AWS_ENDPOINT_URL"] = proxy.url
+        proxy.on_object_get = stall
+        process = start(env, "--workers", "1")
+        try:
+            assert reached.wait(60)
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=60)     # would hang here until the stalled reads time out
+            with ct.RunLock(env.cwd / "cloud_transfer_checkpoint.json.lock"):
+                pass                                       # and nobody holds the lock any more
+        finally:
+            proxy.on_object_get = None
+            release.set()
+    assert process.returncode == 130, err
+    assert "abandoning" in err and "Traceback" not in err
+    json.loads(env.checkpoint.read_text())

@@ -399,6 +399,8 @@ def test_summary_table_counts_and_request_cost():
     ("1970:01:01 00:00:00 ", "", "1970-01-01T00:00:00.000Z"),
     ("2099:01:01 00:00:00", "", None),
     ("garbage", "", None),
+    ("2014:07:05 18:30:12", "+24:00", "2014-07-05T18:30:12.000Z"),   # malformed zone: ignored, not fatal
+    ("2014:07:05 18:30:12", "+05:99", "2014-07-05T18:30:12.000Z"),
 ])
 def test_parse_exif_datetime(value, offset, expected):
     moment = ct.parse_exif_datetime(value, offset)
@@ -423,3 +425,33 @@ def test_metadata_carries_dates_and_provenance():
     assert metadata["createdTime"] == "2019-12-24T19:15:00.000Z"
     assert metadata["modifiedTime"] == "2024-05-01T12:00:00.000Z"
     assert all(len((k + v).encode()) <= 124 for k, v in metadata["appProperties"].items())
+
+
+def test_a_failed_journal_append_leaves_no_half_line_behind(tmp_path, monkeypatch):
+    """A short write then ENOSPC: the half line is cut, so a later append cannot glue onto it."""
+    import errno
+    import os
+
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    checkpoint.save_run({"id": "r1", "outcome": "running"})
+    checkpoint.record("a.jpg", ct.CheckpointEntry(status="done", etag="e", size=1, run="r1"))
+    checkpoint.flush()
+    before = checkpoint.journal_path.read_bytes()
+    checkpoint.record("b.jpg", ct.CheckpointEntry(status="done", etag="f", size=1, run="r1"))
+    real_write, calls = os.write, []
+
+    def disk_full(fd, data):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_write(fd, data[: len(data) // 3])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ct.os, "write", disk_full)
+    with pytest.raises(ct.CloudTransferError, match="cannot write the checkpoint journal"):
+        checkpoint.flush()
+    monkeypatch.setattr(ct.os, "write", real_write)
+    assert checkpoint.journal_path.read_bytes() == before
+    checkpoint.flush()                                 # space again: the buffered line goes in whole
+    reloaded = ct.Checkpoint.load(path, BINDING)
+    assert reloaded.get("a.jpg") and reloaded.get("b.jpg")
