@@ -66,9 +66,9 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-# google-api-core warns on every import under Python 3.10 that it will stop supporting it; the tool
-# supports 3.10, and that warning would break its promise of one clear line on stderr.
-warnings.filterwarnings("ignore", message="You are using a non-supported Python version", category=FutureWarning)
+# google-api-core warns on every import when the running Python nears or passes its end of life (3.10
+# today, 3.11 from mid-2027); the tool supports 3.10+, and the warning would break one-line errors.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core\._python_version_support")
 
 import boto3  # noqa: E402  (after the filter above, as the Google imports below must be)
 import botocore.config
@@ -1682,6 +1682,7 @@ class Checkpoint:
         self.folders: dict[str, dict[str, str]] = {}       # "a/b" -> {"id", "run"}; "" is the root
         self.runs: list[dict[str, Any]] = []
         self.objects: dict[str, CheckpointEntry] = {}
+        self.recheck_pending = False   # "done" entries may point into a lost folder, until a full run
         self._pending: list[dict[str, Any]] = []
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
@@ -1690,7 +1691,8 @@ class Checkpoint:
     def to_json(self) -> dict[str, Any]:
         with self._lock:
             return {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
-                    "root_folder_id": self.root_folder_id, "folders": self.folders, "runs": self.runs,
+                    "root_folder_id": self.root_folder_id, "recheck_pending": self.recheck_pending,
+                    "folders": self.folders, "runs": self.runs,
                     "objects": {key: entry.to_json() for key, entry in self.objects.items()}}
 
     def _apply(self, line: dict[str, Any]) -> None:
@@ -1699,6 +1701,8 @@ class Checkpoint:
             self.objects[line["key"]] = CheckpointEntry.from_json(line["entry"])
         elif "root" in line:
             self.root_folder_id = line["root"]
+        elif "recheck" in line:
+            self.recheck_pending = bool(line["recheck"])
         elif "folder" in line:
             self.folders[line["folder"]] = {"id": line["id"], "run": line.get("run", "")}
         elif "run" in line:
@@ -1723,6 +1727,7 @@ class Checkpoint:
         checkpoint = cls(path, binding)
         try:
             checkpoint.root_folder_id = data.get("root_folder_id")
+            checkpoint.recheck_pending = bool(data.get("recheck_pending"))
             checkpoint.folders = dict(data.get("folders") or {})
             checkpoint.runs = list(data.get("runs") or [])
             checkpoint.objects = {key: CheckpointEntry.from_json(entry)
@@ -1838,6 +1843,12 @@ class Checkpoint:
         with self._lock:
             self.objects[key] = entry
             self._journal({"key": key, "entry": entry.to_json()})
+
+    def set_recheck_pending(self, pending: bool) -> None:
+        with self._lock:
+            if self.recheck_pending != pending:
+                self.recheck_pending = pending
+                self._journal({"recheck": pending})
 
     def set_root(self, folder_id: str) -> None:
         with self._lock:
@@ -2080,19 +2091,21 @@ class Transfer:
         for thread in threads:
             thread.start()
         stopped_at: float | None = None
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.25)
-                tick()
-                if self.stop.is_set():
-                    stopped_at = stopped_at or time.monotonic()
-                    if time.monotonic() - stopped_at > STOP_GRACE_S:
-                        # A worker stuck in a network call (a stalled GET) is abandoned: its daemon
-                        # thread dies with the process, its staging file with the temp directory, and
-                        # whatever it was sending is found again in Drive by provenance next run.
-                        log.warning("abandoning transfers still in flight after %.0f s", STOP_GRACE_S)
-                        self.abandoned = True
-                        break
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.25)
+                    tick()
+                    if self.stop.is_set():
+                        stopped_at = stopped_at or time.monotonic()
+                        if time.monotonic() - stopped_at > STOP_GRACE_S:
+                            # A worker stuck in a network call (a stalled GET) is abandoned: its staging
+                            # file goes with the temp directory, and whatever it was sending is found
+                            # again in Drive by provenance next run.
+                            log.warning("abandoning transfers still in flight after %.0f s", STOP_GRACE_S)
+                            break
+        finally:   # a second Ctrl-C (KeyboardInterrupt) leaves through here too
+            self.abandoned = any(thread.is_alive() for thread in threads)
         if self._fatal is not None:
             raise self._fatal
         if self.stop.is_set():
@@ -2212,7 +2225,7 @@ class Transfer:
         intact = [copy for copy in copies if is_intact_copy(copy, obj)]
         if intact:
             self._retire_extra_copies(obj, keep=intact[0], copies=copies)
-            self._record_done(obj, intact[0], attempts)
+            self._record_done(obj, intact[0], attempts, adopted=True)
             self.stats.add("adopted")
             log.debug("already in Drive, intact: %s", obj.key)
             return
@@ -2260,10 +2273,14 @@ class Transfer:
                 log.warning("trashing a duplicate Drive copy of %s (id %s)", obj.key, copy.id)
                 self.dest.trash(copy.id)
 
-    def _record_done(self, obj: SourceObject, drive_file: DriveFile, attempts: int) -> None:
+    def _record_done(self, obj: SourceObject, drive_file: DriveFile, attempts: int, adopted: bool = False) -> None:
+        previous = self.checkpoint.get(obj.key)
+        # An adopted file keeps the run that uploaded it: `rollback --run last` must not take files a
+        # --recheck merely found again.
+        same_file = adopted and previous is not None and previous.drive_id == drive_file.id and previous.run
         self.checkpoint.record(obj.key, CheckpointEntry(
             status=STATUS_DONE, etag=obj.etag, size=obj.size, md5=drive_file.md5, drive_id=drive_file.id,
-            attempts=attempts, run=self.run_id))
+            attempts=attempts, run=previous.run if same_file else self.run_id))
 
     @contextlib.contextmanager
     def _temp_file(self) -> Iterator[tuple[Path, Any]]:
@@ -2311,6 +2328,9 @@ def lock_path_for(config: Config) -> Path:
 
 def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
     try:
+        if create and not config.checkpoint_path.exists():
+            # The snapshot is written at the first flush; find out now that it can be, before any work.
+            tempfile.TemporaryFile(dir=config.checkpoint_path.absolute().parent).close()
         return Checkpoint.load(config.checkpoint_path, binding_for(config), reset=config.reset_checkpoint,
                                create=create)
     except PermissionError as exc:
@@ -2354,11 +2374,12 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
         try:
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
             root_id = dest.resolve_root(config.folder_name, config.folder_id, checkpoint.root_folder_id)
-            recheck = config.recheck
             if checkpoint.root_folder_id and root_id != checkpoint.root_folder_id:
-                # What earlier runs copied went into a folder that is gone (trashed or deleted).
+                # What earlier runs copied went into a folder that is gone (trashed or deleted): every
+                # object is checked against Drive, in this run and any that resume it, until one finishes.
                 log.warning("the Drive folder is not the one earlier runs filled: checking every object")
-                recheck = True
+                checkpoint.set_recheck_pending(True)
+            recheck = config.recheck or checkpoint.recheck_pending
             checkpoint.set_root(root_id)
             return _run_transfer(config, runtime, Transfer(
                 source, dest, checkpoint, stats, bucket=config.bucket, run_id=run_id,
@@ -2381,6 +2402,7 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
     exit_code = ExitCode.PARTIAL   # until the run says otherwise
     try:
         transfer.run(tick=reporter.tick)
+        checkpoint.set_recheck_pending(False)   # every listed object has been looked at
         exit_code = ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
     except CloudTransferError as exc:
         exit_code = exc.exit_code
@@ -2670,7 +2692,9 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+def main(argv: list[str] | None = None, environ: dict[str, str] | None = None, *, own_process: bool = False) -> int:
+    """Run one command; returns its exit code. `own_process` (the script itself, not a caller
+    using it as a library) lets it end the process at once when work had to be abandoned."""
     if environ is None:
         environ = dict(os.environ)
     try:
@@ -2684,7 +2708,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
                       progress_bars=sys.stderr.isatty())
     with stop_on_signals(runtime.stop):
         code = _run_command(config, runtime)
-    if runtime.abandoned_work:
+    if runtime.abandoned_work and own_process:
         # Threads stuck in network calls (s3transfer's are not daemons) would keep this process, and
         # the lock it still holds, alive for minutes; the state is saved, so end it now.
         logging.shutdown()
@@ -2711,4 +2735,4 @@ def _run_command(config: Config, runtime: Runtime) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

@@ -214,3 +214,33 @@ def test_sigterm_during_a_stalled_parallel_download_ends_the_process_and_frees_t
     assert process.returncode == 130, err
     assert "abandoning" in err and "Traceback" not in err
     json.loads(env.checkpoint.read_text())
+
+
+def test_recheck_after_a_lost_root_survives_an_interrupted_run(env):
+    """The re-check forced by a trashed root lasts until a run finishes, not just one run."""
+    keys = [f"a/{n}.jpg" for n in range(6)]
+    for key in keys:
+        env.put(key)
+    assert env.run("--workers", "1").returncode == 0
+    root_id = json.loads(env.checkpoint.read_text())["root_folder_id"]
+    with env.drive.lock:
+        env.drive._set_trashed(env.drive.files[root_id], True)        # its contents follow, as in Drive
+        env.drive.uploaded_bytes = 0
+        env.drive.faults.daily_upload_cap_bytes = 4096                 # about two photos, then the cap
+    assert env.run("--workers", "1").returncode == 5
+    env.drive.faults.daily_upload_cap_bytes = None
+    result = env.run("--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert set(env.drive_files()) == {f"{ROOT}/{key}" for key in keys}
+    assert verify_report(env)["missing"] == 0
+
+
+def test_recheck_keeps_the_run_that_uploaded_a_file_for_rollback(env):
+    for n in range(4):
+        env.put(f"k/{n}.jpg")
+    assert env.run().returncode == 0
+    env.drive.files.pop(env.drive_files()[f"{ROOT}/k/0.jpg"][0]["id"])
+    assert env.run("--recheck").returncode == 0
+    result = env.run("rollback", "--run", "last", "--dry-run")
+    assert result.returncode == 0
+    assert result.stdout.count("would remove") == 1 and "k/0.jpg" in result.stdout
