@@ -64,6 +64,18 @@ class S3FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
+    def hold_gets(self, key: str | None = None, timeout_s: float = 120) -> tuple[threading.Event, threading.Event]:
+        """Stall object GETs (of `key`, or every one) until released; returns (reached, release)."""
+        reached, release = threading.Event(), threading.Event()
+
+        def hold(requested_key: str) -> None:
+            if key is None or requested_key == key:
+                reached.set()
+                release.wait(timeout_s)
+
+        self.on_object_get = hold
+        return reached, release
+
     def _take(self, name: str) -> bool:
         with self.lock:
             left = getattr(self, name)

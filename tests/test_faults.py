@@ -56,19 +56,6 @@ def start(env, *args, env_extra=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def hold_downloads(proxy, key=None):
-    """Hold object GETs (of `key`, or every one) in flight; returns (reached, release) events."""
-    reached, release = threading.Event(), threading.Event()
-
-    def hold(requested_key):
-        if key is None or requested_key == key:
-            reached.set()
-            release.wait(HOOK_TIMEOUT_S)
-
-    proxy.on_object_get = hold
-    return reached, release
-
-
 def on_nth_create(drive, n, action):
     """Call `action()` when Drive has created the n-th file, before the client hears of it."""
     created = []
@@ -111,7 +98,7 @@ def creates_for(drive, names=None):
 
 def test_kill_9_during_download_then_rerun_completes(fenv):
     bodies = populate(fenv, 12)
-    reached, release = hold_downloads(fenv.proxy, "album/1/IMG_005.jpg")
+    reached, release = fenv.proxy.hold_gets("album/1/IMG_005.jpg")
     process = start(fenv, "--workers", "2")
     assert reached.wait(HOOK_TIMEOUT_S)
     process.kill()
@@ -193,7 +180,7 @@ def test_killed_run_leaves_no_lock_and_its_staging_directory_is_cleaned(fenv, tm
     bodies = populate(fenv, 4)
     temp_parent = tmp_path / "staging"
     temp_parent.mkdir()
-    reached, release = hold_downloads(fenv.proxy)
+    reached, release = fenv.proxy.hold_gets()
     process = start(fenv, "--temp-dir", str(temp_parent))
     assert reached.wait(HOOK_TIMEOUT_S)
     process.kill()
@@ -210,7 +197,7 @@ def test_killed_run_leaves_no_lock_and_its_staging_directory_is_cleaned(fenv, tm
 
 def test_concurrent_runs_one_exits_4_the_other_completes(fenv):
     bodies = populate(fenv, 6)
-    reached, release = hold_downloads(fenv.proxy)
+    reached, release = fenv.proxy.hold_gets()
     first = start(fenv)
     assert reached.wait(HOOK_TIMEOUT_S)
     second = fenv.run()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 from tests.conftest import SCRIPT, one_line_error, photo_bytes
 from tests.s3_fault_proxy import S3FaultProxy
@@ -125,28 +124,29 @@ def test_trashed_root_folder_is_not_uploaded_into(env):
     assert (report["missing"], report["duplicated"]) == (0, 0)
 
 
-def test_sigterm_while_a_download_is_stalled_exits_130_without_waiting_for_it(env, moto_url):
-    env.vars.update(FAST)
-    for n in range(3):
-        env.put(f"s/{n}.jpg")
-    reached, release = threading.Event(), threading.Event()
-
-    def stall(key):
-        reached.set()
-        release.wait(120)
-
+def sigterm_while_downloads_stall(env, moto_url):
+    """Run the script, SIGTERM it while its S3 download is stalled, and return (exit code, stderr).
+    The stall is released only after the process has exited: waiting for it would hang here."""
     with S3FaultProxy(moto_url) as proxy:
         env.vars["AWS_ENDPOINT_URL"] = proxy.url
-        proxy.on_object_get = stall
+        reached, release = proxy.hold_gets()
         process = start(env, "--workers", "1")
         try:
             assert reached.wait(60)
             process.send_signal(signal.SIGTERM)
-            _, err = process.communicate(timeout=60)     # would hang here if it waited for the download
+            _, err = process.communicate(timeout=60)
         finally:
             proxy.on_object_get = None
             release.set()
-    assert process.returncode == 130, err
+    return process.returncode, err
+
+
+def test_sigterm_while_a_download_is_stalled_exits_130_without_waiting_for_it(env, moto_url):
+    env.vars.update(FAST)
+    for n in range(3):
+        env.put(f"s/{n}.jpg")
+    code, err = sigterm_while_downloads_stall(env, moto_url)
+    assert code == 130, err
     assert "Traceback" not in err
 
 
@@ -192,26 +192,10 @@ def test_sigterm_during_a_stalled_parallel_download_ends_the_process_and_frees_t
 
     env.vars.update(FAST)
     env.put("v/big.mp4", photo_bytes("big", 65 * 1024 * 1024 + 5))
-    reached, release = threading.Event(), threading.Event()
-
-    def stall(key):
-        reached.set()
-        release.wait(120)
-
-    with S3FaultProxy(moto_url) as proxy:
-        env.vars["AWS_ENDPOINT_URL"] = proxy.url
-        proxy.on_object_get = stall
-        process = start(env, "--workers", "1")
-        try:
-            assert reached.wait(60)
-            process.send_signal(signal.SIGTERM)
-            _, err = process.communicate(timeout=60)     # would hang here until the stalled reads time out
-            with ct.RunLock(env.cwd / "cloud_transfer_checkpoint.json.lock"):
-                pass                                       # and nobody holds the lock any more
-        finally:
-            proxy.on_object_get = None
-            release.set()
-    assert process.returncode == 130, err
+    code, err = sigterm_while_downloads_stall(env, moto_url)   # would hang until the stalled reads time out
+    with ct.RunLock(env.cwd / "cloud_transfer_checkpoint.json.lock"):
+        pass                                                     # and nobody holds the lock any more
+    assert code == 130, err
     assert "abandoning" in err and "Traceback" not in err
     json.loads(env.checkpoint.read_text())
 
