@@ -14,13 +14,15 @@ Commands (no command means ``transfer``):
     auth      run the Google consent in a browser and store token.json (0600)
 
 Exit codes (stable; cron scripts may branch on them):
-    0   everything eligible is in Drive and validated
-    1   some objects failed (the others are done; re-run to retry them)
+    0   everything eligible is in Drive and validated (verify: each object once, intact)
+    1   some objects failed, or verify found problems (re-run to retry them)
     2   usage or configuration error
     3   authentication or authorisation error (run ``python cloud_transfer.py auth``)
     4   another run holds the lock
     5   Drive storage quota or daily upload limit reached (stopped cleanly; resume later)
     6   stopped at a run budget (resume later)
+    7   S3 or Drive unreachable, or failing every request for a while (state saved; re-run later)
+    8   internal error (a bug; re-run with --verbose and report it)
     130 interrupted (SIGINT/SIGTERM); state flushed
 
 How to read this file: sections run in data-flow order, each opened by a three-line banner, so
@@ -117,8 +119,9 @@ PROP_SOURCE = "ctSrc"   # sha256(s3://bucket/key)[:32]: which object this file i
 PROP_ETAG = "ctEtag"    # the source ETag when copied: a changed object gets a new revision
 PROP_MD5 = "ctMd5"      # MD5 of the bytes sent: lets a later run check the file without the source
 
-DRIVE_FILE_FIELDS = "id,name,mimeType,parents,size,md5Checksum,appProperties,modifiedTime,trashed"
-DRIVE_LIST_FIELDS = f"nextPageToken,files({DRIVE_FILE_FIELDS})"
+DRIVE_FILE_FIELDS = "id,name,mimeType,parents,size,md5Checksum,appProperties,createdTime,modifiedTime,trashed,driveId"
+DRIVE_LIST_FIELDS = f"nextPageToken,incompleteSearch,files({DRIVE_FILE_FIELDS})"
+GENERATED_IDS_PER_CALL = 1000   #: files.generateIds' maximum: one request per 1,000 creates
 
 CHECKPOINT_VERSION = 1
 FLUSH_EVERY_N = 500        #: journal lines buffered before an fsync'd append
@@ -129,6 +132,9 @@ MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download,
 STOP_GRACE_S = 5.0         #: after SIGINT/SIGTERM, how long in-flight work may take to reach a stopping point
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 64.0
+#: A service that answers nothing but network errors or 5xx for this long (to every worker) is down:
+#: the run stops (exit 7) instead of grinding through every object's retries; cron tries later.
+OUTAGE_WINDOW_S = 600.0
 
 PHOTO_EXTENSIONS = frozenset("""
     jpg jpeg jpe jfif png gif bmp tif tiff webp heic heif avif jxl psd
@@ -157,6 +163,8 @@ class ExitCode(IntEnum):
     LOCKED = 4
     QUOTA = 5
     BUDGET = 6
+    UNAVAILABLE = 7
+    INTERNAL = 8
     INTERRUPTED = 130
 
 
@@ -189,6 +197,11 @@ class QuotaExceededError(CloudTransferError):
     exit_code = ExitCode.QUOTA
 
 
+class UnavailableError(CloudTransferError):
+    """S3 or Drive cannot be reached, or keeps failing (network, outage, a listing that failed)."""
+    exit_code = ExitCode.UNAVAILABLE
+
+
 class InterruptedRun(CloudTransferError):
     """SIGINT/SIGTERM asked the run to stop."""
     exit_code = ExitCode.INTERRUPTED
@@ -205,11 +218,13 @@ class ObjectError(CloudTransferError):
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """What to do about an error: RETRY it, RESTART an upload session, SKIP or FAIL the object, STOP the run."""
-    action: str                        # one of RETRY, RESTART, SKIP, FAIL, STOP
+    """What to do about an error: RETRY it, RESTART an upload session, SKIP or FAIL the object, STOP the
+    run; EXISTS: a create's id is taken (the create had landed); NEW_ID: Drive will not take the id."""
+    action: str                        # one of the names below
     reason: str                        # one line, no secrets
     retry_after_s: float | None = None  # server's Retry-After, if it sent one
     rate_limited: bool = False          # slow every worker down, not just this one
+    daily_cap: bool = False             # maybe the daily upload cap: stops the run if it persists
     stop_error: type[CloudTransferError] | None = None  # for STOP: the error to raise
 
     RETRY = "retry"
@@ -217,13 +232,21 @@ class Verdict:
     SKIP = "skip"
     FAIL = "fail"
     STOP = "stop"
+    EXISTS = "exists"
+    NEW_ID = "new-id"
 
 
 def raise_for(verdict: Verdict) -> None:
     """Turn a Verdict into the exception that carries it up: run-stopping or per-object."""
     if verdict.action == Verdict.STOP:
         raise (verdict.stop_error or CloudTransferError)(verdict.reason)
+    if verdict.action == Verdict.NEW_ID:
+        raise IdNotUsable(verdict.reason)
     raise ObjectError(verdict)
+
+
+class IdNotUsable(Exception):
+    """Drive refused a pre-allocated id (never generated, expired, or taken by a deleted file)."""
 
 
 #: Errors from sockets, TLS and the HTTP layers that mean "the network hiccupped": retry.
@@ -299,11 +322,12 @@ def _retry_after_s(headers: Any) -> float | None:
 DAILY_CAP_MESSAGE = "User rate limit exceeded."
 
 
-def classify_drive_error(exc: BaseException, in_upload_session: bool = False) -> Verdict:
+def classify_drive_error(exc: BaseException, in_upload_session: bool = False, upload: bool = False) -> Verdict:
     """Map a googleapiclient/google-auth error to a Verdict (rclone's shouldRetry, drive.go).
 
     `in_upload_session`: the error answered a chunk of a started resumable session, where 404/410
-    means the session expired (start a new one), not that a file is missing."""
+    means the session expired (start a new one), not that a file is missing. `upload`: the request
+    sends a file's bytes, the only kind the daily upload cap refuses."""
     if isinstance(exc, ObjectError):
         return exc.verdict
     if isinstance(exc, RefreshError):
@@ -323,9 +347,15 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False) ->
         if reason == "teamDriveFileLimitExceeded":
             return Verdict(Verdict.STOP, "the shared drive holds its maximum number of items (500,000)",
                            stop_error=QuotaExceededError)
-        if status == 403 and reason == "userRateLimitExceeded" and message.strip() == DAILY_CAP_MESSAGE:
-            return Verdict(Verdict.STOP, "Google's daily upload limit (about 750 GB a day) is reached: "
-                           "re-run tomorrow to continue", stop_error=QuotaExceededError)
+        if status == 403 and reason == "userRateLimitExceeded" and message.strip() == DAILY_CAP_MESSAGE and upload:
+            # The cap's message is also that of a short throttle; the Pacer stops the run only when
+            # it persists after a backoff.
+            return Verdict(Verdict.RETRY, "Drive refused an upload: maybe the daily upload limit",
+                           retry_after_s=retry_after, rate_limited=True, daily_cap=True)
+        if status == 409:
+            return Verdict(Verdict.EXISTS, "a file with this id already exists")
+        if reason == "fileIdNotUsable":
+            return Verdict(Verdict.NEW_ID, "Drive will not use this pre-allocated file id")
         if status == 429 or reason in ("rateLimitExceeded", "userRateLimitExceeded"):
             return Verdict(Verdict.RETRY, f"Drive rate limit ({reason or status})",
                            retry_after_s=retry_after, rate_limited=True)
@@ -362,13 +392,15 @@ COMMAND_NAMES = ("transfer", "verify", "rollback", "status", "auth")
 
 EXIT_CODE_HELP = """\
 exit codes:
-  0    everything eligible is in Drive and validated
-  1    some objects failed (others done); re-run to retry them
+  0    everything eligible is in Drive and validated (verify: each object once, intact)
+  1    some objects failed (others done), or verify found problems; re-run to retry them
   2    usage or configuration error
   3    authentication/authorisation error (run: python cloud_transfer.py auth)
   4    another run holds the lock
   5    Drive storage quota or daily upload limit reached (stopped cleanly; resume later)
   6    stopped at a run budget (resume later)
+  7    S3 or Drive unreachable, or failing every request for a while (state saved; re-run later)
+  8    internal error (a bug; re-run with --verbose and report it)
   130  interrupted (SIGINT/SIGTERM); state flushed
 """
 
@@ -385,7 +417,8 @@ environment (.env is read from the current directory; real environment variables
   AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (S3-compatible stores), S3_BUCKET_NAME, S3_PREFIX,
   AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION,
   DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests),
-  CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s)
+  CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s),
+  CLOUD_TRANSFER_OUTAGE_S (a service failing every request this long stops the run, exit 7; default 600)
 
 {EXIT_CODE_HELP}"""
 
@@ -416,11 +449,13 @@ class Config:
     json_output: bool = False            # verify/status: machine-readable report on stdout
     reset_checkpoint: bool = False
     recheck: bool = False                # look in Drive for objects the checkpoint calls done
+    new_root: bool = False               # start a new copy in a new root folder
     rollback_run: str | None = None      # rollback: "last" or a run id
     permanent: bool = False              # rollback: delete instead of trash
     assume_yes: bool = False
     backoff_base_s: float = BACKOFF_BASE_S   # first retry waits up to this long (full jitter)
     backoff_cap_s: float = BACKOFF_CAP_S     # no single wait is longer (except a server's Retry-After)
+    outage_window_s: float = OUTAGE_WINDOW_S  # failing this long, a service is down: stop (exit 7)
     drive_endpoint_url: str | None = None
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
@@ -482,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"upload chunk in MiB, a multiple of 0.25 (default {DEFAULT_CHUNK_MIB:g})")
     transfer.add_argument("--temp-dir", metavar="PATH", help="where downloads are staged (default: system temp)")
     transfer.add_argument("--dry-run", action="store_true", help="list what would be copied; write nothing anywhere")
+    transfer.add_argument("--new-root", action="store_true",
+                          help="start a new, separate copy in a new root folder (e.g. after signing in with "
+                               "another OAuth client or account, which cannot see the earlier copy)")
     transfer.add_argument("--recheck", action="store_true",
                           help="do not trust the checkpoint's 'done': look in Drive for every object "
                                "(re-copies files deleted or trashed in Drive; uploads nothing that is intact)")
@@ -583,6 +621,9 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
                                        "CLOUD_TRANSFER_BACKOFF_BASE_S"),
         backoff_cap_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_CAP_S", default=BACKOFF_CAP_S),
                                       "CLOUD_TRANSFER_BACKOFF_CAP_S"),
+        outage_window_s=_positive_float(setting(None, "CLOUD_TRANSFER_OUTAGE_S", default=OUTAGE_WINDOW_S),
+                                        "CLOUD_TRANSFER_OUTAGE_S"),
+        new_root=args.new_root,
         drive_endpoint_url=(setting(None, "DRIVE_ENDPOINT_URL") or "").rstrip("/") or None,
         s3_endpoint_url=setting(None, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
         aws_region=setting(None, "AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -619,6 +660,8 @@ def validate_config(config: Config) -> None:
         raise UsageError("--reset-checkpoint only applies to a transfer (not a dry run)")
     if config.recheck and config.command != "transfer":
         raise UsageError("--recheck only applies to transfer")
+    if config.new_root and (config.command != "transfer" or config.folder_id):
+        raise UsageError("--new-root only applies to a transfer into a folder found by name (not --folder-id)")
     if config.permanent and config.command != "rollback":
         raise UsageError("--permanent only applies to rollback")
     if config.rollback_run and config.command != "rollback":
@@ -639,8 +682,8 @@ class Stats:
     """Thread-safe counters of one run; no output of its own."""
 
     FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "already_done_bytes",
-              "transferred", "transferred_bytes",
-              "adopted", "updated", "failed", "verified", "checksum_mismatches", "retries", "drive_requests")
+              "transferred", "transferred_bytes", "adopted", "updated", "failed",
+              "verified", "etag_checked", "checksum_mismatches", "retries", "drive_requests")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -798,7 +841,9 @@ def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
                         + (f", {stats['updated']} as new revisions" if stats["updated"] else "")),
         ("found intact in Drive", f"{stats['adopted']}"),
         ("failed", f"{stats['failed']}"),
-        ("checksums", f"{stats['verified']} MD5 verified, {stats['checksum_mismatches']} mismatches re-sent"),
+        ("checksums", f"{stats['verified']} with Drive's MD5 = the downloaded bytes' "
+                      f"({stats['etag_checked']} also = the S3 ETag; the others' ETags are no MD5: "
+                      f"multipart, KMS/SSE-C or another store), {stats['checksum_mismatches']} mismatches re-sent"),
         ("retries", f"{stats['retries']}"),
         ("Drive requests", f"{stats['drive_requests']}{per_file}"),
         ("elapsed", f"{elapsed_s:.1f} s"),
@@ -844,6 +889,7 @@ class Pacer:
         self._lock = threading.Lock()
         self._next_slot = 0.0
         self._strikes = 0
+        self._daily_cap_after: float | None = None   # a cap answer from then on means it persisted
 
     def reserve(self) -> float:
         with self._lock:
@@ -852,15 +898,49 @@ class Pacer:
             self._next_slot = slot + self.min_interval_s
             return slot - now
 
-    def rate_limited(self, retry_after_s: float | None) -> None:
+    def rate_limited(self, retry_after_s: float | None, daily_cap: bool = False) -> None:
+        """Pause everyone. An upload refused with the daily cap's message after such a pause (no
+        upload succeeded since) is the cap itself: QuotaExceededError stops the run."""
         with self._lock:
+            now = self.clock()
+            if daily_cap and self._daily_cap_after is not None and now >= self._daily_cap_after:
+                raise QuotaExceededError("Google's daily upload limit (about 750 GB a day) is reached: "
+                                         "re-run tomorrow to continue")
             self._strikes += 1
             pause = self.backoff.delay(self._strikes, retry_after_s)
-            self._next_slot = max(self._next_slot, self.clock() + pause)
+            self._next_slot = max(self._next_slot, now + pause)
+            if daily_cap and self._daily_cap_after is None:
+                self._daily_cap_after = self._next_slot
 
-    def succeeded(self) -> None:
+    def succeeded(self, upload: bool = False) -> None:
         with self._lock:
             self._strikes //= 2
+            if upload:
+                self._daily_cap_after = None
+
+
+class OutageWatch:
+    """Notices a service that fails every request, from every worker, for `window_s`: then the run
+    stops (UnavailableError, exit 7) with the state saved, instead of retrying object after object
+    for hours. Any success resets it, so one flaky worker never stops a run."""
+
+    def __init__(self, window_s: float = OUTAGE_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self._lock = threading.Lock()
+        self._failing_since: dict[str, float] = {}
+
+    def ok(self, service: str) -> None:
+        if self._failing_since:
+            with self._lock:
+                self._failing_since.pop(service, None)
+
+    def failed(self, service: str, reason: str) -> None:
+        with self._lock:
+            now = self.clock()
+            since = self._failing_since.setdefault(service, now)
+        if now - since >= self.window_s:
+            raise UnavailableError(f"{service} has failed every request for {now - since:.0f} s ({reason}): "
+                                   "stopped with the state saved; re-run later")
 
 #######################################################################
 # Local files #########################################################
@@ -928,9 +1008,20 @@ class SourceObject:
     """One S3 object as listed (rclone's ObjectInfo)."""
     key: str
     size: int                      # bytes
-    etag: str                      # without quotes; a plain MD5 only for single-part, non-KMS objects
+    etag: str                      # as sent, without quotes: maybe an MD5, maybe empty (see `version`)
     last_modified: dt.datetime     # S3 upload time (UTC)
     storage_class: str = "STANDARD"
+
+    @property
+    def version(self) -> str:
+        """What tells this version of the object from others: its ETag, whatever its form (MD5,
+        multipart, KMS, SHA1, another store's hash), or LastModified from a store that sends none.
+        Short enough for an appProperties value (124 bytes with the key)."""
+        if not self.etag:
+            return "lm:" + self.last_modified.astimezone(dt.timezone.utc).isoformat()
+        if len(self.etag) > 64:
+            return "h:" + hashlib.sha256(self.etag.encode("utf-8")).hexdigest()[:40]
+        return self.etag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -939,6 +1030,7 @@ class Download:
     md5: str
     content_type: str | None
     source_mtime: dt.datetime | None   # x-amz-meta-mtime (rclone, s3cmd) when present
+    etag_checked: bool = False         # the bytes' MD5 was compared with an ETag that is an MD5
 
 
 def make_s3_client(config: Config) -> Any:
@@ -963,7 +1055,9 @@ def make_s3_client(config: Config) -> Any:
 
 
 def parse_s3_mtime(metadata: dict[str, str]) -> dt.datetime | None:
-    """rclone and s3cmd keep the original file time in x-amz-meta-mtime (Unix seconds)."""
+    """rclone and s3cmd keep the original file time in x-amz-meta-mtime (Unix seconds). Header names
+    are case-insensitive: MinIO sends X-Amz-Meta-Mtime, which boto3 hands back as "Mtime"."""
+    metadata = {str(k).lower(): v for k, v in (metadata or {}).items()}
     value = metadata.get("mtime") or metadata.get("src-last-modified")
     try:
         return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc) if value else None
@@ -992,9 +1086,10 @@ class S3Source:
     Downloads end early (InterruptedRun) once `stop` is set."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, outage: OutageWatch | None = None):
         self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
         self.stop = stop or threading.Event()
+        self.outage = outage or OutageWatch()
 
     def check_access(self) -> None:
         """Fail early, naming the bucket and the denied call."""
@@ -1009,11 +1104,11 @@ class S3Source:
                                 "and the keys in .env") from None
             if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"):
                 raise UsageError(f"S3 bucket {self.bucket!r} is in another region: set AWS_REGION") from None
-            raise CloudTransferError(f"S3 ListObjectsV2 on {self.bucket!r} failed: {code}") from None
+            raise UnavailableError(f"S3 ListObjectsV2 on {self.bucket!r} failed: {code}") from None
         except botocore.exceptions.NoCredentialsError:
             raise AuthError(classify_s3_error(botocore.exceptions.NoCredentialsError()).reason) from None
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError) as exc:
-            raise CloudTransferError(f"cannot reach S3: {type(exc).__name__}") from None
+        except (botocore.exceptions.BotoCoreError, *TRANSIENT_NETWORK_ERRORS) as exc:
+            raise UnavailableError(f"cannot reach S3: {type(exc).__name__}") from None
 
     def iter_pages(self) -> Iterator[list[SourceObject]]:
         """ListObjectsV2 page by page, so memory stays flat in bucket size."""
@@ -1028,18 +1123,22 @@ class S3Source:
                                     storage_class=item.get("StorageClass") or "STANDARD")
                        for item in page.get("Contents", [])]
         except botocore.exceptions.BotoCoreError as exc:
-            raise CloudTransferError(f"listing s3://{self.bucket}/{self.prefix} failed: {type(exc).__name__}") from None
+            raise UnavailableError(f"listing s3://{self.bucket}/{self.prefix} failed: {type(exc).__name__}") from None
         except botocore.exceptions.ClientError as exc:
             verdict = classify_s3_error(exc)
-            error = verdict.stop_error or CloudTransferError
+            error = verdict.stop_error or UnavailableError
             raise error(f"listing s3://{self.bucket}/{self.prefix} failed: {verdict.reason}") from None
+
+    def head(self, key: str) -> dict[str, Any]:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise_for(classify_s3_error(exc))
+            raise   # unreachable: raise_for always raises
 
     def content_type(self, key: str) -> str | None:
         """HEAD for objects whose name does not tell what they are."""
-        try:
-            return self.client.head_object(Bucket=self.bucket, Key=key).get("ContentType")
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise_for(classify_s3_error(exc))
+        return self.head(key).get("ContentType")
 
     def download_to(self, obj: SourceObject, fileobj: Any) -> Download:
         """Stream the object into `fileobj` (opened w+b), hashing on the way; verify size and ETag."""
@@ -1050,17 +1149,29 @@ class S3Source:
             else:
                 result = self._parallel_get(obj, writer)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-            raise_for(classify_s3_error(exc))
+            verdict = classify_s3_error(exc)
+            if verdict.action == Verdict.RETRY:
+                self.outage.failed("S3", verdict.reason)
+            raise_for(verdict)
+        self.outage.ok("S3")
         written = fileobj.tell()
         if written != obj.size:
             raise ObjectError(Verdict(Verdict.RETRY, f"truncated download: {written} of {obj.size} bytes"))
-        if etag_is_plain_md5(obj.etag) and result.md5 != obj.etag:
+        if result.etag_checked and result.md5 != obj.etag:
             raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {result.md5} vs ETag {obj.etag}"))
         return result
 
+    def _pinned(self, obj: SourceObject) -> dict[str, str]:
+        # IfMatch pins the bytes to the listed version: a concurrent overwrite fails with 412. A store
+        # that sends no ETag has nothing to pin.
+        return {"IfMatch": f'"{obj.etag}"'} if obj.etag else {}
+
+    def _download(self, obj: SourceObject, md5: str, response: dict[str, Any]) -> Download:
+        return Download(md5, response.get("ContentType"), parse_s3_mtime(response.get("Metadata", {})),
+                        etag_checked=etag_is_md5(obj.etag, response))
+
     def _streamed_get(self, obj: SourceObject, fileobj: Any) -> Download:
-        # IfMatch pins the bytes to the listed version: a concurrent overwrite fails with 412.
-        response = self.client.get_object(Bucket=self.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+        response = self.client.get_object(Bucket=self.bucket, Key=obj.key, **self._pinned(obj))
         md5 = hashlib.md5()
         body = response["Body"]
         try:
@@ -1069,14 +1180,14 @@ class S3Source:
                 fileobj.write(block)
         finally:
             body.close()
-        return Download(md5.hexdigest(), response.get("ContentType"), parse_s3_mtime(response.get("Metadata", {})))
+        return self._download(obj, md5.hexdigest(), response)
 
     def _parallel_get(self, obj: SourceObject, fileobj: Any) -> Download:
         from boto3.s3.transfer import TransferConfig
 
         # PERF: s3transfer fetches ranges in parallel and writes them out of order, so the MD5 is
         # computed afterwards from the local file (disk reads are far faster than the network).
-        head = self.client.head_object(Bucket=self.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+        head = self.client.head_object(Bucket=self.bucket, Key=obj.key, **self._pinned(obj))
         transfer_config = TransferConfig(multipart_threshold=STREAMED_GET_MAX_BYTES, max_concurrency=4,
                                          multipart_chunksize=16 * 1024 * 1024)
         self.client.download_fileobj(self.bucket, obj.key, fileobj, Config=transfer_config)
@@ -1085,7 +1196,7 @@ class S3Source:
         md5 = hashlib.md5()
         while block := fileobj.read(DOWNLOAD_BLOCK_BYTES):
             md5.update(block)
-        return Download(md5.hexdigest(), head.get("ContentType"), parse_s3_mtime(head.get("Metadata", {})))
+        return self._download(obj, md5.hexdigest(), head)
 
 #######################################################################
 # Google Drive destination ############################################
@@ -1106,6 +1217,8 @@ class DriveFile:
     app_properties: dict[str, str]
     modified_time: str | None = None
     trashed: bool = False
+    created_time: str | None = None
+    drive_id: str | None = None      # the shared drive it lives in
 
     @classmethod
     def from_resource(cls, resource: dict[str, Any]) -> DriveFile:
@@ -1114,7 +1227,8 @@ class DriveFile:
         return cls(id=resource["id"], name=resource.get("name", ""), mime_type=resource.get("mimeType", ""),
                    parent_id=parents[0], size=int(size) if size is not None else None,
                    md5=resource.get("md5Checksum"), app_properties=dict(resource.get("appProperties") or {}),
-                   modified_time=resource.get("modifiedTime"), trashed=bool(resource.get("trashed")))
+                   modified_time=resource.get("modifiedTime"), trashed=bool(resource.get("trashed")),
+                   created_time=resource.get("createdTime"), drive_id=resource.get("driveId"))
 
     @property
     def is_folder(self) -> bool:
@@ -1247,18 +1361,19 @@ def drive_discovery_doc(endpoint_url: str | None) -> dict[str, Any]:
 
 
 class _SendOnceHttp(httplib2.Http):
-    """httplib2.Http that sends a request carrying a body exactly once.
+    """httplib2.Http that never re-sends a request whose body is a stream.
 
-    NOTE: httplib2 re-sends a request when the connection drops before the answer — a POST too, and
-    on a first failure "regardless of the number of RETRIES" (httplib2 _conn_request). A create that
-    Drive already carried out then becomes a duplicate file, and a re-sent upload chunk goes out with
-    its stream already consumed. Here such errors reach DriveDestination.call instead, which looks
-    for the file by provenance before sending anything again. Body-less requests keep httplib2's
-    behaviour (a GET or DELETE is safe to repeat).
+    NOTE: httplib2 re-sends a request when the connection drops before the answer, on a first
+    failure "regardless of the number of RETRIES" (httplib2 _conn_request). For a body held in
+    memory that is harmless here: every create carries a pre-allocated id, so a re-sent create
+    cannot make a twin (Drive answers 409). But a resumable chunk's body is a slice of the staged
+    file that the first send consumed: re-sent, it goes out empty under the old Content-Length and
+    the server waits for bytes that never come. Such errors reach DriveApi instead, whose next
+    chunk first asks Drive how much it holds.
     """
 
     def _conn_request(self, conn: Any, request_uri: str, method: str, body: Any, headers: Any) -> Any:
-        if body is None:
+        if body is None or isinstance(body, (bytes, str)):
             return super()._conn_request(conn, request_uri, method, body, headers)
         try:
             if conn.sock is None:
@@ -1304,105 +1419,126 @@ def make_drive_service_factory(config: Config, creds: Credentials, stats: Stats 
     return factory
 
 
-@dataclasses.dataclass
-class FolderListing:
-    """What one Drive folder holds that matters to us; listed once per run."""
-    folders: dict[str, str]                  # child folder name -> id (oldest wins)
-    by_source: dict[str, list[DriveFile]]    # PROP_SOURCE value -> our files in the folder
+class DriveApi:
+    """Drive requests with the one retry loop: classify → back off (or pace every worker) → retry.
 
-
-class DriveDestination:
-    """Creates folders and files under one root folder, with request-level retry and pacing.
-
-    Thread-safe: each thread gets its own service (httplib2 objects are not shared); the folder
-    cache and listings are guarded by `_lock`, and each folder path has its own lock, so two
-    workers never create the same folder twice.
+    Thread-safe: each thread gets its own service (httplib2 objects are not shared). Creates carry
+    ids from `new_id()` (files.generateIds, 1,000 per call), so a create whose answer was lost is
+    re-sent safely: Drive refuses a twin with 409, and `create` then reads the file by its id
+    (files.get is read-after-write consistent; files.list is not, so it is never asked).
     """
 
-    def __init__(self, service_factory: Callable[[], Any], *, chunk_size_bytes: int = CHUNK_QUANTUM_BYTES * 32,
-                 pacer: Pacer | None = None, backoff: Backoff | None = None,
-                 sleep: Callable[[float], Any] = time.sleep, stop: threading.Event | None = None,
-                 stats: Stats | None = None, shared_drive: bool = False):
+    def __init__(self, service_factory: Callable[[], Any], *, pacer: Pacer | None = None,
+                 backoff: Backoff | None = None, sleep: Callable[[float], Any] = time.sleep,
+                 stop: threading.Event | None = None, stats: Stats | None = None, outage: OutageWatch | None = None):
         self._factory = service_factory
         self._local = threading.local()
-        self.chunk_size_bytes = chunk_size_bytes
         self.backoff = backoff or Backoff()
         self.pacer = pacer or Pacer(self.backoff)
+        self.outage = outage or OutageWatch()
         self.sleep, self.stop, self.stats = sleep, stop or threading.Event(), stats or Stats()
-        self._list_options = {"supportsAllDrives": True, "includeItemsFromAllDrives": True}
-        if shared_drive:
-            self._list_options["corpora"] = "allDrives"
-        self._lock = threading.Lock()
-        self._path_locks: defaultdict[tuple[str, ...], threading.Lock] = defaultdict(threading.Lock)
-        self._folder_ids: dict[tuple[str, ...], str] = {}
-        self._listings: dict[str, FolderListing] = {}
-        self._listing_epochs: Counter[str] = Counter()   # bumped when a listing is forgotten
-        self.on_folder_created: Callable[[tuple[str, ...], str], None] = lambda path, folder_id: None
+        self.list_options: dict[str, Any] = {"supportsAllDrives": True, "includeItemsFromAllDrives": True}
+        self._ids: list[str] = []
+        self._ids_lock = threading.Lock()
 
-    # -- requests ----------------------------------------------------------------------------
     def _service(self) -> Any:
         service = getattr(self._local, "service", None)
         if service is None:
             service = self._local.service = self._factory()
         return service
 
-    def _pause(self, seconds: float) -> None:
+    def pause(self, seconds: float) -> None:
         if seconds > 0:
             self.sleep(seconds)
         if self.stop.is_set():
             raise InterruptedRun("interrupted")
 
-    def _after_error(self, verdict: Verdict, attempt: int) -> None:
-        """Count a retry and wait: rate limits slow every worker (the pacer), other errors just this one."""
+    def after_error(self, verdict: Verdict, attempt: int) -> None:
+        """Count a retry and wait: rate limits slow every worker (the pacer), other errors this one;
+        a failure that persists across the whole process for the outage window stops the run."""
         self.stats.add("retries")
         log.debug("retrying after: %s", verdict.reason)
         if verdict.rate_limited:
-            self.pacer.rate_limited(verdict.retry_after_s)
+            self.pacer.rate_limited(verdict.retry_after_s, daily_cap=verdict.daily_cap)
         else:
-            self._pause(self.backoff.delay(attempt, verdict.retry_after_s))
+            self.outage.failed("Google Drive", verdict.reason)
+            self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
 
-    def call(self, make_request: Callable[[Any], Any], *, missing_ok: bool = False,
-             find_existing: Callable[[], Any] | None = None) -> Any:
-        """Execute a Drive request with retries. `find_existing` is consulted before re-sending a
-        create whose first attempt may have reached Drive, so a lost response never duplicates."""
+    def succeeded(self, upload: bool = False) -> None:
+        self.pacer.succeeded(upload)
+        self.outage.ok("Google Drive")
+
+    def call(self, make_request: Callable[[Any], Any], *, missing_ok: bool = False, upload: bool = False) -> Any:
+        """Execute a request with retries; `upload` marks media creates (where the daily cap lives)."""
         for attempt in range(1, MAX_REQUEST_ATTEMPTS + 1):
-            self._pause(self.pacer.reserve())
+            self.pause(self.pacer.reserve())
             try:
                 result = make_request(self._service()).execute(num_retries=0)
-                self.pacer.succeeded()
+                self.succeeded(upload)
                 return result
             except Exception as exc:  # classified: nothing is swallowed
                 if missing_ok and isinstance(exc, HttpError) and exc.resp.status == 404:
+                    self.succeeded()
                     return None
-                verdict = classify_drive_error(exc)
+                verdict = classify_drive_error(exc, upload=upload)
                 if verdict.action != Verdict.RETRY or attempt == MAX_REQUEST_ATTEMPTS:
                     raise_for(verdict)
-                self._after_error(verdict, attempt)
-                if find_existing is not None and not verdict.rate_limited:
-                    found = find_existing()
-                    if found is not None:
-                        log.debug("found what a failed request had created; not sending it again")
-                        return found
+                self.after_error(verdict, attempt)
         raise AssertionError("unreachable")
 
-    def list_folder(self, folder_id: str, extra_query: str = "") -> Iterator[DriveFile]:
-        """Every non-trashed child of a folder, page by page."""
-        query = f"{drive_query_literal(folder_id)} in parents and trashed = false" + extra_query
+    def new_id(self) -> str:
+        """A pre-allocated file id (files.generateIds; one request per 1,000 creates)."""
+        with self._ids_lock:
+            if not self._ids:
+                answer = self.call(lambda service: service.files().generateIds(
+                    count=GENERATED_IDS_PER_CALL, space="drive", type="files", fields="ids"))
+                self._ids = list(reversed(answer.get("ids") or []))
+                if not self._ids:
+                    raise ObjectError(Verdict(Verdict.RETRY, "Drive generated no file ids"))
+            return self._ids.pop()
+
+    def create(self, make_request: Callable[[Any], Any], file_id: str, *, upload: bool = False) -> dict[str, Any]:
+        """Create with a pre-allocated id; "already exists" (a re-sent create that had landed, or an
+        answer lost in an earlier run) is the success it stands for, read back with files.get."""
+        try:
+            return self.call(make_request, upload=upload)
+        except ObjectError as exc:
+            if exc.verdict.action == Verdict.EXISTS:
+                return self.existing(file_id)
+            raise
+
+    def existing(self, file_id: str) -> dict[str, Any]:
+        found = self.get_resource(file_id)
+        if found is None:   # "in use" yet not there: deleted, or an id Drive will not take again
+            raise IdNotUsable(file_id)
+        return found
+
+    def get_resource(self, file_id: str, fields: str = DRIVE_FILE_FIELDS) -> dict[str, Any] | None:
+        return self.call(lambda service: service.files().get(
+            fileId=file_id, fields=fields, supportsAllDrives=True), missing_ok=True)
+
+    def get(self, file_id: str) -> DriveFile | None:
+        resource = self.get_resource(file_id)
+        return DriveFile.from_resource(resource) if resource else None
+
+    def list(self, query: str) -> Iterator[DriveFile]:
+        """Every match of `query`, page by page. An incomplete answer (shared drives) is a failure,
+        never "not there". No orderBy: Google warns it can time out on large collections."""
         page_token = None
         while True:
             response = self.call(lambda service, token=page_token: service.files().list(
-                q=query, fields=DRIVE_LIST_FIELDS, pageSize=1000, pageToken=token, orderBy="createdTime",
-                **self._list_options))
+                q=query, fields=DRIVE_LIST_FIELDS, pageSize=1000, pageToken=token, **self.list_options))
+            if response.get("incompleteSearch"):
+                raise ObjectError(Verdict(Verdict.RETRY, "Drive answered an incomplete listing (incompleteSearch)"))
             for resource in response.get("files", []):
                 yield DriveFile.from_resource(resource)
             page_token = response.get("nextPageToken")
             if not page_token:
                 return
 
-    def get(self, file_id: str) -> DriveFile | None:
-        resource = self.call(lambda service: service.files().get(
-            fileId=file_id, fields=DRIVE_FILE_FIELDS, supportsAllDrives=True), missing_ok=True)
-        return DriveFile.from_resource(resource) if resource else None
+    def list_folder(self, folder_id: str) -> Iterator[DriveFile]:
+        """Every non-trashed child of a folder."""
+        return self.list(f"{drive_query_literal(folder_id)} in parents and trashed = false")
 
     def trash(self, file_id: str) -> None:
         self.call(lambda service: service.files().update(
@@ -1411,70 +1547,82 @@ class DriveDestination:
     def delete(self, file_id: str) -> None:
         self.call(lambda service: service.files().delete(fileId=file_id, supportsAllDrives=True), missing_ok=True)
 
-    # -- folders -----------------------------------------------------------------------------
-    def resolve_root(self, folder_name: str, folder_id: str | None, remembered_id: str | None) -> str:
-        """The root folder's id: --folder-id, else the one the checkpoint remembers, else found by name
-        in My Drive, else created. Never creates a second root."""
-        if folder_id:
-            folder = self.get(folder_id)
-            if folder is None or not folder.is_folder:
-                raise UsageError(f"--folder-id {folder_id} is not a folder this app can see: with the default "
-                                 "drive.file scope the tool sees only folders it created; use --full-scope")
-            if folder.trashed:
-                raise UsageError(f"--folder-id {folder_id} is in the Drive trash: restore it, or choose another")
-            root_id = folder_id
-        else:
-            folder = self.get(remembered_id) if remembered_id else None
-            if folder and folder.trashed:
-                log.warning("the Drive folder %r is in the trash; using (or creating) another", folder_name)
-            usable = folder is not None and folder.is_folder and not folder.trashed
-            root_id = folder.id if usable else self._find_or_create_folder(folder_name, "root")
-        with self._lock:
-            self._folder_ids[()] = root_id
-        return root_id
+    def account(self) -> str:
+        """The signed-in Google account (about.get)."""
+        about = self.call(lambda service: service.about().get(fields="user(emailAddress,permissionId)"))
+        user = about.get("user") or {}
+        return str(user.get("emailAddress") or user.get("permissionId") or "")
 
-    def find_folder(self, name: str, parent_id: str) -> str | None:
+    def use_shared_drive(self, drive_id: str | None) -> None:
+        """List inside one shared drive (corpora=drive): allDrives may answer incompleteSearch."""
+        if drive_id:
+            self.list_options.update(corpora="drive", driveId=drive_id)
+
+
+@dataclasses.dataclass
+class FolderListing:
+    """What one Drive folder holds that matters to us; listed at most once per run."""
+    folders: dict[str, str]                  # exact child folder name -> id (oldest wins)
+    by_source: dict[str, list[DriveFile]]    # PROP_SOURCE value -> our files in the folder
+
+
+def folder_listing(items: Iterator[DriveFile]) -> FolderListing:
+    listing = FolderListing({}, defaultdict(list))
+    # Oldest first, sorted here (orderBy can time out); S3 keys are case-sensitive, so names are
+    # compared exactly in Python, never by Drive's case-insensitive `name =`.
+    for item in sorted(items, key=lambda f: f.created_time or ""):
+        if item.is_folder:
+            listing.folders.setdefault(item.name, item.id)
+        elif PROP_SOURCE in item.app_properties:
+            listing.by_source[item.app_properties[PROP_SOURCE]].append(item)
+    return listing
+
+
+class DriveFolders:
+    """The folder tree under the root: one way to get a folder, whatever the run knows of it.
+
+    A folder is, in order: the one this run already used; the one the checkpoint recorded (checked
+    with files.get, which sees it at once); a child of that exact name in its parent's listing;
+    else created with a pre-allocated id that is recorded (fsync'd) before the create is sent, so
+    a lost answer or a killed run finds it again by id. Each path has its own lock: two workers
+    never create the same folder.
+    """
+
+    def __init__(self, api: DriveApi, *, recorded: Callable[[tuple[str, ...]], str | None] = lambda path: None,
+                 record: Callable[[tuple[str, ...], str], None] = lambda path, folder_id: None):
+        self.api, self.recorded, self.record = api, recorded, record
+        self._lock = threading.Lock()
+        self._path_locks: defaultdict[Any, threading.Lock] = defaultdict(threading.Lock)
+        self._ids: dict[tuple[str, ...], str] = {}
+        self._listings: dict[str, FolderListing] = {}
+
+    def set_root(self, root_id: str) -> None:
+        with self._lock:
+            self._ids[()] = root_id
+
+    def find_root(self, name: str) -> str | None:
+        """A folder of exactly this name at the top of My Drive (the oldest), if any."""
         query = (f"name = {drive_query_literal(name)} and mimeType = '{FOLDER_MIME}' and "
-                 f"{drive_query_literal(parent_id)} in parents and trashed = false")
-        response = self.call(lambda service: service.files().list(
-            q=query, fields="files(id,name,createdTime)", orderBy="createdTime", pageSize=10, **self._list_options))
-        found = response.get("files", [])
+                 f"'root' in parents and trashed = false")
+        found = [f for f in self.api.list(query) if f.name == name]
         if len(found) > 1:
-            log.warning("Drive holds %d folders named %r here; using the oldest", len(found), name)
-        return found[0]["id"] if found else None
+            log.warning("Drive holds %d folders named %r; using the oldest", len(found), name)
+        return min(found, key=lambda f: f.created_time or "").id if found else None
 
-    def _find_or_create_folder(self, name: str, parent_id: str) -> str:
-        found = self.find_folder(name, parent_id)
-        if found:
-            return found
-        created = self._create_folder(name, parent_id)
-        with self._lock:
-            self._listings[created] = FolderListing({}, defaultdict(list))   # new: nothing to list
-        self.on_folder_created((), created)
-        return created
-
-    def _create_folder(self, name: str, parent_id: str) -> str:
-        body = {"name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}
-        with self._forgetting_listing_on_error(parent_id):
-            created = self.call(
-                lambda service: service.files().create(body=body, fields="id", supportsAllDrives=True),
-                find_existing=lambda: (lambda found: {"id": found} if found else None)(self.find_folder(name, parent_id)))
-        return created["id"]
-
-    @contextlib.contextmanager
-    def _forgetting_listing_on_error(self, folder_id: str) -> Iterator[None]:
-        """A create that failed may still have happened in Drive, unseen by the cached listing of
-        its folder; dropping that listing makes the object's next attempt look at Drive afresh."""
+    def create(self, name: str, parent_id: str, path: tuple[str, ...]) -> str:
+        folder_id = self.api.new_id()
+        self.record(path, folder_id)   # before sending: the id is how a lost answer is found again
+        body = {"id": folder_id, "name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}
         try:
-            yield
-        except BaseException:
-            with self._lock:
-                self._listings.pop(folder_id, None)
-                self._listing_epochs[folder_id] += 1   # a listing taken meanwhile may miss it too
-            raise
+            self.api.create(lambda service: service.files().create(body=body, fields="id", supportsAllDrives=True),
+                            folder_id)
+        except IdNotUsable:
+            return self.create(name, parent_id, path)
+        with self._lock:
+            self._listings[folder_id] = FolderListing({}, defaultdict(list))   # new: nothing to list
+        return folder_id
 
-    def _listing(self, folder_id: str) -> FolderListing:
-        """The folder's child folders and our files, listed once per run (paged) and cached."""
+    def listing(self, folder_id: str) -> FolderListing:
         with self._lock:
             listing = self._listings.get(folder_id)
             lock = self._path_locks[("\0listing", folder_id)]
@@ -1484,116 +1632,120 @@ class DriveDestination:
             with self._lock:
                 if folder_id in self._listings:
                     return self._listings[folder_id]
-                epoch = self._listing_epochs[folder_id]
-            listing = FolderListing({}, defaultdict(list))
-            for item in self.list_folder(folder_id):
-                if item.is_folder:
-                    listing.folders.setdefault(item.name, item.id)
-                elif PROP_SOURCE in item.app_properties:
-                    listing.by_source[item.app_properties[PROP_SOURCE]].append(item)
+            listing = folder_listing(self.api.list_folder(folder_id))
             with self._lock:
-                if self._listing_epochs[folder_id] == epoch:   # not forgotten while we listed
-                    self._listings[folder_id] = listing
+                self._listings[folder_id] = listing
             return listing
 
-    def ensure_folder(self, parts: tuple[str, ...]) -> str:
-        """The id of root/parts..., creating missing folders; one creation per path, ever."""
+    def _usable(self, folder_id: str, parent_id: str) -> bool:
+        folder = self.api.get(folder_id)
+        return bool(folder and folder.is_folder and not folder.trashed and folder.parent_id == parent_id)
+
+    def ensure(self, parts: tuple[str, ...]) -> str:
+        """The id of root/parts..., finding or creating each level once per run."""
         for depth in range(1, len(parts) + 1):
             path = parts[:depth]
             with self._lock:
-                if path in self._folder_ids:
+                if path in self._ids:
                     continue
                 path_lock = self._path_locks[path]
-                parent_id = self._folder_ids[path[:-1]]
+                parent_id = self._ids[path[:-1]]
             with path_lock:
                 with self._lock:
-                    if path in self._folder_ids:
+                    if path in self._ids:
                         continue
-                listing = self._listing(parent_id)
-                folder_id = listing.folders.get(path[-1])
-                if folder_id is None:
-                    folder_id = self._create_folder(path[-1], parent_id)
-                    with self._lock:
-                        listing.folders[path[-1]] = folder_id
-                        self._listings[folder_id] = FolderListing({}, defaultdict(list))  # new: empty
-                    self.on_folder_created(path, folder_id)
+                recorded = self.recorded(path)
+                if recorded and self._usable(recorded, parent_id):
+                    folder_id = recorded
+                else:
+                    folder_id = self.listing(parent_id).folders.get(path[-1]) or ""
+                    if folder_id:
+                        self.record(path, folder_id)
+                    else:
+                        folder_id = self.create(path[-1], parent_id, path)
+                        parent_listing = self.listing(parent_id)
+                        with self._lock:
+                            parent_listing.folders[path[-1]] = folder_id
                 with self._lock:
-                    self._folder_ids[path] = folder_id
+                    self._ids[path] = folder_id
         with self._lock:
-            return self._folder_ids[parts]
+            return self._ids[parts]
 
     def files_for_source(self, folder_id: str, source_id: str) -> list[DriveFile]:
-        """Our files in `folder_id` that are copies of the given source object (from the cached listing)."""
-        return list(self._listing(folder_id).by_source.get(source_id, []))
+        """Our files in `folder_id` that are copies of the given source object (cached listing)."""
+        return list(self.listing(folder_id).by_source.get(source_id, []))
 
-    def _query_source(self, folder_id: str, source_id: str) -> list[DriveFile]:
-        """Fresh (uncached) look for copies of a source object, used after an ambiguous failure."""
-        query = f" and appProperties has {{ key='{PROP_SOURCE}' and value={drive_query_literal(source_id)} }}"
-        return list(self.list_folder(folder_id, query))
 
-    # -- uploads -----------------------------------------------------------------------------
-    def upload(self, path: Path, size: int, metadata: dict[str, Any], mimetype: str, *,
-               update_id: str | None = None, progress: Callable[[int], None] | None = None) -> DriveFile:
-        """Create (or, with `update_id`, give a new revision to) a file from a local file.
+class DriveUploader:
+    """Sends a staged file as a new Drive file (with a pre-allocated id) or as a new revision.
 
-        Small files go in one multipart request; larger ones in a resumable session of
-        `chunk_size_bytes` chunks, which survives dropped connections and restarts when expired.
-        """
-        with open(path, "rb") as stream, self._forgetting_listing_on_error(metadata["parents"][0]):
+    Small files go in one multipart request; larger ones in a resumable session, which survives
+    dropped connections (the next chunk asks Drive for its offset) and restarts when expired.
+    """
+
+    def __init__(self, api: DriveApi, chunk_size_bytes: int = CHUNK_QUANTUM_BYTES * 32):
+        self.api, self.chunk_size_bytes = api, chunk_size_bytes
+
+    def upload(self, path: Path, size: int, metadata: dict[str, Any], mimetype: str, *, file_id: str,
+               update: bool = False, progress: Callable[[int], None] | None = None) -> DriveFile:
+        """Create file `file_id` (or, with `update`, give it a new revision) from a local file."""
+        if not update:
+            metadata = {**metadata, "id": file_id}
+        with open(path, "rb") as stream:
             if size <= min(SINGLE_REQUEST_MAX_BYTES, self.chunk_size_bytes):
-                resource = self._upload_single(stream, metadata, mimetype, update_id)
+                resource = self._single(stream, metadata, mimetype, file_id, update)
             else:
-                resource = self._upload_resumable(stream, size, metadata, mimetype, update_id, progress)
+                resource = self._resumable(stream, size, metadata, mimetype, file_id, update, progress)
         return DriveFile.from_resource(resource)
 
-    def _make_upload(self, service: Any, media: Any, metadata: dict[str, Any], update_id: str | None) -> Any:
-        if update_id:   # parents and createdTime are fixed once a file exists
-            body = {k: v for k, v in metadata.items() if k not in ("parents", "createdTime")}
-            return service.files().update(fileId=update_id, body=body, media_body=media,
+    def _request(self, service: Any, media: Any, metadata: dict[str, Any], file_id: str, update: bool) -> Any:
+        if update:   # parents and createdTime are fixed once a file exists
+            body = {k: v for k, v in metadata.items() if k not in ("parents", "createdTime", "id")}
+            return service.files().update(fileId=file_id, body=body, media_body=media,
                                           fields=DRIVE_FILE_FIELDS, supportsAllDrives=True)
         return service.files().create(body=metadata, media_body=media, fields=DRIVE_FILE_FIELDS,
                                       supportsAllDrives=True)
 
-    def _find_uploaded(self, metadata: dict[str, Any], update_id: str | None) -> dict[str, Any] | None:
-        """After an ambiguous failure: is the upload already complete in Drive (ours, same MD5)?"""
-        props = metadata.get("appProperties", {})
-        if update_id:
-            candidates = [found] if (found := self.get(update_id)) else []
-        else:
-            candidates = self._query_source(metadata["parents"][0], props.get(PROP_SOURCE, ""))
-        for candidate in candidates:
-            if candidate.md5 == props.get(PROP_MD5) and candidate.app_properties.get(PROP_ETAG) == props.get(PROP_ETAG):
-                return self.call(lambda service, file_id=candidate.id: service.files().get(
-                    fileId=file_id, fields=DRIVE_FILE_FIELDS, supportsAllDrives=True))
-        return None
-
-    def _upload_single(self, stream: Any, metadata: dict[str, Any], mimetype: str, update_id: str | None) -> Any:
+    def _single(self, stream: Any, metadata: dict[str, Any], mimetype: str, file_id: str, update: bool) -> Any:
         def make_request(service: Any) -> Any:
             stream.seek(0)
-            return self._make_upload(service, MediaIoBaseUpload(stream, mimetype, resumable=False),
-                                     metadata, update_id)
-        return self.call(make_request, find_existing=lambda: self._find_uploaded(metadata, update_id))
+            return self._request(service, MediaIoBaseUpload(stream, mimetype, resumable=False),
+                                 metadata, file_id, update)
+        if update:   # a re-sent revision is the same bytes again: harmless
+            return self.api.call(make_request, upload=True)
+        return self.api.create(make_request, file_id, upload=True)
 
-    def _upload_resumable(self, stream: Any, size: int, metadata: dict[str, Any], mimetype: str,
-                          update_id: str | None, progress: Callable[[int], None] | None) -> Any:
+    def _finished(self, file_id: str, metadata: dict[str, Any], update: bool) -> dict[str, Any] | None:
+        """After an expired session: did its last chunk land? (files.get by id is consistent.)"""
+        found = self.api.get_resource(file_id)
+        if found and (not update or found.get("md5Checksum") == metadata["appProperties"].get(PROP_MD5)):
+            return found
+        return None
+
+    def _resumable(self, stream: Any, size: int, metadata: dict[str, Any], mimetype: str, file_id: str,
+                   update: bool, progress: Callable[[int], None] | None) -> Any:
+        api = self.api
+
         def new_session() -> Any:
             stream.seek(0)
             media = MediaIoBaseUpload(stream, mimetype, chunksize=self.chunk_size_bytes, resumable=True)
-            return self._make_upload(self._service(), media, metadata, update_id)
+            return self._request(api._service(), media, metadata, file_id, update)
 
         request, attempt, restarts = new_session(), 0, 0
         while True:
             if request.resumable_uri is None or attempt:
-                self._pause(self.pacer.reserve())   # starting a session costs API quota; retries are paced
-            elif self.stop.is_set():
+                api.pause(api.pacer.reserve())   # starting a session costs API quota; retries are paced
+            elif api.stop.is_set():
                 raise InterruptedRun("interrupted")
             try:
                 status, response = request.next_chunk(num_retries=0)
             except Exception as exc:  # classified below
-                verdict = classify_drive_error(exc, in_upload_session=request.resumable_uri is not None)
+                verdict = classify_drive_error(exc, in_upload_session=request.resumable_uri is not None, upload=True)
+                if verdict.action == Verdict.EXISTS and not update:
+                    return api.existing(file_id)
                 if verdict.action == Verdict.RESTART and restarts < MAX_REQUEST_ATTEMPTS:
                     restarts += 1
-                    found = self._find_uploaded(metadata, update_id)   # the last chunk may have landed
+                    found = self._finished(file_id, metadata, update)
                     if found is not None:
                         return found
                     log.debug("upload session expired; starting a new one")
@@ -1602,11 +1754,12 @@ class DriveDestination:
                 attempt += 1
                 if verdict.action != Verdict.RETRY or attempt >= MAX_REQUEST_ATTEMPTS:
                     raise_for(verdict)
-                self._after_error(verdict, attempt)
+                api.after_error(verdict, attempt)
                 continue
             attempt = 0
+            api.outage.ok("Google Drive")
             if response is not None:
-                self.pacer.succeeded()
+                api.succeeded(upload=True)
                 return response
             if status is not None and progress:
                 progress(status.resumable_progress)
@@ -1620,6 +1773,7 @@ class DriveDestination:
 # a run. RunLock keeps two runs off the same checkpoint.
 
 STATUS_DONE, STATUS_FAILED, STATUS_SKIPPED, STATUS_ROLLED_BACK = "done", "failed", "skipped", "rolled_back"
+STATUS_SENDING = "sending"   # a create with `drive_id` was (maybe) sent; the next attempt asks Drive
 RESET_HINT = "use --reset-checkpoint to move it aside and start over (files already in Drive are found again)"
 CHECKPOINT_KIND = "cloud_transfer checkpoint"
 
@@ -1627,7 +1781,7 @@ CHECKPOINT_KIND = "cloud_transfer checkpoint"
 @dataclasses.dataclass(slots=True)
 class CheckpointEntry:
     """What the checkpoint knows about one S3 key (slots: a million of these live in memory)."""
-    status: str                   # done | failed | skipped | rolled_back
+    status: str                   # done | sending | failed | skipped | rolled_back
     etag: str                     # source ETag at the time of the outcome
     size: int                     # source size, bytes
     md5: str | None = None        # MD5 of the bytes sent
@@ -1638,7 +1792,8 @@ class CheckpointEntry:
     at: str = ""                  # UTC time of the outcome
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
+        # The ETag is kept whatever it is: some S3-compatible stores send an empty one.
+        return {k: v for k, v in dataclasses.asdict(self).items() if k == "etag" or v not in (None, "")}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | CheckpointEntry) -> CheckpointEntry:
@@ -1679,6 +1834,7 @@ class Checkpoint:
         self.path, self.binding = path, binding
         self.journal_path = path.with_name(path.name + ".journal")
         self.root_folder_id: str | None = None
+        self.identity: dict[str, str] = {}   # OAuth client_id and Google account the copy is made with
         self.folders: dict[str, dict[str, str]] = {}       # "a/b" -> {"id", "run"}; "" is the root
         self.runs: list[dict[str, Any]] = []
         self.objects: dict[str, CheckpointEntry] = {}
@@ -1691,7 +1847,8 @@ class Checkpoint:
     def to_json(self) -> dict[str, Any]:
         with self._lock:
             return {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
-                    "root_folder_id": self.root_folder_id, "recheck_pending": self.recheck_pending,
+                    "root_folder_id": self.root_folder_id, "identity": self.identity,
+                    "recheck_pending": self.recheck_pending,
                     "folders": self.folders, "runs": self.runs,
                     "objects": {key: entry.to_json() for key, entry in self.objects.items()}}
 
@@ -1701,8 +1858,13 @@ class Checkpoint:
             self.objects[line["key"]] = CheckpointEntry.from_json(line["entry"])
         elif "root" in line:
             self.root_folder_id = line["root"]
+        elif "identity" in line:
+            self.identity = dict(line["identity"])
         elif "recheck" in line:
             self.recheck_pending = bool(line["recheck"])
+        elif "forget_folders" in line:
+            self.folders.clear()
+            self.root_folder_id = None
         elif "folder" in line:
             self.folders[line["folder"]] = {"id": line["id"], "run": line.get("run", "")}
         elif "run" in line:
@@ -1727,6 +1889,7 @@ class Checkpoint:
         checkpoint = cls(path, binding)
         try:
             checkpoint.root_folder_id = data.get("root_folder_id")
+            checkpoint.identity = dict(data.get("identity") or {})
             checkpoint.recheck_pending = bool(data.get("recheck_pending"))
             checkpoint.folders = dict(data.get("folders") or {})
             checkpoint.runs = list(data.get("runs") or [])
@@ -1838,11 +2001,14 @@ class Checkpoint:
         with self._lock:
             return self.objects.get(key)
 
-    def record(self, key: str, entry: CheckpointEntry) -> None:
+    def record(self, key: str, entry: CheckpointEntry, durable: bool = False) -> None:
+        """Remember an outcome; `durable`: on disk (fsync'd) before this returns."""
         entry.at = entry.at or utc_now_iso()
         with self._lock:
             self.objects[key] = entry
             self._journal({"key": key, "entry": entry.to_json()})
+            if durable:
+                self.flush()
 
     def set_recheck_pending(self, pending: bool) -> None:
         with self._lock:
@@ -1850,11 +2016,21 @@ class Checkpoint:
                 self.recheck_pending = pending
                 self._journal({"recheck": pending})
 
-    def set_root(self, folder_id: str) -> None:
+    def set_root(self, folder_id: str | None) -> None:
         with self._lock:
             if self.root_folder_id != folder_id:
                 self.root_folder_id = folder_id
                 self._journal({"root": folder_id})
+
+    def set_identity(self, identity: dict[str, str]) -> None:
+        with self._lock:
+            if self.identity != identity:
+                self.identity = dict(identity)
+                self._journal({"identity": self.identity})
+
+    def folder_id(self, path: tuple[str, ...]) -> str | None:
+        with self._lock:
+            return (self.folders.get("/".join(path)) or {}).get("id")
 
     def add_folder(self, path: tuple[str, ...], folder_id: str, run_id: str) -> None:
         key = "/".join(path)
@@ -1862,12 +2038,12 @@ class Checkpoint:
             self.folders[key] = {"id": folder_id, "run": run_id}
             self._journal({"folder": key, "id": folder_id, "run": run_id})
 
-    def forget_folder(self, path: str) -> None:
-        """A folder the tool created is gone (rolled back); "" is the root."""
+    def forget_folders(self) -> None:
+        """Start a new copy: the folders of the old one are not used again."""
         with self._lock:
-            self.folders.pop(path, None)
-            if path == "":
-                self.root_folder_id = None
+            self.folders.clear()
+            self.root_folder_id = None
+            self._journal({"forget_folders": True})
 
     def save_run(self, run: dict[str, Any]) -> None:
         with self._lock:
@@ -1913,8 +2089,16 @@ class RunLock:
 
 
 def etag_is_plain_md5(etag: str) -> bool:
-    """True when the ETag is the object's MD5: single-part uploads without SSE-KMS/SSE-C."""
+    """True when the ETag has an MD5's shape. Only the shape: an SSE-KMS or SSE-C object's ETag looks
+    the same and is not its MD5 (see `etag_is_md5`)."""
     return bool(re.fullmatch(r"[0-9a-f]{32}", etag))
+
+
+def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
+    """True when a GET/HEAD answer says nothing that makes the ETag other than the data's MD5: AWS
+    documents that SSE-KMS (aws:kms, aws:kms:dsse) and SSE-C objects have ETags that are not."""
+    encryption = str(response.get("ServerSideEncryption") or "")
+    return etag_is_plain_md5(etag) and not encryption.startswith("aws:kms") and not response.get("SSECustomerAlgorithm")
 
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -1973,16 +2157,17 @@ def plan_object(obj: SourceObject, entry: CheckpointEntry | None, all_files: boo
 
 
 def needs_transfer(obj: SourceObject, entry: CheckpointEntry | None) -> bool:
-    return not (entry and entry.status == STATUS_DONE and entry.etag == obj.etag and entry.size == obj.size)
+    return not (entry and entry.status == STATUS_DONE and entry.etag == obj.version and entry.size == obj.size)
 
 
 def is_intact_copy(drive_file: DriveFile, obj: SourceObject) -> bool:
     """A Drive file that is a complete copy of this version of the object (checkable without the source)."""
+    # The recorded MD5 is that of the bytes downloaded and sent, which Drive confirmed at upload;
+    # the ETag's shape proves nothing (SSE-KMS objects have MD5-shaped ETags that are not MD5s).
     props = drive_file.app_properties
     recorded_md5 = props.get(PROP_MD5)
-    return (props.get(PROP_ETAG) == obj.etag and drive_file.size == obj.size and recorded_md5 is not None
-            and drive_file.md5 == recorded_md5
-            and (not etag_is_plain_md5(obj.etag) or recorded_md5 == obj.etag))
+    return (props.get(PROP_ETAG) == obj.version and drive_file.size == obj.size and recorded_md5 is not None
+            and drive_file.md5 == recorded_md5 and not drive_file.trashed)
 
 
 def validate_upload(size: int, local_md5: str, drive_file: DriveFile) -> str | None:
@@ -2049,7 +2234,7 @@ def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str
         "parents": [parent_id],
         "modifiedTime": rfc3339(download.source_mtime or obj.last_modified),
         "description": f"Copied from s3://{bucket}/{obj.key} by cloud_transfer",
-        "appProperties": {PROP_SOURCE: source_id_for(bucket, obj.key), PROP_ETAG: obj.etag, PROP_MD5: md5},
+        "appProperties": {PROP_SOURCE: source_id_for(bucket, obj.key), PROP_ETAG: obj.version, PROP_MD5: md5},
     }
     if captured is not None:
         metadata["createdTime"] = rfc3339(captured)
@@ -2069,11 +2254,11 @@ class Transfer:
     `stop` (set by SIGINT/SIGTERM or a run-stopping error) makes everyone finish the step in hand.
     """
 
-    def __init__(self, source: S3Source, dest: DriveDestination, checkpoint: Checkpoint, stats: Stats, *,
+    def __init__(self, source: S3Source, drive: DriveDestination, checkpoint: Checkpoint, stats: Stats, *,
                  bucket: str, run_id: str, temp_dir: Path, workers: int = DEFAULT_WORKERS,
                  all_files: bool = False, recheck: bool = False, stop: threading.Event | None = None,
                  backoff: Backoff | None = None):
-        self.source, self.dest, self.checkpoint, self.stats = source, dest, checkpoint, stats
+        self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
         self.bucket, self.run_id, self.temp_dir, self.workers = bucket, run_id, temp_dir, workers
         self.all_files, self.recheck = all_files, recheck
         self.stop = stop or threading.Event()
@@ -2185,7 +2370,7 @@ class Transfer:
     def _copy_with_retries(self, item: WorkItem) -> None:
         obj = item.obj
         entry = self.checkpoint.get(obj.key)
-        attempts = entry.attempts if entry and entry.etag == obj.etag and entry.status == STATUS_FAILED else 0
+        attempts = entry.attempts if entry and entry.etag == obj.version and entry.status == STATUS_FAILED else 0
         for attempt in range(1, MAX_OBJECT_ATTEMPTS + 1):
             try:
                 if item.check_type:
@@ -2206,9 +2391,10 @@ class Transfer:
                         raise InterruptedRun("interrupted") from None
                     continue
                 status = STATUS_SKIPPED if verdict.action == Verdict.SKIP else STATUS_FAILED
+                latest = self.checkpoint.get(obj.key)   # keeps an id a create may have used
                 self.checkpoint.record(obj.key, CheckpointEntry(
-                    status=status, etag=obj.etag, size=obj.size, attempts=attempts + attempt,
-                    run=self.run_id, reason=verdict.reason, drive_id=entry.drive_id if entry else None))
+                    status=status, etag=obj.version, size=obj.size, attempts=attempts + attempt,
+                    run=self.run_id, reason=verdict.reason, drive_id=latest.drive_id if latest else None))
                 if status == STATUS_SKIPPED:
                     self.stats.skip(verdict.reason)
                     log.warning("skipped %s: %s", obj.key, verdict.reason)
@@ -2217,11 +2403,25 @@ class Transfer:
                     log.warning("failed %s: %s", obj.key, verdict.reason)
                 return
 
+    def _known_copy(self, obj: SourceObject, folder_id: str) -> tuple[DriveFile | None, str | None]:
+        """What the checkpoint's id for this key points at: (the file, if it is a live copy here;
+        an id to create with, if nothing has it: a create recorded but maybe never sent)."""
+        entry = None if self.recheck else self.checkpoint.get(obj.key)
+        if entry is None or not entry.drive_id:
+            return None, None
+        found = self.drive.api.get(entry.drive_id)
+        if found is None:
+            return None, entry.drive_id
+        if found.trashed or found.parent_id != folder_id or found.is_folder:
+            return None, None
+        return found, None
+
     def _copy(self, obj: SourceObject, attempts: int) -> None:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
         parts = drive_path_for(obj.key)
-        folder_id = self.dest.ensure_folder(parts[:-1])
-        copies = self.dest.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
+        folder_id = self.drive.folders.ensure(parts[:-1])
+        known, reusable_id = self._known_copy(obj, folder_id)
+        copies = [known] if known else self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
         intact = [copy for copy in copies if is_intact_copy(copy, obj)]
         if intact:
             self._retire_extra_copies(obj, keep=intact[0], copies=copies)
@@ -2244,12 +2444,21 @@ class Transfer:
                 self.stats.add("transferred_bytes", done_bytes - sent)
                 sent = done_bytes
 
-            try:
-                uploaded = self.dest.upload(path, obj.size, metadata, mimetype, update_id=update_id,
-                                            progress=progress)
-            except BaseException:
-                self.stats.add("transferred_bytes", -sent)   # the next attempt sends it all again
-                raise
+            for _ in range(MAX_REQUEST_ATTEMPTS):
+                file_id = update_id or reusable_id or self.drive.api.new_id()
+                if not update_id:
+                    self._record_sending(obj, file_id, attempts)
+                try:
+                    uploaded = self.drive.uploader.upload(path, obj.size, metadata, mimetype, file_id=file_id,
+                                                          update=bool(update_id), progress=progress)
+                    break
+                except IdNotUsable:
+                    reusable_id = None   # deleted, expired, or never ours: take a fresh one
+                except BaseException:
+                    self.stats.add("transferred_bytes", -sent)   # the next attempt sends it all again
+                    raise
+            else:
+                raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
             self.stats.add("transferred_bytes", obj.size - sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
         if problem:
@@ -2257,21 +2466,33 @@ class Transfer:
             self.stats.add("checksum_mismatches")
             log.warning("corrupted on transfer, removing the Drive copy: %s: %s", obj.key, problem)
             if update_id is None:
-                self.dest.delete(uploaded.id)
+                self.drive.api.delete(uploaded.id)
             raise ObjectError(Verdict(Verdict.RETRY, f"corrupted on transfer: {problem}"))
         self._retire_extra_copies(obj, keep=uploaded, copies=copies)
         self.stats.add("verified")
+        if download.etag_checked:
+            self.stats.add("etag_checked")
         self.stats.add("transferred")
         if update_id:
             self.stats.add("updated")
         self._record_done(obj, uploaded, attempts)
 
+    def _record_sending(self, obj: SourceObject, file_id: str, attempts: int) -> None:
+        """Before a create is sent, its id goes to disk: whatever happens next (a lost answer, kill -9),
+        the next attempt or run asks Drive for that id (files.get is consistent) instead of a search."""
+        entry = self.checkpoint.get(obj.key)
+        if entry and entry.status == STATUS_SENDING and entry.drive_id == file_id and entry.etag == obj.version:
+            return
+        self.checkpoint.record(obj.key, CheckpointEntry(
+            status=STATUS_SENDING, etag=obj.version, size=obj.size, drive_id=file_id, attempts=attempts,
+            run=self.run_id), durable=True)
+
     def _retire_extra_copies(self, obj: SourceObject, keep: DriveFile, copies: list[DriveFile]) -> None:
-        """Drive itself sometimes duplicates an upload: move our extra copies of this key to the trash."""
+        """Copies left by older versions of the tool (or by Drive itself): move the extras to the trash."""
         for copy in copies:
             if copy.id != keep.id:
                 log.warning("trashing a duplicate Drive copy of %s (id %s)", obj.key, copy.id)
-                self.dest.trash(copy.id)
+                self.drive.api.trash(copy.id)
 
     def _record_done(self, obj: SourceObject, drive_file: DriveFile, attempts: int, adopted: bool = False) -> None:
         previous = self.checkpoint.get(obj.key)
@@ -2279,7 +2500,7 @@ class Transfer:
         # --recheck merely found again.
         same_file = adopted and previous is not None and previous.drive_id == drive_file.id and previous.run
         self.checkpoint.record(obj.key, CheckpointEntry(
-            status=STATUS_DONE, etag=obj.etag, size=obj.size, md5=drive_file.md5, drive_id=drive_file.id,
+            status=STATUS_DONE, etag=obj.version, size=obj.size, md5=drive_file.md5, drive_id=drive_file.id,
             attempts=attempts, run=previous.run if same_file else self.run_id))
 
     @contextlib.contextmanager
@@ -2340,17 +2561,34 @@ def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
         raise UsageError(f"checkpoint {config.checkpoint_path}: {exc.strerror}") from None
 
 
-def make_source(config: Config, runtime: Runtime) -> S3Source:
-    return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop)
+def make_source(config: Config, runtime: Runtime, outage: OutageWatch | None = None) -> S3Source:
+    return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage)
 
 
-def make_drive(config: Config, runtime: Runtime, stats: Stats) -> tuple[DriveDestination, Credentials]:
+@dataclasses.dataclass
+class DriveDestination:
+    """The Drive side of a command: requests with retry (api), the folder tree, and uploads."""
+    api: DriveApi
+    folders: DriveFolders
+    uploader: DriveUploader
+
+
+def make_drive(config: Config, runtime: Runtime, stats: Stats, outage: OutageWatch | None = None,
+               checkpoint: Checkpoint | None = None, run_id: str = "") -> tuple[DriveDestination, Credentials]:
     creds = load_credentials(config, interactive=runtime.interactive)
     backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
-    dest = DriveDestination(make_drive_service_factory(config, creds, stats), chunk_size_bytes=config.chunk_size_bytes,
-                            pacer=Pacer(backoff), backoff=backoff, sleep=runtime.stop.wait, stop=runtime.stop,
-                            stats=stats, shared_drive=bool(config.folder_id))
-    return dest, creds
+    api = DriveApi(make_drive_service_factory(config, creds, stats), pacer=Pacer(backoff), backoff=backoff,
+                   sleep=runtime.stop.wait, stop=runtime.stop, stats=stats, outage=outage)
+    folders = DriveFolders(api)
+    if checkpoint is not None:
+        def record(path: tuple[str, ...], folder_id: str) -> None:
+            if path:
+                checkpoint.add_folder(path, folder_id, run_id)
+            else:
+                checkpoint.set_root(folder_id)
+            checkpoint.flush()   # on disk before a create is sent: a lost answer is found by this id
+        folders.recorded, folders.record = checkpoint.folder_id, record
+    return DriveDestination(api, folders, DriveUploader(api, config.chunk_size_bytes)), creds
 
 
 def _save_refreshed_token(creds: Credentials, token_before: str | None, config: Config) -> None:
@@ -2359,32 +2597,83 @@ def _save_refreshed_token(creds: Credentials, token_before: str | None, config: 
             save_token(creds, config.token_path)
 
 
+def describe_identity(identity: dict[str, str]) -> str:
+    return f"OAuth client {identity.get('client_id') or '?'} as {identity.get('account') or '?'}"
+
+
+def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, client_id: str) -> str:
+    """The root folder's id: --folder-id, else the one earlier runs filled, else a new copy's.
+
+    Under drive.file a folder is visible only to the OAuth client (Google Cloud project) and account
+    that made it: a remembered root that answers 404 may be deleted, or may be hidden from a new
+    credentials.json. Only the first is a reason to copy again; the second stops, naming both.
+    """
+    api, recorded = drive.api, checkpoint.identity
+    if config.folder_id:
+        folder = api.get(config.folder_id)
+        if folder is None or not folder.is_folder:
+            raise UsageError(f"--folder-id {config.folder_id} is not a folder this app can see: with the default "
+                             "drive.file scope the tool sees only folders it created; use --full-scope")
+        if folder.trashed:
+            raise UsageError(f"--folder-id {config.folder_id} is in the Drive trash: restore it, or choose another")
+        api.use_shared_drive(folder.drive_id)
+        root_id = folder.id
+    else:
+        remembered = api.get(checkpoint.root_folder_id) if checkpoint.root_folder_id and not config.new_root else None
+        if remembered is not None and remembered.is_folder and not remembered.trashed:
+            root_id = remembered.id
+        else:
+            if config.new_root:
+                log.warning("--new-root: starting a new copy in a new folder %r; an earlier copy stays as it is",
+                            config.folder_name)
+            elif checkpoint.root_folder_id and remembered is None:
+                current = {"client_id": client_id, "account": api.account()}
+                if not recorded.get("client_id") or any(recorded.get(k) and recorded[k] != current[k] for k in current):
+                    raise AuthError(
+                        f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
+                        f"sign-in: it was made with {describe_identity(recorded)}, this is {describe_identity(current)}. "
+                        "Use the original credentials.json and run 'auth' again, or pass --new-root to start a "
+                        "second, separate copy")
+                log.warning("the Drive folder earlier runs filled is gone (deleted permanently): "
+                            "copying everything again into a new folder")
+            elif checkpoint.root_folder_id:
+                log.warning("the Drive folder earlier runs filled is in the trash: copying into another "
+                            "(restore it from the trash and re-run to use it instead)")
+            if checkpoint.root_folder_id or config.new_root:
+                # What earlier runs copied is not here: every object is checked against Drive, in this
+                # run and any that resume it, until one finishes.
+                checkpoint.forget_folders()
+                checkpoint.set_recheck_pending(True)
+            root_id = (None if config.new_root else drive.folders.find_root(config.folder_name)) \
+                or drive.folders.create(config.folder_name, "root", ())
+    if not recorded.get("account") or recorded.get("client_id") != client_id or root_id != checkpoint.root_folder_id:
+        account = recorded.get("account") if recorded.get("client_id") == client_id else ""
+        checkpoint.set_identity({"client_id": client_id, "account": account or api.account()})
+    checkpoint.set_root(root_id)
+    drive.folders.set_root(root_id)
+    return root_id
+
+
 def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
     if config.dry_run:
         return cmd_dry_run(config, runtime)
-    source = make_source(config, runtime)
+    outage = OutageWatch(config.outage_window_s)
+    source = make_source(config, runtime, outage)
     source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
     with RunLock(lock_path_for(config)) as lock:
         checkpoint = open_checkpoint(config)
         stats = Stats()
-        dest, creds = make_drive(config, runtime, stats)
-        token_before = creds.token
         run_id = new_run_id()
-        dest.on_folder_created = lambda path, folder_id: checkpoint.add_folder(path, folder_id, run_id)
+        drive, creds = make_drive(config, runtime, stats, outage, checkpoint, run_id)
+        token_before = creds.token
         try:
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
-            root_id = dest.resolve_root(config.folder_name, config.folder_id, checkpoint.root_folder_id)
-            if checkpoint.root_folder_id and root_id != checkpoint.root_folder_id:
-                # What earlier runs copied went into a folder that is gone (trashed or deleted): every
-                # object is checked against Drive, in this run and any that resume it, until one finishes.
-                log.warning("the Drive folder is not the one earlier runs filled: checking every object")
-                checkpoint.set_recheck_pending(True)
+            open_root(config, drive, checkpoint, creds.client_id or "")
             recheck = config.recheck or checkpoint.recheck_pending
-            checkpoint.set_root(root_id)
             return _run_transfer(config, runtime, Transfer(
-                source, dest, checkpoint, stats, bucket=config.bucket, run_id=run_id,
+                source, drive, checkpoint, stats, bucket=config.bucket, run_id=run_id,
                 temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
-                all_files=config.all_files, recheck=recheck, stop=runtime.stop, backoff=dest.backoff))
+                all_files=config.all_files, recheck=recheck, stop=runtime.stop, backoff=drive.api.backoff))
         finally:
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work
@@ -2434,7 +2723,7 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     source = make_source(config, runtime)
     source.check_access()
     checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
-    stats, shown = Stats(), 0
+    stats, shown, unchecked = Stats(), 0, 0
     for page in source.iter_pages():
         for obj in page:
             stats.add("listed")
@@ -2443,29 +2732,35 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
                 stats.skip(reason or "")
             elif action == PLAN_DONE:
                 stats.add("already_done")
+            elif action == PLAN_CHECK_TYPE:   # a dry run asks S3 nothing per object
+                unchecked += 1
+                if shown < 20 or config.verbose:
+                    shown += 1
+                    log.info("would copy if S3 says it is a photo or video: %s (%s)", obj.key, format_bytes(obj.size))
             else:
                 stats.add("eligible")
                 stats.add("eligible_bytes", obj.size)
                 if shown < 20 or config.verbose:
                     shown += 1
-                    log.info("would copy: %s (%s)%s", obj.key, format_bytes(obj.size),
-                             " if S3 says it is a photo or video" if action == PLAN_CHECK_TYPE else "")
+                    log.info("would copy: %s (%s)", obj.key, format_bytes(obj.size))
     counts = stats.as_dict()
     if not config.quiet:
         skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts["skipped"].items())) or "none"
         print(f"dry run: {counts['listed']} listed, {counts['eligible']} would be copied "
-              f"({format_bytes(counts['eligible_bytes'])}), {counts['already_done']} already done; "
-              f"skipped: {skipped}. Nothing was written.", file=runtime.out)
+              f"({format_bytes(counts['eligible_bytes'])}), {counts['already_done']} already done"
+              + (f", {unchecked} more without an extension if S3 says they are photos or videos "
+                 "(not asked in a dry run)" if unchecked else "")
+              + f"; skipped: {skipped}. Nothing was written.", file=runtime.out)
     return ExitCode.OK
 
 
-def walk_drive_tree(dest: DriveDestination, root_id: str) -> dict[tuple[str, ...], list[DriveFile]]:
+def walk_drive_tree(api: DriveApi, root_id: str) -> dict[tuple[str, ...], list[DriveFile]]:
     """Every file under the root by path (one listing per folder)."""
     tree: dict[tuple[str, ...], list[DriveFile]] = defaultdict(list)
     pending = [((), root_id)]
     while pending:
         path, folder_id = pending.pop()
-        for item in dest.list_folder(folder_id):
+        for item in api.list_folder(folder_id):
             if item.is_folder:
                 pending.append((path + (item.name,), item.id))
             else:
@@ -2478,12 +2773,15 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
     source = make_source(config, runtime)
     source.check_access()
     stats = Stats()
-    dest, _ = make_drive(config, runtime, stats)
+    drive, _ = make_drive(config, runtime, stats)
     checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
     root_id = config.folder_id or (checkpoint.root_folder_id if checkpoint else None)
+    if config.folder_id:
+        folder = drive.api.get(config.folder_id)
+        drive.api.use_shared_drive(folder.drive_id if folder else None)
     if not root_id:
-        root_id = dest.find_folder(config.folder_name, "root")
-    tree = walk_drive_tree(dest, root_id) if root_id else {}
+        root_id = drive.folders.find_root(config.folder_name)
+    tree = walk_drive_tree(drive.api, root_id) if root_id else {}
     problems: dict[str, list[dict[str, Any]]] = {"missing": [], "duplicated": [], "mismatched": []}
     claimed: set[str] = set()
     checked = archived = 0
@@ -2503,7 +2801,7 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
             elif len(copies) > 1:
                 problems["duplicated"].append({"key": obj.key, "ids": [f.id for f in copies]})
             else:
-                problem = _compare_copy(obj, copies[0], checkpoint)
+                problem = _compare_copy(obj, copies[0], checkpoint, source)
                 if problem:
                     problems["mismatched"].append({"key": obj.key, "id": copies[0].id, "problem": problem})
     extra = ["/".join(path) for path, files in tree.items() for f in files if f.id not in claimed]
@@ -2539,15 +2837,25 @@ def _head_content_type(source: S3Source, key: str) -> str | None:
         return None
 
 
-def _compare_copy(obj: SourceObject, drive_file: DriveFile, checkpoint: Checkpoint | None) -> str | None:
+def _compare_copy(obj: SourceObject, drive_file: DriveFile, checkpoint: Checkpoint | None,
+                  source: S3Source) -> str | None:
+    """What is wrong with this copy of this version of the object, if anything. The MD5 to expect is
+    the one recorded when the bytes were sent (provenance, else the checkpoint); an ETag stands in
+    only for files copied by something else, and only when S3 says it is an MD5 (not SSE-KMS/SSE-C)."""
     if drive_file.size != obj.size:
         return f"size {drive_file.size} in Drive vs {obj.size} in S3"
+    props = drive_file.app_properties
     entry = checkpoint.get(obj.key) if checkpoint else None
-    expected = (obj.etag if etag_is_plain_md5(obj.etag)
-                else drive_file.app_properties.get(PROP_MD5) if drive_file.app_properties.get(PROP_ETAG) == obj.etag
-                else entry.md5 if entry and entry.etag == obj.etag else None)
-    if expected is None:
-        return None   # a multipart object copied by something else: size is all that can be compared
+    if PROP_SOURCE in props and props.get(PROP_ETAG) != obj.version:
+        return "an older version of the object (its ETag changed in S3); the next transfer updates it"
+    if props.get(PROP_ETAG) == obj.version:
+        expected = props.get(PROP_MD5)
+    elif entry and entry.etag == obj.version and entry.md5:
+        expected = entry.md5
+    elif etag_is_plain_md5(obj.etag) and etag_is_md5(obj.etag, source.head(obj.key)):
+        expected = obj.etag
+    else:
+        return None   # copied by something else, ETag no MD5: size is all that can be compared
     if drive_file.md5 != expected:
         return f"MD5 {drive_file.md5} in Drive vs {expected} expected"
     return None
@@ -2562,18 +2870,17 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         run_id = config.rollback_run
         if run_id == "last":
             run_id = checkpoint.runs[-1]["id"] if checkpoint.runs else None
+        # "sending": a create a killed run may have carried out; removed only if Drive has it.
         targets = [(key, entry) for key, entry in sorted(checkpoint.objects.items())
-                   if entry.status == STATUS_DONE and entry.drive_id and (run_id is None or entry.run == run_id)]
-        folders = sorted(((path, info) for path, info in checkpoint.folders.items()
-                          if run_id is None or info.get("run") == run_id), key=lambda item: -len(item[0]))
+                   if entry.status in (STATUS_DONE, STATUS_SENDING) and entry.drive_id
+                   and (run_id is None or entry.run == run_id)]
         verb = "delete permanently" if config.permanent else "move to the Drive trash"
-        print(f"rollback: {len(targets)} files and up to {len(folders)} empty folders to {verb}"
-              + (f" (run {run_id})" if run_id else ""), file=runtime.out)
+        print(f"rollback: {len(targets)} files to {verb}" + (f" (run {run_id})" if run_id else ""), file=runtime.out)
         if config.dry_run:
             for key, entry in targets:
                 print(f"  would remove: {key} ({entry.drive_id})", file=runtime.out)
             return ExitCode.OK
-        if not targets and not folders:
+        if not targets:
             return ExitCode.OK
         if not config.assume_yes:
             if not runtime.interactive:
@@ -2582,12 +2889,12 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
                 print("rollback: nothing changed", file=runtime.out)
                 return ExitCode.OK
         stats = Stats()
-        dest, _ = make_drive(config, runtime, stats)
+        api = make_drive(config, runtime, stats)[0].api
         bucket = checkpoint.binding["bucket"]
         removed = refused = 0
         try:
             for key, entry in targets:
-                drive_file = dest.get(entry.drive_id or "")
+                drive_file = api.get(entry.drive_id or "")
                 if drive_file and drive_file.app_properties.get(PROP_SOURCE) != source_id_for(bucket, key):
                     refused += 1
                     log.warning("not removing %s (%s): it does not carry this tool's provenance", key, entry.drive_id)
@@ -2598,15 +2905,15 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
                                                            reason="rolled back"))
                 checkpoint.flush()
                 if drive_file:
-                    dest.delete(drive_file.id) if config.permanent else dest.trash(drive_file.id)
-                removed += 1
-            for path, info in folders:
-                if next(dest.list_folder(info["id"]), None) is None:
-                    dest.delete(info["id"]) if config.permanent else dest.trash(info["id"])
-                    checkpoint.forget_folder(path)
+                    api.delete(drive_file.id) if config.permanent else api.trash(drive_file.id)
+                    removed += 1
         finally:
             checkpoint.compact()
-        print(f"rollback: removed {removed} files; refused {refused} without our provenance", file=runtime.out)
+        # NOTE: under drive.file the user's own files in our folders are invisible to the tool, and
+        # trashing or deleting a folder takes everything in it: no folder is ever proven empty.
+        print(f"rollback: removed {removed} files; refused {refused} without our provenance. Folders are "
+              "left in place: files you added to them are invisible to this tool, and removing a folder "
+              "removes everything in it", file=runtime.out)
         return ExitCode.OK if not refused else ExitCode.PARTIAL
 
 
@@ -2629,7 +2936,7 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     done_bytes = sum(entry.size for entry in checkpoint.objects.values() if entry.status == STATUS_DONE)
     reasons = Counter(entry.reason for entry in checkpoint.objects.values()
                       if entry.status in (STATUS_FAILED, STATUS_SKIPPED) and entry.reason)
-    pending = by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK]   # the next run tries these again
+    pending = by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + by_status[STATUS_SENDING]   # retried next
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
               "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),
               "runs": checkpoint.runs}
@@ -2640,7 +2947,8 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     lines = [f"checkpoint {config.checkpoint_path}: s3://{binding.get('bucket')}/{binding.get('prefix')} → "
              f"Drive {binding.get('folder')} ({checkpoint.root_folder_id or 'not created yet'})",
              f"  done {by_status[STATUS_DONE]} ({format_bytes(done_bytes)}), failed {by_status[STATUS_FAILED]}, "
-             f"skipped {by_status[STATUS_SKIPPED]}, rolled back {by_status[STATUS_ROLLED_BACK]}; "
+             f"skipped {by_status[STATUS_SKIPPED]}, rolled back {by_status[STATUS_ROLLED_BACK]}, "
+             f"interrupted while sending {by_status[STATUS_SENDING]}; "
              f"pending {pending} (the next run retries them; objects no run has seen yet: see --dry-run)"]
     lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(10)]
     for run in checkpoint.runs[-10:]:
@@ -2731,7 +3039,7 @@ def _run_command(config: Config, runtime: Runtime) -> int:
     except Exception as exc:  # the last resort: one line, traceback only with --verbose
         log.error("internal error: %s: %s (run with --verbose for details)", type(exc).__name__, exc)
         log.debug("traceback", exc_info=True)
-        return ExitCode.PARTIAL
+        return ExitCode.INTERNAL
 
 
 if __name__ == "__main__":

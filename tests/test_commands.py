@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import photo_bytes
 
 ROOT = "Amazon Photos Transfer"
@@ -29,17 +31,32 @@ def test_rollback_dry_run_lists_and_changes_nothing(env):
     assert sorted(f["id"] for f in env.drive.list_files()) == before
 
 
-def test_rollback_last_run_only_and_its_empty_folder(env):
+def test_rollback_last_run_only_and_leaves_folders(env):
     first_run, second_run = two_runs(env)
     result = env.run("rollback", "--run", "last", "--yes")
     assert result.returncode == 0, result.stderr
+    assert "Folders are left in place" in result.stdout
     assert set(env.drive_files()) == {f"{ROOT}/first/{n}.jpg" for n in range(3)}
     live_folders = {env.drive.path_of(f["id"]) for f in env.drive.list_files() if f["mimeType"] == FOLDER}
-    assert f"{ROOT}/second" not in live_folders and f"{ROOT}/first" in live_folders
+    assert {f"{ROOT}/second", f"{ROOT}/first"} <= live_folders
     entries = json.loads(env.checkpoint.read_text())["objects"]
     assert {k for k, e in entries.items() if e["status"] == "rolled_back"} == {"second/0.jpg", "second/1.jpg"}
     assert all(f.get("trashed") for f in env.drive.list_files(include_trashed=True)
-               if env.drive.path_of(f["id"]).startswith(f"{ROOT}/second"))
+               if env.drive.path_of(f["id"]).startswith(f"{ROOT}/second/"))
+
+
+@pytest.mark.parametrize("permanent", [False, True])
+def test_rollback_never_removes_a_users_own_file_put_into_our_folder(env, permanent):
+    """Under drive.file the user's own files in our folders are invisible to the tool, and trashing or
+    deleting a folder takes all it holds: rollback must leave every folder alone (issue 7, item 6)."""
+    two_runs(env)
+    folder_id = json.loads(env.checkpoint.read_text())["folders"]["second"]["id"]
+    users = env.drive.add_file("my-own-notes.txt", b"the user's", parent_id=folder_id)   # made in the web UI
+    result = env.run("rollback", "--yes", *(["--permanent"] if permanent else []))
+    assert result.returncode == 0, result.stderr
+    assert users["id"] in env.drive.files and not env.drive.files[users["id"]]["trashed"]
+    assert {env.drive.path_of(f["id"]) for f in env.drive.list_files() if f["mimeType"] != FOLDER} == {
+        f"{ROOT}/second/my-own-notes.txt"}   # every photo rolled back, the user's file where it was
 
 
 def test_rollback_permanent_deletes(env):

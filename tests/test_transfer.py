@@ -443,10 +443,10 @@ def test_a_folder_of_more_than_one_page_is_listed_whole(env):
         env.drive.add_file(f"{n}.jpg", b"x", parent_id=folder["id"], appProperties={ct.PROP_SOURCE: f"s{n}"})
     config = ct.Config(bucket="b", drive_endpoint_url=env.drive.url)
     creds = Credentials(token=env.drive.issue_token())
-    dest = ct.DriveDestination(ct.make_drive_service_factory(config, creds))
-    listed = list(dest.list_folder(folder["id"]))
+    api = ct.DriveApi(ct.make_drive_service_factory(config, creds))
+    listed = list(api.list_folder(folder["id"]))
     assert len(listed) == 1003 and len({f.id for f in listed}) == 1003
-    assert [f.id for f in dest.files_for_source(folder["id"], "s1002")] == [listed[-1].id]
+    assert [f.id for f in ct.DriveFolders(api).files_for_source(folder["id"], "s1002")] == [listed[-1].id]
     with env.drive.lock:
         pages = [r for r in env.drive.requests if r["path"] == "/drive/v3/files" and r["method"] == "GET"]
     assert len(pages) == 4   # two for list_folder, two for the cached listing behind files_for_source

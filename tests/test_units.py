@@ -124,7 +124,7 @@ def test_is_intact_copy():
 
 @pytest.mark.parametrize("status, reason, message, action, stop_error", [
     (403, "storageQuotaExceeded", "The user's Drive storage quota has been exceeded.", "stop", ct.QuotaExceededError),
-    (403, "userRateLimitExceeded", "User rate limit exceeded.", "stop", ct.QuotaExceededError),
+    (403, "userRateLimitExceeded", "User rate limit exceeded.", "retry", None),   # not an upload: a throttle
     (403, "userRateLimitExceeded", "User rate limit exceeded for quota metric 'Queries'.", "retry", None),
     (403, "rateLimitExceeded", "Rate Limit Exceeded", "retry", None),
     (429, "rateLimitExceeded", "", "retry", None),
@@ -139,6 +139,36 @@ def test_classify_drive_error(status, reason, message, action, stop_error):
     verdict = ct.classify_drive_error(drive_http_error(status, reason, message))
     assert verdict.action == action
     assert verdict.stop_error is stop_error
+
+
+def test_daily_cap_message_on_an_upload_stops_only_when_it_persists_after_a_backoff():
+    verdict = ct.classify_drive_error(drive_http_error(403, "userRateLimitExceeded", "User rate limit exceeded."),
+                                      upload=True)
+    assert (verdict.action, verdict.rate_limited, verdict.daily_cap) == ("retry", True, True)
+    clock = FakeClock()
+    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
+    pacer.rate_limited(None, daily_cap=True)           # first refusal: everyone pauses 1 s
+    pacer.rate_limited(None, daily_cap=True)           # a second one sent before the pause ended: still a throttle
+    clock.now += 5
+    pacer.succeeded(upload=True)                       # an upload went through: it was a throttle
+    pacer.rate_limited(None, daily_cap=True)
+    clock.now += 10
+    with pytest.raises(ct.QuotaExceededError):         # refused again after the pause: the cap
+        pacer.rate_limited(None, daily_cap=True)
+
+
+def test_outage_watch_stops_only_after_a_whole_window_of_failures():
+    clock = FakeClock()
+    watch = ct.OutageWatch(window_s=60, clock=clock)
+    watch.failed("Google Drive", "503")
+    clock.now += 59
+    watch.failed("Google Drive", "503")
+    watch.ok("Google Drive")                           # one success resets the window
+    clock.now += 30
+    watch.failed("Google Drive", "503")
+    clock.now += 60
+    with pytest.raises(ct.UnavailableError, match="Google Drive has failed every request"):
+        watch.failed("Google Drive", "503")
 
 
 def test_classify_drive_error_session_expiry_and_retry_after():
