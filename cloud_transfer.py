@@ -1324,10 +1324,10 @@ def refresh_credentials(creds: Credentials) -> None:
     except RefreshError as exc:
         verdict = classify_drive_error(exc)
         if verdict.action == Verdict.RETRY:
-            raise CloudTransferError(f"{verdict.reason}: try again later (token.json is fine)") from None
+            raise UnavailableError(f"{verdict.reason}: try again later (token.json is fine)") from None
         raise AuthError(verdict.reason) from None
     except TransportError as exc:
-        raise CloudTransferError(f"cannot reach Google's token endpoint: {type(exc).__name__}") from None
+        raise UnavailableError(f"cannot reach Google's token endpoint: {type(exc).__name__}") from None
     SECRETS.add(creds.token)
 
 
@@ -1453,7 +1453,13 @@ class DriveApi:
         if self.stop.is_set():
             raise InterruptedRun("interrupted")
 
-    def after_error(self, verdict: Verdict, attempt: int) -> None:
+    @staticmethod
+    def _service_name(upload: bool) -> str:
+        # Uploads go to Google's upload servers, which fail on their own: an API that still answers
+        # (a get, a listing) does not make a failing upload service healthy.
+        return "Google Drive's upload service" if upload else "Google Drive"
+
+    def after_error(self, verdict: Verdict, attempt: int, upload: bool = False) -> None:
         """Count a retry and wait: rate limits slow every worker (the pacer), other errors this one;
         a failure that persists across the whole process for the outage window stops the run."""
         self.stats.add("retries")
@@ -1461,12 +1467,12 @@ class DriveApi:
         if verdict.rate_limited:
             self.pacer.rate_limited(verdict.retry_after_s, daily_cap=verdict.daily_cap)
         else:
-            self.outage.failed("Google Drive", verdict.reason)
+            self.outage.failed(self._service_name(upload), verdict.reason)
             self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
 
     def succeeded(self, upload: bool = False) -> None:
         self.pacer.succeeded(upload)
-        self.outage.ok("Google Drive")
+        self.outage.ok(self._service_name(upload))
 
     def call(self, make_request: Callable[[Any], Any], *, missing_ok: bool = False, upload: bool = False) -> Any:
         """Execute a request with retries; `upload` marks media creates (where the daily cap lives)."""
@@ -1483,7 +1489,7 @@ class DriveApi:
                 verdict = classify_drive_error(exc, upload=upload)
                 if verdict.action != Verdict.RETRY or attempt == MAX_REQUEST_ATTEMPTS:
                     raise_for(verdict)
-                self.after_error(verdict, attempt)
+                self.after_error(verdict, attempt, upload)
         raise AssertionError("unreachable")
 
     def new_id(self) -> str:
@@ -1754,10 +1760,10 @@ class DriveUploader:
                 attempt += 1
                 if verdict.action != Verdict.RETRY or attempt >= MAX_REQUEST_ATTEMPTS:
                     raise_for(verdict)
-                api.after_error(verdict, attempt)
+                api.after_error(verdict, attempt, upload=True)
                 continue
             attempt = 0
-            api.outage.ok("Google Drive")
+            api.outage.ok(api._service_name(upload=True))
             if response is not None:
                 api.succeeded(upload=True)
                 return response
@@ -3030,6 +3036,9 @@ def _run_command(config: Config, runtime: Runtime) -> int:
     """Dispatch, and turn every way of failing into one line and an exit code."""
     try:
         return COMMANDS[config.command](config, runtime)
+    except ObjectError as exc:   # a request outside the per-object loop (root, verify, rollback)
+        log.error("error: %s", exc)
+        return ExitCode.UNAVAILABLE if exc.verdict.action in (Verdict.RETRY, Verdict.RESTART) else exc.exit_code
     except CloudTransferError as exc:
         log.error("error: %s", exc)
         return exc.exit_code
