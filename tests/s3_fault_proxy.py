@@ -9,19 +9,61 @@ proxy forwards every request to moto unchanged and, when asked, answers or damag
   to get "deleted between list and get", or blocks to hold a download in flight).
 
 Only object GETs are faulted (listings and HEADs pass), so a test decides exactly what breaks.
+
+Four switches (off by default) make moto's answers look like other S3s. Each is a bool or a
+predicate on the key, and is applied alike to the ListObjectsV2 XML, HEAD, GET (ranged too) and
+PutObject answers, so a client sees one consistent object:
+
+- ``sse_kms``: as AWS answers for an SSE-KMS object: ``x-amz-server-side-encryption: aws:kms``
+  plus the key id, and an ETag of 32 hex digits that is NOT the MD5 of the bytes
+  (md5(b"kms:" + moto's ETag));
+- ``sse_c``: the same for SSE-C: ``x-amz-server-side-encryption-customer-algorithm: AES256``
+  (and a key-MD5 header; the customer key itself is not required), ETag md5(b"sse-c:" + ETag);
+- ``empty_etag``: the ETag is ``""`` everywhere, as some S3-compatible gateways send it;
+- ``capitalise_metadata``: user metadata comes back as ``X-Amz-Meta-Mtime`` (MinIO, Go's
+  canonical header case) instead of ``x-amz-meta-mtime``.
+
+If-Match on an object whose ETag was rewritten: the rewritten value is translated back to moto's
+before forwarding (so conditional GETs keep working, and an overwrite still gives 412); any other
+value, the true MD5 included, gets 412 PreconditionFailed as on AWS. With ``empty_etag`` the
+header is dropped, as ``rclone serve s3`` ignores If-Match. What fired is counted in ``counts``.
 """
 from __future__ import annotations
 
+import hashlib
+import html
 import http.client
+import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
-from urllib.parse import unquote, urlsplit
+from typing import Callable, Union
+from urllib.parse import parse_qs, unquote, urlsplit
 
 SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
                  b"<Message>Please reduce your request rate.</Message></Error>")
+PRECONDITION_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PreconditionFailed</Code>'
+                     b"<Message>At least one of the pre-conditions you specified did not hold</Message>"
+                     b"<Condition>If-Match</Condition></Error>")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+KMS_KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+SSE_C_KEY_MD5 = "ZmFrZS1jdXN0b21lci1rZXk="   # any base64: no customer key is checked
+SSE_HEADERS = {"x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id",
+               "x-amz-server-side-encryption-customer-algorithm", "x-amz-server-side-encryption-customer-key-md5"}
+Switch = Union[bool, Callable[[str], bool]]
+_CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.S)
+_KEY = re.compile(rb"<Key>(.*?)</Key>", re.S)
+_ETAG = re.compile(rb"<ETag>(.*?)</ETag>", re.S)
+
+
+def _unquote_etag(value: str) -> str:
+    value = html.unescape(value).strip()
+    return value[2:] if value.startswith("W/") else value
+
+
+def _canonical_case(name: str) -> str:
+    """Go's (and MinIO's) canonical header case: x-amz-meta-src-last-modified → X-Amz-Meta-Src-Last-Modified."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
 class S3FaultProxy:
@@ -34,7 +76,12 @@ class S3FaultProxy:
         self.slowdown_count = 0
         self.truncate_count = 0
         self.on_object_get: Callable[[str], None] | None = None
+        self.sse_kms: Switch = False
+        self.sse_c: Switch = False
+        self.empty_etag: Switch = False
+        self.capitalise_metadata: Switch = False
         self.counts: Counter[str] = Counter()
+        self._origin: dict[tuple[str, str], str] = {}   # (key, ETag we sent) -> moto's ETag
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,33 +132,141 @@ class S3FaultProxy:
                 return True
             return False
 
+    # -- answer rewriting (the switches) ------------------------------------------------------------
+    def _on(self, switch: str, key: str) -> bool:
+        value = getattr(self, switch)
+        return bool(value(key)) if callable(value) else bool(value)
+
+    def _etag_switch(self, key: str) -> str | None:
+        """The switch that rewrites this key's ETag (empty_etag wins, then sse_kms, then sse_c)."""
+        return next((name for name in ("empty_etag", "sse_kms", "sse_c") if self._on(name, key)), None)
+
+    def _rewrite_etag(self, key: str, original: str) -> tuple[str, str | None]:
+        """(ETag to send, with quotes; the switch that fired) for moto's `original` ETag (quotes optional)."""
+        switch = self._etag_switch(key)
+        if switch is None:
+            return original, None
+        bare = _unquote_etag(original).strip('"')
+        if switch == "empty_etag":
+            return '""', switch
+        salt = b"kms:" if switch == "sse_kms" else b"sse-c:"
+        rewritten = hashlib.md5(salt + bare.encode()).hexdigest()
+        with self.lock:
+            self._origin[(key, rewritten)] = bare
+        return f'"{rewritten}"', switch
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += n
+
+    def _if_match(self, key: str, headers: dict[str, str]) -> bool:
+        """Translate If-Match for a rewritten key in place; False when S3 would answer 412 now."""
+        name = next((k for k in headers if k.lower() == "if-match"), None)
+        switch = self._etag_switch(key)
+        if name is None or switch is None:
+            return True
+        value = headers[name]
+        if switch == "empty_etag":
+            del headers[name]   # the gateway has no ETag to compare; rclone serve s3 ignores If-Match
+            self._count("if_match_ignored")
+            return True
+        wanted = [_unquote_etag(v).strip('"') for v in value.split(",")]
+        if "*" in wanted:
+            return True
+        with self.lock:
+            originals = [self._origin[(key, v)] for v in wanted if (key, v) in self._origin]
+        if not originals:
+            self._count("if_match_refused")
+            return False
+        headers[name] = ", ".join(f'"{v}"' for v in originals)
+        self._count("if_match_translated")
+        return True
+
+    def _object_headers(self, key: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """HEAD/GET/PUT answer headers with the switches applied."""
+        out: list[tuple[str, str]] = []
+        switch = self._etag_switch(key)
+        encryption = "sse_kms" if self._on("sse_kms", key) else "sse_c" if self._on("sse_c", key) else None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "etag" and switch:
+                value, fired = self._rewrite_etag(key, value)
+                self._count(str(fired))
+            elif lower in SSE_HEADERS and encryption:
+                continue   # replaced below, so moto's own SSE answer never doubles ours
+            elif lower.startswith("x-amz-meta-") and self._on("capitalise_metadata", key):
+                name = _canonical_case(lower)
+                self._count("capitalise_metadata")
+            out.append((name, value))
+        if encryption == "sse_kms":
+            out += [("x-amz-server-side-encryption", "aws:kms"),
+                    ("x-amz-server-side-encryption-aws-kms-key-id", KMS_KEY_ID)]
+        elif encryption == "sse_c":
+            out += [("x-amz-server-side-encryption-customer-algorithm", "AES256"),
+                    ("x-amz-server-side-encryption-customer-key-MD5", SSE_C_KEY_MD5)]
+        if encryption and switch != encryption:
+            self._count(encryption)   # encrypted, but the ETag came from another switch
+        return out
+
+    def _listing(self, payload: bytes) -> bytes:
+        """ListObjects(V2) XML with each entry's ETag rewritten for its key."""
+        url_encoded = b"<EncodingType>url</EncodingType>" in payload
+
+        def one(match: re.Match[bytes]) -> bytes:
+            entry = match.group(0)
+            key_match = _KEY.search(entry)
+            if not key_match:
+                return entry
+            key = html.unescape(key_match.group(1).decode())
+            key = unquote(key) if url_encoded else key
+            etag_match = _ETAG.search(entry)
+            if etag_match is None or self._etag_switch(key) is None:
+                return entry
+            rewritten, fired = self._rewrite_etag(key, html.unescape(etag_match.group(1).decode()))
+            self._count(str(fired))
+            new_tag = b"<ETag>" + html.escape(rewritten, quote=False).encode() + b"</ETag>"
+            return entry[:etag_match.start()] + new_tag + entry[etag_match.end():]
+
+        return _CONTENTS.sub(one, payload)
+
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         split = urlsplit(handler.path)
         parts = unquote(split.path).lstrip("/").split("/", 1)
-        is_object_get = handler.command == "GET" and len(parts) == 2 and parts[1] != ""
+        query = parse_qs(split.query, keep_blank_values=True)
+        is_object = len(parts) == 2 and parts[1] != ""
+        key = parts[1] if is_object else ""
+        is_object_get = handler.command == "GET" and is_object
+        is_object_read = handler.command in ("GET", "HEAD") and is_object and not query.keys() & {"uploadId", "tagging", "acl"}
+        is_put_object = handler.command == "PUT" and is_object and not query.keys() & {"uploadId", "partNumber"} \
+            and "x-amz-copy-source" not in {k.lower() for k in handler.headers}
+        is_listing = handler.command == "GET" and not is_object and parts[0] != ""
         if is_object_get:
             if self.on_object_get is not None:
                 self.on_object_get(parts[1])
             if self._take("slowdown_count"):
-                handler.send_response(503, "Slow Down")
-                handler.send_header("Content-Type", "application/xml")
-                handler.send_header("Content-Length", str(len(SLOWDOWN_BODY)))
-                handler.end_headers()
-                handler.wfile.write(SLOWDOWN_BODY)
+                self._answer(handler, 503, "Slow Down", SLOWDOWN_BODY)
                 return
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
+        if is_object_read and not self._if_match(key, headers):
+            self._answer(handler, 412, "Precondition Failed", PRECONDITION_BODY)
+            return
         upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
         try:
-            headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
             upstream.request(handler.command, handler.path, body=body, headers=headers)
             response = upstream.getresponse()
             payload = response.read()
         finally:
             upstream.close()
+        answer_headers = response.getheaders()
+        if response.status in (200, 206) and (is_object_read or is_put_object):
+            answer_headers = self._object_headers(key, answer_headers)
+        elif response.status == 200 and is_listing and b"<ListBucketResult" in payload[:512]:
+            payload = self._listing(payload)
         truncate = is_object_get and response.status == 200 and len(payload) > 1 and self._take("truncate_count")
         handler.send_response(response.status, response.reason)
-        for name, value in response.getheaders():
+        for name, value in answer_headers:
             if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
                 handler.send_header(name, value)
         handler.send_header("Content-Length", str(len(payload)))
@@ -125,3 +280,12 @@ class S3FaultProxy:
             pass   # the client gave up on a damaged answer: that is the point
         if truncate:
             handler.close_connection = True
+
+    @staticmethod
+    def _answer(handler: BaseHTTPRequestHandler, status: int, reason: str, body: bytes) -> None:
+        handler.send_response(status, reason)
+        handler.send_header("Content-Type", "application/xml")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
