@@ -39,6 +39,7 @@ MD5), so Drive itself is the source of truth and the checkpoint is a fast cache 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -274,6 +275,8 @@ def classify_s3_error(exc: BaseException) -> Verdict:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in ("NoSuchKey", "404") or status == 404:
             return Verdict(Verdict.SKIP, "deleted from S3 since it was listed")
+        if code == "InvalidRequest" and "Server Side Encryption" in str(error.get("Message", "")):
+            return Verdict(Verdict.SKIP, "encrypted with a customer-provided key (SSE-C): set S3_SSE_C_KEY to copy it")
         if code == "InvalidObjectState":
             return Verdict(Verdict.SKIP, "archived in Glacier/Deep Archive: restore it first")
         if code == "PreconditionFailed" or status == 412:
@@ -416,6 +419,7 @@ environment (.env is read from the current directory; real environment variables
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE,
   AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (S3-compatible stores), S3_BUCKET_NAME, S3_PREFIX,
   AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION,
+  S3_SSE_C_KEY (base64 of the 256-bit key of objects encrypted with SSE-C),
   DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests),
   CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s),
   CLOUD_TRANSFER_OUTAGE_S (a service failing every request this long stops the run, exit 7; default 600)
@@ -463,6 +467,7 @@ class Config:
     aws_access_key_id: str | None = dataclasses.field(default=None, repr=False)
     aws_secret_access_key: str | None = dataclasses.field(default=None, repr=False)
     aws_session_token: str | None = dataclasses.field(default=None, repr=False)
+    sse_c_key: bytes | None = dataclasses.field(default=None, repr=False)   # S3_SSE_C_KEY, decoded
     aws_ca_bundle: str | None = None
     aws_checksum_calculation: str | None = None   # AWS_REQUEST_CHECKSUM_CALCULATION (some S3-compatible stores)
     aws_checksum_validation: str | None = None    # AWS_RESPONSE_CHECKSUM_VALIDATION
@@ -473,7 +478,8 @@ class Config:
 
     def secrets(self) -> list[str]:
         # The access key id is an identifier, not a secret; blanking it would garble bucket names.
-        return [s for s in (self.aws_secret_access_key, self.aws_session_token) if s]
+        key = base64.b64encode(self.sse_c_key).decode() if self.sse_c_key else None
+        return [s for s in (self.aws_secret_access_key, self.aws_session_token, key) if s]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -572,6 +578,19 @@ def parse_chunk_size(mib: float) -> int:
     return int(size_bytes)
 
 
+def parse_sse_c_key(value: str | None) -> bytes | None:
+    """S3_SSE_C_KEY: the base64 of the 256-bit key the objects were encrypted with (SSE-C)."""
+    if not value:
+        return None
+    try:
+        key = base64.b64decode(value, validate=True)
+    except (ValueError, TypeError):
+        key = b""
+    if len(key) != 32:
+        raise UsageError("S3_SSE_C_KEY must be the base64 of a 256-bit (32-byte) key")
+    return key
+
+
 def _positive_float(value: Any, name: str) -> float:
     try:
         number = float(value)
@@ -631,6 +650,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         aws_access_key_id=setting(None, "AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=setting(None, "AWS_SECRET_ACCESS_KEY"),
         aws_session_token=setting(None, "AWS_SESSION_TOKEN"),
+        sse_c_key=parse_sse_c_key(setting(None, "S3_SSE_C_KEY")),
         aws_ca_bundle=setting(None, "AWS_CA_BUNDLE"),
         aws_checksum_calculation=setting(None, "AWS_REQUEST_CHECKSUM_CALCULATION"),
         aws_checksum_validation=setting(None, "AWS_RESPONSE_CHECKSUM_VALIDATION"),
@@ -889,7 +909,7 @@ class Pacer:
         self._lock = threading.Lock()
         self._next_slot = 0.0
         self._strikes = 0
-        self._daily_cap_after: float | None = None   # a cap answer from then on means it persisted
+        self._daily_cap_since: float | None = None   # first cap-like answer since an upload went through
 
     def reserve(self) -> float:
         with self._lock:
@@ -899,45 +919,51 @@ class Pacer:
             return slot - now
 
     def rate_limited(self, retry_after_s: float | None, daily_cap: bool = False) -> None:
-        """Pause everyone. An upload refused with the daily cap's message after such a pause (no
-        upload succeeded since) is the cap itself: QuotaExceededError stops the run."""
+        """Pause everyone, longer with each answer. Uploads refused with the daily cap's message for
+        the whole of the longest backoff (`backoff.cap_s`, 64 s), through growing pauses and with no
+        upload going through, are the cap itself: QuotaExceededError stops the run. The message is
+        undocumented and has been seen to clear (rclone's drive backend, stop_on_upload_limit)."""
         with self._lock:
             now = self.clock()
-            if daily_cap and self._daily_cap_after is not None and now >= self._daily_cap_after:
-                raise QuotaExceededError("Google's daily upload limit (about 750 GB a day) is reached: "
-                                         "re-run tomorrow to continue")
+            if daily_cap:
+                self._daily_cap_since = self._daily_cap_since if self._daily_cap_since is not None else now
+                if now - self._daily_cap_since >= self.backoff.cap_s:
+                    raise QuotaExceededError("Google's daily upload limit (about 750 GB a day) is reached: "
+                                             "re-run tomorrow to continue")
             self._strikes += 1
             pause = self.backoff.delay(self._strikes, retry_after_s)
             self._next_slot = max(self._next_slot, now + pause)
-            if daily_cap and self._daily_cap_after is None:
-                self._daily_cap_after = self._next_slot
 
     def succeeded(self, upload: bool = False) -> None:
         with self._lock:
             self._strikes //= 2
             if upload:
-                self._daily_cap_after = None
+                self._daily_cap_since = None
 
 
 class OutageWatch:
     """Notices a service that fails every request, from every worker, for `window_s`: then the run
     stops (UnavailableError, exit 7) with the state saved, instead of retrying object after object
-    for hours. Any success resets it, so one flaky worker never stops a run."""
+    for hours. Any success or progress resets it, so one flaky worker never stops a run; and so do
+    quiet spells (no failure for a quarter of the window): an outage fails at least once per backoff."""
 
     def __init__(self, window_s: float = OUTAGE_WINDOW_S, clock: Callable[[], float] = time.monotonic):
         self.window_s, self.clock = window_s, clock
         self._lock = threading.Lock()
-        self._failing_since: dict[str, float] = {}
+        self._failing: dict[str, tuple[float, float]] = {}   # service -> (failing since, last failure)
 
     def ok(self, service: str) -> None:
-        if self._failing_since:
+        if self._failing:   # cheap enough to call for every block downloaded
             with self._lock:
-                self._failing_since.pop(service, None)
+                self._failing.pop(service, None)
 
     def failed(self, service: str, reason: str) -> None:
         with self._lock:
             now = self.clock()
-            since = self._failing_since.setdefault(service, now)
+            since, last = self._failing.get(service, (now, now))
+            if now - last > self.window_s / 4:
+                since = now
+            self._failing[service] = (since, now)
         if now - since >= self.window_s:
             raise UnavailableError(f"{service} has failed every request for {now - since:.0f} s ({reason}): "
                                    "stopped with the state saved; re-run later")
@@ -1067,14 +1093,16 @@ def parse_s3_mtime(metadata: dict[str, str]) -> dt.datetime | None:
 
 class _StopAwareWriter:
     """A file wrapper whose write() raises InterruptedRun once `stop` is set, so a Ctrl-C or SIGTERM
-    ends a download at the next block, s3transfer's parallel ones included."""
+    ends a download at the next block, s3transfer's parallel ones included. Each block is progress:
+    S3 is up."""
 
-    def __init__(self, fileobj: Any, stop: threading.Event):
-        self._fileobj, self._stop = fileobj, stop
+    def __init__(self, fileobj: Any, stop: threading.Event, outage: OutageWatch):
+        self._fileobj, self._stop, self._outage = fileobj, stop, outage
 
     def write(self, data: bytes) -> int:
         if self._stop.is_set():
             raise InterruptedRun("interrupted")
+        self._outage.ok("S3")
         return self._fileobj.write(data)
 
     def __getattr__(self, name: str) -> Any:
@@ -1086,10 +1114,28 @@ class S3Source:
     Downloads end early (InterruptedRun) once `stop` is set."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE,
-                 stop: threading.Event | None = None, outage: OutageWatch | None = None):
+                 stop: threading.Event | None = None, outage: OutageWatch | None = None, sse_c_key: bytes | None = None):
         self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
         self.stop = stop or threading.Event()
         self.outage = outage or OutageWatch()
+        # SSE-C objects are read only with their key; AWS refuses the key for other objects, so it is
+        # sent where the last object needed it and the other way is tried on that refusal.
+        self._sse_c = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": sse_c_key} if sse_c_key else {}
+        self._sse_c_first = False
+        self._etag_mismatches: dict[tuple[str, str], str] = {}   # (key, ETag) -> MD5 of a download
+        self._mismatch_lock = threading.Lock()
+
+    def _read(self, method: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """A GET or HEAD, with the SSE-C key where the object needs it."""
+        first, second = (self._sse_c, {}) if self._sse_c_first else ({}, self._sse_c)
+        try:
+            return method(Bucket=self.bucket, **kwargs, **first)
+        except botocore.exceptions.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if not self._sse_c or status != 400:
+                raise
+            self._sse_c_first = not self._sse_c_first
+            return method(Bucket=self.bucket, **kwargs, **second)
 
     def check_access(self) -> None:
         """Fail early, naming the bucket and the denied call."""
@@ -1131,7 +1177,7 @@ class S3Source:
 
     def head(self, key: str) -> dict[str, Any]:
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=key)
+            return self._read(self.client.head_object, Key=key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise_for(classify_s3_error(exc))
             raise   # unreachable: raise_for always raises
@@ -1142,7 +1188,7 @@ class S3Source:
 
     def download_to(self, obj: SourceObject, fileobj: Any) -> Download:
         """Stream the object into `fileobj` (opened w+b), hashing on the way; verify size and ETag."""
-        writer = _StopAwareWriter(fileobj, self.stop)
+        writer = _StopAwareWriter(fileobj, self.stop, self.outage)
         try:
             if obj.size <= STREAMED_GET_MAX_BYTES:
                 result = self._streamed_get(obj, writer)
@@ -1158,7 +1204,17 @@ class S3Source:
         if written != obj.size:
             raise ObjectError(Verdict(Verdict.RETRY, f"truncated download: {written} of {obj.size} bytes"))
         if result.etag_checked and result.md5 != obj.etag:
-            raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {result.md5} vs ETag {obj.etag}"))
+            # Some stores send 32 hex digits that are no MD5 and say nothing about it (S3 Express
+            # directory buckets; other stores' encryption). Two downloads that agree are the bytes;
+            # Drive's md5Checksum still checks the copy end to end.
+            with self._mismatch_lock:
+                earlier = self._etag_mismatches.pop((obj.key, obj.etag), None)
+                if earlier != result.md5:
+                    self._etag_mismatches[(obj.key, obj.etag)] = result.md5
+                    raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {result.md5} vs ETag {obj.etag}"))
+            log.warning("the ETag of %s is not the MD5 of its bytes (two downloads agree): checking the copy "
+                        "with Drive's MD5 only", obj.key)
+            result = dataclasses.replace(result, etag_checked=False)
         return result
 
     def _pinned(self, obj: SourceObject) -> dict[str, str]:
@@ -1171,7 +1227,7 @@ class S3Source:
                         etag_checked=etag_is_md5(obj.etag, response))
 
     def _streamed_get(self, obj: SourceObject, fileobj: Any) -> Download:
-        response = self.client.get_object(Bucket=self.bucket, Key=obj.key, **self._pinned(obj))
+        response = self._read(self.client.get_object, Key=obj.key, **self._pinned(obj))
         md5 = hashlib.md5()
         body = response["Body"]
         try:
@@ -1187,10 +1243,11 @@ class S3Source:
 
         # PERF: s3transfer fetches ranges in parallel and writes them out of order, so the MD5 is
         # computed afterwards from the local file (disk reads are far faster than the network).
-        head = self.client.head_object(Bucket=self.bucket, Key=obj.key, **self._pinned(obj))
+        head = self._read(self.client.head_object, Key=obj.key, **self._pinned(obj))
         transfer_config = TransferConfig(multipart_threshold=STREAMED_GET_MAX_BYTES, max_concurrency=4,
                                          multipart_chunksize=16 * 1024 * 1024)
-        self.client.download_fileobj(self.bucket, obj.key, fileobj, Config=transfer_config)
+        self.client.download_fileobj(self.bucket, obj.key, fileobj, Config=transfer_config,
+                                     ExtraArgs=self._sse_c if head.get("SSECustomerAlgorithm") else None)
         fileobj.flush()
         fileobj.seek(0)
         md5 = hashlib.md5()
@@ -1553,11 +1610,12 @@ class DriveApi:
     def delete(self, file_id: str) -> None:
         self.call(lambda service: service.files().delete(fileId=file_id, supportsAllDrives=True), missing_ok=True)
 
-    def account(self) -> str:
-        """The signed-in Google account (about.get)."""
+    def account(self) -> dict[str, str]:
+        """The signed-in Google account (about.get): its stable permissionId, and the email address
+        for messages (Google: it "may not be present in certain contexts", and it can change)."""
         about = self.call(lambda service: service.about().get(fields="user(emailAddress,permissionId)"))
         user = about.get("user") or {}
-        return str(user.get("emailAddress") or user.get("permissionId") or "")
+        return {"account_id": str(user.get("permissionId") or ""), "account": str(user.get("emailAddress") or "")}
 
     def use_shared_drive(self, drive_id: str | None) -> None:
         """List inside one shared drive (corpora=drive): allDrives may answer incompleteSearch."""
@@ -1616,14 +1674,18 @@ class DriveFolders:
         return min(found, key=lambda f: f.created_time or "").id if found else None
 
     def create(self, name: str, parent_id: str, path: tuple[str, ...]) -> str:
-        folder_id = self.api.new_id()
-        self.record(path, folder_id)   # before sending: the id is how a lost answer is found again
-        body = {"id": folder_id, "name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}
-        try:
-            self.api.create(lambda service: service.files().create(body=body, fields="id", supportsAllDrives=True),
-                            folder_id)
-        except IdNotUsable:
-            return self.create(name, parent_id, path)
+        for _ in range(MAX_REQUEST_ATTEMPTS):
+            folder_id = self.api.new_id()
+            self.record(path, folder_id)   # before sending: the id is how a lost answer is found again
+            body = {"id": folder_id, "name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}
+            try:
+                self.api.create(lambda service: service.files().create(
+                    body=body, fields="id", supportsAllDrives=True), folder_id)
+                break
+            except IdNotUsable:
+                continue
+        else:
+            raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated folder id"))
         with self._lock:
             self._listings[folder_id] = FolderListing({}, defaultdict(list))   # new: nothing to list
         return folder_id
@@ -1817,7 +1879,8 @@ _ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(CheckpointEntry))
 def json_entries_hook(obj: dict[str, Any]) -> Any:
     """json object_hook turning entry-shaped objects into CheckpointEntry as they are parsed, so a
     million-entry snapshot is never held twice (as dicts and as entries) while loading."""
-    if "status" in obj and "etag" in obj and "size" in obj and obj.keys() <= _ENTRY_FIELDS:
+    if "status" in obj and "size" in obj and obj.keys() <= _ENTRY_FIELDS:
+        obj.setdefault("etag", "")   # versions before 1.1 dropped an empty ETag when saving
         try:
             return CheckpointEntry.from_json(obj)
         except TypeError:
@@ -2409,24 +2472,21 @@ class Transfer:
                     log.warning("failed %s: %s", obj.key, verdict.reason)
                 return
 
-    def _known_copy(self, obj: SourceObject, folder_id: str) -> tuple[DriveFile | None, str | None]:
-        """What the checkpoint's id for this key points at: (the file, if it is a live copy here;
-        an id to create with, if nothing has it: a create recorded but maybe never sent)."""
-        entry = None if self.recheck else self.checkpoint.get(obj.key)
-        if entry is None or not entry.drive_id:
-            return None, None
-        found = self.drive.api.get(entry.drive_id)
-        if found is None:
-            return None, entry.drive_id
-        if found.trashed or found.parent_id != folder_id or found.is_folder:
-            return None, None
-        return found, None
+    def _known_copy(self, obj: SourceObject, folder_id: str) -> DriveFile | None:
+        """The live copy in this folder that the checkpoint's id for this key points at, if any. Asked
+        even under --recheck: files.get is consistent, so a recorded id (a create that was maybe sent)
+        is the one thing a lagging search cannot hide; its 404 means the create never happened."""
+        entry = self.checkpoint.get(obj.key)
+        found = self.drive.api.get(entry.drive_id) if entry and entry.drive_id else None
+        if found is None or found.trashed or found.parent_id != folder_id or found.is_folder:
+            return None
+        return found
 
     def _copy(self, obj: SourceObject, attempts: int) -> None:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
         parts = drive_path_for(obj.key)
         folder_id = self.drive.folders.ensure(parts[:-1])
-        known, reusable_id = self._known_copy(obj, folder_id)
+        known = self._known_copy(obj, folder_id)
         copies = [known] if known else self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
         intact = [copy for copy in copies if is_intact_copy(copy, obj)]
         if intact:
@@ -2451,18 +2511,18 @@ class Transfer:
                 sent = done_bytes
 
             for _ in range(MAX_REQUEST_ATTEMPTS):
-                file_id = update_id or reusable_id or self.drive.api.new_id()
+                file_id = update_id or self.drive.api.new_id()
                 if not update_id:
                     self._record_sending(obj, file_id, attempts)
                 try:
                     uploaded = self.drive.uploader.upload(path, obj.size, metadata, mimetype, file_id=file_id,
                                                           update=bool(update_id), progress=progress)
                     break
-                except IdNotUsable:
-                    reusable_id = None   # deleted, expired, or never ours: take a fresh one
-                except BaseException:
+                except BaseException as exc:
                     self.stats.add("transferred_bytes", -sent)   # the next attempt sends it all again
-                    raise
+                    sent = 0
+                    if not isinstance(exc, IdNotUsable):   # Drive would not take the id: take another
+                        raise
             else:
                 raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
             self.stats.add("transferred_bytes", obj.size - sent)
@@ -2568,7 +2628,8 @@ def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
 
 
 def make_source(config: Config, runtime: Runtime, outage: OutageWatch | None = None) -> S3Source:
-    return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage)
+    return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage,
+                    config.sse_c_key)
 
 
 @dataclasses.dataclass
@@ -2607,14 +2668,32 @@ def describe_identity(identity: dict[str, str]) -> str:
     return f"OAuth client {identity.get('client_id') or '?'} as {identity.get('account') or '?'}"
 
 
+def same_identity(recorded: dict[str, str], current: dict[str, str]) -> bool:
+    """Same OAuth client and same Google account; an account told by its permissionId when both have
+    one (an email address can change), else by email."""
+    if recorded.get("client_id") != current.get("client_id"):
+        return False
+    key = "account_id" if recorded.get("account_id") and current.get("account_id") else "account"
+    return bool(recorded.get(key)) and recorded.get(key) == current.get(key)
+
+
 def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, client_id: str) -> str:
     """The root folder's id: --folder-id, else the one earlier runs filled, else a new copy's.
 
-    Under drive.file a folder is visible only to the OAuth client (Google Cloud project) and account
-    that made it: a remembered root that answers 404 may be deleted, or may be hidden from a new
-    credentials.json. Only the first is a reason to copy again; the second stops, naming both.
+    Under drive.file a folder is visible only to the OAuth client's Google Cloud project and the
+    account that made it: a remembered root that answers 404 may be deleted, or may be hidden from a
+    new credentials.json or another account. Only the first is a reason to copy again; the second
+    stops before any upload, naming both. A trashed root stops too: restoring it is one click,
+    copying everything again takes days under Google's daily cap.
     """
-    api, recorded = drive.api, checkpoint.identity
+    api, recorded = drive.api, dict(checkpoint.identity)
+
+    def current_identity(ask: bool = False) -> dict[str, str]:
+        known = checkpoint.identity
+        if not ask and known.get("client_id") == client_id and known.get("account_id"):
+            return dict(known)   # the root is visible: no need to ask Drive who we are on every run
+        return {"client_id": client_id, **api.account()}
+
     if config.folder_id:
         folder = api.get(config.folder_id)
         if folder is None or not folder.is_folder:
@@ -2629,12 +2708,15 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
         if remembered is not None and remembered.is_folder and not remembered.trashed:
             root_id = remembered.id
         else:
+            current = current_identity(ask=True)
             if config.new_root:
                 log.warning("--new-root: starting a new copy in a new folder %r; an earlier copy stays as it is",
                             config.folder_name)
-            elif checkpoint.root_folder_id and remembered is None:
-                current = {"client_id": client_id, "account": api.account()}
-                if not recorded.get("client_id") or any(recorded.get(k) and recorded[k] != current[k] for k in current):
+            elif remembered is not None:
+                raise UsageError(f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is in the "
+                                 "trash: restore it and re-run, or pass --new-root to start a new copy")
+            elif checkpoint.root_folder_id:
+                if not same_identity(recorded, current):
                     raise AuthError(
                         f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
                         f"sign-in: it was made with {describe_identity(recorded)}, this is {describe_identity(current)}. "
@@ -2642,19 +2724,18 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
                         "second, separate copy")
                 log.warning("the Drive folder earlier runs filled is gone (deleted permanently): "
                             "copying everything again into a new folder")
-            elif checkpoint.root_folder_id:
-                log.warning("the Drive folder earlier runs filled is in the trash: copying into another "
-                            "(restore it from the trash and re-run to use it instead)")
             if checkpoint.root_folder_id or config.new_root:
                 # What earlier runs copied is not here: every object is checked against Drive, in this
                 # run and any that resume it, until one finishes.
                 checkpoint.forget_folders()
                 checkpoint.set_recheck_pending(True)
+            # Recorded before the root is created, so a run that dies creating it is not taken for
+            # another sign-in next time.
+            checkpoint.set_identity(current)
             root_id = (None if config.new_root else drive.folders.find_root(config.folder_name)) \
                 or drive.folders.create(config.folder_name, "root", ())
-    if not recorded.get("account") or recorded.get("client_id") != client_id or root_id != checkpoint.root_folder_id:
-        account = recorded.get("account") if recorded.get("client_id") == client_id else ""
-        checkpoint.set_identity({"client_id": client_id, "account": account or api.account()})
+    if not same_identity(checkpoint.identity, current := current_identity()):
+        checkpoint.set_identity(current)   # e.g. a new client of the same project, which still sees the copy
     checkpoint.set_root(root_id)
     drive.folders.set_root(root_id)
     return root_id
@@ -2784,7 +2865,9 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
     root_id = config.folder_id or (checkpoint.root_folder_id if checkpoint else None)
     if config.folder_id:
         folder = drive.api.get(config.folder_id)
-        drive.api.use_shared_drive(folder.drive_id if folder else None)
+        if folder is None or not folder.is_folder:
+            raise UsageError(f"--folder-id {config.folder_id} is not a folder this app can see")
+        drive.api.use_shared_drive(folder.drive_id)
     if not root_id:
         root_id = drive.folders.find_root(config.folder_name)
     tree = walk_drive_tree(drive.api, root_id) if root_id else {}

@@ -18,7 +18,11 @@ PutObject answers, so a client sees one consistent object:
   plus the key id, and an ETag of 32 hex digits that is NOT the MD5 of the bytes
   (md5(b"kms:" + moto's ETag));
 - ``sse_c``: the same for SSE-C: ``x-amz-server-side-encryption-customer-algorithm: AES256``
-  (and a key-MD5 header; the customer key itself is not required), ETag md5(b"sse-c:" + ETag);
+  and the key's MD5, ETag md5(b"sse-c:" + ETag). As on AWS, a GET or HEAD without the customer
+  key headers gets 400 InvalidRequest ("...the correct parameters must be provided...", AWS
+  GetObject docs); with them (any key: none is checked) the object is served;
+- ``opaque_etag``: an ETag of 32 hex digits that is not the MD5, with no header saying why
+  (S3 Express directory buckets, other stores' encryption), md5(b"opaque:" + ETag);
 - ``empty_etag``: the ETag is ``""`` everywhere, as some S3-compatible gateways send it;
 - ``capitalise_metadata``: user metadata comes back as ``X-Amz-Meta-Mtime`` (MinIO, Go's
   canonical header case) instead of ``x-amz-meta-mtime``.
@@ -48,6 +52,9 @@ PRECONDITION_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>Prec
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 KMS_KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 SSE_C_KEY_MD5 = "ZmFrZS1jdXN0b21lci1rZXk="   # any base64: no customer key is checked
+SSE_C_KEY_MISSING_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code>'
+                          b"<Message>The object was stored using a form of Server Side Encryption. The correct "
+                          b"parameters must be provided to retrieve the object.</Message></Error>")
 SSE_HEADERS = {"x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id",
                "x-amz-server-side-encryption-customer-algorithm", "x-amz-server-side-encryption-customer-key-md5"}
 Switch = Union[bool, Callable[[str], bool]]
@@ -78,6 +85,7 @@ class S3FaultProxy:
         self.on_object_get: Callable[[str], None] | None = None
         self.sse_kms: Switch = False
         self.sse_c: Switch = False
+        self.opaque_etag: Switch = False
         self.empty_etag: Switch = False
         self.capitalise_metadata: Switch = False
         self.counts: Counter[str] = Counter()
@@ -138,8 +146,8 @@ class S3FaultProxy:
         return bool(value(key)) if callable(value) else bool(value)
 
     def _etag_switch(self, key: str) -> str | None:
-        """The switch that rewrites this key's ETag (empty_etag wins, then sse_kms, then sse_c)."""
-        return next((name for name in ("empty_etag", "sse_kms", "sse_c") if self._on(name, key)), None)
+        """The switch that rewrites this key's ETag (empty_etag wins, then sse_kms, sse_c, opaque_etag)."""
+        return next((name for name in ("empty_etag", "sse_kms", "sse_c", "opaque_etag") if self._on(name, key)), None)
 
     def _rewrite_etag(self, key: str, original: str) -> tuple[str, str | None]:
         """(ETag to send, with quotes; the switch that fired) for moto's `original` ETag (quotes optional)."""
@@ -149,7 +157,7 @@ class S3FaultProxy:
         bare = _unquote_etag(original).strip('"')
         if switch == "empty_etag":
             return '""', switch
-        salt = b"kms:" if switch == "sse_kms" else b"sse-c:"
+        salt = {"sse_kms": b"kms:", "sse_c": b"sse-c:", "opaque_etag": b"opaque:"}[switch]
         rewritten = hashlib.md5(salt + bare.encode()).hexdigest()
         with self.lock:
             self._origin[(key, rewritten)] = bare
@@ -249,6 +257,14 @@ class S3FaultProxy:
                 self._answer(handler, 503, "Slow Down", SLOWDOWN_BODY)
                 return
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
+        if is_object_read and self._on("sse_c", key):
+            customer = {k for k in headers if k.lower().startswith("x-amz-server-side-encryption-customer-")}
+            if len(customer) < 3:
+                self._count("sse_c_key_missing")
+                self._answer(handler, 400, "Bad Request", SSE_C_KEY_MISSING_BODY)
+                return
+            for name in customer:   # moto holds the object unencrypted: it must not see the key
+                del headers[name]
         if is_object_read and not self._if_match(key, headers):
             self._answer(handler, 412, "Precondition Failed", PRECONDITION_BODY)
             return

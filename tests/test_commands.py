@@ -49,6 +49,7 @@ def test_rollback_last_run_only_and_leaves_folders(env):
 def test_rollback_never_removes_a_users_own_file_put_into_our_folder(env, permanent):
     """Under drive.file the user's own files in our folders are invisible to the tool, and trashing or
     deleting a folder takes all it holds: rollback must leave every folder alone (issue 7, item 6)."""
+    env.drive.faults.app_visibility = True   # the user's file is invisible to the tool, as on real Drive
     two_runs(env)
     folder_id = json.loads(env.checkpoint.read_text())["folders"]["second"]["id"]
     users = env.drive.add_file("my-own-notes.txt", b"the user's", parent_id=folder_id)   # made in the web UI

@@ -31,9 +31,12 @@ from googleapiclient.http import MediaIoBaseDownload, MediaIoBaseUpload, build_h
 
 from tests.drive_emulator import (
     DAILY_CAP_MESSAGE,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_USER_EMAIL,
     FOLDER_MIME,
     QUOTA_MESSAGE,
     ROOT_FOLDER_ID,
+    SCOPE_DRIVE,
     DriveEmulator,
     Faults,
     parse_fields,
@@ -57,13 +60,14 @@ def emu():
         assert e.internal_errors == []  # an emulator bug must never pass as a Drive error
 
 
-def service(emu: DriveEmulator, token: str | None = None, refresh_token: str | None = None):
+def service(emu: DriveEmulator, token: str | None = None, refresh_token: str | None = None,
+            client_id: str = "client-id"):
     """A googleapiclient Drive service on its own Http (they are not thread-safe)."""
     creds = Credentials(
         token=token if token is not None or refresh_token else emu.issue_token(),
         refresh_token=refresh_token,
         token_uri=emu.url + "/token",
-        client_id="client-id",
+        client_id=client_id,
         client_secret="client-secret",
     )
     return build_from_document(emu.discovery_document(), http=AuthorizedHttp(creds, http=build_http()))
@@ -948,3 +952,344 @@ def test_command_line_prints_url_and_token():
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+
+
+# ---------------------------------------------------------------------------
+# Real Drive behaviour behind switches: list lag, per-app visibility, shared
+# drives, reused ids; and what is always on (case-insensitive name =, orderBy)
+# ---------------------------------------------------------------------------
+
+OTHER_APP = "other-project.apps.googleusercontent.com"
+
+
+def listed(svc, q: str = "", **params) -> list[str]:
+    """Names a files.list answers with, in its order."""
+    return [f["name"] for f in svc.files().list(q=q, fields="files(name)", **params).execute()["files"]]
+
+
+def not_found_error(request) -> HttpError:
+    with pytest.raises(HttpError) as err:
+        request.execute()
+    assert err.value.status_code == 404 and http_reason(err.value) == "notFound"
+    return err.value
+
+
+def test_list_lag_hides_new_items_from_lists_but_not_from_get(emu):
+    emu.faults.list_lag_s = float("inf")
+    svc = service(emu)
+    folder = svc.files().create(body={"name": "Trip", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    photo = upload(svc, b"p", "p.jpg", [folder])["id"]
+    assert svc.files().get(fileId=photo, fields="id,parents").execute() == {"id": photo, "parents": [folder]}
+    assert listed(svc) == [] and listed(svc, f"'{folder}' in parents") == []
+    assert emu.fault_counts["list_lag"] == 3  # two hidden in the first answer, one in the second
+    assert [f["id"] for f in emu.list_files()] == [folder, photo]  # the helper is never lagged
+    emu.settle()
+    assert listed(svc) == ["Trip", "p.jpg"]
+    # A finite lag: what happened a moment ago is not listed yet...
+    emu.faults.list_lag_s = 30
+    emu.add_file("new.jpg", b"n", folder)
+    assert listed(svc, f"'{folder}' in parents") == ["p.jpg"]
+    # ...and is once the lag has passed (shrunk here instead of sleeping).
+    emu.faults.list_lag_s = 1e-9
+    assert listed(svc, f"'{folder}' in parents") == ["p.jpg", "new.jpg"]
+
+
+def test_list_lag_shows_moved_and_trashed_items_as_they_were(emu):
+    svc = service(emu)
+    a, b = emu.add_folder("A")["id"], emu.add_folder("B")["id"]
+    x = emu.add_file("x.jpg", b"x", a)["id"]
+    inner = emu.add_file("inner.jpg", b"i", b)["id"]
+    emu.faults.list_lag_s = float("inf")
+    moved = svc.files().update(fileId=x, addParents=b, removeParents=a, fields="parents").execute()
+    assert moved == {"parents": [b]}
+    assert listed(svc, f"'{a}' in parents") == ["x.jpg"]  # still where it was...
+    assert listed(svc, f"'{b}' in parents") == ["inner.jpg"]  # ...and not yet where it is
+    svc.files().update(fileId=b, body={"trashed": True}).execute()
+    # Trashing B trashed inner.jpg too; lists still see both alive, get does not.
+    stale = svc.files().list(q="trashed = false", fields="files(name,trashed)").execute()["files"]
+    assert {f["name"]: f["trashed"] for f in stale} == {"A": False, "B": False, "x.jpg": False,
+                                                      "inner.jpg": False}
+    assert svc.files().get(fileId=inner, fields="trashed").execute() == {"trashed": True}
+    emu.settle()
+    assert listed(svc, "trashed = false") == ["A"]
+    assert listed(svc, f"'{b}' in parents") == ["x.jpg", "inner.jpg"]
+
+
+def test_name_equality_ignores_case_but_contains_is_unchanged(emu):
+    svc = service(emu)
+    for name in ("IMG_1.JPG", "img_1.jpg", "Img_10.jpg", "other.jpg"):
+        emu.add_file(name, b"x")
+    assert listed(svc, "name = 'img_1.jpg'") == ["IMG_1.JPG", "img_1.jpg"]
+    assert listed(svc, "name != 'IMG_1.jpg'") == ["Img_10.jpg", "other.jpg"]
+    assert listed(svc, "name contains 'img_1'") == ["IMG_1.JPG", "img_1.jpg", "Img_10.jpg"]
+    assert listed(svc, "mimeType = 'APPLICATION/OCTET-STREAM'") == []  # only names ignore case
+
+
+def test_drive_file_scope_sees_only_its_own_apps_files(emu):
+    emu.faults.app_visibility = True
+    ours = service(emu)  # default client, drive.file
+    theirs = service(emu, token=emu.issue_token(client_id=OTHER_APP))
+    folder = ours.files().create(body={"name": "Photos", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    mine = upload(ours, b"mine", "mine.jpg", [folder], appProperties={"src": "ours"})["id"]
+    users = emu.add_file("holiday.jpg", b"the user's", folder)["id"]  # made in the web UI: no app
+    # Another app: our files are 404 exactly like missing ones, and lists leave them out.
+    err = not_found_error(theirs.files().get(fileId=mine))
+    assert err.reason == f"File not found: {mine}."
+    not_found_error(theirs.files().update(fileId=mine, body={"name": "renamed"}))
+    not_found_error(theirs.files().update(fileId=mine, media_body=media(b"new", resumable=False)))
+    not_found_error(theirs.files().update(fileId=mine, media_body=media(b"new")))
+    not_found_error(theirs.files().delete(fileId=mine))
+    assert listed(theirs) == []
+    # Creating into a folder it cannot see: 404 for the parent, on every create path.
+    err = not_found_error(theirs.files().create(body={"name": "n", "mimeType": FOLDER_MIME, "parents": [folder]}))
+    assert err.reason == f"File not found: {folder}."
+    for resumable in (False, True):
+        not_found_error(theirs.files().create(body={"name": "n.jpg", "parents": [folder]},
+                                              media_body=media(b"n", resumable=resumable)))
+    # We see ours but not the user's own file in our folder.
+    assert listed(ours, f"'{folder}' in parents") == ["mine.jpg"]
+    not_found_error(ours.files().get(fileId=users))
+    # The Python helpers see everything.
+    assert [emu.path_of(f["id"]) for f in emu.list_files()] == ["Photos", "Photos/mine.jpg", "Photos/holiday.jpg"]
+    assert [f["name"] for f in emu.files_of_app(DEFAULT_CLIENT_ID)] == ["Photos", "mine.jpg"]
+    assert [f["name"] for f in emu.files_of_app(None)] == ["holiday.jpg"]
+    assert emu.content(users) == b"the user's"
+    # With the switch off, every token sees everything again.
+    emu.faults.app_visibility = False
+    assert listed(theirs, f"'{folder}' in parents") == ["mine.jpg", "holiday.jpg"]
+
+
+def test_app_properties_are_private_to_each_app_even_with_full_scope(emu):
+    emu.faults.app_visibility = True
+    ours = service(emu)
+    wide = service(emu, token=emu.issue_token(client_id=OTHER_APP, scope=SCOPE_DRIVE))
+    mine = upload(ours, b"mine", "mine.jpg", appProperties={"src": "ours"})["id"]
+    users = emu.add_file("holiday.jpg", b"u")["id"]
+    # The full drive scope reaches every file of the user...
+    assert listed(wide) == ["mine.jpg", "holiday.jpg"]
+    assert wide.files().get(fileId=mine, fields="id,appProperties").execute() == {"id": mine}
+    # ...but only its own app's appProperties, in answers and in queries.
+    wide.files().update(fileId=mine, body={"appProperties": {"src": "theirs"}}).execute()
+    wide.files().update(fileId=users, body={"appProperties": {"tag": "t"}}).execute()
+    assert ours.files().get(fileId=mine, fields="appProperties").execute() == {"appProperties": {"src": "ours"}}
+    assert wide.files().get(fileId=mine, fields="appProperties").execute() == {"appProperties": {"src": "theirs"}}
+    assert listed(ours, "appProperties has { key='src' and value='theirs' }") == []
+    assert listed(wide, "appProperties has { key='src' and value='theirs' }") == ["mine.jpg"]
+    ours.files().update(fileId=mine, body={"appProperties": {"src": None, "run": "r1"}}).execute()
+    assert ours.files().get(fileId=mine, fields="appProperties").execute() == {"appProperties": {"run": "r1"}}
+    assert wide.files().get(fileId=mine, fields="appProperties").execute() == {"appProperties": {"src": "theirs"}}
+    # The omniscient helper merges every app's.
+    assert emu.list_files()[0]["appProperties"] == {"src": "theirs", "run": "r1"}
+
+
+def test_trash_and_delete_of_a_folder_take_what_the_app_cannot_see(emu):
+    """The danger our tool must avoid: Drive cascades to the user's own files too."""
+    emu.faults.app_visibility = True
+    svc = service(emu)
+    folder = svc.files().create(body={"name": "Photos", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    emu.add_file("users-own.jpg", b"precious", folder)
+    sub = emu.add_folder("Sub", folder, app=OTHER_APP)["id"]
+    emu.add_file("deep.jpg", b"d", sub)
+    assert listed(svc, f"'{folder}' in parents") == []  # nothing visible in there
+    svc.files().update(fileId=folder, body={"trashed": True}).execute()
+    assert emu.list_files() == [] and len(emu.list_files(include_trashed=True)) == 4
+    svc.files().update(fileId=folder, body={"trashed": False}).execute()
+    assert len(emu.list_files()) == 4
+    svc.files().delete(fileId=folder).execute()
+    assert emu.files == {}
+
+
+def test_tokens_carry_client_user_and_scope(emu):
+    emu.faults.app_visibility = True
+    alice = service(emu)
+    rt = emu.issue_refresh_token(client_id="bob-client", user_email="bob.smith@example.com", scope=SCOPE_DRIVE)
+    bob = service(emu, token=None, refresh_token=rt, client_id="bob-client")
+    bob_user = bob.about().get(fields="user").execute()["user"]
+    alice_user = alice.about().get(fields="user(emailAddress,displayName,permissionId)").execute()["user"]
+    assert bob_user["emailAddress"] == "bob.smith@example.com" and bob_user["displayName"] == "Bob Smith"
+    assert bob_user["me"] is True and bob_user["permissionId"].isdigit()
+    assert alice_user["emailAddress"] == DEFAULT_USER_EMAIL and alice_user["displayName"] == "Emulated User"
+    assert alice_user["permissionId"] != bob_user["permissionId"]
+    # Users do not see each other's My Drive, whatever the scope.
+    bobs = bob.files().create(body={"name": "bob.txt"}, fields="id,ownedByMe,owners(emailAddress)").execute()
+    assert bobs["ownedByMe"] is True and bobs["owners"] == [{"emailAddress": "bob.smith@example.com"}]
+    alices = alice.files().create(body={"name": "alice.txt"}, fields="id").execute()["id"]
+    assert listed(bob) == ["bob.txt"] and listed(alice) == ["alice.txt"]
+    not_found_error(bob.files().get(fileId=alices))
+    # The refresh token belongs to bob-client: another client cannot use it.
+    with pytest.raises(RefreshError) as err:
+        service(emu, token=None, refresh_token=rt, client_id=OTHER_APP).files().list().execute()
+    assert "unauthorized_client" in str(err.value)
+    # An unregistered refresh token is the default user, for the client that sent it.
+    stranger = service(emu, token=None, refresh_token="rt-unknown", client_id=OTHER_APP)
+    made = stranger.files().create(body={"name": "s"}, fields="id").execute()["id"]
+    assert [f["id"] for f in emu.files_of_app(OTHER_APP)] == [made]
+    assert listed(alice) == ["alice.txt"]  # same user, different app
+    # An authorization code redeemed by a client makes a lasting grant for that client and user.
+    code = emu.issue_auth_code(user_email="carol@example.com")
+    form = {"grant_type": "authorization_code", "code": code, "client_id": "carol-client", "client_secret": "s"}
+    status, _, body = raw(emu, "POST", "/token", urlencode(form),
+                          {"Content-Type": "application/x-www-form-urlencoded"}, token=None)
+    assert status == 200 and body["scope"] == "https://www.googleapis.com/auth/drive.file"
+    carol = service(emu, token=None, refresh_token=body["refresh_token"], client_id="carol-client")
+    assert carol.about().get(fields="user(emailAddress)").execute() == {"user": {"emailAddress": "carol@example.com"}}
+
+
+def create_in(svc, body: dict, data: bytes | None = None, resumable: bool = True, **params) -> dict:
+    """files.create with extra parameters (supportsAllDrives...), metadata-only or an upload."""
+    fields = params.pop("fields", "id,name,driveId,parents,md5Checksum")
+    if data is None:
+        return svc.files().create(body=body, fields=fields, **params).execute()
+    request = svc.files().create(body=body, media_body=media(data, resumable=resumable), fields=fields, **params)
+    return run_upload(request) if resumable else request.execute()
+
+
+def test_shared_drive_items_need_supports_all_drives_and_carry_drive_id(emu):
+    svc = service(emu)
+    drive_id = emu.add_shared_drive("Team")
+    folder_meta = {"name": "Shared", "mimeType": FOLDER_MIME, "parents": [drive_id]}
+    not_found_error(svc.files().create(body=folder_meta))  # without supportsAllDrives the drive "is not there"
+    folder = create_in(svc, folder_meta, supportsAllDrives=True)
+    assert folder["driveId"] == drive_id and folder["parents"] == [drive_id]
+    for resumable in (False, True):
+        body = {"name": f"p{resumable}.jpg", "parents": [folder["id"]]}
+        err = not_found_error(svc.files().create(body=body, media_body=media(b"p", resumable=resumable)))
+        assert err.reason == f"File not found: {folder['id']}."
+        assert create_in(svc, body, b"p", resumable, supportsAllDrives=True)["driveId"] == drive_id
+    not_found_error(svc.files().get(fileId=folder["id"]))
+    assert svc.files().get(fileId=folder["id"], supportsAllDrives=True, fields="driveId").execute() == {
+        "driveId": drive_id}
+    top = svc.files().get(fileId=drive_id, supportsAllDrives=True, fields="id,name,mimeType").execute()
+    assert top == {"id": drive_id, "name": "Team", "mimeType": FOLDER_MIME}
+    emu.add_file("mine.jpg", b"m")
+    assert "driveId" not in emu.list_files()[-1]
+    # Lists: My Drive only by default; everything with includeItemsFromAllDrives; one drive with corpora=drive.
+    assert listed(svc) == ["mine.jpg"]
+    everything = ["Shared", "pFalse.jpg", "pTrue.jpg", "mine.jpg"]
+    assert listed(svc, includeItemsFromAllDrives=True, supportsAllDrives=True) == everything
+    assert listed(svc, corpora="allDrives", includeItemsFromAllDrives=True, supportsAllDrives=True) == everything
+    assert listed(svc, corpora="drive", driveId=drive_id, includeItemsFromAllDrives=True,
+                  supportsAllDrives=True) == ["Shared", "pFalse.jpg", "pTrue.jpg"]
+    # A move out of the shared drive takes the file (and driveId) with it.
+    moved = svc.files().update(fileId=folder["id"], addParents="root", removeParents=drive_id,
+                               supportsAllDrives=True, fields="driveId,parents").execute()
+    assert moved == {"parents": [ROOT_FOLDER_ID]}
+    assert all("driveId" not in f for f in emu.list_files())
+
+
+@pytest.mark.parametrize("params, status, reason", [
+    ({"corpora": "drive", "includeItemsFromAllDrives": True}, 400, "teamDriveIdRequiresTeamDriveCorpora"),
+    ({"driveId": "DRIVE", "includeItemsFromAllDrives": True}, 400, "teamDriveIdRequiresTeamDriveCorpora"),
+    ({"corpora": "allDrives", "driveId": "DRIVE", "includeItemsFromAllDrives": True}, 400,
+     "teamDriveIdRequiresTeamDriveCorpora"),
+    ({"corpora": "drive", "driveId": "DRIVE"}, 403, "teamDriveInclusionRequired"),
+    ({"corpora": "allDrives"}, 403, "teamDriveInclusionRequired"),
+    ({"corpora": "everything"}, 400, "invalid"),
+    ({"corpora": "drive", "driveId": "0AnoSuchDriveUk9PVA", "includeItemsFromAllDrives": True}, 404, "notFound"),
+])
+def test_corpora_and_drive_id_rules(emu, params, status, reason):
+    drive_id = emu.add_shared_drive("Team")
+    if params.get("driveId") == "DRIVE":
+        params = dict(params, driveId=drive_id)
+    with pytest.raises(HttpError) as err:
+        service(emu).files().list(supportsAllDrives=True, **params).execute()
+    assert (err.value.status_code, http_reason(err.value)) == (status, reason)
+
+
+def test_incomplete_search_over_all_drives(emu):
+    svc = service(emu)
+    drive_id = emu.add_shared_drive("Team")
+    for n in range(3):
+        emu.add_file(f"my{n}.jpg", b"m")
+        emu.add_file(f"team{n}.jpg", b"t", drive_id)
+    every = {"includeItemsFromAllDrives": True, "supportsAllDrives": True}
+    assert len(listed(svc, **every)) == 6
+    emu.faults.incomplete_search_all_drives = True
+    answer = svc.files().list(corpora="allDrives", fields="incompleteSearch,files(name)", **every).execute()
+    assert answer["incompleteSearch"] is True
+    assert [f["name"] for f in answer["files"]] == ["my0.jpg", "my1.jpg", "my2.jpg"]  # every second left out
+    assert emu.fault_counts["incomplete_search"] == 3
+    complete = svc.files().list(corpora="user", fields="incompleteSearch,files(name)", **every).execute()
+    assert complete["incompleteSearch"] is False and len(complete["files"]) == 6
+
+
+def test_order_by_sorts_and_refuses_unknown_keys(emu):
+    svc = service(emu)
+    emu.add_file("2", b"xx", createdTime="2021-01-01T00:00:00Z")
+    emu.add_file("12", b"x", createdTime="2019-01-01T00:00:00Z")
+    emu.add_folder("folder", createdTime="2020-01-01T00:00:00Z")
+    emu.add_file("1", b"xxx", createdTime="2022-01-01T00:00:00Z")
+    assert listed(svc) == ["2", "12", "folder", "1"]  # no orderBy: creation order here
+    assert listed(svc, orderBy="createdTime") == ["12", "folder", "2", "1"]
+    assert listed(svc, orderBy="createdTime desc") == ["1", "2", "folder", "12"]
+    assert listed(svc, orderBy="name") == ["1", "12", "2", "folder"]
+    assert listed(svc, orderBy="name_natural") == ["1", "2", "12", "folder"]
+    assert listed(svc, orderBy="folder,name desc") == ["folder", "2", "12", "1"]
+    assert listed(svc, orderBy="quotaBytesUsed desc,modifiedTime") == ["1", "2", "12", "folder"]
+    assert emu.requests[-1]["query"]["orderBy"] == "quotaBytesUsed desc,modifiedTime"
+    for bad in ("size", "name,", "createdTime descending"):
+        with pytest.raises(HttpError) as err:
+            svc.files().list(orderBy=bad).execute()
+        assert err.value.status_code == 400 and err.value.error_details[0]["location"] == "orderBy"
+    with pytest.raises(HttpError) as err:  # documented in Drive's "Resolve errors" guide
+        svc.files().list(q="fullText contains 'x'", orderBy="name").execute()
+    assert err.value.status_code == 400 and err.value.reason.startswith("Sorting is not supported")
+
+
+def test_generate_ids_parameters(emu):
+    svc = service(emu)
+    assert len(svc.files().generateIds(count=2, space="drive", type="files").execute()["ids"]) == 2
+    assert svc.files().generateIds(space="appDataFolder").execute()["space"] == "appDataFolder"
+    assert len(svc.files().generateIds(type="shortcuts").execute()["ids"]) == 10  # default count
+    for params in ({"space": "photos"}, {"type": "folders"}, {"type": "shortcuts", "space": "appDataFolder"}):
+        with pytest.raises(HttpError) as err:
+            svc.files().generateIds(**params).execute()
+        assert err.value.status_code == 400
+
+
+def test_pregenerated_id_is_single_use_on_every_create_path(emu):
+    svc = service(emu)
+    folder_id, multi_id, resumable_id = svc.files().generateIds(count=3).execute()["ids"]
+    folder = {"id": folder_id, "name": "F", "mimeType": FOLDER_MIME}
+    assert create_in(svc, folder, fields="id") == {"id": folder_id}
+    multi = {"id": multi_id, "name": "m.jpg"}
+    assert create_in(svc, multi, b"m", resumable=False, fields="id") == {"id": multi_id}
+    for body, data, resumable in ((folder, None, False), (multi, b"m", False), (multi, b"m", True)):
+        with pytest.raises(HttpError) as err:
+            create_in(svc, body, data, resumable)
+        assert err.value.status_code == 409 and http_reason(err.value) == "fileIdInUse"
+    # A re-sent resumable initiation: both sessions start, only the first to finish makes the file.
+    first = start_session(emu, {"id": resumable_id, "name": "r.jpg"})
+    second = start_session(emu, {"id": resumable_id, "name": "r.jpg"})
+    status, _, made = put(emu, first, b"one", "bytes 0-2/3")
+    assert status == 200 and made["id"] == resumable_id
+    status, _, body = put(emu, second, b"two", "bytes 0-2/3")
+    assert status == 409 and reason_of(body) == "fileIdInUse"
+    assert len(emu.files) == 3 and emu.content(resumable_id) == b"one"
+
+
+def test_reused_id_can_answer_success_with_the_existing_file(emu):
+    emu.faults.reused_id_answer = "success"
+    svc = service(emu)
+    folder_id, multi_id, resumable_id = svc.files().generateIds(count=3).execute()["ids"]
+    create_in(svc, {"id": folder_id, "name": "once", "mimeType": FOLDER_MIME})
+    again = create_in(svc, {"id": folder_id, "name": "twice", "mimeType": FOLDER_MIME}, fields="id,name")
+    assert again == {"id": folder_id, "name": "once"}
+    create_in(svc, {"id": multi_id, "name": "m.jpg"}, b"first", resumable=False)
+    for resumable in (False, True):
+        answer = create_in(svc, {"id": multi_id, "name": "m2.jpg"}, b"second", resumable)
+        # 200, yet for the old file: only the checksum tells the new bytes were not stored.
+        assert answer["name"] == "m.jpg" and answer["md5Checksum"] == hashlib.md5(b"first").hexdigest()
+    first = start_session(emu, {"id": resumable_id, "name": "r.jpg"})
+    second = start_session(emu, {"id": resumable_id, "name": "r.jpg"})
+    assert put(emu, first, b"one", "bytes 0-2/3")[0] == 200
+    status, _, body = put(emu, second, b"two", "bytes 0-2/3")
+    assert status == 200 and body["id"] == resumable_id
+    assert len(emu.files) == 3 and emu.content(multi_id) == b"first" and emu.content(resumable_id) == b"one"
+    assert emu.fault_counts["reused_id"] == 4
+    # Another app's file is never handed out this way (guess): still 409.
+    emu.faults.app_visibility = True
+    other = service(emu, token=emu.issue_token(client_id=OTHER_APP))
+    with pytest.raises(HttpError) as err:
+        create_in(other, {"id": folder_id, "name": "x", "mimeType": FOLDER_MIME})
+    assert err.value.status_code == 409

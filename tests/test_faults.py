@@ -28,12 +28,15 @@ ROOT = "Amazon Photos Transfer"
 FOLDER = "application/vnd.google-apps.folder"
 FAST_RETRIES = {"CLOUD_TRANSFER_BACKOFF_BASE_S": "0.01", "CLOUD_TRANSFER_BACKOFF_CAP_S": "0.1"}
 HOOK_TIMEOUT_S = 60
+LIST_LAG_S = 30.0
 
 
 @pytest.fixture
 def fenv(env, moto_url):
-    """`env` with S3 behind the fault proxy, fast retry waits, and a short body timeout."""
+    """`env` with S3 behind the fault proxy, fast retry waits, a short body timeout, and Drive's list
+    lag: as on real Drive, files.list does not show what was written in the last half minute."""
     env.drive.body_timeout_s = 0.3
+    env.drive.faults.list_lag_s = LIST_LAG_S
     with S3FaultProxy(moto_url) as proxy:
         env.vars.update(AWS_ENDPOINT_URL=proxy.url, **FAST_RETRIES)
         env.proxy = proxy
@@ -82,6 +85,7 @@ def assert_drive_matches(env, bodies):
     assert len(every) == len(bodies), "a duplicate was created (and trashed)"
     folders = [env.drive.path_of(f["id"]) for f in env.drive.list_files() if f["mimeType"] == FOLDER]
     assert len(folders) == len(set(folders)), "a folder was created twice"
+    env.drive.settle()   # verify lists Drive: give it the time real Drive's search needs
     result = env.run("verify", "--json", env={"AWS_ENDPOINT_URL": env.vars["AWS_ENDPOINT_URL"]})
     report = json.loads(result.stdout)
     assert (report["missing"], report["duplicated"], report["mismatched"]) == (0, 0, 0), report
@@ -219,6 +223,8 @@ def test_checkpoint_deleted_rerun_rebuilds_from_drive(fenv):
     bodies = populate(fenv, 8)
     assert fenv.run().returncode == 0
     fenv.checkpoint.unlink()
+    # Without a checkpoint only a search can find the copies: it must have caught up (README: limits).
+    fenv.drive.settle()
     fenv.drive.clear_requests()
     result = fenv.run()
     assert result.returncode == 0, result.stderr
@@ -240,6 +246,7 @@ def test_damaged_checkpoint_is_refused_untouched_then_reset_recovers(fenv, damag
     assert result.returncode == 2
     assert "--reset-checkpoint" in result.stderr or "newer" in result.stderr
     assert fenv.checkpoint.read_bytes() == damage
+    fenv.drive.settle()   # as above: a search finds the copies once it has caught up
     fenv.drive.clear_requests()
     result = fenv.run("--reset-checkpoint")
     assert result.returncode == 0, result.stderr
@@ -344,7 +351,10 @@ def test_daily_upload_cap_stops_with_exit_5_without_hammering(fenv):
     result = fenv.run("--workers", "1")
     assert result.returncode == 5
     assert "daily upload limit" in result.stderr
-    assert fenv.drive.fault_counts["daily_cap"] <= 2      # stopped at once, not retried
+    # The cap's message is undocumented and has been seen to clear, so refusals are retried through
+    # growing pauses for the longest backoff (here 0.1 s, by default 64 s), then the run stops: a
+    # handful of requests, not hammering.
+    assert 2 <= fenv.drive.fault_counts["daily_cap"] <= 10
     fenv.drive.faults.daily_upload_cap_bytes = None
     result = fenv.run()
     assert result.returncode == 0, result.stderr

@@ -185,3 +185,153 @@ def test_summary_tells_md5_checks_from_etag_checks(env):
     line = next(line for line in result.stdout.splitlines() if line.strip().startswith("checksums"))
     assert re.search(r"\b2 with Drive's MD5 = the downloaded bytes'", line), line
     assert "(1 also = the S3 ETag" in line, line
+
+
+# -- item 4: creates are idempotent; a lagging search never decides "not created" -----------------------
+
+def lose_answers(drive, matches, times):
+    """Drive acts on the next `times` matching requests, then the connection drops before the answer."""
+    left = [times]
+
+    def before_reply(record, reply):
+        if left[0] > 0 and reply.status == 200 and matches(record):
+            left[0] -= 1
+            raise ConnectionResetError("answer lost after Drive acted")
+
+    drive.before_reply = before_reply
+    return left
+
+
+def test_lost_answers_under_list_lag_make_no_duplicate_files_or_folders(env):
+    """Real Drive's files.list lags behind writes (files.get does not). 60 photos in 12 folders, about
+    one answer in seven lost after Drive acted, and every list blind to the last minute's writes."""
+    env.vars.update(FAST)
+    bodies = populate(env, [f"y{n % 3}/m{n % 4}/IMG_{n:03d}.jpg" for n in range(60)])
+    env.drive.faults.list_lag_s = 60.0
+    env.drive.faults.drop_response_rate = 0.15
+    env.drive.faults.seed = 5
+    result = env.run("--workers", "4")
+    assert result.returncode == 0, result.stderr
+    assert env.drive.fault_counts.get("drop_response", 0) >= 5
+    env.drive.faults.drop_response_rate = 0
+    env.drive.settle()   # verify lists: give the search the time real Drive needs
+    assert_each_once(env, bodies)
+
+
+@pytest.mark.parametrize("answer", ["409", "success"])
+def test_a_create_sent_twice_makes_no_twin_whatever_drive_answers(env, answer):
+    """Drive refuses a second create with an existing id (409); some report a success answer for the
+    existing file instead. Both are safe: the first answer of each create is lost."""
+    env.vars.update(FAST)
+    env.drive.faults.reused_id_answer = answer
+    env.drive.faults.list_lag_s = 60.0
+    bodies = populate(env, ["a/1.jpg", "a/2.jpg", "b/3.jpg"])
+    left = lose_answers(env.drive, lambda r: r["method"] == "POST" and r["path"] in (
+        "/upload/drive/v3/files", "/drive/v3/files"), 5)
+    result = env.run("--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert left[0] == 0
+    env.drive.before_reply = None
+    env.drive.settle()
+    assert_each_once(env, bodies)
+
+
+# -- item 5: a new OAuth client or account never silently copies the library again ----------------------
+
+def token_for(env, *, client_id, user_email="emulated.user@example.com"):
+    """token.json of another OAuth client (another Google Cloud project) and/or another account."""
+    token = env.drive.issue_token(client_id=client_id, user_email=user_email)
+    (env.cwd / "token.json").write_text(json.dumps({
+        "token": token, "refresh_token": env.drive.issue_refresh_token(client_id=client_id, user_email=user_email),
+        "client_id": client_id, "client_secret": "other-secret-value", "token_uri": "https://oauth2.googleapis.com/token",
+        "scopes": ["https://www.googleapis.com/auth/drive.file"], "expiry": "2999-01-01T00:00:00Z"}))
+
+
+def uploads(drive):
+    with drive.lock:
+        return [r for r in drive.requests if r["path"].startswith("/upload/")]
+
+
+@pytest.mark.parametrize("client_id, user_email", [
+    ("other-project.apps.googleusercontent.com", "emulated.user@example.com"),   # new credentials.json
+    ("test-client.apps.googleusercontent.com", "someone.else@example.com"),      # another account
+])
+def test_another_client_or_account_stops_before_uploading_then_new_root_copies_on_purpose(env, client_id, user_email):
+    env.drive.faults.app_visibility = True
+    bodies = populate(env, ["a/1.jpg", "b/2.jpg"])
+    assert env.run().returncode == 0
+    roots_before = [f for f in env.drive.list_files() if f["name"] == ROOT]
+    token_for(env, client_id=client_id, user_email=user_email)
+    env.drive.clear_requests()
+
+    result = env.run()
+    assert result.returncode == 3, result.stderr
+    line = one_line_error(result)
+    assert "not visible to this sign-in" in line and "--new-root" in line
+    assert client_id in line and user_email in line and "test-client" in line
+    assert uploads(env.drive) == [] and [f for f in env.drive.list_files() if f["name"] == ROOT] == roots_before
+
+    result = env.run("--new-root")
+    assert result.returncode == 0, result.stderr
+    assert "--new-root: starting a new copy" in result.stderr
+    roots = [f for f in env.drive.list_files() if f["name"] == ROOT and f["mimeType"] == FOLDER]
+    assert len(roots) == 2 and len(uploads(env.drive)) == len(bodies)
+    assert env.run().returncode == 0 and len(uploads(env.drive)) == len(bodies)   # and it stays that one
+
+
+def test_root_deleted_under_the_same_sign_in_is_copied_again_saying_so(env):
+    import requests
+
+    env.drive.faults.app_visibility = True
+    bodies = populate(env, ["a/1.jpg", "b/2.jpg"])
+    assert env.run().returncode == 0
+    root_id = json.loads(env.checkpoint.read_text())["root_folder_id"]
+    token = env.drive.issue_token()
+    assert requests.delete(f"{env.drive.url}/drive/v3/files/{root_id}",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 204
+    result = env.run()
+    assert result.returncode == 0, result.stderr
+    assert "gone (deleted permanently): copying everything again" in result.stderr
+    env.drive.settle()
+    assert_each_once(env, bodies)
+
+
+# -- item 6: rollback under per-app visibility -----------------------------------------------------------
+# (tests/test_commands.py: test_rollback_never_removes_a_users_own_file_put_into_our_folder)
+
+
+# -- item 7: shared drives --------------------------------------------------------------------------------
+
+def test_shared_drive_lists_inside_the_drive_and_never_trusts_an_incomplete_search(env):
+    env.vars.update(FAST)
+    env.drive.faults.incomplete_search_all_drives = True
+    drive_id = env.drive.add_shared_drive("Team")
+    folder = env.drive.add_folder("Photos", parent_id=drive_id)
+    bodies = populate(env, [f"a/{n}.jpg" for n in range(6)] + ["b/x.jpg"])
+    assert env.run("--folder-id", folder["id"]).returncode == 0
+    env.checkpoint.unlink()   # the next run must find every copy by listing the shared drive
+    env.drive.clear_requests()
+    result = env.run("--folder-id", folder["id"])
+    assert result.returncode == 0, result.stderr
+    assert uploads(env.drive) == [], "a copy in the shared drive was missed and sent again"
+    with env.drive.lock:
+        lists = [r["query"] for r in env.drive.requests if r["method"] == "GET" and r["path"] == "/drive/v3/files"]
+    assert lists and all(q.get("corpora") == "drive" and q.get("driveId") == drive_id for q in lists), lists
+    assert not any("orderBy" in q for q in lists)
+    files = env.drive_files()   # paths below the shared drive's top: Photos/...
+    assert {path: len(copies) for path, copies in files.items()} == {f"Photos/{key}": 1 for key in bodies}
+
+
+# -- item 8: names are case-sensitive, Drive's `name =` is not ----------------------------------------------
+
+def test_folders_differing_only_in_case_stay_apart_after_lost_answers(env):
+    env.vars.update(FAST)
+    bodies = populate(env, ["2019/trip/b.jpg"])
+    assert env.run().returncode == 0
+    bodies.update(populate(env, ["2019/Trip/a.jpg", "2019/TRIP/c.jpg"]))
+    left = lose_answers(env.drive, lambda r: r["method"] == "POST" and r["path"] == "/drive/v3/files", 2)
+    result = env.run("--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert left[0] == 0   # both folder creates lost their answers
+    env.drive.before_reply = None
+    assert_each_once(env, bodies)   # 2019/Trip/a.jpg, 2019/TRIP/c.jpg, 2019/trip/b.jpg: three folders

@@ -115,7 +115,12 @@ def test_trashed_root_folder_is_not_uploaded_into(env):
             if file_id == root_id or env.drive.path_of(file_id).startswith(ROOT + "/"):
                 record["trashed"] = True
     env.put("a/two.jpg")
-    result = env.run()
+    env.drive.clear_requests()
+    result = env.run()   # restoring is one click; a second copy would take days under the daily cap
+    assert result.returncode == 2
+    assert "is in the trash: restore it and re-run, or pass --new-root" in one_line_error(result)
+    assert [r for r in env.drive.requests if r["path"].startswith("/upload/")] == []
+    result = env.run("--new-root")
     assert result.returncode == 0, result.stderr
     for name in ("one.jpg", "two.jpg"):   # one.jpg was "done", but in a folder now in the trash
         live = [f for f in env.drive.list_files() if f["name"] == name]
@@ -201,7 +206,7 @@ def test_sigterm_during_a_stalled_parallel_download_ends_the_process_and_frees_t
 
 
 def test_recheck_after_a_lost_root_survives_an_interrupted_run(env):
-    """The re-check forced by a trashed root lasts until a run finishes, not just one run."""
+    """The re-check forced by a new root lasts until a run finishes, not just one run."""
     keys = [f"a/{n}.jpg" for n in range(6)]
     for key in keys:
         env.put(key)
@@ -211,7 +216,7 @@ def test_recheck_after_a_lost_root_survives_an_interrupted_run(env):
         env.drive._set_trashed(env.drive.files[root_id], True)        # its contents follow, as in Drive
         env.drive.uploaded_bytes = 0
         env.drive.faults.daily_upload_cap_bytes = 4096                 # about two photos, then the cap
-    assert env.run("--workers", "1").returncode == 5
+    assert env.run("--workers", "1", "--new-root").returncode == 5
     env.drive.faults.daily_upload_cap_bytes = None
     result = env.run("--workers", "1")
     assert result.returncode == 0, result.stderr

@@ -145,13 +145,18 @@ def test_proxy_sse_c_etag_is_hex_not_md5_with_customer_algorithm(proxy, s3, buck
     s3.put_object(Bucket=bucket, Key="c/IMG_1.jpg", Body=body)
     proxy.sse_c = True
     client = client_for(proxy.url)
-    listed, headed, got = etags_seen(client, bucket, "c/IMG_1.jpg")
+    with pytest.raises(botocore.exceptions.ClientError) as refused:   # no key: AWS answers 400
+        client.get_object(Bucket=bucket, Key="c/IMG_1.jpg")
+    assert refused.value.response["Error"]["Code"] == "InvalidRequest"
+    key = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": b"k" * 32}
+    listed = {item["Key"]: item["ETag"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]}["c/IMG_1.jpg"]
+    head = client.head_object(Bucket=bucket, Key="c/IMG_1.jpg", **key)
+    got = client.get_object(Bucket=bucket, Key="c/IMG_1.jpg", **key)
     md5 = hashlib.md5(body).hexdigest()
-    assert listed == headed == got == f'"{hashlib.md5(b"sse-c:" + md5.encode()).hexdigest()}"'
-    head = client.head_object(Bucket=bucket, Key="c/IMG_1.jpg")
+    assert listed == head["ETag"] == got["ETag"] == f'"{hashlib.md5(b"sse-c:" + md5.encode()).hexdigest()}"'
     assert head["SSECustomerAlgorithm"] == "AES256" and "ServerSideEncryption" not in head
-    assert client.get_object(Bucket=bucket, Key="c/IMG_1.jpg", IfMatch=got)["Body"].read() == body
-    assert proxy.counts["sse_c"] == 5
+    assert client.get_object(Bucket=bucket, Key="c/IMG_1.jpg", IfMatch=got["ETag"], **key)["Body"].read() == body
+    assert proxy.counts["sse_c"] == 4 and proxy.counts["sse_c_key_missing"] == 1
 
 
 def test_proxy_empty_etag_everywhere_and_if_match_ignored(proxy, s3, bucket):
@@ -220,14 +225,37 @@ def test_sse_kms_bucket_copies_verifies_and_is_adopted_without_checkpoint(penv):
     assert_drive_matches(penv, bodies)
 
 
-def test_sse_c_bucket_copies_and_verifies(penv):
-    """SSE-C ETags are not MD5s either: one run copies every photo once, verify reports nothing."""
-    penv.proxy.sse_c = True
-    bodies = populate(penv, 6)
+def test_sse_c_objects_are_skipped_with_a_reason_without_the_key_and_copied_with_it(penv):
+    """SSE-C objects can only be read with their key (AWS answers 400 InvalidRequest otherwise): without
+    S3_SSE_C_KEY each is skipped, saying why; with it, each is copied once and verify finds nothing."""
+    import base64
+
+    penv.proxy.sse_c = lambda key: key.startswith("album/0/")
+    bodies = populate(penv, 8)
+    encrypted = [key for key in bodies if key.startswith("album/0/")]
     result = penv.run()
     assert result.returncode == 0, result.stderr
-    assert penv.proxy.counts["sse_c"] >= len(bodies)
+    assert f"encrypted with a customer-provided key (SSE-C): set S3_SSE_C_KEY to copy it {len(encrypted)}" in result.stdout
+    assert set(penv.drive_files()) == {f"{ROOT}/{key}" for key in bodies if key not in encrypted}
+
+    penv.vars["S3_SSE_C_KEY"] = base64.b64encode(b"k" * 32).decode()
+    result = penv.run()
+    assert result.returncode == 0, result.stderr
+    assert penv.proxy.counts["sse_c"] >= len(encrypted) and penv.proxy.counts["sse_c_key_missing"] >= len(encrypted)
+    assert penv.vars["S3_SSE_C_KEY"] not in result.stderr + result.stdout + penv.checkpoint.read_text()
     assert_drive_matches(penv, bodies)
+
+
+def test_opaque_32_hex_etags_are_accepted_when_two_downloads_agree(penv):
+    """S3 Express directory buckets (and other stores) send 32 hex digits that are not the MD5, with no
+    header saying so: the object is downloaded twice, and two agreeing downloads are the bytes."""
+    penv.proxy.opaque_etag = True
+    bodies = populate(penv, 4)
+    result = penv.run("--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("is not the MD5 of its bytes (two downloads agree)") == len(bodies)
+    assert_drive_matches(penv, bodies)
+    assert penv.run().returncode == 0
 
 
 def test_empty_etag_run_rerun_verify_and_status_succeed(penv):

@@ -147,13 +147,16 @@ def test_daily_cap_message_on_an_upload_stops_only_when_it_persists_after_a_back
     assert (verdict.action, verdict.rate_limited, verdict.daily_cap) == ("retry", True, True)
     clock = FakeClock()
     pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
-    pacer.rate_limited(None, daily_cap=True)           # first refusal: everyone pauses 1 s
-    pacer.rate_limited(None, daily_cap=True)           # a second one sent before the pause ended: still a throttle
-    clock.now += 5
+    pacer.rate_limited(None, daily_cap=True)           # first refusal: everyone pauses
+    clock.now += 7
+    pacer.rate_limited(None, daily_cap=True)           # still refused 7 s on: maybe a long throttle
     pacer.succeeded(upload=True)                       # an upload went through: it was a throttle
     pacer.rate_limited(None, daily_cap=True)
-    clock.now += 10
-    with pytest.raises(ct.QuotaExceededError):         # refused again after the pause: the cap
+    clock.now += 7.9
+    pacer.rate_limited(None, daily_cap=True)
+    pacer.succeeded(upload=False)                      # a listing going through proves nothing
+    clock.now += 0.1
+    with pytest.raises(ct.QuotaExceededError):         # refused for the longest backoff (8 s): the cap
         pacer.rate_limited(None, daily_cap=True)
 
 
@@ -166,7 +169,14 @@ def test_outage_watch_stops_only_after_a_whole_window_of_failures():
     watch.ok("Google Drive")                           # one success resets the window
     clock.now += 30
     watch.failed("Google Drive", "503")
-    clock.now += 60
+    clock.now += 16
+    watch.failed("Google Drive", "503")                # a quiet spell over a quarter of the window:
+    clock.now += 50                                    # isolated failures, not an outage
+    watch.failed("Google Drive", "503")
+    for _ in range(5):                                 # failing at least every 15 s for 60 s: down
+        clock.now += 10
+        watch.failed("Google Drive", "503")
+    clock.now += 10
     with pytest.raises(ct.UnavailableError, match="Google Drive has failed every request"):
         watch.failed("Google Drive", "503")
 
