@@ -418,7 +418,7 @@ examples:
 environment (.env is read from the current directory; real environment variables win):
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE,
   AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (S3-compatible stores), S3_BUCKET_NAME, S3_PREFIX,
-  AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION,
+  AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION, AWS_MAX_ATTEMPTS,
   S3_SSE_C_KEY (base64 of the 256-bit key of objects encrypted with SSE-C),
   DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests),
   CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s),
@@ -469,6 +469,7 @@ class Config:
     aws_session_token: str | None = dataclasses.field(default=None, repr=False)
     sse_c_key: bytes | None = dataclasses.field(default=None, repr=False)   # S3_SSE_C_KEY, decoded
     aws_ca_bundle: str | None = None
+    aws_max_attempts: int = 10           # AWS_MAX_ATTEMPTS: botocore's standard retry mode, per request
     aws_checksum_calculation: str | None = None   # AWS_REQUEST_CHECKSUM_CALCULATION (some S3-compatible stores)
     aws_checksum_validation: str | None = None    # AWS_RESPONSE_CHECKSUM_VALIDATION
 
@@ -591,6 +592,12 @@ def parse_sse_c_key(value: str | None) -> bytes | None:
     return key
 
 
+def _positive_int(value: Any, name: str) -> int:
+    if not str(value).strip().isdigit() or int(value) < 1:
+        raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def _positive_float(value: Any, name: str) -> float:
     try:
         number = float(value)
@@ -652,6 +659,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         aws_session_token=setting(None, "AWS_SESSION_TOKEN"),
         sse_c_key=parse_sse_c_key(setting(None, "S3_SSE_C_KEY")),
         aws_ca_bundle=setting(None, "AWS_CA_BUNDLE"),
+        aws_max_attempts=_positive_int(setting(None, "AWS_MAX_ATTEMPTS", default=10), "AWS_MAX_ATTEMPTS"),
         aws_checksum_calculation=setting(None, "AWS_REQUEST_CHECKSUM_CALCULATION"),
         aws_checksum_validation=setting(None, "AWS_RESPONSE_CHECKSUM_VALIDATION"),
     )
@@ -1072,7 +1080,7 @@ def make_s3_client(config: Config) -> Any:
         ("request_checksum_calculation", config.aws_checksum_calculation),
         ("response_checksum_validation", config.aws_checksum_validation)) if value}
     boto_config = botocore.config.Config(
-        retries={"mode": "standard", "max_attempts": 10},
+        retries={"mode": "standard", "max_attempts": config.aws_max_attempts},
         max_pool_connections=max(10, config.workers * 3),
         connect_timeout=20, read_timeout=120,
         user_agent_extra=f"cloud_transfer/{__version__}", **checksum_options)

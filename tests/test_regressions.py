@@ -207,6 +207,7 @@ def test_sigterm_during_a_stalled_parallel_download_ends_the_process_and_frees_t
 
 def test_recheck_after_a_lost_root_survives_an_interrupted_run(env):
     """The re-check forced by a new root lasts until a run finishes, not just one run."""
+    env.vars.update(FAST)
     keys = [f"a/{n}.jpg" for n in range(6)]
     for key in keys:
         env.put(key)
