@@ -256,6 +256,7 @@ TRANSIENT_NETWORK_ERRORS = (
     http.client.HTTPException, httplib2.HttpLib2Error, TransportError,
 )
 
+SKIP_SSE_C = "encrypted with a customer-provided key (SSE-C): set S3_SSE_C_KEY to copy it"
 _S3_RETRY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
 _S3_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
@@ -276,7 +277,7 @@ def classify_s3_error(exc: BaseException) -> Verdict:
         if code in ("NoSuchKey", "404") or status == 404:
             return Verdict(Verdict.SKIP, "deleted from S3 since it was listed")
         if code == "InvalidRequest" and "Server Side Encryption" in str(error.get("Message", "")):
-            return Verdict(Verdict.SKIP, "encrypted with a customer-provided key (SSE-C): set S3_SSE_C_KEY to copy it")
+            return Verdict(Verdict.SKIP, SKIP_SSE_C)
         if code == "InvalidObjectState":
             return Verdict(Verdict.SKIP, "archived in Glacier/Deep Archive: restore it first")
         if code == "PreconditionFailed" or status == 412:
@@ -349,6 +350,12 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
                            "re-run tomorrow", stop_error=QuotaExceededError)
         if reason == "teamDriveFileLimitExceeded":
             return Verdict(Verdict.STOP, "the shared drive holds its maximum number of items (500,000)",
+                           stop_error=QuotaExceededError)
+        if reason == "numChildrenInNonRootLimitExceeded":
+            return Verdict(Verdict.STOP, "a Drive folder holds its maximum number of items (500,000): copy that "
+                           "prefix with --prefix into another --folder", stop_error=QuotaExceededError)
+        if reason == "activeItemCreationLimitExceeded":
+            return Verdict(Verdict.STOP, "the Google account holds its maximum number of Drive items",
                            stop_error=QuotaExceededError)
         if status == 403 and reason == "userRateLimitExceeded" and message.strip() == DAILY_CAP_MESSAGE and upload:
             # The cap's message is also that of a short throttle; the Pacer stops the run only when
@@ -711,7 +718,7 @@ class Stats:
 
     FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "already_done_bytes",
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
-              "verified", "etag_checked", "checksum_mismatches", "retries", "drive_requests")
+              "verified", "etag_checked", "checksum_mismatches", "retries", "drive_requests", "internal_errors")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -917,7 +924,7 @@ class Pacer:
         self._lock = threading.Lock()
         self._next_slot = 0.0
         self._strikes = 0
-        self._daily_cap_since: float | None = None   # first cap-like answer since an upload went through
+        self._daily_cap: tuple[float, float, int] | None = None   # cap-like answers: (first, last, count)
 
     def reserve(self) -> float:
         with self._lock:
@@ -934,8 +941,11 @@ class Pacer:
         with self._lock:
             now = self.clock()
             if daily_cap:
-                self._daily_cap_since = self._daily_cap_since if self._daily_cap_since is not None else now
-                if now - self._daily_cap_since >= self.backoff.cap_s:
+                first, last, count = self._daily_cap or (now, now, 0)
+                if now - last > self.backoff.cap_s:   # an old, lone answer: this is a new episode
+                    first, count = now, 0
+                self._daily_cap = (first, now, count + 1)
+                if count + 1 >= 3 and now - first >= self.backoff.cap_s:
                     raise QuotaExceededError("Google's daily upload limit (about 750 GB a day) is reached: "
                                              "re-run tomorrow to continue")
             self._strikes += 1
@@ -946,14 +956,15 @@ class Pacer:
         with self._lock:
             self._strikes //= 2
             if upload:
-                self._daily_cap_since = None
+                self._daily_cap = None
 
 
 class OutageWatch:
     """Notices a service that fails every request, from every worker, for `window_s`: then the run
     stops (UnavailableError, exit 7) with the state saved, instead of retrying object after object
     for hours. Any success or progress resets it, so one flaky worker never stops a run; and so do
-    quiet spells (no failure for a quarter of the window): an outage fails at least once per backoff."""
+    quiet spells (no failure for half the window, longer than botocore's ten attempts against a
+    silent endpoint take, about 265 s): an outage keeps failing."""
 
     def __init__(self, window_s: float = OUTAGE_WINDOW_S, clock: Callable[[], float] = time.monotonic):
         self.window_s, self.clock = window_s, clock
@@ -969,7 +980,7 @@ class OutageWatch:
         with self._lock:
             now = self.clock()
             since, last = self._failing.get(service, (now, now))
-            if now - last > self.window_s / 4:
+            if now - last > self.window_s / 2:
                 since = now
             self._failing[service] = (since, now)
         if now - since >= self.window_s:
@@ -1122,8 +1133,13 @@ class S3Source:
     Downloads end early (InterruptedRun) once `stop` is set."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE,
-                 stop: threading.Event | None = None, outage: OutageWatch | None = None, sse_c_key: bytes | None = None):
+                 stop: threading.Event | None = None, outage: OutageWatch | None = None, sse_c_key: bytes | None = None,
+                 other_store: bool = False):
         self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
+        # On AWS a general-purpose bucket's MD5-shaped ETag is the MD5 unless GET says KMS or SSE-C; a
+        # directory bucket's (name ending --x-s3) never is; other stores may send any 32 hex digits.
+        self.opaque_etags = other_store
+        self.etags_are_md5 = not bucket.endswith("--x-s3")
         self.stop = stop or threading.Event()
         self.outage = outage or OutageWatch()
         # SSE-C objects are read only with their key; AWS refuses the key for other objects, so it is
@@ -1140,6 +1156,9 @@ class S3Source:
             return method(Bucket=self.bucket, **kwargs, **first)
         except botocore.exceptions.ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status == 400 and not self._sse_c and method == self.client.head_object:
+                # A HEAD error has no body to say why; on an object S3 lists, a 400 means SSE-C.
+                raise ObjectError(Verdict(Verdict.SKIP, SKIP_SSE_C)) from None
             if not self._sse_c or status != 400:
                 raise
             self._sse_c_first = not self._sse_c_first
@@ -1212,9 +1231,11 @@ class S3Source:
         if written != obj.size:
             raise ObjectError(Verdict(Verdict.RETRY, f"truncated download: {written} of {obj.size} bytes"))
         if result.etag_checked and result.md5 != obj.etag:
-            # Some stores send 32 hex digits that are no MD5 and say nothing about it (S3 Express
-            # directory buckets; other stores' encryption). Two downloads that agree are the bytes;
-            # Drive's md5Checksum still checks the copy end to end.
+            if not self.opaque_etags:
+                raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {result.md5} vs ETag {obj.etag}"))
+            # Other stores may send 32 hex digits that are no MD5 and say nothing about it (their
+            # encryption, say). Two downloads that agree are the bytes; Drive's md5Checksum still
+            # checks the copy end to end.
             with self._mismatch_lock:
                 earlier = self._etag_mismatches.pop((obj.key, obj.etag), None)
                 if earlier != result.md5:
@@ -1232,7 +1253,7 @@ class S3Source:
 
     def _download(self, obj: SourceObject, md5: str, response: dict[str, Any]) -> Download:
         return Download(md5, response.get("ContentType"), parse_s3_mtime(response.get("Metadata", {})),
-                        etag_checked=etag_is_md5(obj.etag, response))
+                        etag_checked=self.etags_are_md5 and etag_is_md5(obj.etag, response))
 
     def _streamed_get(self, obj: SourceObject, fileobj: Any) -> Download:
         response = self._read(self.client.get_object, Key=obj.key, **self._pinned(obj))
@@ -1254,8 +1275,10 @@ class S3Source:
         head = self._read(self.client.head_object, Key=obj.key, **self._pinned(obj))
         transfer_config = TransferConfig(multipart_threshold=STREAMED_GET_MAX_BYTES, max_concurrency=4,
                                          multipart_chunksize=16 * 1024 * 1024)
-        self.client.download_fileobj(self.bucket, obj.key, fileobj, Config=transfer_config,
-                                     ExtraArgs=self._sse_c if head.get("SSECustomerAlgorithm") else None)
+        # s3transfer pins its ranged GETs to the ETag of a HEAD of its own; a VersionId pins them to ours.
+        extra = {**(self._sse_c if head.get("SSECustomerAlgorithm") else {}),
+                 **({"VersionId": head["VersionId"]} if head.get("VersionId") else {})}
+        self.client.download_fileobj(self.bucket, obj.key, fileobj, Config=transfer_config, ExtraArgs=extra or None)
         fileobj.flush()
         fileobj.seek(0)
         md5 = hashlib.md5()
@@ -1642,7 +1665,7 @@ def folder_listing(items: Iterator[DriveFile]) -> FolderListing:
     listing = FolderListing({}, defaultdict(list))
     # Oldest first, sorted here (orderBy can time out); S3 keys are case-sensitive, so names are
     # compared exactly in Python, never by Drive's case-insensitive `name =`.
-    for item in sorted(items, key=lambda f: f.created_time or ""):
+    for item in sorted(items, key=lambda f: (f.created_time or "", f.id)):   # ties (EXIF dates): by id
         if item.is_folder:
             listing.folders.setdefault(item.name, item.id)
         elif PROP_SOURCE in item.app_properties:
@@ -1735,6 +1758,9 @@ class DriveFolders:
                     folder_id = recorded
                 else:
                     folder_id = self.listing(parent_id).folders.get(path[-1]) or ""
+                    # The recorded folder is trashed or gone; a lagging listing may not know yet.
+                    if folder_id and recorded and (folder_id == recorded or not self._usable(folder_id, parent_id)):
+                        folder_id = ""
                     if folder_id:
                         self.record(path, folder_id)
                     else:
@@ -2247,6 +2273,10 @@ def is_intact_copy(drive_file: DriveFile, obj: SourceObject) -> bool:
             and drive_file.md5 == recorded_md5 and not drive_file.trashed)
 
 
+def usable_copy(drive_file: DriveFile | None, folder_id: str) -> bool:
+    return bool(drive_file and not drive_file.trashed and not drive_file.is_folder and drive_file.parent_id == folder_id)
+
+
 def validate_upload(size: int, local_md5: str, drive_file: DriveFile) -> str | None:
     """None if Drive holds exactly what was sent; else what differs, naming both values."""
     if drive_file.size != size:
@@ -2439,6 +2469,7 @@ class Transfer:
                 self._stop_run(exc)
                 return
             except Exception as exc:  # a bug must cost one object, not hang the run
+                self.stats.add("internal_errors")
                 log.debug("internal error on %s", item.obj.key, exc_info=True)
                 self.stats.fail(item.obj.key, f"internal error: {type(exc).__name__}: {exc}")
                 log.error("failed %s: internal error: %s: %s (run with --verbose for details)",
@@ -2480,22 +2511,26 @@ class Transfer:
                     log.warning("failed %s: %s", obj.key, verdict.reason)
                 return
 
-    def _known_copy(self, obj: SourceObject, folder_id: str) -> DriveFile | None:
-        """The live copy in this folder that the checkpoint's id for this key points at, if any. Asked
-        even under --recheck: files.get is consistent, so a recorded id (a create that was maybe sent)
-        is the one thing a lagging search cannot hide; its 404 means the create never happened."""
+    def _copies(self, obj: SourceObject, folder_id: str) -> list[DriveFile]:
+        """This version's copies in the folder: the one the checkpoint's id points at, asked with
+        files.get (consistent, so its 404 means a recorded create never happened), else those the
+        folder's listing shows. When the recorded file is gone or trashed, the listing may not know
+        yet (it lags): what it shows is checked with files.get before anything relies on it."""
         entry = self.checkpoint.get(obj.key)
-        found = self.drive.api.get(entry.drive_id) if entry and entry.drive_id else None
-        if found is None or found.trashed or found.parent_id != folder_id or found.is_folder:
-            return None
-        return found
+        if not (entry and entry.drive_id):
+            return self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
+        found = self.drive.api.get(entry.drive_id)
+        if usable_copy(found, folder_id):
+            return [found]
+        listed = self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
+        rechecked = (self.drive.api.get(copy.id) for copy in listed if copy.id != entry.drive_id)
+        return [copy for copy in rechecked if usable_copy(copy, folder_id)]
 
     def _copy(self, obj: SourceObject, attempts: int) -> None:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
         parts = drive_path_for(obj.key)
         folder_id = self.drive.folders.ensure(parts[:-1])
-        known = self._known_copy(obj, folder_id)
-        copies = [known] if known else self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
+        copies = self._copies(obj, folder_id)
         intact = [copy for copy in copies if is_intact_copy(copy, obj)]
         if intact:
             self._retire_extra_copies(obj, keep=intact[0], copies=copies)
@@ -2540,7 +2575,10 @@ class Transfer:
             self.stats.add("checksum_mismatches")
             log.warning("corrupted on transfer, removing the Drive copy: %s: %s", obj.key, problem)
             if update_id is None:
-                self.drive.api.delete(uploaded.id)
+                try:
+                    self.drive.api.delete(uploaded.id)
+                except AuthError:   # in a shared drive only an organizer may delete: the trash will do
+                    self.drive.api.trash(uploaded.id)
             raise ObjectError(Verdict(Verdict.RETRY, f"corrupted on transfer: {problem}"))
         self._retire_extra_copies(obj, keep=uploaded, copies=copies)
         self.stats.add("verified")
@@ -2637,7 +2675,7 @@ def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
 
 def make_source(config: Config, runtime: Runtime, outage: OutageWatch | None = None) -> S3Source:
     return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage,
-                    config.sse_c_key)
+                    config.sse_c_key, other_store=bool(config.s3_endpoint_url))
 
 
 @dataclasses.dataclass
@@ -2712,8 +2750,11 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
         api.use_shared_drive(folder.drive_id)
         root_id = folder.id
     else:
-        remembered = api.get(checkpoint.root_folder_id) if checkpoint.root_folder_id and not config.new_root else None
+        remembered = api.get(checkpoint.root_folder_id) if checkpoint.root_folder_id else None
         if remembered is not None and remembered.is_folder and not remembered.trashed:
+            if config.new_root:   # left in a cron line it would start a new copy every night
+                raise UsageError("--new-root: the Drive folder earlier runs filled is visible and in use; "
+                                 "run without --new-root")
             root_id = remembered.id
         else:
             current = current_identity(ask=True)
@@ -2724,6 +2765,11 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
                 raise UsageError(f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is in the "
                                  "trash: restore it and re-run, or pass --new-root to start a new copy")
             elif checkpoint.root_folder_id:
+                if not recorded:
+                    raise AuthError(
+                        f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
+                        f"sign-in ({describe_identity(current)}), and an older version did not record who made it: "
+                        "if it was deleted, pass --new-root; else use the original credentials.json and account")
                 if not same_identity(recorded, current):
                     raise AuthError(
                         f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
@@ -2787,7 +2833,7 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
     try:
         transfer.run(tick=reporter.tick)
         checkpoint.set_recheck_pending(False)   # every listed object has been looked at
-        exit_code = ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
+        exit_code = ExitCode.INTERNAL if stats["internal_errors"] else ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
     except CloudTransferError as exc:
         exit_code = exc.exit_code
         raise

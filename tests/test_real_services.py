@@ -159,6 +159,20 @@ def test_internal_error_exits_8_with_one_line(env, monkeypatch, capsys):
     assert "internal error: ZeroDivisionError" in capsys.readouterr().err
 
 
+def test_internal_error_in_a_worker_exits_8_not_1(env, monkeypatch, capsys):
+    import cloud_transfer as ct
+
+    env.put("a/1.jpg")
+    env.put("a/2.jpg")
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(ct, "capture_time_for", broken)
+    assert env.main("--workers", "1") == 8
+    assert "internal error: ZeroDivisionError" in capsys.readouterr().err
+
+
 def test_dry_run_does_not_count_unchecked_extensionless_objects_as_copies(env):
     env.put("a/1.jpg")
     env.put("a/no-extension", photo_bytes("n"), ContentType="image/jpeg")
@@ -277,6 +291,8 @@ def test_another_client_or_account_stops_before_uploading_then_new_root_copies_o
     roots = [f for f in env.drive.list_files() if f["name"] == ROOT and f["mimeType"] == FOLDER]
     assert len(roots) == 2 and len(uploads(env.drive)) == len(bodies)
     assert env.run().returncode == 0 and len(uploads(env.drive)) == len(bodies)   # and it stays that one
+    result = env.run("--new-root")   # left in a cron line, it must not start a copy every night
+    assert result.returncode == 2 and "run without --new-root" in one_line_error(result)
 
 
 def test_root_deleted_under_the_same_sign_in_is_copied_again_saying_so(env):
@@ -335,3 +351,19 @@ def test_folders_differing_only_in_case_stay_apart_after_lost_answers(env):
     assert left[0] == 0   # both folder creates lost their answers
     env.drive.before_reply = None
     assert_each_once(env, bodies)   # 2019/Trip/a.jpg, 2019/TRIP/c.jpg, 2019/trip/b.jpg: three folders
+
+
+def test_a_file_trashed_moments_ago_is_not_adopted_from_a_lagging_listing(env):
+    """rollback trashes the copies; a transfer right after must upload them again, although Drive's
+    lagging search still shows them as they were (files.get knows better)."""
+    bodies = populate(env, ["a/1.jpg", "a/2.jpg"])
+    env.drive.faults.list_lag_s = 60.0
+    assert env.run().returncode == 0
+    env.drive.settle()
+    assert env.run("rollback", "--yes").returncode == 0   # trashed now; the search has not noticed
+    result = env.run()
+    assert result.returncode == 0, result.stderr
+    live = env.drive_files()
+    assert {path: len(copies) for path, copies in live.items()} == {f"{ROOT}/{key}": 1 for key in bodies}
+    entries = json.loads(env.checkpoint.read_text())["objects"]
+    assert all(not env.drive.files[entries[key]["drive_id"]]["trashed"] for key in bodies)

@@ -132,6 +132,8 @@ def test_is_intact_copy():
     (503, "", "", "retry", None),
     (401, "authError", "", "stop", ct.AuthError),
     (403, "insufficientPermissions", "", "stop", ct.AuthError),
+    (403, "numChildrenInNonRootLimitExceeded", "", "stop", ct.QuotaExceededError),   # 500,000 in a folder
+    (403, "activeItemCreationLimitExceeded", "", "stop", ct.QuotaExceededError),
     (404, "notFound", "File not found: x.", "fail", None),
     (400, "invalid", "Invalid Value", "fail", None),
 ])
@@ -152,11 +154,13 @@ def test_daily_cap_message_on_an_upload_stops_only_when_it_persists_after_a_back
     pacer.rate_limited(None, daily_cap=True)           # still refused 7 s on: maybe a long throttle
     pacer.succeeded(upload=True)                       # an upload went through: it was a throttle
     pacer.rate_limited(None, daily_cap=True)
-    clock.now += 7.9
+    clock.now += 60
+    pacer.rate_limited(None, daily_cap=True)           # a lone answer long after: a new episode
+    clock.now += 4
     pacer.rate_limited(None, daily_cap=True)
     pacer.succeeded(upload=False)                      # a listing going through proves nothing
-    clock.now += 0.1
-    with pytest.raises(ct.QuotaExceededError):         # refused for the longest backoff (8 s): the cap
+    clock.now += 4
+    with pytest.raises(ct.QuotaExceededError):         # 3 refusals over the longest backoff (8 s): the cap
         pacer.rate_limited(None, daily_cap=True)
 
 
@@ -170,10 +174,10 @@ def test_outage_watch_stops_only_after_a_whole_window_of_failures():
     clock.now += 30
     watch.failed("Google Drive", "503")
     clock.now += 16
-    watch.failed("Google Drive", "503")                # a quiet spell over a quarter of the window:
+    watch.failed("Google Drive", "503")                # then a quiet spell over half the window:
     clock.now += 50                                    # isolated failures, not an outage
     watch.failed("Google Drive", "503")
-    for _ in range(5):                                 # failing at least every 15 s for 60 s: down
+    for _ in range(5):                                 # failing every 10 s for 60 s: down
         clock.now += 10
         watch.failed("Google Drive", "503")
     clock.now += 10
