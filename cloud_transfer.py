@@ -1941,7 +1941,9 @@ class Checkpoint:
         self.folders: dict[str, dict[str, str]] = {}       # "a/b" -> {"id", "run"}; "" is the root
         self.runs: list[dict[str, Any]] = []
         self.objects: dict[str, CheckpointEntry] = {}
-        self.recheck_pending = False   # "done" entries may point into a lost folder, until a full run
+        # The run that found the root lost: outcomes of earlier runs may point into it and are checked
+        # again until a run finishes. None: nothing to check; "": all (older checkpoints: true/false).
+        self.recheck_from_run: str | None = None
         self._pending: list[dict[str, Any]] = []
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
@@ -1951,7 +1953,7 @@ class Checkpoint:
         with self._lock:
             return {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
                     "root_folder_id": self.root_folder_id, "identity": self.identity,
-                    "recheck_pending": self.recheck_pending,
+                    "recheck_from_run": self.recheck_from_run,
                     "folders": self.folders, "runs": self.runs,
                     "objects": {key: entry.to_json() for key, entry in self.objects.items()}}
 
@@ -1964,7 +1966,7 @@ class Checkpoint:
         elif "identity" in line:
             self.identity = dict(line["identity"])
         elif "recheck" in line:
-            self.recheck_pending = bool(line["recheck"])
+            self.recheck_from_run = line["recheck"] if isinstance(line["recheck"], str) else "" if line["recheck"] else None
         elif "forget_folders" in line:
             self.folders.clear()
             self.root_folder_id = None
@@ -1993,7 +1995,7 @@ class Checkpoint:
         try:
             checkpoint.root_folder_id = data.get("root_folder_id")
             checkpoint.identity = dict(data.get("identity") or {})
-            checkpoint.recheck_pending = bool(data.get("recheck_pending"))
+            checkpoint.recheck_from_run = data.get("recheck_from_run", "" if data.get("recheck_pending") else None)
             checkpoint.folders = dict(data.get("folders") or {})
             checkpoint.runs = list(data.get("runs") or [])
             checkpoint.objects = {key: CheckpointEntry.from_json(entry)
@@ -2113,11 +2115,18 @@ class Checkpoint:
             if durable:
                 self.flush()
 
-    def set_recheck_pending(self, pending: bool) -> None:
+    def set_recheck_from(self, run_id: str | None) -> None:
         with self._lock:
-            if self.recheck_pending != pending:
-                self.recheck_pending = pending
-                self._journal({"recheck": pending})
+            if self.recheck_from_run != run_id:
+                self.recheck_from_run = run_id
+                self._journal({"recheck": run_id or False})
+
+    def runs_since_recheck(self, current_run: str) -> set[str]:
+        """The runs whose outcomes need no re-check: the one that found the root lost, and later ones."""
+        with self._lock:
+            ids = [run["id"] for run in self.runs]
+            start = ids.index(self.recheck_from_run) if self.recheck_from_run in ids else len(ids)
+            return set(ids[start:]) | {current_run} if self.recheck_from_run else {current_run}
 
     def set_root(self, folder_id: str | None) -> None:
         with self._lock:
@@ -2363,11 +2372,13 @@ class Transfer:
 
     def __init__(self, source: S3Source, drive: DriveDestination, checkpoint: Checkpoint, stats: Stats, *,
                  bucket: str, run_id: str, temp_dir: Path, workers: int = DEFAULT_WORKERS,
-                 all_files: bool = False, recheck: bool = False, stop: threading.Event | None = None,
+                 all_files: bool = False, recheck: bool = False, trusted_runs: set[str] | None = None,
+                 stop: threading.Event | None = None,
                  backoff: Backoff | None = None):
         self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
         self.bucket, self.run_id, self.temp_dir, self.workers = bucket, run_id, temp_dir, workers
-        self.all_files, self.recheck = all_files, recheck
+        # trusted_runs (after a lost root): only these runs' "done" is taken without looking in Drive.
+        self.all_files, self.recheck, self.trusted_runs = all_files, recheck, trusted_runs
         self.stop = stop or threading.Event()
         self.backoff = backoff or Backoff()
         self._queue: queue.Queue[WorkItem | None] = queue.Queue(maxsize=workers * 4)
@@ -2425,7 +2436,9 @@ class Transfer:
                     if self.stop.is_set():
                         return
                     self.stats.add("listed")
-                    entry = None if self.recheck else self.checkpoint.get(obj.key)
+                    entry = self.checkpoint.get(obj.key)
+                    if self.recheck or (entry and self.trusted_runs is not None and entry.run not in self.trusted_runs):
+                        entry = None   # look in Drive: "done" may point into a lost root
                     action, reason = plan_object(obj, entry, self.all_files)
                     if action == PLAN_SKIP:
                         self.stats.skip(reason or "")
@@ -2723,7 +2736,7 @@ def same_identity(recorded: dict[str, str], current: dict[str, str]) -> bool:
     return bool(recorded.get(key)) and recorded.get(key) == current.get(key)
 
 
-def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, client_id: str) -> str:
+def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, client_id: str, run_id: str) -> str:
     """The root folder's id: --folder-id, else the one earlier runs filled, else a new copy's.
 
     Under drive.file a folder is visible only to the OAuth client's Google Cloud project and the
@@ -2782,7 +2795,7 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
                 # What earlier runs copied is not here: every object is checked against Drive, in this
                 # run and any that resume it, until one finishes.
                 checkpoint.forget_folders()
-                checkpoint.set_recheck_pending(True)
+                checkpoint.set_recheck_from(run_id)
             # Recorded before the root is created, so a run that dies creating it is not taken for
             # another sign-in next time.
             checkpoint.set_identity(current)
@@ -2809,12 +2822,13 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
         token_before = creds.token
         try:
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
-            open_root(config, drive, checkpoint, creds.client_id or "")
-            recheck = config.recheck or checkpoint.recheck_pending
+            open_root(config, drive, checkpoint, creds.client_id or "", run_id)
             return _run_transfer(config, runtime, Transfer(
                 source, drive, checkpoint, stats, bucket=config.bucket, run_id=run_id,
                 temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
-                all_files=config.all_files, recheck=recheck, stop=runtime.stop, backoff=drive.api.backoff))
+                all_files=config.all_files, recheck=config.recheck,
+                trusted_runs=checkpoint.runs_since_recheck(run_id) if checkpoint.recheck_from_run is not None else None,
+                stop=runtime.stop, backoff=drive.api.backoff))
         finally:
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work
@@ -2832,7 +2846,7 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
     exit_code = ExitCode.PARTIAL   # until the run says otherwise
     try:
         transfer.run(tick=reporter.tick)
-        checkpoint.set_recheck_pending(False)   # every listed object has been looked at
+        checkpoint.set_recheck_from(None)   # every listed object has been looked at
         exit_code = ExitCode.INTERNAL if stats["internal_errors"] else ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
     except CloudTransferError as exc:
         exit_code = exc.exit_code
