@@ -131,6 +131,29 @@ class Env:
         return found
 
 
+def assert_drive_matches(env: "Env", bodies: dict[str, bytes], root: str = "Amazon Photos Transfer") -> None:
+    """Independent count in the emulator (every object once at its mirrored path with the right MD5,
+    nothing else, no file or folder ever made twice, trash included), then the tool's own verify."""
+    import hashlib
+
+    folder = "application/vnd.google-apps.folder"
+    files = env.drive_files()
+    assert set(files) == {f"{root}/{key}" for key in bodies}, f"missing or extra files: {sorted(files)}"
+    for key, body in bodies.items():
+        copies = files[f"{root}/{key}"]
+        assert len(copies) == 1, f"duplicate of {key}"
+        assert copies[0]["md5Checksum"] == hashlib.md5(body).hexdigest(), f"wrong content for {key}"
+    every = env.drive.list_files(include_trashed=True)
+    assert len([f for f in every if f["mimeType"] != folder]) == len(bodies), "a duplicate was created (and trashed)"
+    folders = [env.drive.path_of(f["id"]) for f in every if f["mimeType"] == folder]
+    assert len(folders) == len(set(folders)), "a folder was created twice"
+    env.drive.settle()   # verify lists Drive: give it the time real Drive's search needs
+    result = env.run("verify", "--json")
+    assert result.returncode == 0, result.stderr or result.stdout
+    report = json.loads(result.stdout)
+    assert (report["missing"], report["duplicated"], report["mismatched"]) == (0, 0, 0), report
+
+
 def read_pty(fd: int, until: bytes | None = None) -> bytes:
     """Read a pty's output until `until` appears, or until the child closes it."""
     output = b""

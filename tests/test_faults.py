@@ -8,7 +8,6 @@ Synchronisation is by events set from server-side hooks, never by sleeping.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,8 +19,8 @@ import threading
 
 import pytest
 
-from tests.conftest import (AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, SCRIPT, photo_bytes,
-                            write_token)
+from tests.conftest import (AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, SCRIPT, assert_drive_matches,
+                            photo_bytes, write_token)
 from tests.s3_fault_proxy import S3FaultProxy
 
 ROOT = "Amazon Photos Transfer"
@@ -71,25 +70,6 @@ def on_nth_create(drive, n, action):
                 action()
 
     drive.before_reply = before_reply
-
-
-def assert_drive_matches(env, bodies):
-    """Independent check in the emulator, then the tool's own verify."""
-    files = env.drive_files()
-    assert set(files) == {f"{ROOT}/{key}" for key in bodies}, "missing or extra files"
-    for key, body in bodies.items():
-        copies = files[f"{ROOT}/{key}"]
-        assert len(copies) == 1, f"duplicate of {key}"
-        assert copies[0]["md5Checksum"] == hashlib.md5(body).hexdigest(), f"wrong content for {key}"
-    every = [f for f in env.drive.list_files(include_trashed=True) if f["mimeType"] != FOLDER]
-    assert len(every) == len(bodies), "a duplicate was created (and trashed)"
-    folders = [env.drive.path_of(f["id"]) for f in env.drive.list_files() if f["mimeType"] == FOLDER]
-    assert len(folders) == len(set(folders)), "a folder was created twice"
-    env.drive.settle()   # verify lists Drive: give it the time real Drive's search needs
-    result = env.run("verify", "--json", env={"AWS_ENDPOINT_URL": env.vars["AWS_ENDPOINT_URL"]})
-    report = json.loads(result.stdout)
-    assert (report["missing"], report["duplicated"], report["mismatched"]) == (0, 0, 0), report
-    assert result.returncode == 0
 
 
 def creates_for(drive, names=None):

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import one_line_error, photo_bytes
+from tests.conftest import assert_drive_matches, one_line_error, photo_bytes
 
 ROOT = "Amazon Photos Transfer"
 FOLDER = "application/vnd.google-apps.folder"
@@ -26,26 +26,6 @@ DAILY_CAP_BODY = json.dumps({"error": {"code": 403, "message": "User rate limit 
 
 def populate(env, keys):
     return {key: env.put(key, photo_bytes(key, 2500 + len(key))) for key in keys}
-
-
-def assert_each_once(env, bodies):
-    """Independent count in the emulator (trash included), then the tool's own verify."""
-    import hashlib
-
-    files = env.drive_files()
-    assert set(files) == {f"{ROOT}/{key}" for key in bodies}, sorted(files)
-    for key, body in bodies.items():
-        assert len(files[f"{ROOT}/{key}"]) == 1, f"duplicate of {key}"
-        assert files[f"{ROOT}/{key}"][0]["md5Checksum"] == hashlib.md5(body).hexdigest()
-    every = [f for f in env.drive.list_files(include_trashed=True) if f["mimeType"] != FOLDER]
-    assert len(every) == len(bodies), "a duplicate was created (and trashed)"
-    folders = [env.drive.path_of(f["id"]) for f in env.drive.list_files(include_trashed=True)
-               if f["mimeType"] == FOLDER]
-    assert len(folders) == len(set(folders)), "a folder was created twice"
-    result = env.run("verify", "--json")
-    report = json.loads(result.stdout)
-    assert (report["missing"], report["duplicated"], report["mismatched"]) == (0, 0, 0), report
-    assert result.returncode == 0
 
 
 def replace_answers(drive, matches, status, body, times):
@@ -75,7 +55,7 @@ def test_daily_cap_message_on_a_listing_is_a_rate_limit_not_a_stop(env):
     assert left[0] == 0                                    # both listings were refused, and retried
     assert "daily upload limit" not in result.stderr
     env.drive.before_reply = None
-    assert_each_once(env, bodies)
+    assert_drive_matches(env, bodies)
 
 
 def test_daily_cap_message_once_on_an_upload_is_retried_after_a_backoff(env):
@@ -87,7 +67,7 @@ def test_daily_cap_message_once_on_an_upload_is_retried_after_a_backoff(env):
     assert result.returncode == 0, result.stderr
     assert left[0] == 0
     env.drive.before_reply = None
-    assert_each_once(env, bodies)
+    assert_drive_matches(env, bodies)
 
 
 # -- item 10: a long outage stops the run instead of grinding through every object ----------------------
@@ -107,7 +87,7 @@ def test_sustained_drive_outage_stops_with_exit_7_and_a_rerun_finishes(env):
     assert summary["exit_code"] == 7
     env.drive.faults.fail_paths = {}
     assert env.run().returncode == 0
-    assert_each_once(env, bodies)
+    assert_drive_matches(env, bodies)
 
 
 # -- item 11: exit codes say what happened --------------------------------------------------------------
@@ -229,7 +209,7 @@ def test_lost_answers_under_list_lag_make_no_duplicate_files_or_folders(env):
     assert env.drive.fault_counts.get("drop_response", 0) >= 5
     env.drive.faults.drop_response_rate = 0
     env.drive.settle()   # verify lists: give the search the time real Drive needs
-    assert_each_once(env, bodies)
+    assert_drive_matches(env, bodies)
 
 
 @pytest.mark.parametrize("answer", ["409", "success"])
@@ -247,7 +227,7 @@ def test_a_create_sent_twice_makes_no_twin_whatever_drive_answers(env, answer):
     assert left[0] == 0
     env.drive.before_reply = None
     env.drive.settle()
-    assert_each_once(env, bodies)
+    assert_drive_matches(env, bodies)
 
 
 # -- item 5: a new OAuth client or account never silently copies the library again ----------------------
@@ -309,7 +289,7 @@ def test_root_deleted_under_the_same_sign_in_is_copied_again_saying_so(env):
     assert result.returncode == 0, result.stderr
     assert "gone (deleted permanently): copying everything again" in result.stderr
     env.drive.settle()
-    assert_each_once(env, bodies)
+    assert_drive_matches(env, bodies)
 
 
 # -- item 6: rollback under per-app visibility -----------------------------------------------------------
@@ -350,7 +330,7 @@ def test_folders_differing_only_in_case_stay_apart_after_lost_answers(env):
     assert result.returncode == 0, result.stderr
     assert left[0] == 0   # both folder creates lost their answers
     env.drive.before_reply = None
-    assert_each_once(env, bodies)   # 2019/Trip/a.jpg, 2019/TRIP/c.jpg, 2019/trip/b.jpg: three folders
+    assert_drive_matches(env, bodies)   # 2019/Trip/a.jpg, 2019/TRIP/c.jpg, 2019/trip/b.jpg: three folders
 
 
 def test_a_file_trashed_moments_ago_is_not_adopted_from_a_lagging_listing(env):

@@ -18,7 +18,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import http.client
-import json
 from urllib.parse import urlsplit
 
 import boto3
@@ -26,9 +25,9 @@ import botocore.exceptions
 import pytest
 
 from cloud_transfer import Checkpoint, CheckpointEntry
-from tests.conftest import AWS_KEY_ID, AWS_SECRET, RCLONE_MODES, photo_bytes
+from tests.conftest import AWS_KEY_ID, AWS_SECRET, RCLONE_MODES, assert_drive_matches, photo_bytes
 from tests.s3_fault_proxy import S3FaultProxy
-from tests.test_faults import FAST_RETRIES, FOLDER, ROOT, populate
+from tests.test_faults import FAST_RETRIES, ROOT, populate
 
 MTIME = 1262347445   # 2010-01-01T12:04:05Z: long before any test object's S3 upload time
 
@@ -64,23 +63,6 @@ def uploads(drive) -> list[dict]:
     """Every request that sends file content to Drive (creates and new revisions alike)."""
     with drive.lock:
         return [r for r in drive.requests if r["path"].startswith("/upload/")]
-
-
-def assert_drive_matches(env, bodies: dict[str, bytes]) -> None:
-    """Independent count in the emulator (every photo once at its mirrored path with the right MD5,
-    nothing else, no duplicate ever created, not even trashed), then the tool's own `verify --json`."""
-    files = env.drive_files()
-    assert set(files) == {f"{ROOT}/{key}" for key in bodies}, "missing or extra files"
-    for key, body in bodies.items():
-        copies = files[f"{ROOT}/{key}"]
-        assert len(copies) == 1, f"duplicate of {key}"
-        assert copies[0]["md5Checksum"] == hashlib.md5(body).hexdigest(), f"wrong content for {key}"
-    every = [f for f in env.drive.list_files(include_trashed=True) if f["mimeType"] != FOLDER]
-    assert len(every) == len(bodies), "a duplicate was created (and trashed)"
-    result = env.run("verify", "--json")
-    assert result.returncode == 0, result.stderr or result.stdout
-    report = json.loads(result.stdout)
-    assert (report["missing"], report["duplicated"], report["mismatched"]) == (0, 0, 0), report
 
 
 def modified_seconds(item: dict) -> int:
