@@ -1702,7 +1702,7 @@ class DriveFolders:
         found = [f for f in self.api.list(query) if f.name == name]
         if len(found) > 1:
             log.warning("Drive holds %d folders named %r; using the oldest", len(found), name)
-        return min(found, key=lambda f: f.created_time or "").id if found else None
+        return min(found, key=lambda f: (f.created_time or "", f.id)).id if found else None
 
     def create(self, name: str, parent_id: str, path: tuple[str, ...]) -> str:
         for _ in range(MAX_REQUEST_ATTEMPTS):
