@@ -127,6 +127,7 @@ GENERATED_IDS_PER_CALL = 1000   #: files.generateIds' maximum: one request per 1
 CHECKPOINT_VERSION = 1
 FLUSH_EVERY_N = 500        #: journal lines buffered before an fsync'd append
 FLUSH_INTERVAL_S = 10.0    #: ... or this long, whichever comes first
+COMPACT_AFTER_JOURNAL_LINES = 1000   #: fold the journal in anyway once it is this long (runs that change nothing)
 LOG_INTERVAL_S = 30.0      #: progress log line interval when stderr is not a terminal
 MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
@@ -1945,6 +1946,8 @@ class Checkpoint:
         # again until a run finishes. None: nothing to check; "": all (older checkpoints: true/false).
         self.recheck_from_run: str | None = None
         self._pending: list[dict[str, Any]] = []
+        self._journal_lines = 0       # in the journal file, replayed or appended
+        self._changed = False         # anything but run records journaled since the snapshot
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
 
@@ -1980,13 +1983,15 @@ class Checkpoint:
                 self.runs.append(line["run"])
 
     @classmethod
-    def from_json(cls, path: Path, data: Any, binding: dict[str, str]) -> Checkpoint:
+    def from_json(cls, path: Path, data: Any, binding: dict[str, str] | None) -> Checkpoint:
+        """`binding` None: whatever the file is bound to (rollback, status)."""
         if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
             raise CheckpointError(f"{path} is not a cloud_transfer checkpoint; {RESET_HINT}")
         if not isinstance(data.get("version"), int) or data["version"] > CHECKPOINT_VERSION:
             raise CheckpointError(f"{path} was written by a newer cloud_transfer (version {data.get('version')}); "
                                   "upgrade this script")
         stored = data.get("binding") or {}
+        binding = dict(stored) if binding is None else binding
         for field in ("bucket", "prefix", "folder"):
             if stored.get(field) != binding.get(field):
                 raise CheckpointError(f"checkpoint {path} belongs to {field} {stored.get(field)!r}, not "
@@ -2006,7 +2011,7 @@ class Checkpoint:
 
     # -- I/O ----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path, binding: dict[str, str], *, reset: bool = False, create: bool = True) -> Checkpoint:
+    def load(cls, path: Path, binding: dict[str, str] | None, *, reset: bool = False, create: bool = True) -> Checkpoint:
         """Open (or with `create`, start) the checkpoint at `path`, replaying its journal."""
         journal = path.with_name(path.name + ".journal")
         if reset:
@@ -2016,7 +2021,7 @@ class Checkpoint:
                 stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
                 journal.rename(journal.with_name(f"{journal.name}.orphaned-{stamp}"))
                 log.warning("journal without checkpoint: moved aside to %s.orphaned-%s", journal, stamp)
-            return cls(path, binding)   # written at its first flush, so a run that stops early leaves none
+            return cls(path, binding or {})   # written at its first flush, so a run that stops early leaves none
         try:
             data = json.loads(path.read_bytes(), object_hook=json_entries_hook)
         except OSError as exc:
@@ -2034,6 +2039,7 @@ class Checkpoint:
         raw = journal.read_bytes()
         complete, _, torn = raw.rpartition(b"\n")
         for number, line in enumerate(complete.split(b"\n"), 1):
+            self._journal_lines += 1
             if line.strip():
                 try:
                     self._apply(json.loads(line, object_hook=json_entries_hook))
@@ -2057,6 +2063,7 @@ class Checkpoint:
     def _journal(self, line: dict[str, Any]) -> None:
         with self._lock:
             self._pending.append(line)
+            self._changed = self._changed or line.keys() != {"run"}
             if len(self._pending) >= FLUSH_EVERY_N or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
                 self.flush()
 
@@ -2087,7 +2094,18 @@ class Checkpoint:
             except OSError as exc:
                 raise CloudTransferError(f"cannot write the checkpoint journal {self.journal_path}: "
                                          f"{exc.strerror}; the run stops (what is in Drive stays)") from None
+            self._journal_lines += len(self._pending)
             self._pending.clear()
+
+    def finish(self) -> None:
+        """End of a command: fold the journal into the snapshot when the state changed (or the journal
+        has grown long). A run that changed nothing appends its run record and rewrites nothing: at a
+        million objects the snapshot is a few hundred MB to serialise."""
+        with self._lock:
+            if self._changed or self._journal_lines + len(self._pending) > COMPACT_AFTER_JOURNAL_LINES:
+                self.compact()
+            else:
+                self.flush()
 
     def compact(self) -> None:
         """Rewrite the snapshot with everything and empty the journal (end of a run)."""
@@ -2097,6 +2115,7 @@ class Checkpoint:
             except OSError as exc:
                 raise CloudTransferError(f"cannot write the checkpoint {self.path}: {exc.strerror}") from None
             self._pending.clear()
+            self._journal_lines, self._changed = 0, False
             # A crash between the rename above and this unlink only replays lines already in the snapshot.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.journal_path)
@@ -2861,7 +2880,7 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
         counts = stats.as_dict()
         checkpoint.save_run({**run, "ended": utc_now_iso(), "outcome": exit_code.name.lower(),
                              "exit_code": int(exit_code), "counts": {k: v for k, v in counts.items() if k != "failures"}})
-        checkpoint.compact()
+        checkpoint.finish()
         if not config.quiet:
             print(summary_table(counts, time.monotonic() - started, transfer.run_id), file=runtime.out, flush=True)
     if counts["listed"] == 0:
@@ -3023,7 +3042,7 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
     if not config.checkpoint_path.exists():
         raise UsageError(f"no checkpoint at {config.checkpoint_path}: nothing to roll back")
     with RunLock(lock_path_for(config)):
-        checkpoint = Checkpoint.load(config.checkpoint_path, _stored_binding(config))
+        checkpoint = Checkpoint.load(config.checkpoint_path, None)
         run_id = config.rollback_run
         if run_id == "last":
             run_id = checkpoint.runs[-1]["id"] if checkpoint.runs else None
@@ -3065,7 +3084,7 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
                     api.delete(drive_file.id) if config.permanent else api.trash(drive_file.id)
                     removed += 1
         finally:
-            checkpoint.compact()
+            checkpoint.finish()
         # NOTE: under drive.file the user's own files in our folders are invisible to the tool, and
         # trashing or deleting a folder takes everything in it: no folder is ever proven empty.
         print(f"rollback: removed {removed} files; refused {refused} without our provenance. Folders are "
@@ -3074,21 +3093,11 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         return ExitCode.OK if not refused else ExitCode.PARTIAL
 
 
-def _stored_binding(config: Config) -> dict[str, str]:
-    """rollback/status use whatever the checkpoint is bound to (no bucket flag needed)."""
-    try:
-        data = json.loads(config.checkpoint_path.read_bytes())
-        return dict(data.get("binding") or {})
-    except (OSError, ValueError, AttributeError):
-        raise CheckpointError(f"checkpoint {config.checkpoint_path} is not valid JSON (corrupted); "
-                              f"{RESET_HINT}") from None
-
-
 def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     """What the checkpoint says: per status counts, failure reasons, runs."""
     if not config.checkpoint_path.exists():
         raise UsageError(f"no checkpoint at {config.checkpoint_path}: nothing has run yet (or use --checkpoint)")
-    checkpoint = Checkpoint.load(config.checkpoint_path, _stored_binding(config), create=False)
+    checkpoint = Checkpoint.load(config.checkpoint_path, None, create=False)   # one parse of the snapshot
     by_status: Counter[str] = Counter(entry.status for entry in checkpoint.objects.values())
     done_bytes = sum(entry.size for entry in checkpoint.objects.values() if entry.status == STATUS_DONE)
     reasons = Counter(entry.reason for entry in checkpoint.objects.values()
