@@ -1079,6 +1079,16 @@ class Download:
     etag_checked: bool = False         # the bytes' MD5 was compared with an ETag that is an MD5
 
 
+def parse_s3_timestamp(value: str) -> dt.datetime:
+    """botocore's timestamp parser, fast for the ISO 8601 times of listings ("2026-11-30T12:00:00.000Z").
+    PERF: botocore's default (dateutil) costs ~49 us a key, half of a re-run's listing CPU."""
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):   # HTTP dates (Last-Modified headers), epoch numbers
+        import botocore.utils
+        return botocore.utils.parse_timestamp(value)
+
+
 def make_s3_client(config: Config) -> Any:
     """boto3 S3 client with botocore's standard retries; endpoint/credentials from the config or the chain."""
     try:
@@ -1088,6 +1098,7 @@ def make_s3_client(config: Config) -> Any:
             profile_name=config.aws_profile)
     except botocore.exceptions.ProfileNotFound:
         raise UsageError(f"AWS profile not found: {config.aws_profile!r} (check AWS_PROFILE)") from None
+    session._session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_s3_timestamp)
     checksum_options = {name: value for name, value in (
         ("request_checksum_calculation", config.aws_checksum_calculation),
         ("response_checksum_validation", config.aws_checksum_validation)) if value}

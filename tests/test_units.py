@@ -499,3 +499,13 @@ def test_a_failed_journal_append_leaves_no_half_line_behind(tmp_path, monkeypatc
     checkpoint.flush()                                 # space again: the buffered line goes in whole
     reloaded = ct.Checkpoint.load(path, BINDING)
     assert reloaded.get("a.jpg") and reloaded.get("b.jpg")
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-30T12:00:05.000Z", "2026-11-30T12:00:05Z", "2026-11-30T12:00:05.123456789Z",   # Go servers
+    "Mon, 30 Nov 2026 12:00:05 GMT", "1796040005",
+])
+def test_s3_timestamps_parse_as_botocore_would(value):
+    import botocore.utils
+
+    assert ct.parse_s3_timestamp(value) == botocore.utils.parse_timestamp(value)
