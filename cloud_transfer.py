@@ -2560,13 +2560,14 @@ class Transfer:
         folder's listing shows. When the recorded file is gone or trashed, the listing may not know
         yet (it lags): what it shows is checked with files.get before anything relies on it."""
         entry = self.checkpoint.get(obj.key)
-        if not (entry and entry.drive_id):
-            return self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
-        found = self.drive.api.get(entry.drive_id)
+        recorded_id = entry.drive_id if entry else None
+        found = self.drive.api.get(recorded_id) if recorded_id else None
         if usable_copy(found, folder_id):
             return [found]
         listed = self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
-        rechecked = (self.drive.api.get(copy.id) for copy in listed if copy.id != entry.drive_id)
+        if not recorded_id:
+            return listed
+        rechecked = (self.drive.api.get(copy.id) for copy in listed if copy.id != recorded_id)
         return [copy for copy in rechecked if usable_copy(copy, folder_id)]
 
     def _copy(self, obj: SourceObject, attempts: int) -> None:
@@ -2635,9 +2636,6 @@ class Transfer:
     def _record_sending(self, obj: SourceObject, file_id: str, attempts: int) -> None:
         """Before a create is sent, its id goes to disk: whatever happens next (a lost answer, kill -9),
         the next attempt or run asks Drive for that id (files.get is consistent) instead of a search."""
-        entry = self.checkpoint.get(obj.key)
-        if entry and entry.status == STATUS_SENDING and entry.drive_id == file_id and entry.etag == obj.version:
-            return
         self.checkpoint.record(obj.key, CheckpointEntry(
             status=STATUS_SENDING, etag=obj.version, size=obj.size, drive_id=file_id, attempts=attempts,
             run=self.run_id), durable=True)

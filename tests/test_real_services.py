@@ -45,27 +45,19 @@ def replace_answers(drive, matches, status, body, times):
 
 # -- item 9: the daily-cap message is only the cap on uploads, and only when it persists ----------------
 
-def test_daily_cap_message_on_a_listing_is_a_rate_limit_not_a_stop(env):
+@pytest.mark.parametrize("method, path, refusals", [
+    ("GET", "/drive/v3/files", 2),          # two listings: a throttle, whatever the message
+    ("POST", "/upload/drive/v3/files", 1),  # one upload: maybe the cap, but it has not persisted
+])
+def test_daily_cap_message_that_does_not_persist_on_uploads_never_stops_the_run(env, method, path, refusals):
     env.vars.update(FAST)
     bodies = populate(env, [f"a/{n}.jpg" for n in range(4)])
-    left = replace_answers(env.drive, lambda r: r["method"] == "GET" and r["path"] == "/drive/v3/files",
-                           403, DAILY_CAP_BODY, 2)
+    left = replace_answers(env.drive, lambda r: r["method"] == method and r["path"] == path,
+                           403, DAILY_CAP_BODY, refusals)
     result = env.run("--workers", "1")
     assert result.returncode == 0, result.stderr
-    assert left[0] == 0                                    # both listings were refused, and retried
+    assert left[0] == 0                                    # every refusal was sent, and retried
     assert "daily upload limit" not in result.stderr
-    env.drive.before_reply = None
-    assert_drive_matches(env, bodies)
-
-
-def test_daily_cap_message_once_on_an_upload_is_retried_after_a_backoff(env):
-    env.vars.update(FAST)
-    bodies = populate(env, [f"a/{n}.jpg" for n in range(4)])
-    left = replace_answers(env.drive, lambda r: r["method"] == "POST" and r["path"] == "/upload/drive/v3/files",
-                           403, DAILY_CAP_BODY, 1)
-    result = env.run("--workers", "1")
-    assert result.returncode == 0, result.stderr
-    assert left[0] == 0
     env.drive.before_reply = None
     assert_drive_matches(env, bodies)
 
