@@ -49,6 +49,7 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import mimetypes
 import os
 import queue
@@ -64,7 +65,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -137,6 +138,18 @@ BACKOFF_CAP_S = 64.0
 #: A service that answers nothing but network errors or 5xx for this long (to every worker) is down:
 #: the run stops (exit 7) instead of grinding through every object's retries; cron tries later.
 OUTAGE_WINDOW_S = 600.0
+#: Pacing Drive's writes once it pushes back (see Pacer). Tuned in a simulation of 4 and 16 workers
+#: against token buckets of 1-20 writes/s and against 1-5% random refusals, then measured with
+#: `python -m tests.benchmark quota faults`.
+PACE_FIRST_DECREASE = 0.5
+PACE_DECREASE = 0.85
+PACE_GROWTH_PER_WRITE = 0.01
+PACE_MIN_RATE = 0.05
+PACE_WINDOW_S = 5.0
+PACE_OUTCOMES = 10
+PACE_START_REFUSALS = 4      #: refusals among the last PACE_OUTCOMES writes that start pacing
+PACE_PROBATION_WRITES = 40
+PACE_OVER_LIMIT_SHARE = 0.1
 
 PHOTO_EXTENSIONS = frozenset("""
     jpg jpeg jpe jfif png gif bmp tif tiff webp heic heif avif jxl psd
@@ -719,7 +732,7 @@ class Stats:
 
     FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "already_done_bytes",
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
-              "verified", "etag_checked", "checksum_mismatches", "retries", "drive_requests", "internal_errors")
+              "verified", "etag_checked", "checksum_mismatches", "retries", "rate_limited", "drive_requests", "internal_errors")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -880,7 +893,8 @@ def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
         ("checksums", f"{stats['verified']} with Drive's MD5 = the downloaded bytes' "
                       f"({stats['etag_checked']} also = the S3 ETag; the others' ETags are no MD5: "
                       f"multipart, KMS/SSE-C or another store), {stats['checksum_mismatches']} mismatches re-sent"),
-        ("retries", f"{stats['retries']}"),
+        ("retries", f"{stats['retries']}" + (f"  ({stats['rate_limited']} after Drive's rate limit: writes paced)"
+                                             if stats["rate_limited"] else "")),
         ("Drive requests", f"{stats['drive_requests']}{per_file}"),
         ("elapsed", f"{elapsed_s:.1f} s"),
     ]
@@ -914,50 +928,148 @@ class Backoff:
 
 
 class Pacer:
-    """Spaces Drive requests across all workers; after a rate-limit answer everyone slows down.
+    """One write rate shared by every worker, learnt from Drive's answers (AIMD, as TCP learns a link).
 
-    Thread-safe: `reserve()` hands out the next free slot under a lock and returns how long the
-    caller must wait for it. Success halves the backlog of rate-limit strikes; a rate limit adds one.
+    Drive limits each user's writes (creates, updates) far below what 16 workers can send, answers
+    403 userRateLimitExceeded or 429 beyond it, and counts the refused requests too; but it also
+    sends such answers now and then with no limit being hit. So:
+    - Nothing is paced until a limit is plainly hit: PACE_START_REFUSALS of the last PACE_OUTCOMES
+      writes refused. Pacing then starts at half of what Drive accepted over the last few seconds
+      (a burst allowance makes that an overestimate), or just under the rate learnt before.
+    - A refusal of a write sent after the last cut is a new episode: the rate is cut by
+      PACE_DECREASE (refusals of writes already in flight carry no news, and slots handed out at
+      the old rate are void). While the rate holds writes back, each accepted write raises it
+      by PACE_GROWTH_PER_WRITE (1% a second), so it hovers at Drive's limit and follows it for the
+      rest of the run; the burst allowance absorbs the small overshoots.
+    - A cut must stop the refusals for a while (the allowance refills). If they go on at a low
+      share in the PACE_PROBATION_WRITES writes after it, they are noise: pacing stops. At a high
+      share (PACE_OVER_LIMIT_SHARE) the rate is still over the limit: it is cut again.
+    Refusals that persist (a second cut with no write accepted in between) also pause every
+    request with exponential backoff; a Retry-After pauses every request for that long.
+
+    Thread-safe: `reserve()` hands out the next slot under a lock and returns how long the caller
+    must wait for it; a caller whose wait spans a change of `epoch` asks again. Reads (gets,
+    listings) are not paced, only held by pauses.
     """
 
-    def __init__(self, backoff: Backoff, min_interval_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
-        self.backoff, self.min_interval_s, self.clock = backoff, min_interval_s, clock
+    def __init__(self, backoff: Backoff, clock: Callable[[], float] = time.monotonic):
+        self.backoff, self.clock = backoff, clock
         self._lock = threading.Lock()
-        self._next_slot = 0.0
-        self._strikes = 0
+        self.rate: float | None = None          # writes per second; None: Drive has not pushed back
+        self.epoch = 0                          # changes when slots already handed out are void
+        self._next_write = 0.0                  # the earliest slot for the next paced write
+        self._paused_until = 0.0                # every request waits for this
+        self._last_decrease = -math.inf
+        self._strikes = 0                       # episodes since the last accepted write
+        self._accepted: deque[float] = deque()   # writes accepted in the last window
+        self._outcomes: deque[bool] = deque(maxlen=PACE_OUTCOMES)   # the last write answers: refused?
+        self._probation: list[int] | None = None   # [answers, refusals] of writes sent since the last cut
+        self._learnt: float | None = None           # the rate before pacing was judged needless
+        self._first_write: float | None = None
         self._daily_cap: tuple[float, float, int] | None = None   # cap-like answers: (first, last, count)
 
-    def reserve(self) -> float:
+    def reserve(self, write: bool = False) -> float:
         with self._lock:
             now = self.clock()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + self.min_interval_s
+            slot = max(now, self._paused_until)
+            if write:
+                if self._first_write is None:
+                    self._first_write = now
+                if self.rate:
+                    slot = max(slot, self._next_write)
+                    self._next_write = slot + 1 / self.rate
             return slot - now
 
-    def rate_limited(self, retry_after_s: float | None, daily_cap: bool = False) -> None:
-        """Pause everyone, longer with each answer. Uploads refused with the daily cap's message for
-        the whole of the longest backoff (`backoff.cap_s`, 64 s), through growing pauses and with no
-        upload going through, are the cap itself: QuotaExceededError stops the run. The message is
-        undocumented and has been seen to clear (rclone's drive backend, stop_on_upload_limit)."""
+    def rate_limited(self, retry_after_s: float | None, daily_cap: bool = False, sent_at: float | None = None) -> None:
+        """A rate-limit answer to a request sent at `sent_at` (the pacer's clock). Uploads refused
+        with the daily cap's message for the whole of the longest backoff (`backoff.cap_s`, 64 s),
+        through growing pauses and with no upload going through, are the cap itself:
+        QuotaExceededError stops the run. The message is undocumented and has been seen to clear
+        (rclone's drive backend, stop_on_upload_limit)."""
         with self._lock:
             now = self.clock()
             if daily_cap:
                 first, last, count = self._daily_cap or (now, now, 0)
-                if now - last > self.backoff.cap_s:   # an old, lone answer: this is a new episode
+                # an old, lone answer (longer ago than a backoff and a paced slot): a new episode
+                if now - last > self.backoff.cap_s + (1 / self.rate if self.rate else 0):
                     first, count = now, 0
                 self._daily_cap = (first, now, count + 1)
                 if count + 1 >= 3 and now - first >= self.backoff.cap_s:
                     raise QuotaExceededError("Google's daily upload limit (about 750 GB a day) is reached: "
                                              "re-run tomorrow to continue")
-            self._strikes += 1
-            pause = self.backoff.delay(self._strikes, retry_after_s)
-            self._next_slot = max(self._next_slot, now + pause)
+            if retry_after_s is not None:
+                self._paused_until = max(self._paused_until, now + min(retry_after_s, 3600.0))
+            self._outcomes.append(True)
+            after_cut = sent_at is None or sent_at > self._last_decrease
+            if self._probation is not None and after_cut:
+                self._probation[1] += 1
+            if self.rate is None:
+                if sum(self._outcomes) < PACE_START_REFUSALS:
+                    # sporadic refusals are retried; only a limit being hit starts pacing. Until
+                    # the writes in flight have answered (one round trip), none are sent.
+                    if sent_at is not None:
+                        self._paused_until = max(self._paused_until, now + min(now - sent_at, 1.0))
+                    return
+                self.rate = (self._learnt * PACE_DECREASE if self._learnt
+                             else PACE_FIRST_DECREASE * self._accepted_rate(now))
+            elif not after_cut:
+                return   # sent before the last cut: the same episode
+            elif self._probation is not None and not self._over_limit(self._probation):
+                return   # refusals go on after a cut, but rarely: judged when the probation ends
+            else:
+                self.rate *= PACE_DECREASE
+            self._cut(now)
 
-    def succeeded(self, upload: bool = False) -> None:
+    def _cut(self, now: float) -> None:
+        self.rate = max(self.rate or 0.0, PACE_MIN_RATE)
+        self._last_decrease = now
+        self._probation = [0, 0]
+        self._next_write = now + 1 / self.rate   # slots handed out at the old rate are void
+        self.epoch += 1
+        self._strikes += 1
+        if self._strikes > 1:
+            self._paused_until = max(self._paused_until, now + self.backoff.delay(self._strikes - 1))
+        log.debug("Drive rate limit: pacing writes at %.2f/s", self.rate)
+
+    @staticmethod
+    def _over_limit(probation: list[int]) -> bool:
+        answers, refused = probation
+        return refused >= 2 and refused >= PACE_OVER_LIMIT_SHARE * answers
+
+    def _accepted_rate(self, now: float) -> float:
+        self._forget_old(now)
+        span = min(PACE_WINDOW_S, max(1.0, now - (self._first_write if self._first_write is not None else now)))
+        return len(self._accepted) / span
+
+    def _forget_old(self, now: float) -> None:
+        while self._accepted and self._accepted[0] < now - PACE_WINDOW_S:
+            self._accepted.popleft()
+
+    def succeeded(self, upload: bool = False, write: bool = False, sent_at: float | None = None) -> None:
         with self._lock:
-            self._strikes //= 2
             if upload:
                 self._daily_cap = None
+            if not write:
+                return
+            now = self.clock()
+            self._strikes = 0
+            self._outcomes.append(False)
+            self._accepted.append(now)
+            self._forget_old(now)
+            probation = self._probation
+            if probation is not None and (sent_at is None or sent_at > self._last_decrease):
+                probation[0] += 1
+                if probation[0] >= PACE_PROBATION_WRITES:
+                    self._probation = None
+                    if probation[1] >= 2 and not self._over_limit(probation):
+                        # refusals went on at a low rate after the cut: they are noise (random
+                        # 403/429s), not a limit being hit; pacing would only slow the run down
+                        self._learnt, self.rate = self.rate, None
+                        self._outcomes.clear()
+                        log.debug("Drive rate limit answers look random: writes no longer paced")
+                        return
+            if self.rate is not None and self._next_write > now - 1 / self.rate:   # the rate holds writes back
+                self.rate += PACE_GROWTH_PER_WRITE
 
 
 class OutageWatch:
@@ -1559,37 +1671,49 @@ class DriveApi:
         # (a get, a listing) does not make a failing upload service healthy.
         return "Google Drive's upload service" if upload else "Google Drive"
 
-    def after_error(self, verdict: Verdict, attempt: int, upload: bool = False) -> None:
+    def wait_turn(self, write: bool = False) -> float:
+        """Wait for this request's slot from the pacer; returns when it is sent (the pacer's clock).
+        A slot handed out before the pacer slowed down is given back for a new one."""
+        while True:
+            epoch = self.pacer.epoch
+            self.pause(self.pacer.reserve(write))
+            if self.pacer.epoch == epoch:
+                return self.pacer.clock()
+
+    def after_error(self, verdict: Verdict, attempt: int, upload: bool = False, sent_at: float | None = None) -> None:
         """Count a retry and wait: rate limits slow every worker (the pacer), other errors this one;
         a failure that persists across the whole process for the outage window stops the run."""
         self.stats.add("retries")
         log.debug("retrying after: %s", verdict.reason)
         if verdict.rate_limited:
-            self.pacer.rate_limited(verdict.retry_after_s, daily_cap=verdict.daily_cap)
+            self.stats.add("rate_limited")
+            self.pacer.rate_limited(verdict.retry_after_s, daily_cap=verdict.daily_cap, sent_at=sent_at)
         else:
             self.outage.failed(self._service_name(upload), verdict.reason)
             self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
 
-    def succeeded(self, upload: bool = False) -> None:
-        self.pacer.succeeded(upload)
+    def succeeded(self, upload: bool = False, write: bool = False) -> None:
+        self.pacer.succeeded(upload, write=write or upload)
         self.outage.ok(self._service_name(upload))
 
-    def call(self, make_request: Callable[[Any], Any], *, missing_ok: bool = False, upload: bool = False) -> Any:
-        """Execute a request with retries; `upload` marks media creates (where the daily cap lives)."""
+    def call(self, make_request: Callable[[Any], Any], *, missing_ok: bool = False, upload: bool = False,
+             write: bool = False) -> Any:
+        """Execute a request with retries. `write` marks creates, updates and deletes (paced once
+        Drive pushes back); `upload` marks media creates and revisions (where the daily cap lives)."""
         for attempt in range(1, MAX_REQUEST_ATTEMPTS + 1):
-            self.pause(self.pacer.reserve())
+            sent_at = self.wait_turn(write or upload)
             try:
                 result = make_request(self._service()).execute(num_retries=0)
-                self.succeeded(upload)
+                self.succeeded(upload, write)
                 return result
             except Exception as exc:  # classified: nothing is swallowed
                 if missing_ok and isinstance(exc, HttpError) and exc.resp.status == 404:
-                    self.succeeded()
+                    self.succeeded(write=write)
                     return None
                 verdict = classify_drive_error(exc, upload=upload)
                 if verdict.action != Verdict.RETRY or attempt == MAX_REQUEST_ATTEMPTS:
                     raise_for(verdict)
-                self.after_error(verdict, attempt, upload)
+                self.after_error(verdict, attempt, upload, sent_at)
         raise AssertionError("unreachable")
 
     def new_id(self) -> str:
@@ -1607,7 +1731,7 @@ class DriveApi:
         """Create with a pre-allocated id; "already exists" (a re-sent create that had landed, or an
         answer lost in an earlier run) is the success it stands for, read back with files.get."""
         try:
-            return self.call(make_request, upload=upload)
+            return self.call(make_request, upload=upload, write=True)
         except ObjectError as exc:
             if exc.verdict.action == Verdict.EXISTS:
                 return self.existing(file_id)
@@ -1648,10 +1772,11 @@ class DriveApi:
 
     def trash(self, file_id: str) -> None:
         self.call(lambda service: service.files().update(
-            fileId=file_id, body={"trashed": True}, fields="id", supportsAllDrives=True), missing_ok=True)
+            fileId=file_id, body={"trashed": True}, fields="id", supportsAllDrives=True), missing_ok=True, write=True)
 
     def delete(self, file_id: str) -> None:
-        self.call(lambda service: service.files().delete(fileId=file_id, supportsAllDrives=True), missing_ok=True)
+        self.call(lambda service: service.files().delete(fileId=file_id, supportsAllDrives=True),
+                  missing_ok=True, write=True)
 
     def account(self) -> dict[str, str]:
         """The signed-in Google account (about.get): its stable permissionId, and the email address
@@ -1845,10 +1970,10 @@ class DriveUploader:
             media = MediaIoBaseUpload(stream, mimetype, chunksize=self.chunk_size_bytes, resumable=True)
             return self._request(api._service(), media, metadata, file_id, update)
 
-        request, attempt, restarts = new_session(), 0, 0
+        request, attempt, restarts, sent_at = new_session(), 0, 0, None
         while True:
-            if request.resumable_uri is None or attempt:
-                api.pause(api.pacer.reserve())   # starting a session costs API quota; retries are paced
+            if request.resumable_uri is None or attempt:   # starting a session is a create; retries are paced
+                sent_at = api.wait_turn(write=request.resumable_uri is None)
             elif api.stop.is_set():
                 raise InterruptedRun("interrupted")
             try:
@@ -1868,7 +1993,7 @@ class DriveUploader:
                 attempt += 1
                 if verdict.action != Verdict.RETRY or attempt >= MAX_REQUEST_ATTEMPTS:
                     raise_for(verdict)
-                api.after_error(verdict, attempt, upload=True)
+                api.after_error(verdict, attempt, upload=True, sent_at=sent_at)
                 continue
             attempt = 0
             api.outage.ok(api._service_name(upload=True))

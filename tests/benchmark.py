@@ -1,28 +1,40 @@
-"""Benchmark: a real transfer of a mixed bucket, with printed figures.
+"""Benchmark: real transfers with printed figures, each beside its target (issue 8).
 
-    python -m tests.benchmark [--objects 300] [--large-mib 200] [--workers 4]
+    python -m tests.benchmark [SCENARIO ...] [--objects 400] [--json PATH] [--full] [--smoke]
 
-Runs cloud_transfer.py as a subprocess against moto server (S3) and the Drive emulator on
-loopback, then re-runs it, and prints: objects, bytes, seconds, Drive requests per file (first run
-and re-run), and the tool's peak memory (max RSS) — once for the mixed bucket and once for a single
-large object, to show memory does not grow with file size. Figures, not pass/fail: targets are
-judged by reading them.
+Scenarios (default: all): rerun, quota, latency, faults, large, scale. Each starts moto server (S3)
+and the Drive emulator on loopback, seeds a bucket, runs cloud_transfer.py as a subprocess and reads
+its figures from the emulator's own counters and the OS (wall time; peak RSS from /proc VmHWM).
+A figure that misses its target is printed as a miss, never hidden; `--smoke` shrinks everything so
+the test suite can run it (it reports, it does not assert timings).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
+import http.client
+import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
-from tests.drive_emulator import DriveEmulator
-from tests.local_cloud import local_cloud
+from tests.drive_emulator import DriveEmulator, Faults
+from tests.local_cloud import LocalCloud, local_cloud
 
 PROJECT = Path(__file__).resolve().parent.parent
 KINDS = [("jpg", 350_000), ("HEIC", 900_000), ("NEF", 2_500_000), ("mp4", 6_000_000), ("png", 40_000),
          ("txt", 300), ("json", 900)]
+MIB = 2**20
+CREATE_PATHS = ("/drive/v3/files", "/upload/drive/v3/files")
 
 
 def body(seed: str, size: int) -> bytes:
@@ -33,8 +45,31 @@ def body(seed: str, size: int) -> bytes:
     return bytes(out[:size])
 
 
-def run_tool(workdir: Path, env: dict[str, str], *args: str) -> tuple[int, float, int]:
-    """(exit code, seconds, peak RSS in KiB of the tool's process).
+@dataclasses.dataclass
+class Row:
+    scenario: str
+    figure: str
+    value: float | None
+    unit: str
+    target: str = ""
+    met: bool | None = None   # None: a figure without a target
+
+    def cells(self) -> list[str]:
+        value = "-" if self.value is None else f"{self.value:,.2f}".rstrip("0").rstrip(".")
+        verdict = {True: "ok", False: "MISS", None: ""}[self.met]
+        return [self.scenario, self.figure, f"{value} {self.unit}".strip(), self.target, verdict]
+
+
+@dataclasses.dataclass
+class ToolRun:
+    code: int
+    seconds: float
+    peak_rss_mib: float
+    stderr: str
+
+
+def run_tool(workdir: Path, env: dict[str, str], *args: str, kill_when: Callable[[], bool] | None = None) -> ToolRun:
+    """Run the script to the end (or SIGKILL it once `kill_when()` is true) and measure it.
 
     The peak is read from /proc/PID/status (VmHWM) while the tool runs: getrusage's ru_maxrss of a
     child would include the pages it shared with this process (which holds moto's data) at fork time.
@@ -42,75 +77,291 @@ def run_tool(workdir: Path, env: dict[str, str], *args: str) -> tuple[int, float
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, str(PROJECT / "cloud_transfer.py"), "--quiet", *args],
                                cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr or []), daemon=True)
+    reader.start()
     peak_kib = 0
     status = Path(f"/proc/{process.pid}/status")
     while process.poll() is None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak_kib = max(peak_kib, int(line.split()[1]))
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)   # sampling interval of the measurement, not synchronisation
-    stderr = process.stderr.read() if process.stderr else ""
-    if process.returncode:
-        print(stderr, file=sys.stderr)
-    return process.returncode, time.perf_counter() - started, peak_kib
+        if kill_when is not None and kill_when():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            break
+        time.sleep(0.02)   # sampling interval of the measurement, not synchronisation
+    reader.join(timeout=5)
+    return ToolRun(process.returncode, time.perf_counter() - started, peak_kib / 1024, "".join(stderr_lines))
 
 
-def drive_requests_since_last(drive: DriveEmulator) -> int:
-    with drive.lock:
-        count = len(drive.requests)
-    drive.clear_requests()
-    return count
+class Counters:
+    """What the Drive emulator saw: requests, creates (with times), upload bytes, refusals."""
+
+    def __init__(self, drive: DriveEmulator):
+        self.drive = drive
+        self.create_times: list[float] = []
+        self.upload_bytes = 0
+        self._lock = threading.Lock()
+        drive.on_request = self._seen
+        self.reset()
+
+    def _seen(self, record: dict) -> None:
+        if record["method"] == "POST" and record["path"] in CREATE_PATHS:
+            with self._lock:
+                self.create_times.append(time.monotonic())
+
+    def reset(self) -> None:
+        self.drive.clear_requests()
+        with self.drive.lock:
+            self.drive.fault_counts.clear()
+        with self._lock:
+            self.create_times.clear()
+
+    def requests(self) -> int:
+        with self.drive.lock:
+            return len(self.drive.requests)
+
+    def refused(self) -> int:
+        with self.drive.lock:
+            return sum(n for key, n in self.drive.fault_counts.items() if key.startswith("rate_limit_"))
+
+    def uploaded_bytes(self) -> int:
+        """Bytes the tool sent in upload requests (multipart bodies and resumable chunks)."""
+        with self.drive.lock:
+            return sum(int(r.get("body_bytes") or 0) for r in self.drive.requests if r["path"].startswith("/upload/"))
+
+
+def seed_mixed(cloud: LocalCloud, objects: int, size_scale: float = 1.0) -> tuple[int, int]:
+    """The mixed bucket: photos, RAW, videos and a few non-media files over 6 years x 17 albums.
+    Returns (media files, media bytes)."""
+    files = size = 0
+    for n in range(objects):
+        ext, kind_size = KINDS[n % len(KINDS)]
+        key = f"{2015 + n % 6}/album-{n % 17:02d}/IMG_{n:05d}.{ext}"
+        data = body(key, max(1, int(kind_size * size_scale)))
+        cloud.s3.put_object(Bucket=cloud.bucket, Key=key, Body=data)
+        if ext not in ("txt", "json"):
+            files, size = files + 1, size + len(data)
+    return files, size
+
+
+def drive_files(drive: DriveEmulator) -> list[dict]:
+    return [f for f in drive.list_files() if f["mimeType"] != "application/vnd.google-apps.folder"]
+
+
+def put_large(cloud: LocalCloud, key: str, size: int, part: int = 64 * MIB) -> None:
+    upload = cloud.s3.create_multipart_upload(Bucket=cloud.bucket, Key=key)
+    parts = []
+    for number, offset in enumerate(range(0, size, part), 1):
+        etag = cloud.s3.upload_part(Bucket=cloud.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number,
+                                    Body=body(f"{key}{number}", min(part, size - offset)))["ETag"]
+        parts.append({"ETag": etag, "PartNumber": number})
+    cloud.s3.complete_multipart_upload(Bucket=cloud.bucket, Key=key, UploadId=upload["UploadId"],
+                                       MultipartUpload={"Parts": parts})
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+def scenario_rerun(options: argparse.Namespace) -> list[Row]:
+    """Target 4: the mixed bucket's first run, then a re-run with nothing to do."""
+    with local_cloud("bench") as cloud:
+        files, size = seed_mixed(cloud, options.objects, options.size_scale)
+        counters = Counters(cloud.drive)
+        first = run_tool(cloud.workdir, cloud.tool_env(), "--workers", "4")
+        first_requests = counters.requests()
+        copied = len(drive_files(cloud.drive))
+        counters.reset()
+        again = run_tool(cloud.workdir, cloud.tool_env())
+        rerun_requests = counters.requests()
+        verify = run_tool(cloud.workdir, cloud.tool_env(), "verify")
+    per_1000 = rerun_requests / max(copied, 1) * 1000
+    allowed = max(1.0, copied / 1000)   # one request checks the Drive folder is still there
+    return [
+        Row("rerun", "first run: files copied", copied, f"of {files}", f"= {files}", copied == files and first.code == 0),
+        Row("rerun", "first run: wall time", first.seconds, "s"),
+        Row("rerun", "first run: files/s", copied / first.seconds, "files/s"),
+        Row("rerun", "first run: MiB/s", size / MIB / first.seconds, "MiB/s"),
+        Row("rerun", "first run: Drive requests per file", first_requests / max(copied, 1), ""),
+        Row("rerun", "first run: peak RSS", first.peak_rss_mib, "MiB"),
+        Row("rerun", "re-run: wall time vs first", again.seconds / first.seconds * 100, "%", "<= 10 %",
+            again.seconds <= 0.10 * first.seconds and again.code == 0),
+        Row("rerun", "re-run: Drive requests", rerun_requests, f"for {copied} files", "<= 1 per 1,000 (min 1)",
+            rerun_requests <= allowed),
+        Row("rerun", "verify: wall time", verify.seconds, "s", "exit 0", verify.code == 0),
+    ]
+
+
+def scenario_quota(options: argparse.Namespace) -> list[Row]:
+    """Target 1: Google's per-user create quota (token bucket 5/s, burst 10, 20 ms latency)."""
+    rows = []
+    for workers in (4, 16):
+        with local_cloud("bench") as cloud:
+            files, _ = seed_mixed(cloud, options.objects, 0.05)
+            counters = Counters(cloud.drive)
+            cloud.drive.faults = Faults(create_rate_per_s=5.0, create_burst=10, latency_s=0.02)
+            run = run_tool(cloud.workdir, cloud.tool_env(), "--workers", str(workers))
+            creates = len(cloud.drive.list_files())   # files and folders, root included
+            times = counters.create_times
+            window = (times[-1] - times[0]) if len(times) > 1 else run.seconds
+            used = creates / max(window, 1e-9) / 5.0 * 100
+            refused = counters.refused()
+            copied = len(drive_files(cloud.drive))
+        name = f"{workers} workers"
+        rows += [
+            Row("quota", f"{name}: quota used", used, "%", ">= 95 %", used >= 95),
+            Row("quota", f"{name}: refused answers / files", refused / max(copied, 1) * 100, "%",
+                "<= 5 %", refused <= 0.05 * max(copied, 1) and copied == files and run.code == 0),
+            Row("quota", f"{name}: files/s ({creates} creates in {window:.0f} s)", copied / run.seconds, "files/s"),
+        ]
+    return rows
+
+
+def scenario_latency(options: argparse.Namespace) -> list[Row]:
+    """40 ms per Drive request, no quota: files/s and Drive requests per file."""
+    with local_cloud("bench") as cloud:
+        files, _ = seed_mixed(cloud, options.objects, 0.05)
+        counters = Counters(cloud.drive)
+        cloud.drive.faults = Faults(latency_s=0.04)
+        run = run_tool(cloud.workdir, cloud.tool_env(), "--workers", "4")
+        copied = len(drive_files(cloud.drive))
+        return [
+            Row("latency", "40 ms per request: files/s", copied / run.seconds, "files/s", f"{files} copied",
+                copied == files and run.code == 0),
+            Row("latency", "40 ms per request: Drive requests per file", counters.requests() / max(copied, 1), ""),
+        ]
+
+
+def scenario_faults(options: argparse.Namespace) -> list[Row]:
+    """5% of Drive answers 429/403 (random, no limit hit) or 503: files/s against a fault-free run."""
+    figures = {}
+    for label, faults in (("fault-free", Faults()),
+                          ("faults", Faults(rate_limit_rate=0.033, error_rate=0.017, seed=8))):
+        with local_cloud("bench") as cloud:
+            files, _ = seed_mixed(cloud, options.objects, 0.05)
+            cloud.drive.faults = faults
+            run = run_tool(cloud.workdir, cloud.tool_env(), "--workers", "4")
+            copied = len(drive_files(cloud.drive))
+            figures[label] = (copied / run.seconds, copied == files and run.code == 0)
+    ratio = figures["faults"][0] / figures["fault-free"][0] * 100
+    return [
+        Row("faults", "fault-free: files/s", figures["fault-free"][0], "files/s"),
+        Row("faults", "5% 429/403/503: files/s vs fault-free", ratio, "%", ">= 70 %",
+            ratio >= 70 and figures["faults"][1] and figures["fault-free"][1]),
+    ]
+
+
+def raw_upload_seconds(drive: DriveEmulator, path: Path, chunk: int) -> float:
+    """The emulator's own single-stream ceiling: one resumable session, the file sent from disk in
+    `chunk`-sized PUTs over one connection, with no client library in the way."""
+    url = urlsplit(drive.url)
+    token = drive.issue_token()
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+    size = path.stat().st_size
+    started = time.perf_counter()
+    connection.request("POST", "/upload/drive/v3/files?uploadType=resumable", body=json.dumps({"name": "raw.bin"}),
+                       headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                                "X-Upload-Content-Length": str(size)})
+    answer = connection.getresponse()
+    answer.read()
+    session = urlsplit(answer.getheader("Location"))
+    target = session.path + "?" + session.query
+    with open(path, "rb") as stream:
+        for offset in range(0, size, chunk):
+            length = min(chunk, size - offset)
+            connection.request("PUT", target, body=_Slice(stream, length), headers={
+                "Content-Length": str(length), "Content-Range": f"bytes {offset}-{offset + length - 1}/{size}"})
+            answer = connection.getresponse()
+            answer.read()
+    seconds = time.perf_counter() - started
+    connection.close()
+    return seconds
+
+
+class _Slice:
+    """`length` bytes of a file, read in blocks (http.client streams objects with read())."""
+
+    def __init__(self, stream: Any, length: int):
+        self.stream, self.left = stream, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        data = self.stream.read(min(size, 8 * MIB))
+        self.left -= len(data)
+        return data
+
+
+def scenario_large(options: argparse.Namespace) -> list[Row]:
+    """Target 2: one large object and three mixed videos at --workers 1."""
+    large = options.large_mib * MIB
+    videos = [("video/clip-a.mp4", 40 * MIB), ("video/clip-b.mov", 120 * MIB), ("video/clip-c.mp4", 9 * MIB)]
+    if options.smoke:
+        videos = [(key, size // 8) for key, size in videos]
+    total = large + sum(size for _, size in videos)
+    with local_cloud("bench") as cloud, tempfile.TemporaryDirectory(prefix="bench-raw-") as tmp:
+        put_large(cloud, "video/large.mp4", large)
+        for key, size in videos:
+            cloud.s3.put_object(Bucket=cloud.bucket, Key=key, Body=body(key, size))
+        raw = Path(tmp) / "raw.bin"
+        with open(raw, "wb") as out:   # the same bytes the tool will send, from disk
+            for key in ["video/large.mp4"] + [key for key, _ in videos]:
+                cloud.s3.download_fileobj(cloud.bucket, key, out)
+        ceiling = total / MIB / raw_upload_seconds(cloud.drive, raw, 64 * MIB)
+        raw.unlink()
+        cloud.drive.reset()
+        counters = Counters(cloud.drive)
+        run = run_tool(cloud.workdir, cloud.tool_env(), "--workers", "1")
+        copied = len(drive_files(cloud.drive))
+        rate = total / MIB / run.seconds
+        requests = counters.requests()
+    return [
+        Row("large", f"raw upload ceiling ({total / MIB:.0f} MiB)", ceiling, "MiB/s"),
+        Row("large", f"{options.large_mib} MiB + 3 videos at --workers 1", rate, "MiB/s",
+            f">= 80 % of ceiling = {0.8 * ceiling:.0f}", rate >= 0.8 * ceiling and copied == 4 and run.code == 0),
+        Row("large", "Drive requests", requests, ""),
+        Row("large", "peak RSS", run.peak_rss_mib, "MiB", "<= 150 MB", run.peak_rss_mib * MIB <= 150e6),
+    ]
+
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
+    "rerun": scenario_rerun, "quota": scenario_quota, "latency": scenario_latency, "faults": scenario_faults,
+    "large": scenario_large,
+}
+
+
+def print_table(rows: list[Row]) -> None:
+    table = [["scenario", "figure", "value", "target", ""]] + [row.cells() for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    for n, r in enumerate(table):
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip())
+        if n == 0:
+            print("  ".join("-" * width for width in widths))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="cloud_transfer benchmark")
-    parser.add_argument("--objects", type=int, default=300)
-    parser.add_argument("--large-mib", type=int, default=200, help="size of the single large object (0: skip)")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--objects", type=int, default=400, help="objects in the mixed bucket")
+    parser.add_argument("--large-mib", type=int, default=1024, help="size of the single large object")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     options = parser.parse_args(argv)
-    with local_cloud("bench") as cloud:
-        s3, drive, workdir, env = cloud.s3, cloud.drive, cloud.workdir, cloud.tool_env()
-        total_bytes, eligible, eligible_bytes = 0, 0, 0
-        for n in range(options.objects):
-            ext, size = KINDS[n % len(KINDS)]
-            key = f"{2015 + n % 6}/album-{n % 17:02d}/IMG_{n:05d}.{ext}"
-            s3.put_object(Bucket=cloud.bucket, Key=key, Body=body(key, size))
-            total_bytes += size
-            if ext not in ("txt", "json"):
-                eligible, eligible_bytes = eligible + 1, eligible_bytes + size
-        drive.clear_requests()
-        code, seconds, rss = run_tool(workdir, env, "--workers", str(options.workers))
-        first_requests = drive_requests_since_last(drive)
-        files = [f for f in drive.list_files() if f["mimeType"] != "application/vnd.google-apps.folder"]
-        code2, seconds2, _ = run_tool(workdir, env)
-        rerun_requests = drive_requests_since_last(drive)
-        verify, seconds3, _ = run_tool(workdir, env, "verify")
-        print(f"mixed bucket: {options.objects} objects ({total_bytes / 2**20:.1f} MiB), {eligible} photos/videos "
-              f"({eligible_bytes / 2**20:.1f} MiB), workers {options.workers}")
-        print(f"  first run:  exit {code}, {seconds:.1f} s, {len(files)} files in Drive, "
-              f"{first_requests} Drive requests ({first_requests / max(len(files), 1):.2f} per file), "
-              f"{eligible_bytes / 2**20 / seconds:.1f} MiB/s, peak RSS {rss / 1024:.0f} MiB")
-        print(f"  re-run:     exit {code2}, {seconds2:.1f} s, {rerun_requests} Drive requests")
-        print(f"  verify:     exit {verify}, {seconds3:.1f} s")
-        if options.large_mib:
-            key, size, part = "video/large.mp4", options.large_mib * 2**20, 16 * 2**20
-            upload = s3.create_multipart_upload(Bucket=cloud.bucket, Key=key)
-            parts = []
-            for number, offset in enumerate(range(0, size, part), 1):
-                etag = s3.upload_part(Bucket=cloud.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number,
-                                      Body=body(f"{key}{number}", min(part, size - offset)))["ETag"]
-                parts.append({"ETag": etag, "PartNumber": number})
-            s3.complete_multipart_upload(Bucket=cloud.bucket, Key=key, UploadId=upload["UploadId"],
-                                         MultipartUpload={"Parts": parts})
-            drive.clear_requests()
-            code, seconds, rss = run_tool(workdir, env, "--prefix", "video/", "--checkpoint", "large.json")
-            print(f"large object: {options.large_mib} MiB, exit {code}, {seconds:.1f} s "
-                  f"({options.large_mib / seconds:.1f} MiB/s), {drive_requests_since_last(drive)} Drive requests, "
-                  f"peak RSS {rss / 1024:.0f} MiB")
-        return 0
+    unknown = set(options.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    options.size_scale = 1.0
+    if options.smoke:
+        options.objects, options.large_mib, options.size_scale = min(options.objects, 30), 24, 0.05
+    rows: list[Row] = []
+    for name in options.scenarios or list(SCENARIOS):
+        started = time.perf_counter()
+        rows += SCENARIOS[name](options)
+        print(f"[{name}: {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
+    print_table(rows)
+    if options.json:
+        options.json.write_text(json.dumps([dataclasses.asdict(row) for row in rows], indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -794,6 +794,10 @@ class Faults:
     create_burst: int = 10
     retry_after_s: float | None = None  # adds Retry-After (formatted with :g) to those
     error_rate: float = 0.0  # API/upload requests answered 500/502/503 ("server_error_<code>")
+    # API/upload requests answered 403 userRateLimitExceeded or 429 at random, with no limit
+    # being hit ("random_rate_limit"): Google's "additional rate limit checks on the Drive
+    # backend" (developers.google.com/drive/api/guides/limits) are not a token bucket we can see.
+    rate_limit_rate: float = 0.0
     drop_rate: float = 0.0  # socket closed after reading the request, nothing done ("drop")
     # Emulator addition: the request IS processed (file created, chunk stored) but
     # the answer is lost ("drop_response") — how duplicates happen on real Drive.
@@ -1229,6 +1233,7 @@ class DriveEmulator:
             self.requests.append(record)
         try:
             body = self._read_body(handler)
+            record["body_bytes"] = len(body)
         except (TimeoutError, OSError, ValueError):
             self._count("incomplete_body")  # stalled past body_timeout_s, or cut off
             handler.close_connection = True
@@ -1288,6 +1293,13 @@ class DriveEmulator:
                 status = self._rng.choice((500, 502, 503))
             self._count(f"server_error_{status}")
             return self._status_reply(status)
+        if is_api and self._chance("rate_limit_rate"):
+            self._count("random_rate_limit")
+            with self.lock:
+                use_403 = self._rng.random() < 0.5
+            if use_403:
+                raise ApiError(403, "userRateLimitExceeded", USER_RATE_MESSAGE, domain="usageLimits")
+            raise ApiError(429, "rateLimitExceeded", RATE_429_MESSAGE, domain="usageLimits", status="RESOURCE_EXHAUSTED")
         return self._route(handler, path, query, body, caller)
 
     def _status_reply(self, status: int) -> Reply:

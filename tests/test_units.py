@@ -229,20 +229,65 @@ class FakeClock:
         return self.now
 
 
-def test_pacer_spaces_requests_and_backs_off_everyone_after_rate_limit():
+def accept_writes(pacer, clock, n, spacing_s=0.0):
+    for _ in range(n):
+        clock.now += max(spacing_s, pacer.reserve(write=True))
+        pacer.succeeded(write=True, sent_at=clock.now)
+
+
+def test_pacer_does_not_pace_until_a_limit_is_plainly_hit_then_learns_a_rate():
     clock = FakeClock()
-    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), min_interval_s=0.5, clock=clock)
-    assert [pacer.reserve() for _ in range(3)] == [0, 0.5, 1.0]
-    clock.now += 10
-    pacer.rate_limited(None)
-    assert pacer.reserve() == 1.0
-    pacer.rate_limited(None)
-    assert pacer.reserve() == 2.0           # second strike doubles (and is shared by every caller)
-    pacer.rate_limited(retry_after_s=30)
-    assert pacer.reserve() == 30.0
-    pacer.succeeded()
-    clock.now += 100
-    assert pacer.reserve() == 0
+    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
+    accept_writes(pacer, clock, 10, spacing_s=0.05)          # ten writes in 0.5 s: no pacing at all
+    for _ in range(ct.PACE_START_REFUSALS - 1):               # a few refusals: retried, still no pacing
+        pacer.rate_limited(None, sent_at=clock.now)
+    assert pacer.rate is None and pacer.reserve(write=True) == 0
+    sent_at = clock.now
+    pacer.rate_limited(None, sent_at=sent_at)                 # most recent writes refused: a limit
+    assert pacer.rate == pytest.approx(5.0)     # half of the 10/s accepted (over at least 1 s)
+    assert pacer.reserve() == 0                 # reads are not paced
+    assert [pacer.reserve(write=True) for _ in range(3)] == pytest.approx([0.2, 0.4, 0.6])
+    epoch = pacer.epoch
+    pacer.rate_limited(None, sent_at=sent_at)   # already in flight when the rate was cut: same episode
+    assert (pacer.rate, pacer.epoch) == (pytest.approx(5.0), epoch)
+    clock.now += 1
+    pacer.rate_limited(None, sent_at=clock.now - 0.01)   # sent after the cut: one refusal may be noise
+    assert pacer.rate == pytest.approx(5.0)
+    pacer.rate_limited(None, sent_at=clock.now - 0.01)   # refusals going on at a high share: cut again
+    assert pacer.rate == pytest.approx(5.0 * ct.PACE_DECREASE)
+    assert pacer.epoch == epoch + 1                      # slots handed out at 5/s are void
+    assert pacer.reserve() == pytest.approx(1.0)         # a second cut in a row pauses everyone
+    clock.now += 1
+    pacer.rate_limited(None, sent_at=clock.now)
+    pacer.rate_limited(None, sent_at=clock.now)
+    assert pacer.reserve() == pytest.approx(2.0)         # ... growing as the refusals persist
+    pacer.rate_limited(retry_after_s=30, sent_at=clock.now)
+    assert pacer.reserve() == pytest.approx(30.0)        # Retry-After holds every request
+    clock.now += 30
+    accept_writes(pacer, clock, ct.PACE_PROBATION_WRITES)   # no refusal after the cut: it was needed
+    rate = pacer.rate
+    accept_writes(pacer, clock, 100)                     # accepted writes the rate holds back raise it
+    assert pacer.rate == pytest.approx(rate + 100 * ct.PACE_GROWTH_PER_WRITE)
+    clock.now += 60                                      # idle: writes not held back, no growth
+    pacer.succeeded(write=True, sent_at=clock.now)
+    assert pacer.rate == pytest.approx(rate + 100 * ct.PACE_GROWTH_PER_WRITE)
+
+
+def test_pacer_stops_pacing_when_refusals_go_on_at_a_low_share_after_a_cut():
+    clock = FakeClock()
+    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
+    accept_writes(pacer, clock, 50, spacing_s=0.05)
+    for _ in range(ct.PACE_START_REFUSALS):
+        pacer.rate_limited(None, sent_at=clock.now)
+    assert pacer.rate is not None
+    clock.now += 0.1
+    for n in range(ct.PACE_PROBATION_WRITES):            # after the cut: 2 refusals in 40 writes
+        if n in (10, 30):
+            pacer.rate_limited(None, sent_at=clock.now)
+            assert pacer.rate is not None                # a low share is judged at the end, not cut on
+        accept_writes(pacer, clock, 1)
+    assert pacer.rate is None                            # random refusals: pacing only slowed the run
+    assert pacer.reserve(write=True) == 0
 
 
 # -- configuration --------------------------------------------------------------------------------
