@@ -47,6 +47,7 @@ import errno
 import fcntl
 import hashlib
 import http.client
+import io
 import json
 import logging
 import math
@@ -99,7 +100,7 @@ DEFAULT_CREDENTIALS = "credentials.json"
 DEFAULT_TOKEN = "token.json"
 DEFAULT_ENV_FILE = ".env"
 DEFAULT_WORKERS = 4
-DEFAULT_CHUNK_MIB = 8.0
+DEFAULT_CHUNK_MIB = 64.0
 DEFAULT_PAGE_SIZE = 1000
 
 #: Drive rejects non-final resumable chunks that are not a multiple of 256 KiB.
@@ -107,9 +108,6 @@ DEFAULT_PAGE_SIZE = 1000
 CHUNK_QUANTUM_BYTES = 256 * 1024
 #: Drive suggests a single multipart request up to 5 MB; one request per small photo decides wall time.
 SINGLE_REQUEST_MAX_BYTES = 5 * 1024 * 1024
-#: Objects up to this size are read with one streamed GET (hashed on the way); larger ones use
-#: s3transfer's parallel ranged download.
-STREAMED_GET_MAX_BYTES = 64 * 1024 * 1024
 DOWNLOAD_BLOCK_BYTES = 1024 * 1024
 
 SCOPE_DRIVE_FILE = "https://www.googleapis.com/auth/drive.file"  #: sees only what the tool created
@@ -1337,14 +1335,13 @@ class S3Source:
         """HEAD for objects whose name does not tell what they are."""
         return self.head(key).get("ContentType")
 
-    def download_to(self, obj: SourceObject, fileobj: Any) -> Download:
-        """Stream the object into `fileobj` (opened w+b), hashing on the way; verify size and ETag."""
+    def download_to(self, obj: SourceObject, fileobj: Any,
+                    on_response: Callable[[Download], None] = lambda headers: None) -> Download:
+        """Stream the object into `fileobj` (opened w+b), hashing on the way; verify size and ETag.
+        `on_response` gets the object's headers (MD5 still empty) before the first byte."""
         writer = _StopAwareWriter(fileobj, self.stop, self.outage)
         try:
-            if obj.size <= STREAMED_GET_MAX_BYTES:
-                result = self._streamed_get(obj, writer)
-            else:
-                result = self._parallel_get(obj, writer)
+            result = self._streamed_get(obj, writer, on_response)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             verdict = classify_s3_error(exc)
             if verdict.action == Verdict.RETRY:
@@ -1379,36 +1376,38 @@ class S3Source:
         return Download(md5, response.get("ContentType"), parse_s3_mtime(response.get("Metadata", {})),
                         etag_checked=self.etags_are_md5 and etag_is_md5(obj.etag, response))
 
-    def _streamed_get(self, obj: SourceObject, fileobj: Any) -> Download:
-        response = self._read(self.client.get_object, Key=obj.key, **self._pinned(obj))
-        md5 = hashlib.md5()
-        body = response["Body"]
-        try:
-            for block in body.iter_chunks(DOWNLOAD_BLOCK_BYTES):
-                md5.update(block)
-                fileobj.write(block)
-        finally:
-            body.close()
+    def _streamed_get(self, obj: SourceObject, fileobj: Any, on_response: Callable[[Download], None]) -> Download:
+        """One GET, read in order (an upload can follow it closely), hashed on the way. A body cut
+        off mid-way is resumed where it stopped with a Range GET pinned to the same ETag, so a
+        dropped connection late in a 4 GB video costs a request, not the whole download.
+
+        PERF: s3transfer's parallel ranged GETs were dropped here: they write out of order, so the
+        upload could not start before the last byte, and the MD5 needed a second pass over the file.
+        One stream is what rclone uses for cloud-to-cloud copies; measured on moto it moves 1 GiB at
+        975 MiB/s against s3transfer's 22-68 MiB/s (moto reads the object for every range)."""
+        md5, written, response = hashlib.md5(), 0, None
+        for attempt in range(1, MAX_REQUEST_ATTEMPTS + 1):
+            ranged = {"Range": f"bytes={written}-"} if written else {}
+            answer = self._read(self.client.get_object, Key=obj.key, **self._pinned(obj), **ranged)
+            if response is None:
+                response = answer
+                on_response(self._download(obj, "", answer))
+            body = answer["Body"]
+            try:
+                for block in body.iter_chunks(DOWNLOAD_BLOCK_BYTES):
+                    md5.update(block)
+                    fileobj.write(block)
+                    written += len(block)
+                break
+            except (botocore.exceptions.BotoCoreError, *TRANSIENT_NETWORK_ERRORS):
+                # Without an ETag nothing pins a second GET to the same version: start over instead.
+                if attempt == MAX_REQUEST_ATTEMPTS or not obj.etag or written >= obj.size:
+                    raise
+                log.debug("S3 download of %s cut off at %d bytes: resuming there", obj.key, written)
+            finally:
+                body.close()
         return self._download(obj, md5.hexdigest(), response)
 
-    def _parallel_get(self, obj: SourceObject, fileobj: Any) -> Download:
-        from boto3.s3.transfer import TransferConfig
-
-        # PERF: s3transfer fetches ranges in parallel and writes them out of order, so the MD5 is
-        # computed afterwards from the local file (disk reads are far faster than the network).
-        head = self._read(self.client.head_object, Key=obj.key, **self._pinned(obj))
-        transfer_config = TransferConfig(multipart_threshold=STREAMED_GET_MAX_BYTES, max_concurrency=4,
-                                         multipart_chunksize=16 * 1024 * 1024)
-        # s3transfer pins its ranged GETs to the ETag of a HEAD of its own; a VersionId pins them to ours.
-        extra = {**(self._sse_c if head.get("SSECustomerAlgorithm") else {}),
-                 **({"VersionId": head["VersionId"]} if head.get("VersionId") else {})}
-        self.client.download_fileobj(self.bucket, obj.key, fileobj, Config=transfer_config, ExtraArgs=extra or None)
-        fileobj.flush()
-        fileobj.seek(0)
-        md5 = hashlib.md5()
-        while block := fileobj.read(DOWNLOAD_BLOCK_BYTES):
-            md5.update(block)
-        return self._download(obj, md5.hexdigest(), head)
 
 #######################################################################
 # Google Drive destination ############################################
@@ -1926,16 +1925,21 @@ class DriveUploader:
         self.api, self.chunk_size_bytes = api, chunk_size_bytes
 
     def upload(self, path: Path, size: int, metadata: dict[str, Any], mimetype: str, *, file_id: str,
-               update: bool = False, progress: Callable[[int], None] | None = None) -> DriveFile:
-        """Create file `file_id` (or, with `update`, give it a new revision) from a local file."""
+               update: bool = False, progress: Callable[[int], None] | None = None,
+               opener: Callable[[], Any] | None = None) -> DriveFile:
+        """Create file `file_id` (or, with `update`, give it a new revision) from a local file
+        (or from what `opener` opens: a download still being written)."""
         if not update:
             metadata = {**metadata, "id": file_id}
-        with open(path, "rb") as stream:
-            if size <= min(SINGLE_REQUEST_MAX_BYTES, self.chunk_size_bytes):
+        with (opener or (lambda: open(path, "rb")))() as stream:
+            if not self.is_resumable(size):
                 resource = self._single(stream, metadata, mimetype, file_id, update)
             else:
                 resource = self._resumable(stream, size, metadata, mimetype, file_id, update, progress)
         return DriveFile.from_resource(resource)
+
+    def is_resumable(self, size: int) -> bool:
+        return size > min(SINGLE_REQUEST_MAX_BYTES, self.chunk_size_bytes)
 
     def _request(self, service: Any, media: Any, metadata: dict[str, Any], file_id: str, update: bool) -> Any:
         if update:   # parents and createdTime are fixed once a file exists
@@ -1957,7 +1961,7 @@ class DriveUploader:
     def _finished(self, file_id: str, metadata: dict[str, Any], update: bool) -> dict[str, Any] | None:
         """After an expired session: did its last chunk land? (files.get by id is consistent.)"""
         found = self.api.get_resource(file_id)
-        if found and (not update or found.get("md5Checksum") == metadata["appProperties"].get(PROP_MD5)):
+        if found and (not update or found.get("md5Checksum") == metadata["appProperties"].get(PROP_MD5, "")):
             return found
         return None
 
@@ -1978,6 +1982,8 @@ class DriveUploader:
                 raise InterruptedRun("interrupted")
             try:
                 status, response = request.next_chunk(num_retries=0)
+            except CloudTransferError:
+                raise   # from the bytes' side (a download that failed or was stopped), not Drive's
             except Exception as exc:  # classified below
                 verdict = classify_drive_error(exc, in_upload_session=request.resumable_uri is not None, upload=True)
                 if verdict.action == Verdict.EXISTS and not update:
@@ -2512,6 +2518,110 @@ def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str
     return metadata
 
 
+class StagedDownload:
+    """A download written to the staging file by a thread of its own while an upload reads behind
+    it: a read waits until the bytes it asks for are on disk, so temp space is what it always was
+    (one file per worker) and the upload starts with the first chunk, not after the last byte."""
+
+    def __init__(self, size: int, stream: Any, stop: threading.Event):
+        self.size, self._stream, self._stop = size, stream, stop
+        self._cond = threading.Condition()
+        self._written = 0
+        self._headers: Download | None = None
+        self._finished = self._cancelled = False
+        self.result: Download | None = None
+        self.error: BaseException | None = None
+
+    def fill(self, source: S3Source, obj: SourceObject) -> None:
+        try:
+            self.result = source.download_to(obj, self, on_response=self._got_headers)
+        except BaseException as exc:  # handed to the uploading thread
+            self.error = exc
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def _got_headers(self, headers: Download) -> None:
+        with self._cond:
+            self._headers = headers
+            self._cond.notify_all()
+
+    def write(self, data: bytes) -> int:
+        if self._cancelled:
+            raise InterruptedRun("upload abandoned")
+        written = self._stream.write(data)
+        self._stream.flush()   # the reader has a descriptor of its own
+        with self._cond:
+            self._written += written
+            self._cond.notify_all()
+        return written
+
+    def tell(self) -> int:
+        return self._written
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        with self._cond:
+            while not ready():
+                if self._finished:
+                    raise self.error or ObjectError(Verdict(Verdict.RETRY, "download ended early"))
+                if self._stop.is_set():
+                    raise InterruptedRun("interrupted")
+                self._cond.wait(timeout=1.0)
+
+    def headers(self) -> Download:
+        self._wait(lambda: self._headers is not None)
+        assert self._headers is not None
+        return self._headers
+
+    def wait_for(self, end: int) -> None:
+        self._wait(lambda: self._written >= end)
+
+    def reader(self) -> _StagedReader:
+        return _StagedReader(self, os.dup(self._stream.fileno()))
+
+
+class _StagedReader(io.RawIOBase):
+    """A seekable view of a StagedDownload for googleapiclient's MediaIoBaseUpload: its size is the
+    object's (seek to the end), and reads wait for the bytes."""
+
+    def __init__(self, staged: StagedDownload, fd: int):
+        super().__init__()
+        self._staged, self._fd, self._pos = staged, fd, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._staged.size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._staged.size if size is None or size < 0 else min(self._pos + size, self._staged.size)
+        if end <= self._pos:
+            return b""
+        self._staged.wait_for(end)
+        data = os.pread(self._fd, end - self._pos, self._pos)
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkItem:
     obj: SourceObject
@@ -2709,34 +2819,40 @@ class Transfer:
             return
         # A stale copy (older version, or an upload that went wrong) gets new content, not a twin.
         update_id = copies[0].id if copies else None
-        with self._temp_file() as (path, stream):
-            download = self.source.download_to(obj, stream)
-            stream.flush()
-            captured = None if is_video(obj.key) else capture_time_for(path)
-            metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, captured)
-            mimetype = guess_mimetype(obj.key, download.content_type)
-            sent = 0
+        sent = 0
 
-            def progress(done_bytes: int) -> None:
-                nonlocal sent
-                self.stats.add("transferred_bytes", done_bytes - sent)
-                sent = done_bytes
+        def progress(done_bytes: int) -> None:
+            nonlocal sent
+            self.stats.add("transferred_bytes", done_bytes - sent)
+            sent = done_bytes
 
+        def upload(path: Path, metadata: dict[str, Any], mimetype: str,
+                   opener: Callable[[], Any] | None = None) -> DriveFile:
+            nonlocal sent
             for _ in range(MAX_REQUEST_ATTEMPTS):
                 file_id = update_id or self.drive.api.new_id()
                 if not update_id:
                     self._record_sending(obj, file_id, attempts)
                 try:
-                    uploaded = self.drive.uploader.upload(path, obj.size, metadata, mimetype, file_id=file_id,
-                                                          update=bool(update_id), progress=progress)
-                    break
+                    return self.drive.uploader.upload(path, obj.size, metadata, mimetype, file_id=file_id,
+                                                      update=bool(update_id), progress=progress, opener=opener)
                 except BaseException as exc:
                     self.stats.add("transferred_bytes", -sent)   # the next attempt sends it all again
                     sent = 0
                     if not isinstance(exc, IdNotUsable):   # Drive would not take the id: take another
                         raise
+            raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
+
+        with self._temp_file() as (path, stream):
+            if is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
+                uploaded, download = self._upload_while_downloading(obj, folder_id, path, stream, upload,
+                                                                    created=update_id is None)
             else:
-                raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
+                download = self.source.download_to(obj, stream)
+                stream.flush()
+                captured = None if is_video(obj.key) else capture_time_for(path)
+                metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, captured)
+                uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
             self.stats.add("transferred_bytes", obj.size - sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
         if problem:
@@ -2757,6 +2873,41 @@ class Transfer:
         if update_id:
             self.stats.add("updated")
         self._record_done(obj, uploaded, attempts)
+
+    def _upload_while_downloading(self, obj: SourceObject, folder_id: str, path: Path, stream: Any,
+                                  upload: Callable[..., DriveFile], created: bool) -> tuple[DriveFile, Download]:
+        """A video's upload follows its download closely instead of waiting for the last byte.
+
+        Its MD5 is known only at the end, so it reaches `appProperties` by one update after the
+        upload (one request per large file); createdTime needs no bytes (videos carry no EXIF here).
+        A download that fails after the last byte was sent (an MD5 that is not the ETag's) removes
+        the new Drive file before the object is tried again."""
+        staged = StagedDownload(obj.size, stream, self.source.stop)
+        thread = threading.Thread(target=staged.fill, args=(self.source, obj), name="download", daemon=True)
+        thread.start()
+        try:
+            headers = staged.headers()
+            metadata = build_file_metadata(obj, self.bucket, folder_id, "", headers)
+            del metadata["appProperties"][PROP_MD5]
+            uploaded = upload(path, metadata, guess_mimetype(obj.key, headers.content_type), opener=staged.reader)
+        except BaseException:
+            staged.cancel()
+            raise
+        finally:
+            thread.join()
+        if staged.error is not None:
+            if created:
+                with contextlib.suppress(CloudTransferError):
+                    self.drive.api.delete(uploaded.id)
+            raise staged.error
+        download = staged.result
+        assert download is not None
+        if validate_upload(obj.size, download.md5, uploaded):
+            return uploaded, download   # the caller removes it and tries again
+        resource = self.drive.api.call(lambda service: service.files().update(
+            fileId=uploaded.id, body={"appProperties": {PROP_MD5: download.md5}, "modifiedTime": metadata["modifiedTime"]},
+            fields=DRIVE_FILE_FIELDS, supportsAllDrives=True), write=True)
+        return DriveFile.from_resource(resource), download
 
     def _record_sending(self, obj: SourceObject, file_id: str, attempts: int) -> None:
         """Before a create is sent, its id goes to disk: whatever happens next (a lost answer, kill -9),

@@ -143,6 +143,8 @@ def assert_drive_matches(env: "Env", bodies: dict[str, bytes], root: str = "Amaz
         copies = files[f"{root}/{key}"]
         assert len(copies) == 1, f"duplicate of {key}"
         assert copies[0]["md5Checksum"] == hashlib.md5(body).hexdigest(), f"wrong content for {key}"
+        # what a later run adopts by (for streamed videos it arrives in an update after the upload)
+        assert copies[0].get("appProperties", {}).get("ctMd5") == copies[0]["md5Checksum"], f"no ctMd5 on {key}"
     every = env.drive.list_files(include_trashed=True)
     assert len([f for f in every if f["mimeType"] != folder]) == len(bodies), "a duplicate was created (and trashed)"
     folders = [env.drive.path_of(f["id"]) for f in every if f["mimeType"] == folder]

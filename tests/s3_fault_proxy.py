@@ -251,6 +251,8 @@ class S3FaultProxy:
             and "x-amz-copy-source" not in {k.lower() for k in handler.headers}
         is_listing = handler.command == "GET" and not is_object and parts[0] != ""
         if is_object_get:
+            if any(name.lower() == "range" for name in handler.headers):
+                self._count("ranged_get")
             if self.on_object_get is not None:
                 self.on_object_get(parts[1])
             if self._take("slowdown_count"):

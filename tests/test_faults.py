@@ -385,12 +385,13 @@ def test_s3_slowdown_is_retried(fenv):
     assert_drive_matches(fenv, bodies)
 
 
-def test_truncated_download_is_retried(fenv):
+def test_cut_off_download_resumes_where_it_stopped(fenv):
     bodies = populate(fenv, 5, large=["v/a.mp4"])
     fenv.proxy.truncate_count = 2
     result = fenv.run("--workers", "1")
     assert result.returncode == 0, result.stderr
     assert fenv.proxy.counts["truncate"] == 2
+    assert fenv.proxy.counts["ranged_get"] == 2   # each cut body resumed with a Range GET, not started over
     assert_drive_matches(fenv, bodies)
 
 

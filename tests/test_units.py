@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
+import threading
 import json
 
 import botocore.exceptions
@@ -554,3 +557,62 @@ def test_s3_timestamps_parse_as_botocore_would(value):
     import botocore.utils
 
     assert ct.parse_s3_timestamp(value) == botocore.utils.parse_timestamp(value)
+
+
+# -- a download read behind by an upload ------------------------------------------------------------
+
+class _ScriptedSource:
+    """Stands in for S3Source.download_to: writes the blocks it is handed, one per `step` event."""
+
+    def __init__(self, blocks, fail=None):
+        self.blocks, self.fail = blocks, fail
+        self.step = threading.Semaphore(0)
+
+    def download_to(self, obj, fileobj, on_response):
+        on_response(ct.Download("", "video/mp4", None))
+        for block in self.blocks:
+            self.step.acquire()
+            fileobj.write(block)
+        if self.fail:
+            raise self.fail
+        return ct.Download(hashlib.md5(b"".join(self.blocks)).hexdigest(), "video/mp4", None)
+
+
+def test_staged_download_lets_an_upload_read_bytes_as_soon_as_they_are_on_disk(tmp_path):
+    blocks = [b"a" * 1000, b"b" * 1000, b"c" * 500]
+    source = _ScriptedSource(blocks)
+    with open(tmp_path / "staged", "w+b") as stream:
+        staged = ct.StagedDownload(2500, stream, threading.Event())
+        thread = threading.Thread(target=staged.fill, args=(source, None))
+        thread.start()
+        assert staged.headers().content_type == "video/mp4"   # before any byte
+        reader = staged.reader()
+        assert reader.seek(0, os.SEEK_END) == 2500             # MediaIoBaseUpload's size: the object's
+        reader.seek(0)
+        source.step.release()
+        assert reader.read(1000) == b"a" * 1000                # the first block, the rest not yet there
+        got = []
+        later = threading.Thread(target=lambda: got.append(reader.read(1500)))
+        later.start()
+        source.step.release()
+        source.step.release()
+        later.join(timeout=10)
+        thread.join(timeout=10)
+        assert got == [b"b" * 1000 + b"c" * 500]
+        assert staged.result.md5 == hashlib.md5(b"".join(blocks)).hexdigest() and staged.error is None
+        reader.close()
+
+
+def test_staged_download_hands_a_failed_download_to_the_reader(tmp_path):
+    failure = ct.ObjectError(ct.Verdict(ct.Verdict.RETRY, "corrupted download"))
+    source = _ScriptedSource([b"a" * 100], fail=failure)
+    with open(tmp_path / "staged", "w+b") as stream:
+        staged = ct.StagedDownload(1000, stream, threading.Event())
+        thread = threading.Thread(target=staged.fill, args=(source, None))
+        thread.start()
+        source.step.release()
+        reader = staged.reader()
+        with pytest.raises(ct.ObjectError, match="corrupted download"):
+            reader.read(1000)
+        thread.join(timeout=10)
+        reader.close()
