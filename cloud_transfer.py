@@ -79,6 +79,7 @@ import boto3  # noqa: E402  (after the filter above, as the Google imports below
 import botocore.config
 import botocore.exceptions
 import httplib2
+import urllib3
 from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
 from google.oauth2.credentials import Credentials
 from google_auth_httplib2 import AuthorizedHttp
@@ -266,6 +267,7 @@ class IdNotUsable(Exception):
 TRANSIENT_NETWORK_ERRORS = (
     ConnectionError, TimeoutError, socket.timeout, socket.gaierror, ssl.SSLError,
     http.client.HTTPException, httplib2.HttpLib2Error, TransportError,
+    urllib3.exceptions.HTTPError,   # e.g. a TLS error while reading an S3 body, which botocore leaves as it is
 )
 
 SKIP_SSE_C = "encrypted with a customer-provided key (SSE-C): set S3_SSE_C_KEY to copy it"
@@ -1342,7 +1344,8 @@ class S3Source:
         writer = _StopAwareWriter(fileobj, self.stop, self.outage)
         try:
             result = self._streamed_get(obj, writer, on_response)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError,
+                *TRANSIENT_NETWORK_ERRORS) as exc:
             verdict = classify_s3_error(exc)
             if verdict.action == Verdict.RETRY:
                 self.outage.failed("S3", verdict.reason)
@@ -1392,6 +1395,9 @@ class S3Source:
             if response is None:
                 response = answer
                 on_response(self._download(obj, "", answer))
+            elif not str(answer.get("ContentRange", "")).startswith(f"bytes {written}-"):
+                answer["Body"].close()   # a store that ignored the Range would append the whole body again
+                raise ObjectError(Verdict(Verdict.RETRY, "S3 ignored the Range of a resumed download"))
             body = answer["Body"]
             try:
                 for block in body.iter_chunks(DOWNLOAD_BLOCK_BYTES):
@@ -1400,7 +1406,8 @@ class S3Source:
                     written += len(block)
                 break
             except (botocore.exceptions.BotoCoreError, *TRANSIENT_NETWORK_ERRORS):
-                # Without an ETag nothing pins a second GET to the same version: start over instead.
+                # Without an ETag nothing pins a second GET to the same version: the object is
+                # tried again from the start.
                 if attempt == MAX_REQUEST_ATTEMPTS or not obj.etag or written >= obj.size:
                     raise
                 log.debug("S3 download of %s cut off at %d bytes: resuming there", obj.key, written)
@@ -1691,8 +1698,8 @@ class DriveApi:
             self.outage.failed(self._service_name(upload), verdict.reason)
             self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
 
-    def succeeded(self, upload: bool = False, write: bool = False) -> None:
-        self.pacer.succeeded(upload, write=write or upload)
+    def succeeded(self, upload: bool = False, write: bool = False, sent_at: float | None = None) -> None:
+        self.pacer.succeeded(upload, write=write or upload, sent_at=sent_at)
         self.outage.ok(self._service_name(upload))
 
     def call(self, make_request: Callable[[Any], Any], *, missing_ok: bool = False, upload: bool = False,
@@ -1703,11 +1710,11 @@ class DriveApi:
             sent_at = self.wait_turn(write or upload)
             try:
                 result = make_request(self._service()).execute(num_retries=0)
-                self.succeeded(upload, write)
+                self.succeeded(upload, write, sent_at)
                 return result
             except Exception as exc:  # classified: nothing is swallowed
                 if missing_ok and isinstance(exc, HttpError) and exc.resp.status == 404:
-                    self.succeeded(write=write)
+                    self.succeeded(write=write, sent_at=sent_at)
                     return None
                 verdict = classify_drive_error(exc, upload=upload)
                 if verdict.action != Verdict.RETRY or attempt == MAX_REQUEST_ATTEMPTS:
@@ -1980,6 +1987,8 @@ class DriveUploader:
                 sent_at = api.wait_turn(write=request.resumable_uri is None)
             elif api.stop.is_set():
                 raise InterruptedRun("interrupted")
+            else:
+                sent_at = api.pacer.clock()
             try:
                 status, response = request.next_chunk(num_retries=0)
             except CloudTransferError:
@@ -2888,7 +2897,11 @@ class Transfer:
         try:
             headers = staged.headers()
             metadata = build_file_metadata(obj, self.bucket, folder_id, "", headers)
-            del metadata["appProperties"][PROP_MD5]
+            # unknown until the last byte; a revision clears the old one (updates merge appProperties)
+            if created:
+                del metadata["appProperties"][PROP_MD5]
+            else:
+                metadata["appProperties"][PROP_MD5] = None
             uploaded = upload(path, metadata, guess_mimetype(obj.key, headers.content_type), opener=staged.reader)
         except BaseException:
             staged.cancel()
