@@ -2869,10 +2869,7 @@ class Transfer:
             self.stats.add("checksum_mismatches")
             log.warning("corrupted on transfer, removing the Drive copy: %s: %s", obj.key, problem)
             if update_id is None:
-                try:
-                    self.drive.api.delete(uploaded.id)
-                except AuthError:   # in a shared drive only an organizer may delete: the trash will do
-                    self.drive.api.trash(uploaded.id)
+                self._remove_bad_copy(uploaded.id)
             raise ObjectError(Verdict(Verdict.RETRY, f"corrupted on transfer: {problem}"))
         self._retire_extra_copies(obj, keep=uploaded, copies=copies)
         self.stats.add("verified")
@@ -2910,8 +2907,7 @@ class Transfer:
             thread.join()
         if staged.error is not None:
             if created:
-                with contextlib.suppress(CloudTransferError):
-                    self.drive.api.delete(uploaded.id)
+                self._remove_bad_copy(uploaded.id)
             raise staged.error
         download = staged.result
         assert download is not None
@@ -2921,6 +2917,12 @@ class Transfer:
             fileId=uploaded.id, body={"appProperties": {PROP_MD5: download.md5}, "modifiedTime": metadata["modifiedTime"]},
             fields=DRIVE_FILE_FIELDS, supportsAllDrives=True), write=True)
         return DriveFile.from_resource(resource), download
+
+    def _remove_bad_copy(self, file_id: str) -> None:
+        try:
+            self.drive.api.delete(file_id)
+        except AuthError:   # in a shared drive only an organizer may delete: the trash will do
+            self.drive.api.trash(file_id)
 
     def _record_sending(self, obj: SourceObject, file_id: str, attempts: int) -> None:
         """Before a create is sent, its id goes to disk: whatever happens next (a lost answer, kill -9),
