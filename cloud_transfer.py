@@ -146,7 +146,8 @@ PACE_GROWTH_PER_WRITE = 0.01
 PACE_MIN_RATE = 0.05
 PACE_WINDOW_S = 5.0
 PACE_OUTCOMES = 10
-PACE_START_REFUSALS = 4      #: refusals among the last PACE_OUTCOMES writes that start pacing
+PACE_START_REFUSALS = 4      #: refusals among the last PACE_OUTCOMES writes (within PACE_WINDOW_S) that start pacing
+PACE_START_MIN_RATE = 1.0    #: pacing never starts slower (a quiet spell of large videos accepts ~0 writes/s)
 PACE_PROBATION_WRITES = 40
 PACE_OVER_LIMIT_SHARE = 0.1
 
@@ -303,6 +304,8 @@ def classify_s3_error(exc: BaseException) -> Verdict:
         if code == "AccessDenied" or status == 403:
             return Verdict(Verdict.FAIL, "access denied reading the object (check s3:GetObject and KMS permissions)")
         return Verdict(Verdict.FAIL, f"S3 error {code or status}: {error.get('Message', '')}".strip())
+    if isinstance(exc, botocore.exceptions.FlexibleChecksumError):   # boto3 >= 1.36 checks full GETs by default
+        return Verdict(Verdict.RETRY, "corrupted download: S3's checksum does not match the bytes")
     if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
                         botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError,
                         *TRANSIENT_NETWORK_ERRORS)):
@@ -962,7 +965,7 @@ class Pacer:
         self._last_decrease = -math.inf
         self._strikes = 0                       # episodes since the last accepted write
         self._accepted: deque[float] = deque()   # writes accepted in the last window
-        self._outcomes: deque[bool] = deque(maxlen=PACE_OUTCOMES)   # the last write answers: refused?
+        self._outcomes: deque[tuple[float, bool]] = deque(maxlen=PACE_OUTCOMES)   # last write answers: (when, refused)
         self._probation: list[int] | None = None   # [answers, refusals] of writes sent since the last cut
         self._learnt: float | None = None           # the rate before pacing was judged needless
         self._first_write: float | None = None
@@ -999,19 +1002,19 @@ class Pacer:
                                              "re-run tomorrow to continue")
             if retry_after_s is not None:
                 self._paused_until = max(self._paused_until, now + min(retry_after_s, 3600.0))
-            self._outcomes.append(True)
+            self._outcomes.append((now, True))
             after_cut = sent_at is None or sent_at > self._last_decrease
             if self._probation is not None and after_cut:
                 self._probation[1] += 1
             if self.rate is None:
-                if sum(self._outcomes) < PACE_START_REFUSALS:
+                if sum(refused for when, refused in self._outcomes if when >= now - PACE_WINDOW_S) < PACE_START_REFUSALS:
                     # sporadic refusals are retried; only a limit being hit starts pacing. Until
                     # the writes in flight have answered (one round trip), none are sent.
                     if sent_at is not None:
                         self._paused_until = max(self._paused_until, now + min(now - sent_at, 1.0))
                     return
                 self.rate = (self._learnt * PACE_DECREASE if self._learnt
-                             else PACE_FIRST_DECREASE * self._accepted_rate(now))
+                             else max(PACE_START_MIN_RATE, PACE_FIRST_DECREASE * self._accepted_rate(now)))
             elif not after_cut:
                 return   # sent before the last cut: the same episode
             elif self._probation is not None and not self._over_limit(self._probation):
@@ -1053,7 +1056,7 @@ class Pacer:
                 return
             now = self.clock()
             self._strikes = 0
-            self._outcomes.append(False)
+            self._outcomes.append((now, False))
             self._accepted.append(now)
             self._forget_old(now)
             probation = self._probation

@@ -209,6 +209,7 @@ def test_classify_s3_error(code, status, action):
 def test_classify_s3_network_and_disk_errors():
     assert ct.classify_s3_error(botocore.exceptions.ReadTimeoutError(endpoint_url="x")).action == "retry"
     assert ct.classify_s3_error(botocore.exceptions.NoCredentialsError()).stop_error is ct.AuthError
+    assert ct.classify_s3_error(botocore.exceptions.FlexibleChecksumError(error_msg="crc32")).action == "retry"
     import errno
     assert ct.classify_s3_error(OSError(errno.ENOSPC, "full")).action == "stop"
 
@@ -274,6 +275,20 @@ def test_pacer_does_not_pace_until_a_limit_is_plainly_hit_then_learns_a_rate():
     clock.now += 60                                      # idle: writes not held back, no growth
     pacer.succeeded(write=True, sent_at=clock.now)
     assert pacer.rate == pytest.approx(rate + 100 * ct.PACE_GROWTH_PER_WRITE)
+
+
+def test_pacer_is_not_started_by_refusals_spread_over_a_quiet_spell_nor_starts_at_a_crawl():
+    clock = FakeClock()
+    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
+    for _ in range(ct.PACE_START_REFUSALS - 1):   # one refusal a minute, between large videos
+        accept_writes(pacer, clock, 1)
+        pacer.rate_limited(None, sent_at=clock.now)
+        clock.now += 60
+    pacer.rate_limited(None, sent_at=clock.now)
+    assert pacer.rate is None
+    for _ in range(ct.PACE_START_REFUSALS):       # a limit plainly hit, with nothing accepted lately
+        pacer.rate_limited(None, sent_at=clock.now)
+    assert pacer.rate == ct.PACE_START_MIN_RATE
 
 
 def test_pacer_stops_pacing_when_refusals_go_on_at_a_low_share_after_a_cut():
