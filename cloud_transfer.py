@@ -110,6 +110,7 @@ CHUNK_QUANTUM_BYTES = 256 * 1024
 #: Drive suggests a single multipart request up to 5 MB; one request per small photo decides wall time.
 SINGLE_REQUEST_MAX_BYTES = 5 * 1024 * 1024
 DOWNLOAD_BLOCK_BYTES = 1024 * 1024
+STREAM_SEND_BLOCK_BYTES = 1024 * 1024   #: block read from the staging file per send() of a chunk
 
 SCOPE_DRIVE_FILE = "https://www.googleapis.com/auth/drive.file"  #: sees only what the tool created
 SCOPE_DRIVE_FULL = "https://www.googleapis.com/auth/drive"
@@ -1599,6 +1600,7 @@ class _SendOnceHttp(httplib2.Http):
         try:
             if conn.sock is None:
                 conn.connect()
+            conn.blocksize = STREAM_SEND_BLOCK_BYTES   # http.client reads a stream body 8 KiB at a time
             conn.request(method, request_uri, body, headers)
             raw_response = conn.getresponse()
             content = raw_response.read()
@@ -1936,16 +1938,19 @@ class DriveUploader:
 
     def upload(self, path: Path, size: int, metadata: dict[str, Any], mimetype: str, *, file_id: str,
                update: bool = False, progress: Callable[[int], None] | None = None,
-               opener: Callable[[], Any] | None = None) -> DriveFile:
+               opener: Callable[[], Any] | None = None, session: str | None = None,
+               on_session: Callable[[str], None] = lambda uri: None) -> DriveFile:
         """Create file `file_id` (or, with `update`, give it a new revision) from a local file
-        (or from what `opener` opens: a download still being written)."""
+        (or from what `opener` opens: a download still being written). A resumable upload
+        continues `session` if given, and reports the session it uses to `on_session`."""
         if not update:
             metadata = {**metadata, "id": file_id}
         with (opener or (lambda: open(path, "rb")))() as stream:
             if not self.is_resumable(size):
                 resource = self._single(stream, metadata, mimetype, file_id, update)
             else:
-                resource = self._resumable(stream, size, metadata, mimetype, file_id, update, progress)
+                resource = self._resumable(stream, size, metadata, mimetype, file_id, update, progress,
+                                           session, on_session)
         return DriveFile.from_resource(resource)
 
     def is_resumable(self, size: int) -> bool:
@@ -1976,7 +1981,8 @@ class DriveUploader:
         return None
 
     def _resumable(self, stream: Any, size: int, metadata: dict[str, Any], mimetype: str, file_id: str,
-                   update: bool, progress: Callable[[int], None] | None) -> Any:
+                   update: bool, progress: Callable[[int], None] | None, session: str | None,
+                   on_session: Callable[[str], None]) -> Any:
         api = self.api
 
         def new_session() -> Any:
@@ -1985,6 +1991,11 @@ class DriveUploader:
             return self._request(api._service(), media, metadata, file_id, update)
 
         request, attempt, restarts, sent_at = new_session(), 0, 0, None
+        if session:
+            # A session of an earlier run: the first next_chunk asks Drive how much it holds and goes
+            # on from there (googleapiclient issue #209); an expired one answers 404: start over.
+            request.resumable_uri, request._in_error_state = session, True
+        announced = session
         while True:
             if request.resumable_uri is None or attempt:   # starting a session is a create; retries are paced
                 sent_at = api.wait_turn(write=request.resumable_uri is None)
@@ -1997,6 +2008,9 @@ class DriveUploader:
             except CloudTransferError:
                 raise   # from the bytes' side (a download that failed or was stopped), not Drive's
             except Exception as exc:  # classified below
+                if request.resumable_uri != announced:
+                    announced = request.resumable_uri
+                    on_session(announced)
                 verdict = classify_drive_error(exc, in_upload_session=request.resumable_uri is not None, upload=True)
                 if verdict.action == Verdict.EXISTS and not update:
                     return api.existing(file_id)
@@ -2015,6 +2029,9 @@ class DriveUploader:
                 continue
             attempt = 0
             api.outage.ok(api._service_name(upload=True))
+            if request.resumable_uri != announced and response is None:
+                announced = request.resumable_uri
+                on_session(announced)
             if response is not None:
                 api.succeeded(upload=True)
                 return response
@@ -2043,6 +2060,7 @@ class CheckpointEntry:
     size: int                     # source size, bytes
     md5: str | None = None        # MD5 of the bytes sent
     drive_id: str | None = None
+    session: str | None = None    # sending: the resumable session of the create, if it got that far
     attempts: int = 0             # attempts over all runs for this ETag
     run: str = ""                 # id of the run that wrote the entry
     reason: str | None = None     # why it failed or was skipped
@@ -2530,6 +2548,15 @@ def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str
     return metadata
 
 
+@dataclasses.dataclass
+class Staging:
+    """One object's staging file, kept across its attempts: a download that finished (its MD5
+    checked against the ETag where that is one) is not fetched again when only the upload failed."""
+    path: Path
+    stream: Any
+    download: Download | None = None
+
+
 class StagedDownload:
     """A download written to the staging file by a thread of its own while an upload reads behind
     it: a read waits until the bytes it asks for are on disk, so temp space is what it always was
@@ -2590,6 +2617,9 @@ class StagedDownload:
         assert self._headers is not None
         return self._headers
 
+    def available(self) -> int:
+        return self._written   # an int read: no lock needed for a hint
+
     def wait_for(self, end: int) -> None:
         self._wait(lambda: self._written >= end)
 
@@ -2623,7 +2653,8 @@ class _StagedReader(io.RawIOBase):
         end = self._staged.size if size is None or size < 0 else min(self._pos + size, self._staged.size)
         if end <= self._pos:
             return b""
-        self._staged.wait_for(end)
+        if self._staged.available() < end:
+            self._staged.wait_for(end)
         data = os.pread(self._fd, end - self._pos, self._pos)
         self._pos += len(data)
         return data
@@ -2662,6 +2693,7 @@ class Transfer:
         self._fatal: CloudTransferError | None = None
         self._fatal_lock = threading.Lock()
         self._temp_counter = 0
+        self._sessions_tried: set[str] = set()   # keys whose recorded upload session this run has tried
         self.abandoned = False   # some worker was still in a network call when the run ended
 
     def run(self, tick: Callable[[], None] = lambda: None) -> None:
@@ -2769,37 +2801,38 @@ class Transfer:
         obj = item.obj
         entry = self.checkpoint.get(obj.key)
         attempts = entry.attempts if entry and entry.etag == obj.version and entry.status == STATUS_FAILED else 0
-        for attempt in range(1, MAX_OBJECT_ATTEMPTS + 1):
-            try:
-                if item.check_type:
-                    if not is_media_content_type(self.source.content_type(obj.key)):
-                        self.stats.skip(SKIP_NOT_MEDIA)
-                        return
-                    self._count_eligible(obj)
-                    item = WorkItem(obj)
-                self._copy(obj, attempts + attempt)
-                return
-            except ObjectError as exc:
-                verdict = exc.verdict
-                if verdict.action == Verdict.RETRY and attempt < MAX_OBJECT_ATTEMPTS:
-                    self.stats.add("retries")
-                    log.info("retrying %s: %s", obj.key, verdict.reason)
-                    self.stop.wait(self.backoff.delay(attempt))
-                    if self.stop.is_set():
-                        raise InterruptedRun("interrupted") from None
-                    continue
-                status = STATUS_SKIPPED if verdict.action == Verdict.SKIP else STATUS_FAILED
-                latest = self.checkpoint.get(obj.key)   # keeps an id a create may have used
-                self.checkpoint.record(obj.key, CheckpointEntry(
-                    status=status, etag=obj.version, size=obj.size, attempts=attempts + attempt,
-                    run=self.run_id, reason=verdict.reason, drive_id=latest.drive_id if latest else None))
-                if status == STATUS_SKIPPED:
-                    self.stats.skip(verdict.reason)
-                    log.warning("skipped %s: %s", obj.key, verdict.reason)
-                else:
-                    self.stats.fail(obj.key, verdict.reason)
-                    log.warning("failed %s: %s", obj.key, verdict.reason)
-                return
+        with self._staging() as staging:   # kept across attempts
+            for attempt in range(1, MAX_OBJECT_ATTEMPTS + 1):
+                try:
+                    if item.check_type:
+                        if not is_media_content_type(self.source.content_type(obj.key)):
+                            self.stats.skip(SKIP_NOT_MEDIA)
+                            return
+                        self._count_eligible(obj)
+                        item = WorkItem(obj)
+                    self._copy(obj, attempts + attempt, staging)
+                    return
+                except ObjectError as exc:
+                    verdict = exc.verdict
+                    if verdict.action == Verdict.RETRY and attempt < MAX_OBJECT_ATTEMPTS:
+                        self.stats.add("retries")
+                        log.info("retrying %s: %s", obj.key, verdict.reason)
+                        self.stop.wait(self.backoff.delay(attempt))
+                        if self.stop.is_set():
+                            raise InterruptedRun("interrupted") from None
+                        continue
+                    status = STATUS_SKIPPED if verdict.action == Verdict.SKIP else STATUS_FAILED
+                    latest = self.checkpoint.get(obj.key)   # keeps an id a create may have used
+                    self.checkpoint.record(obj.key, CheckpointEntry(
+                        status=status, etag=obj.version, size=obj.size, attempts=attempts + attempt,
+                        run=self.run_id, reason=verdict.reason, drive_id=latest.drive_id if latest else None))
+                    if status == STATUS_SKIPPED:
+                        self.stats.skip(verdict.reason)
+                        log.warning("skipped %s: %s", obj.key, verdict.reason)
+                    else:
+                        self.stats.fail(obj.key, verdict.reason)
+                        log.warning("failed %s: %s", obj.key, verdict.reason)
+                    return
 
     def _copies(self, obj: SourceObject, folder_id: str) -> list[DriveFile]:
         """This version's copies in the folder: the one the checkpoint's id points at, asked with
@@ -2817,7 +2850,7 @@ class Transfer:
         rechecked = (self.drive.api.get(copy.id) for copy in listed if copy.id != recorded_id)
         return [copy for copy in rechecked if usable_copy(copy, folder_id)]
 
-    def _copy(self, obj: SourceObject, attempts: int) -> None:
+    def _copy(self, obj: SourceObject, attempts: int, staging: Staging) -> None:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
         parts = drive_path_for(obj.key)
         folder_id = self.drive.folders.ensure(parts[:-1])
@@ -2838,16 +2871,31 @@ class Transfer:
             self.stats.add("transferred_bytes", done_bytes - sent)
             sent = done_bytes
 
+        entry = self.checkpoint.get(obj.key)
+        session = None
+        if (not update_id and entry and entry.status == STATUS_SENDING and entry.session and entry.drive_id
+                and entry.etag == obj.version and obj.key not in self._sessions_tried):
+            # An earlier run was killed mid-upload: finish its session instead of sending it all again
+            # (once: a second try in this run starts afresh).
+            self._sessions_tried.add(obj.key)
+            session = (entry.drive_id, entry.session)
+
         def upload(path: Path, metadata: dict[str, Any], mimetype: str,
                    opener: Callable[[], Any] | None = None) -> DriveFile:
-            nonlocal sent
+            nonlocal sent, session
             for _ in range(MAX_REQUEST_ATTEMPTS):
-                file_id = update_id or self.drive.api.new_id()
-                if not update_id:
+                file_id, uri = session or (update_id or self.drive.api.new_id(), None)
+                session = None
+                if not update_id and not uri:
                     self._record_sending(obj, file_id, attempts)
+
+                def record_session(new_uri: str, file_id: str = file_id) -> None:
+                    if not update_id:
+                        self._record_sending(obj, file_id, attempts, session=new_uri)
                 try:
                     return self.drive.uploader.upload(path, obj.size, metadata, mimetype, file_id=file_id,
-                                                      update=bool(update_id), progress=progress, opener=opener)
+                                                      update=bool(update_id), progress=progress, opener=opener,
+                                                      session=uri, on_session=record_session)
                 except BaseException as exc:
                     self.stats.add("transferred_bytes", -sent)   # the next attempt sends it all again
                     sent = 0
@@ -2855,17 +2903,22 @@ class Transfer:
                         raise
             raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
 
-        with self._temp_file() as (path, stream):
-            if is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
-                uploaded, download = self._upload_while_downloading(obj, folder_id, path, stream, upload,
-                                                                    created=update_id is None)
-            else:
-                download = self.source.download_to(obj, stream)
+        path, stream = staging.path, staging.stream
+        if staging.download is None:
+            stream.seek(0)
+            stream.truncate()
+        if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
+            uploaded, download = self._upload_while_downloading(obj, folder_id, staging, upload,
+                                                                created=update_id is None)
+        else:
+            if staging.download is None:
+                staging.download = self.source.download_to(obj, stream)
                 stream.flush()
-                captured = None if is_video(obj.key) else capture_time_for(path)
-                metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, captured)
-                uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
-            self.stats.add("transferred_bytes", obj.size - sent)
+            download = staging.download
+            captured = None if is_video(obj.key) else capture_time_for(path)
+            metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, captured)
+            uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
+        self.stats.add("transferred_bytes", obj.size - sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
         if problem:
             self.stats.add("transferred_bytes", -obj.size)
@@ -2883,7 +2936,7 @@ class Transfer:
             self.stats.add("updated")
         self._record_done(obj, uploaded, attempts)
 
-    def _upload_while_downloading(self, obj: SourceObject, folder_id: str, path: Path, stream: Any,
+    def _upload_while_downloading(self, obj: SourceObject, folder_id: str, staging: Staging,
                                   upload: Callable[..., DriveFile], created: bool) -> tuple[DriveFile, Download]:
         """A video's upload follows its download closely instead of waiting for the last byte.
 
@@ -2891,7 +2944,7 @@ class Transfer:
         upload (one request per large file); createdTime needs no bytes (videos carry no EXIF here).
         A download that fails after the last byte was sent (an MD5 that is not the ETag's) removes
         the new Drive file before the object is tried again."""
-        staged = StagedDownload(obj.size, stream, self.source.stop)
+        staged = StagedDownload(obj.size, staging.stream, self.source.stop)
         thread = threading.Thread(target=staged.fill, args=(self.source, obj), name="download", daemon=True)
         thread.start()
         try:
@@ -2902,12 +2955,14 @@ class Transfer:
                 del metadata["appProperties"][PROP_MD5]
             else:
                 metadata["appProperties"][PROP_MD5] = None
-            uploaded = upload(path, metadata, guess_mimetype(obj.key, headers.content_type), opener=staged.reader)
+            uploaded = upload(staging.path, metadata, guess_mimetype(obj.key, headers.content_type),
+                              opener=staged.reader)
         except BaseException:
             staged.cancel()
             raise
         finally:
             thread.join()
+            staging.download = staged.result   # finished and verified: another attempt sends it as it is
         if staged.error is not None:
             if created:
                 self._remove_bad_copy(uploaded.id)
@@ -2927,12 +2982,14 @@ class Transfer:
         except AuthError:   # in a shared drive only an organizer may delete: the trash will do
             self.drive.api.trash(file_id)
 
-    def _record_sending(self, obj: SourceObject, file_id: str, attempts: int) -> None:
+    def _record_sending(self, obj: SourceObject, file_id: str, attempts: int, session: str | None = None) -> None:
         """Before a create is sent, its id goes to disk: whatever happens next (a lost answer, kill -9),
-        the next attempt or run asks Drive for that id (files.get is consistent) instead of a search."""
+        the next attempt or run asks Drive for that id (files.get is consistent) instead of a search.
+        A resumable upload's session goes there too, once Drive has opened it: a run killed at 60%
+        of a video lets the next one send only the rest."""
         self.checkpoint.record(obj.key, CheckpointEntry(
-            status=STATUS_SENDING, etag=obj.version, size=obj.size, drive_id=file_id, attempts=attempts,
-            run=self.run_id), durable=True)
+            status=STATUS_SENDING, etag=obj.version, size=obj.size, drive_id=file_id, session=session,
+            attempts=attempts, run=self.run_id), durable=True)
 
     def _retire_extra_copies(self, obj: SourceObject, keep: DriveFile, copies: list[DriveFile]) -> None:
         """Copies left by older versions of the tool (or by Drive itself): move the extras to the trash."""
@@ -2951,7 +3008,7 @@ class Transfer:
             attempts=attempts, run=previous.run if same_file else self.run_id))
 
     @contextlib.contextmanager
-    def _temp_file(self) -> Iterator[tuple[Path, Any]]:
+    def _staging(self) -> Iterator[Staging]:
         """A private staging file (name not derived from the key), removed on every exit path."""
         with self._fatal_lock:
             self._temp_counter += 1
@@ -2959,7 +3016,7 @@ class Transfer:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w+b") as stream:
-                yield path, stream
+                yield Staging(path, stream)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -9,7 +9,11 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,23 +51,54 @@ class LocalCloud:
 
 
 @contextlib.contextmanager
-def local_cloud(bucket: str) -> Iterator[LocalCloud]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # moto's per-request access log
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    moto_url = f"http://{host}:{port}"
+def moto_in_a_process() -> Iterator[str]:
+    """moto server as a process of its own (its URL): the benchmark's byte streams then do not
+    share one interpreter lock with the Drive emulator."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with DriveEmulator() as drive, tempfile.TemporaryDirectory(prefix="cloud-transfer-local-") as tmp:
-            workdir = Path(tmp)
-            s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
-                              aws_access_key_id="local", aws_secret_access_key="local-secret-key")
-            s3.create_bucket(Bucket=bucket)
-            token = workdir / "token.json"
-            token.write_text(json.dumps({
-                "token": drive.issue_token(), "refresh_token": "local-refresh-token", "client_id": "local-client",
-                "client_secret": "local-client-secret", "scopes": [DRIVE_FILE_SCOPE]}))
-            token.chmod(0o600)
-            yield LocalCloud(moto_url, drive, s3, bucket, workdir)
+        deadline = time.monotonic() + 30
+        while True:   # ready when it accepts a connection
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
     finally:
-        moto.stop()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def local_cloud(bucket: str, moto_process: bool = False) -> Iterator[LocalCloud]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # moto's per-request access log
+    with contextlib.ExitStack() as stack:
+        if moto_process:
+            moto_url = stack.enter_context(moto_in_a_process())
+        else:
+            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            moto.start()
+            stack.callback(moto.stop)
+            host, port = moto.get_host_and_port()
+            moto_url = f"http://{host}:{port}"
+        yield from _local_cloud(bucket, moto_url)
+
+
+def _local_cloud(bucket: str, moto_url: str) -> Iterator[LocalCloud]:
+    with DriveEmulator() as drive, tempfile.TemporaryDirectory(prefix="cloud-transfer-local-") as tmp:
+        workdir = Path(tmp)
+        s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
+                          aws_access_key_id="local", aws_secret_access_key="local-secret-key")
+        s3.create_bucket(Bucket=bucket)
+        token = workdir / "token.json"
+        token.write_text(json.dumps({
+            "token": drive.issue_token(), "refresh_token": "local-refresh-token", "client_id": "local-client",
+            "client_secret": "local-client-secret", "scopes": [DRIVE_FILE_SCOPE]}))
+        token.chmod(0o600)
+        yield LocalCloud(moto_url, drive, s3, bucket, workdir)

@@ -99,14 +99,14 @@ def test_kill_9_during_download_then_rerun_completes(fenv):
     assert_drive_matches(fenv, bodies)
 
 
-def test_kill_9_mid_upload_then_rerun_completes(fenv):
+def test_kill_9_mid_upload_then_rerun_sends_only_the_rest_of_the_session(fenv):
     bodies = populate(fenv, 6, large=["video/big.mp4"])
     chunks, reached = [], threading.Event()
 
     def on_request(record):
         if record["method"] == "PUT" and "upload_id" in record["query"]:
             chunks.append(record)
-            if len(chunks) == 2:
+            if len(chunks) == 3:   # 3 of the 5 chunks of 0.25 MiB have reached Drive
                 reached.set()
 
     fenv.drive.on_request = on_request
@@ -116,10 +116,43 @@ def test_kill_9_mid_upload_then_rerun_completes(fenv):
     process.wait()
     fenv.drive.on_request = None
     assert f"{ROOT}/video/big.mp4" not in fenv.drive_files()
+    fenv.drive.clear_requests()
 
     result = fenv.run("--chunk-size", "0.25")
     assert result.returncode == 0, result.stderr
     assert_drive_matches(fenv, bodies)
+    with fenv.drive.lock:
+        session_puts = [r for r in fenv.drive.requests if r["method"] == "PUT" and "upload_id" in r["query"]]
+    resent = sum(r["body_bytes"] for r in session_puts)
+    assert session_puts[0]["content_range"].startswith("bytes */")   # asked Drive what it holds first
+    assert resent <= 0.45 * len(bodies["video/big.mp4"]), resent     # and sent only the rest
+
+
+def test_expired_recorded_session_starts_over_cleanly(fenv):
+    bodies = populate(fenv, 2, large=["video/big.mp4"])
+    chunks, reached = [], threading.Event()
+
+    def on_request(record):
+        if record["method"] == "PUT" and "upload_id" in record["query"]:
+            chunks.append(record)
+            if len(chunks) == 2:   # the session is recorded once its first chunk is answered
+                reached.set()
+
+    fenv.drive.on_request = on_request
+    process = start(fenv, "--chunk-size", "0.25", "--workers", "1")
+    assert reached.wait(HOOK_TIMEOUT_S)
+    process.kill()
+    process.wait()
+    fenv.drive.on_request = None
+    fenv.drive.expire_all_sessions()   # a week later: Google has dropped the session
+    fenv.drive.clear_requests()
+
+    result = fenv.run("--chunk-size", "0.25")
+    assert result.returncode == 0, result.stderr
+    assert_drive_matches(fenv, bodies)
+    with fenv.drive.lock:
+        asked = [r["status"] for r in fenv.drive.requests if (r["content_range"] or "").startswith("bytes */")]
+    assert asked == [404]   # the recorded session was tried once, then a new one sent it all
 
 
 def test_kill_9_after_drive_accepted_before_checkpoint_then_rerun_adopts(fenv):
@@ -344,6 +377,8 @@ def test_daily_upload_cap_stops_with_exit_5_without_hammering(fenv):
 def test_md5_mismatch_reported_by_drive_removes_the_copy_and_resends(fenv):
     bodies = populate(fenv, 4)
     fenv.drive.faults.wrong_md5_count = 1
+    gets = []
+    fenv.proxy.on_object_get = gets.append
     result = fenv.run("--workers", "1")
     assert result.returncode == 0, result.stderr
     assert fenv.drive.fault_counts.get("wrong_md5") == 1
@@ -351,6 +386,7 @@ def test_md5_mismatch_reported_by_drive_removes_the_copy_and_resends(fenv):
     with fenv.drive.lock:
         deletes = [r for r in fenv.drive.requests if r["method"] == "DELETE"]
     assert len(deletes) == 1
+    assert sorted(gets) == sorted(bodies)   # the re-send used the staged bytes: one download each
     assert_drive_matches(fenv, bodies)
 
 
