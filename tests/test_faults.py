@@ -99,14 +99,14 @@ def test_kill_9_during_download_then_rerun_completes(fenv):
     assert_drive_matches(fenv, bodies)
 
 
-def test_kill_9_mid_upload_then_rerun_sends_only_the_rest_of_the_session(fenv):
-    bodies = populate(fenv, 6, large=["video/big.mp4"])
+def kill_at_chunk(fenv, n):
+    """Run with 0.25 MiB chunks and kill -9 it when the n-th resumable chunk reaches Drive."""
     chunks, reached = [], threading.Event()
 
     def on_request(record):
         if record["method"] == "PUT" and "upload_id" in record["query"]:
             chunks.append(record)
-            if len(chunks) == 3:   # 3 of the 5 chunks of 0.25 MiB have reached Drive
+            if len(chunks) == n:
                 reached.set()
 
     fenv.drive.on_request = on_request
@@ -115,6 +115,11 @@ def test_kill_9_mid_upload_then_rerun_sends_only_the_rest_of_the_session(fenv):
     process.kill()
     process.wait()
     fenv.drive.on_request = None
+
+
+def test_kill_9_mid_upload_then_rerun_sends_only_the_rest_of_the_session(fenv):
+    bodies = populate(fenv, 6, large=["video/big.mp4"])
+    kill_at_chunk(fenv, 3)   # 3 of the 5 chunks of 0.25 MiB have reached Drive
     assert f"{ROOT}/video/big.mp4" not in fenv.drive_files()
     fenv.drive.clear_requests()
 
@@ -130,20 +135,7 @@ def test_kill_9_mid_upload_then_rerun_sends_only_the_rest_of_the_session(fenv):
 
 def test_expired_recorded_session_starts_over_cleanly(fenv):
     bodies = populate(fenv, 2, large=["video/big.mp4"])
-    chunks, reached = [], threading.Event()
-
-    def on_request(record):
-        if record["method"] == "PUT" and "upload_id" in record["query"]:
-            chunks.append(record)
-            if len(chunks) == 2:   # the session is recorded once its first chunk is answered
-                reached.set()
-
-    fenv.drive.on_request = on_request
-    process = start(fenv, "--chunk-size", "0.25", "--workers", "1")
-    assert reached.wait(HOOK_TIMEOUT_S)
-    process.kill()
-    process.wait()
-    fenv.drive.on_request = None
+    kill_at_chunk(fenv, 2)   # the session is recorded once its first chunk is answered
     fenv.drive.expire_all_sessions()   # a week later: Google has dropped the session
     fenv.drive.clear_requests()
 
