@@ -252,6 +252,18 @@ def scenario_faults(options: argparse.Namespace) -> list[Row]:
     ]
 
 
+def stage_seconds(cloud: LocalCloud, keys: list[str], path: Path) -> float:
+    """The bytes the tool will send, staged as it stages them: one GET each, hashed, to disk."""
+    started = time.perf_counter()
+    with open(path, "wb") as out:
+        for key in keys:
+            md5 = hashlib.md5()
+            for block in cloud.s3.get_object(Bucket=cloud.bucket, Key=key)["Body"].iter_chunks(MIB):
+                md5.update(block)
+                out.write(block)
+    return time.perf_counter() - started
+
+
 def raw_upload_seconds(drive: DriveEmulator, path: Path, chunk: int) -> float:
     """The emulator's own single-stream ceiling: one resumable session, the file sent from disk in
     `chunk`-sized PUTs over one connection, with no client library in the way."""
@@ -304,16 +316,18 @@ def scenario_large(options: argparse.Namespace) -> list[Row]:
         put_large(cloud, "video/large.mp4", large)
         for key, size in videos:
             cloud.s3.put_object(Bucket=cloud.bucket, Key=key, Body=body(key, size))
-        raw = Path(tmp) / "raw.bin"
-        started = time.perf_counter()
-        with open(raw, "wb") as out:   # the same bytes the tool will send: one GET each, hashed, to disk
-            for key in ["video/large.mp4"] + [key for key, _ in videos]:
-                md5 = hashlib.md5()
-                for block in cloud.s3.get_object(Bucket=cloud.bucket, Key=key)["Body"].iter_chunks(MIB):
-                    md5.update(block)
-                    out.write(block)
-        staging_ceiling = total / MIB / (time.perf_counter() - started)
+        keys = ["video/large.mp4"] + [key for key, _ in videos]
+        raw, again = Path(tmp) / "raw.bin", Path(tmp) / "again.bin"
+        staging_ceiling = total / MIB / stage_seconds(cloud, keys, raw)
         ceiling = total / MIB / raw_upload_seconds(cloud.drive, raw, 64 * MIB)
+        # both halves at once, as independent streams: what this machine's cores allow the pipeline
+        started = time.perf_counter()
+        stager = threading.Thread(target=stage_seconds, args=(cloud, keys, again))
+        stager.start()
+        raw_upload_seconds(cloud.drive, raw, 64 * MIB)
+        stager.join()
+        both_ceiling = total / MIB / (time.perf_counter() - started)
+        again.unlink()
         raw.unlink()
         cloud.drive.reset()
         counters = Counters(cloud.drive)
@@ -335,9 +349,10 @@ def scenario_large(options: argparse.Namespace) -> list[Row]:
     return [
         Row("large", f"raw upload ceiling ({total / MIB:.0f} MiB)", ceiling, "MiB/s"),
         Row("large", "raw staging ceiling (one GET, MD5, disk)", staging_ceiling, "MiB/s"),
+        Row("large", "raw staging and upload at once (2 streams)", both_ceiling, "MiB/s"),
         Row("large", f"{options.large_mib} MiB + 3 videos at --workers 1", rate, "MiB/s",
             f">= 80 % of ceiling = {0.8 * ceiling:.0f}", rate >= 0.8 * ceiling and copied == 4 and run.code == 0),
-        Row("large", "... vs the lower of the two ceilings", rate / min(ceiling, staging_ceiling) * 100, "%"),
+        Row("large", "... vs staging and upload at once", rate / both_ceiling * 100, "%"),
         Row("large", "Drive requests", requests, ""),
         Row("large", "peak RSS", run.peak_rss_mib, "MiB", "<= 150 MB", run.peak_rss_mib * MIB <= 150e6),
         Row("large", "killed at 60%: bytes sent again by the re-run", resent, "% of the large object",
