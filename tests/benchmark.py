@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from tests.drive_emulator import DriveEmulator, Faults
 from tests.local_cloud import LocalCloud, local_cloud
+from tests.synthetic_s3 import synthetic_bucket, synthetic_object
 
 PROJECT = Path(__file__).resolve().parent.parent
 KINDS = [("jpg", 350_000), ("HEIC", 900_000), ("NEF", 2_500_000), ("mp4", 6_000_000), ("png", 40_000),
@@ -360,9 +361,62 @@ def scenario_large(options: argparse.Namespace) -> list[Row]:
     ]
 
 
+def write_synthetic_checkpoint(path: Path, count: int) -> None:
+    """Every synthetic object done: the real checkpoint of a one-photo run (binding, root folder,
+    identity) with its objects replaced by `count` entries, written as a stream."""
+    state = json.loads(path.read_text())
+    run = state["runs"][-1]["id"] if state.get("runs") else "synthetic"
+    state["objects"] = {}
+    head = json.dumps(state, ensure_ascii=False)
+    assert head.endswith('"objects": {}}')
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(head[: -len("{}}")] + "{\n")
+        for n in range(count):
+            key, etag, size = synthetic_object(n)
+            entry = {"status": "done", "etag": etag, "size": size, "md5": etag, "drive_id": f"synthetic{n:09d}",
+                     "attempts": 1, "run": run, "at": "2026-12-01T00:00:00Z"}
+            out.write(("," if n else "") + json.dumps(key) + ": " + json.dumps(entry) + "\n")
+        out.write("}}\n")
+    path.with_name(path.name + ".journal").unlink(missing_ok=True)
+
+
+def scenario_scale(options: argparse.Namespace) -> list[Row]:
+    """Target 3: a re-run of a bucket whose checkpoint says every object is done (synthetic listing
+    and checkpoint, see tests/synthetic_s3.py), against a dry run that has no checkpoint."""
+    count = options.scale_objects
+    with local_cloud("scale") as cloud, synthetic_bucket("scale", count) as s3_url:
+        cloud.s3.put_object(Bucket="scale", Key="seed.jpg", Body=body("seed", 2000))
+        seeded = run_tool(cloud.workdir, cloud.tool_env())   # binding, root folder, identity
+        checkpoint = cloud.workdir / "cloud_transfer_checkpoint.json"
+        write_synthetic_checkpoint(checkpoint, count)
+        env = {**cloud.tool_env(), "AWS_ENDPOINT_URL": s3_url}
+        dry = run_tool(cloud.workdir, env, "--dry-run", "--checkpoint", "none.json")
+        counters = Counters(cloud.drive)
+        rerun = run_tool(cloud.workdir, env)
+        requests = counters.requests()
+        status = run_tool(cloud.workdir, env, "status")
+        size_after = checkpoint.stat().st_size
+    above = (rerun.peak_rss_mib - dry.peak_rss_mib) * MIB / count
+    beyond = rerun.seconds - dry.seconds
+    ok = seeded.code == 0 and rerun.code == 0 and dry.code == 0
+    for name, run in (("seed run", seeded), ("dry run", dry), ("re-run", rerun), ("status", status)):
+        if run.code:
+            print(f"scale: {name} exited {run.code}: {run.stderr.strip()[-300:]}", file=sys.stderr)
+    return [
+        Row("scale", f"{count:,} done objects: re-run peak RSS", rerun.peak_rss_mib, "MiB", "<= 250 MB",
+            rerun.peak_rss_mib * MIB <= 250e6 and ok),
+        Row("scale", "... above a dry run's (no checkpoint)", above, "bytes/object", "<= 170", above <= 170),
+        Row("scale", "... wall time beyond listing S3", beyond, "s", "<= 10 s", beyond <= 10),
+        Row("scale", "... Drive requests", requests, "", "1", requests == 1),
+        Row("scale", "dry run (listing only): wall time", dry.seconds, "s"),
+        Row("scale", "status: wall time", status.seconds, "s", "<= 3 s", status.seconds <= 3 and status.code == 0),
+        Row("scale", "checkpoint size", size_after / count, "bytes/object"),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "rerun": scenario_rerun, "quota": scenario_quota, "latency": scenario_latency, "faults": scenario_faults,
-    "large": scenario_large,
+    "large": scenario_large, "scale": scenario_scale,
 }
 
 
@@ -381,14 +435,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=400, help="objects in the mixed bucket")
     parser.add_argument("--large-mib", type=int, default=1024, help="size of the single large object")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--full", action="store_true", help="scale: 1,000,000 objects (default 200,000)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     options = parser.parse_args(argv)
     unknown = set(options.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     options.size_scale = 1.0
+    options.scale_objects = 1_000_000 if options.full else 200_000
     if options.smoke:
         options.objects, options.large_mib, options.size_scale = min(options.objects, 30), 24, 0.05
+        options.scale_objects = 2000
     rows: list[Row] = []
     for name in options.scenarios or list(SCENARIOS):
         started = time.perf_counter()
