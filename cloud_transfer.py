@@ -69,7 +69,7 @@ import warnings
 from collections import Counter, defaultdict, deque
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 # google-api-core warns on every import when the running Python nears or passes its end of life (3.10
 # today, 3.11 from mid-2027); the tool supports 3.10+, and the warning would break one-line errors.
@@ -1119,13 +1119,15 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """temp file (0600) in the same directory + fsync + rename: readers see old or new, never half."""
+def write_atomically(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """temp file (0600) in the same directory + fsync + rename: readers see old or new, never half.
+    `data` may come in pieces, written as they are produced."""
     path = path.absolute()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, "wb", buffering=1024 * 1024) as handle:
+            for piece in [data] if isinstance(data, bytes) else data:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -2124,13 +2126,20 @@ class Checkpoint:
         self._lock = threading.RLock()
 
     # -- pure (de)serialisation ---------------------------------------------------------------
-    def to_json(self) -> dict[str, Any]:
-        with self._lock:
-            return {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
-                    "root_folder_id": self.root_folder_id, "identity": self.identity,
-                    "recheck_from_run": self.recheck_from_run,
-                    "folders": self.folders, "runs": self.runs,
-                    "objects": {key: entry.to_json() for key, entry in self.objects.items()}}
+    def snapshot(self) -> Iterator[bytes]:
+        """The snapshot as JSON with one object per line, sorted by key (a person can read and grep
+        it), produced piece by piece: saving a million entries holds no second copy of them."""
+        head = {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
+                "root_folder_id": self.root_folder_id, "identity": self.identity,
+                "recheck_from_run": self.recheck_from_run, "folders": self.folders, "runs": self.runs,
+                "objects": {}}
+        text = json.dumps(head, ensure_ascii=False, indent=1)
+        assert text.endswith('"objects": {}\n}')
+        yield text[: -len("{}\n}")].encode("utf-8") + b"{"
+        for n, key in enumerate(sorted(self.objects)):
+            yield ((b",\n" if n else b"\n") + json.dumps(key, ensure_ascii=False).encode("utf-8") + b": "
+                   + json.dumps(self.objects[key].to_json(), ensure_ascii=False).encode("utf-8"))
+        yield b"\n}\n}\n"
 
     def _apply(self, line: dict[str, Any]) -> None:
         """Replay one journal line (the same shapes flush() writes)."""
@@ -2283,7 +2292,7 @@ class Checkpoint:
         """Rewrite the snapshot with everything and empty the journal (end of a run)."""
         with self._lock:
             try:
-                write_atomically(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=1).encode("utf-8"))
+                write_atomically(self.path, self.snapshot())
             except OSError as exc:
                 raise CloudTransferError(f"cannot write the checkpoint {self.path}: {exc.strerror}") from None
             self._pending.clear()
