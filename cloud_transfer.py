@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import contextlib
 import dataclasses
 import datetime as dt
@@ -66,6 +67,7 @@ import threading
 import time
 import uuid
 import warnings
+from array import array
 from collections import Counter, defaultdict, deque
 from enum import IntEnum
 from pathlib import Path
@@ -129,6 +131,8 @@ CHECKPOINT_VERSION = 1
 FLUSH_EVERY_N = 500        #: journal lines buffered before an fsync'd append
 FLUSH_INTERVAL_S = 10.0    #: ... or this long, whichever comes first
 COMPACT_AFTER_JOURNAL_LINES = 1000   #: fold the journal in anyway once it is this long (runs that change nothing)
+COMPACT_AFTER_OBJECTS = 100_000      #: ... and mid-run once this many outcomes wait in memory (a first run's)
+SNAPSHOT_PARSE_BATCH = 2000          #: snapshot lines parsed by one json.loads
 LOG_INTERVAL_S = 30.0      #: progress log line interval when stderr is not a terminal
 MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
@@ -2085,6 +2089,11 @@ class CheckpointEntry:
 _ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(CheckpointEntry))
 
 
+def entry_from_data(data: dict[str, Any]) -> CheckpointEntry:
+    data.setdefault("etag", "")   # versions before 1.1 dropped an empty ETag when saving
+    return CheckpointEntry.from_json(data)
+
+
 def json_entries_hook(obj: dict[str, Any]) -> Any:
     """json object_hook turning entry-shaped objects into CheckpointEntry as they are parsed, so a
     million-entry snapshot is never held twice (as dicts and as entries) while loading."""
@@ -2101,6 +2110,148 @@ def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+OBJECTS_LINE = b' "objects": {\n'   # in a snapshot, the last header line; one object per line follows
+
+
+class _NotLineFormat(Exception):
+    """A snapshot written before objects went one per line: it is read whole, once."""
+
+
+def parse_entry_lines(lines: list[bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, entry data) of snapshot object lines (`"key": {...},`), many per json.loads."""
+    stripped = [line.rstrip(b"\r\n").rstrip(b",") for line in lines]
+    parsed = json.loads(b"{" + b",".join(stripped) + b"}")
+    if len(parsed) != len(lines):   # a key twice in one batch: one line at a time keeps them apart
+        for line in stripped:
+            yield from json.loads(b"{" + line + b"}").items()
+        return
+    yield from parsed.items()
+
+
+def version_hash(etag: str, size: int) -> int:
+    return hash((etag, size)) or 1   # 0 stands for "not done"
+
+
+class SnapshotIndex:
+    """Where each object's line is in the snapshot, found by a hash of its key: 26 bytes an object
+    in memory instead of the ~600 of a parsed entry. A re-run of a million done photos answers
+    "done, this version?" from here alone, and reads the file only for the objects it works on.
+
+    Python's str hash is salted per process, so the index is built at each load (one streamed
+    parse of the snapshot) and never stored. Hash collisions are resolved by reading the lines."""
+
+    def __init__(self) -> None:
+        self._hashes, self._offsets, self._versions = array("q"), array("q"), array("q")
+        self._runs = array("H")
+        self._run_ids: list[str] = []
+        self._run_numbers: dict[str, int] = {}
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def add(self, key: str, data: dict[str, Any], offset: int) -> None:
+        run = str(data.get("run") or "")
+        number = self._run_numbers.get(run)
+        if number is None:
+            number = self._run_numbers[run] = len(self._run_ids)
+            self._run_ids.append(run)
+        done = data.get("status") == STATUS_DONE
+        self._hashes.append(hash(key))
+        self._offsets.append(offset)
+        self._versions.append(version_hash(str(data.get("etag", "")), int(data["size"])) if done else 0)
+        self._runs.append(number)
+
+    def seal(self, path: Path) -> None:
+        """Sort by key hash (a transient list of positions) and open the file for lookups."""
+        order = sorted(range(len(self._hashes)), key=self._hashes.__getitem__)
+        for name in ("_hashes", "_offsets", "_versions", "_runs"):
+            column = getattr(self, name)
+            setattr(self, name, array(column.typecode, (column[i] for i in order)))
+        self.close()
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _positions(self, key: str) -> range:
+        key_hash = hash(key)
+        start = bisect.bisect_left(self._hashes, key_hash)
+        end = start
+        while end < len(self._hashes) and self._hashes[end] == key_hash:
+            end += 1
+        return range(start, end)
+
+    def _read(self, position: int) -> tuple[str, dict[str, Any]]:
+        assert self._fd is not None
+        offset, line = self._offsets[position], b""
+        while not line.endswith(b"\n"):
+            block = os.pread(self._fd, 4096, offset + len(line))
+            if not block:
+                break
+            line += block.partition(b"\n")[0] + (b"\n" if b"\n" in block else b"")
+        return next(parse_entry_lines([line]))
+
+    def get(self, key: str) -> CheckpointEntry | None:
+        for position in self._positions(key):
+            found, data = self._read(position)
+            if found == key:
+                return entry_from_data(data)
+        return None
+
+    def done_run(self, key: str, version: str, size: int) -> str | None:
+        positions = self._positions(key)
+        if len(positions) == 1:   # no collision: the hash is the key
+            position = positions[0]
+            if self._versions[position] == version_hash(version, size):
+                return self._run_ids[self._runs[position]]
+            return None
+        entry = self.get(key)
+        return entry.run if entry and entry.status == STATUS_DONE and entry.etag == version and entry.size == size else None
+
+
+def read_snapshot_lines(path: Path, offset: int) -> Iterator[list[tuple[int, bytes]]]:
+    """Batches of (offset, line) of the snapshot's object lines, from `offset` to the closing brace."""
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        batch: list[tuple[int, bytes]] = []
+        for line in stream:
+            if line.startswith(b"}"):
+                if stream.read().strip() != b"}":
+                    raise ValueError("snapshot does not end as written")
+                break
+            batch.append((offset, line))
+            offset += len(line)
+            if len(batch) >= SNAPSHOT_PARSE_BATCH:
+                yield batch
+                batch = []
+        else:
+            raise ValueError("snapshot cut short")   # a partial file must not pass for a smaller library
+        if batch:
+            yield batch
+
+
+def read_snapshot_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The snapshot's fields other than its objects, and the offset of the first object line."""
+    with open(path, "rb") as stream:
+        head = bytearray()
+        for line in stream:
+            head += line
+            if line == OBJECTS_LINE:
+                break
+        else:
+            raise _NotLineFormat
+        first = stream.readline()
+    if first and not first.startswith(b"}"):
+        try:
+            next(parse_entry_lines([first]))
+        except (ValueError, StopIteration):
+            raise _NotLineFormat from None
+    return json.loads(bytes(head) + b"}\n}"), len(head)
+
+
 class Checkpoint:
     """Per-key outcomes of all runs, bound to one bucket + prefix + Drive folder.
 
@@ -2115,7 +2266,10 @@ class Checkpoint:
         self.identity: dict[str, str] = {}   # OAuth client_id and Google account the copy is made with
         self.folders: dict[str, dict[str, str]] = {}       # "a/b" -> {"id", "run"}; "" is the root
         self.runs: list[dict[str, Any]] = []
-        self.objects: dict[str, CheckpointEntry] = {}
+        self._index = SnapshotIndex()                     # what the snapshot holds, by key hash
+        self._recent: dict[str, CheckpointEntry] = {}    # outcomes since the snapshot (journal, this run)
+        self._first_object = self._next_first_object = 0  # offset of the snapshot's first object line
+        self._indexed = False
         # The run that found the root lost: outcomes of earlier runs may point into it and are checked
         # again until a run finishes. None: nothing to check; "": all (older checkpoints: true/false).
         self.recheck_from_run: str | None = None
@@ -2126,25 +2280,54 @@ class Checkpoint:
         self._lock = threading.RLock()
 
     # -- pure (de)serialisation ---------------------------------------------------------------
-    def snapshot(self) -> Iterator[bytes]:
+    def entries(self) -> Iterator[tuple[str, CheckpointEntry]]:
+        """Every (key, entry), in key order: the snapshot read as a stream, merged with what is newer."""
+        recent = sorted(self._recent.items())
+        position = 0
+        try:
+            for batch in read_snapshot_lines(self.path, self._first_object) if self._first_object else ():
+                for key, data in parse_entry_lines([line for _, line in batch]):
+                    while position < len(recent) and recent[position][0] < key:
+                        yield recent[position]
+                        position += 1
+                    if position < len(recent) and recent[position][0] == key:
+                        yield recent[position]
+                        position += 1
+                    else:
+                        yield key, entry_from_data(data)
+        except (ValueError, TypeError, AttributeError, OSError):
+            raise CheckpointError(f"checkpoint {self.path} is damaged; {RESET_HINT}") from None
+        yield from recent[position:]
+
+    def _snapshot(self, index: SnapshotIndex) -> Iterator[bytes]:
         """The snapshot as JSON with one object per line, sorted by key (a person can read and grep
-        it), produced piece by piece: saving a million entries holds no second copy of them."""
+        it), produced piece by piece while `index` learns where each line is: saving a million
+        entries holds no second copy of them."""
         head = {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
                 "root_folder_id": self.root_folder_id, "identity": self.identity,
                 "recheck_from_run": self.recheck_from_run, "folders": self.folders, "runs": self.runs,
                 "objects": {}}
         text = json.dumps(head, ensure_ascii=False, indent=1)
         assert text.endswith('"objects": {}\n}')
-        yield text[: -len("{}\n}")].encode("utf-8") + b"{"
-        for n, key in enumerate(sorted(self.objects)):
-            yield ((b",\n" if n else b"\n") + json.dumps(key, ensure_ascii=False).encode("utf-8") + b": "
-                   + json.dumps(self.objects[key].to_json(), ensure_ascii=False).encode("utf-8"))
+        first = text[: -len("{}\n}")].encode("utf-8") + b"{\n"
+        self._next_first_object = offset = len(first)
+        yield first
+        for n, (key, entry) in enumerate(self.entries()):
+            data = entry.to_json()
+            line = json.dumps(key, ensure_ascii=False).encode("utf-8") + b": " + json.dumps(
+                data, ensure_ascii=False).encode("utf-8")
+            if n:
+                yield b",\n"
+                offset += 2
+            index.add(key, data, offset)
+            offset += len(line)
+            yield line
         yield b"\n}\n}\n"
 
     def _apply(self, line: dict[str, Any]) -> None:
         """Replay one journal line (the same shapes flush() writes)."""
         if "key" in line:
-            self.objects[line["key"]] = CheckpointEntry.from_json(line["entry"])
+            self._recent[line["key"]] = CheckpointEntry.from_json(line["entry"])
         elif "root" in line:
             self.root_folder_id = line["root"]
         elif "identity" in line:
@@ -2165,7 +2348,7 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, path: Path, data: Any, binding: dict[str, str] | None) -> Checkpoint:
-        """`binding` None: whatever the file is bound to (rollback, status)."""
+        """Everything but the objects. `binding` None: whatever the file is bound to (rollback, status)."""
         if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
             raise CheckpointError(f"{path} is not a cloud_transfer checkpoint; {RESET_HINT}")
         if not isinstance(data.get("version"), int) or data["version"] > CHECKPOINT_VERSION:
@@ -2184,11 +2367,29 @@ class Checkpoint:
             checkpoint.recheck_from_run = data.get("recheck_from_run", "" if data.get("recheck_pending") else None)
             checkpoint.folders = dict(data.get("folders") or {})
             checkpoint.runs = list(data.get("runs") or [])
-            checkpoint.objects = {key: CheckpointEntry.from_json(entry)
+            # a snapshot of an older version, read whole: its objects count as new until compacted
+            checkpoint._recent = {key: CheckpointEntry.from_json(entry)
                                   for key, entry in (data.get("objects") or {}).items()}
         except (TypeError, AttributeError):
             raise CheckpointError(f"{path} is damaged; {RESET_HINT}") from None
+        checkpoint._changed = bool(checkpoint._recent)
         return checkpoint
+
+    def _index_snapshot(self) -> None:
+        """One streamed parse of the snapshot's object lines into the index, at the first lookup:
+        `status` only streams the snapshot, and so parses it once."""
+        if self._indexed or not self._first_object:
+            return
+        self._indexed = True
+        try:
+            for batch in read_snapshot_lines(self.path, self._first_object):
+                for (offset, _), (key, data) in zip(batch, parse_entry_lines([line for _, line in batch])):
+                    if not isinstance(data, dict) or "status" not in data or "size" not in data:
+                        raise TypeError(key)
+                    self._index.add(key, data, offset)
+        except (ValueError, TypeError, KeyError):
+            raise CheckpointError(f"checkpoint {self.path} is damaged; {RESET_HINT}") from None
+        self._index.seal(self.path)
 
     # -- I/O ----------------------------------------------------------------------------------
     @classmethod
@@ -2204,12 +2405,18 @@ class Checkpoint:
                 log.warning("journal without checkpoint: moved aside to %s.orphaned-%s", journal, stamp)
             return cls(path, binding or {})   # written at its first flush, so a run that stops early leaves none
         try:
-            data = json.loads(path.read_bytes(), object_hook=json_entries_hook)
+            try:
+                header, first_object = read_snapshot_header(path)
+                checkpoint = cls.from_json(path, header, binding)
+                checkpoint._first_object = first_object
+                if create:   # a read-only look (status) may only stream it: indexed at its first lookup
+                    checkpoint._index_snapshot()
+            except _NotLineFormat:
+                checkpoint = cls.from_json(path, json.loads(path.read_bytes(), object_hook=json_entries_hook), binding)
         except OSError as exc:
             raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
         except (ValueError, UnicodeDecodeError):
             raise CheckpointError(f"checkpoint {path} is not valid JSON (corrupted); {RESET_HINT}") from None
-        checkpoint = cls.from_json(path, data, binding)
         if journal.exists():
             checkpoint._replay(journal, writable=create)
         return checkpoint
@@ -2291,10 +2498,15 @@ class Checkpoint:
     def compact(self) -> None:
         """Rewrite the snapshot with everything and empty the journal (end of a run)."""
         with self._lock:
+            index = SnapshotIndex()
             try:
-                write_atomically(self.path, self.snapshot())
+                write_atomically(self.path, self._snapshot(index))
+                index.seal(self.path)
             except OSError as exc:
                 raise CloudTransferError(f"cannot write the checkpoint {self.path}: {exc.strerror}") from None
+            self._index.close()
+            self._index, self._recent, self._first_object = index, {}, self._next_first_object
+            self._indexed = True
             self._pending.clear()
             self._journal_lines, self._changed = 0, False
             # A crash between the rename above and this unlink only replays lines already in the snapshot.
@@ -2304,16 +2516,31 @@ class Checkpoint:
     # -- recording ----------------------------------------------------------------------------
     def get(self, key: str) -> CheckpointEntry | None:
         with self._lock:
-            return self.objects.get(key)
+            entry = self._recent.get(key)
+            if entry is not None:
+                return entry
+            self._index_snapshot()
+            return self._index.get(key)
+
+    def done_run(self, key: str, version: str, size: int) -> str | None:
+        """The run that copied this version of the object, if the checkpoint says it is done."""
+        with self._lock:
+            entry = self._recent.get(key)
+            if entry is None:
+                self._index_snapshot()
+                return self._index.done_run(key, version, size)
+            return entry.run if entry.status == STATUS_DONE and entry.etag == version and entry.size == size else None
 
     def record(self, key: str, entry: CheckpointEntry, durable: bool = False) -> None:
         """Remember an outcome; `durable`: on disk (fsync'd) before this returns."""
         entry.at = entry.at or utc_now_iso()
         with self._lock:
-            self.objects[key] = entry
+            self._recent[key] = entry
             self._journal({"key": key, "entry": entry.to_json()})
             if durable:
                 self.flush()
+            if len(self._recent) >= COMPACT_AFTER_OBJECTS:
+                self.compact()   # memory stays flat through a first run of a million objects
 
     def set_recheck_from(self, run_id: str | None) -> None:
         with self._lock:
@@ -2456,20 +2683,16 @@ PLAN_SKIP, PLAN_DONE, PLAN_COPY, PLAN_CHECK_TYPE = "skip", "done", "copy", "chec
 SKIP_MARKER, SKIP_NOT_MEDIA = "folder marker", "not a photo or video"
 
 
-def plan_object(obj: SourceObject, entry: CheckpointEntry | None, all_files: bool) -> tuple[str, str | None]:
-    """What to do with a listed object: (PLAN_*, skip reason)."""
+def plan_object(obj: SourceObject, done: bool, all_files: bool) -> tuple[str, str | None]:
+    """What to do with a listed object (`done`: the checkpoint has this version): (PLAN_*, skip reason)."""
     if is_folder_marker(obj):
         return PLAN_SKIP, SKIP_MARKER
     kind = True if all_files else media_kind_for(obj.key)
     if kind is False:
         return PLAN_SKIP, SKIP_NOT_MEDIA
-    if not needs_transfer(obj, entry):
+    if done:
         return PLAN_DONE, None
     return (PLAN_CHECK_TYPE if kind is None else PLAN_COPY), None
-
-
-def needs_transfer(obj: SourceObject, entry: CheckpointEntry | None) -> bool:
-    return not (entry and entry.status == STATUS_DONE and entry.etag == obj.version and entry.size == obj.size)
 
 
 def is_intact_copy(drive_file: DriveFile, obj: SourceObject) -> bool:
@@ -2754,10 +2977,11 @@ class Transfer:
                     if self.stop.is_set():
                         return
                     self.stats.add("listed")
-                    entry = self.checkpoint.get(obj.key)
-                    if self.recheck or (entry and self.trusted_runs is not None and entry.run not in self.trusted_runs):
-                        entry = None   # look in Drive: "done" may point into a lost root
-                    action, reason = plan_object(obj, entry, self.all_files)
+                    done_run = self.checkpoint.done_run(obj.key, obj.version, obj.size)
+                    # not trusted: look in Drive, "done" may point into a lost root
+                    done = done_run is not None and not self.recheck and (
+                        self.trusted_runs is None or done_run in self.trusted_runs)
+                    action, reason = plan_object(obj, done, self.all_files)
                     if action == PLAN_SKIP:
                         self.stats.skip(reason or "")
                         continue
@@ -3270,7 +3494,8 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     for page in source.iter_pages():
         for obj in page:
             stats.add("listed")
-            action, reason = plan_object(obj, checkpoint.get(obj.key) if checkpoint else None, config.all_files)
+            done = checkpoint is not None and checkpoint.done_run(obj.key, obj.version, obj.size) is not None
+            action, reason = plan_object(obj, done, config.all_files)
             if action == PLAN_SKIP:
                 stats.skip(reason or "")
             elif action == PLAN_DONE:
@@ -3332,7 +3557,7 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
     checked = archived = 0
     for page in source.iter_pages():
         for obj in page:
-            action, _ = plan_object(obj, None, config.all_files)
+            action, _ = plan_object(obj, False, config.all_files)
             if action == PLAN_SKIP or (action == PLAN_CHECK_TYPE and not is_media_content_type(
                     _head_content_type(source, obj.key))):
                 continue
@@ -3416,7 +3641,7 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         if run_id == "last":
             run_id = checkpoint.runs[-1]["id"] if checkpoint.runs else None
         # "sending": a create a killed run may have carried out; removed only if Drive has it.
-        targets = [(key, entry) for key, entry in sorted(checkpoint.objects.items())
+        targets = [(key, entry) for key, entry in checkpoint.entries()
                    if entry.status in (STATUS_DONE, STATUS_SENDING) and entry.drive_id
                    and (run_id is None or entry.run == run_id)]
         verb = "delete permanently" if config.permanent else "move to the Drive trash"
@@ -3467,10 +3692,15 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     if not config.checkpoint_path.exists():
         raise UsageError(f"no checkpoint at {config.checkpoint_path}: nothing has run yet (or use --checkpoint)")
     checkpoint = Checkpoint.load(config.checkpoint_path, None, create=False)   # one parse of the snapshot
-    by_status: Counter[str] = Counter(entry.status for entry in checkpoint.objects.values())
-    done_bytes = sum(entry.size for entry in checkpoint.objects.values() if entry.status == STATUS_DONE)
-    reasons = Counter(entry.reason for entry in checkpoint.objects.values()
-                      if entry.status in (STATUS_FAILED, STATUS_SKIPPED) and entry.reason)
+    by_status: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    done_bytes = 0
+    for _, entry in checkpoint.entries():   # a stream: a million entries are never held at once
+        by_status[entry.status] += 1
+        if entry.status == STATUS_DONE:
+            done_bytes += entry.size
+        elif entry.status in (STATUS_FAILED, STATUS_SKIPPED) and entry.reason:
+            reasons[entry.reason] += 1
     pending = by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + by_status[STATUS_SENDING]   # retried next
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
               "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),

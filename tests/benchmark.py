@@ -363,20 +363,21 @@ def scenario_large(options: argparse.Namespace) -> list[Row]:
 
 def write_synthetic_checkpoint(path: Path, count: int) -> None:
     """Every synthetic object done: the real checkpoint of a one-photo run (binding, root folder,
-    identity) with its objects replaced by `count` entries, written as a stream."""
+    identity) with its objects replaced by `count` entries, in the tool's own form (one object per
+    line, in key order), written as a stream."""
     state = json.loads(path.read_text())
     run = state["runs"][-1]["id"] if state.get("runs") else "synthetic"
     state["objects"] = {}
-    head = json.dumps(state, ensure_ascii=False)
-    assert head.endswith('"objects": {}}')
+    head = json.dumps(state, ensure_ascii=False, indent=1)
+    assert head.endswith('"objects": {}\n}')
     with open(path, "w", encoding="utf-8") as out:
-        out.write(head[: -len("{}}")] + "{\n")
-        for n in range(count):
+        out.write(head[: -len("{}\n}")] + "{\n")
+        for n in range(count):   # synthetic keys are numbered in key order
             key, etag, size = synthetic_object(n)
             entry = {"status": "done", "etag": etag, "size": size, "md5": etag, "drive_id": f"synthetic{n:09d}",
                      "attempts": 1, "run": run, "at": "2026-12-01T00:00:00Z"}
-            out.write(("," if n else "") + json.dumps(key) + ": " + json.dumps(entry) + "\n")
-        out.write("}}\n")
+            out.write((",\n" if n else "") + json.dumps(key) + ": " + json.dumps(entry))
+        out.write("\n}\n}\n")
     path.with_name(path.name + ".journal").unlink(missing_ok=True)
 
 

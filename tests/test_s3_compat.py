@@ -292,7 +292,7 @@ def test_checkpoint_keeps_odd_etags_unchanged(tmp_path, etag, via):
     assert written.journal_path.exists() == (via == "journal")
 
     loaded = Checkpoint.load(path, binding)
-    assert {key: loaded.objects.get(key) for key in expected} == expected
+    assert {key: loaded.get(key) for key in expected} == expected
 
 
 # -- user metadata in another case -----------------------------------------------------------------

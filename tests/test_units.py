@@ -73,16 +73,30 @@ def test_media_kind_for(key, kind):
 
 
 def test_plan_object_decisions():
-    done = ct.CheckpointEntry(status="done", etag="0" * 32, size=10)
-    assert ct.plan_object(obj("x/"), None, False) == (ct.PLAN_SKIP, ct.SKIP_MARKER)
-    assert ct.plan_object(obj("n.txt"), None, False) == (ct.PLAN_SKIP, ct.SKIP_NOT_MEDIA)
-    assert ct.plan_object(obj("n.txt"), None, True) == (ct.PLAN_COPY, None)
-    assert ct.plan_object(obj("noext"), None, False) == (ct.PLAN_CHECK_TYPE, None)
-    assert ct.plan_object(obj(), done, False) == (ct.PLAN_DONE, None)
-    assert ct.plan_object(obj(etag="1" * 32), done, False) == (ct.PLAN_COPY, None)
-    assert ct.plan_object(obj(size=11), done, False) == (ct.PLAN_COPY, None)
-    failed = ct.CheckpointEntry(status="failed", etag="0" * 32, size=10)
-    assert ct.plan_object(obj(), failed, False) == (ct.PLAN_COPY, None)
+    assert ct.plan_object(obj("x/"), False, False) == (ct.PLAN_SKIP, ct.SKIP_MARKER)
+    assert ct.plan_object(obj("n.txt"), False, False) == (ct.PLAN_SKIP, ct.SKIP_NOT_MEDIA)
+    assert ct.plan_object(obj("n.txt"), False, True) == (ct.PLAN_COPY, None)
+    assert ct.plan_object(obj("noext"), False, False) == (ct.PLAN_CHECK_TYPE, None)
+    assert ct.plan_object(obj(), True, False) == (ct.PLAN_DONE, None)
+    assert ct.plan_object(obj(), False, False) == (ct.PLAN_COPY, None)
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_checkpoint_done_run_answers_only_for_the_same_version(tmp_path, compacted):
+    checkpoint = ct.Checkpoint.load(tmp_path / "c.json", BINDING)
+    checkpoint.record("a.jpg", ct.CheckpointEntry(status="done", etag="0" * 32, size=10, run="r1"))
+    checkpoint.record("b.jpg", ct.CheckpointEntry(status="failed", etag="0" * 32, size=10, run="r1"))
+    checkpoint.record("c.jpg", ct.CheckpointEntry(status="done", etag="", size=7, run="r2"))
+    if compacted:   # answered from the snapshot's index, not from memory
+        checkpoint.compact()
+        checkpoint = ct.Checkpoint.load(tmp_path / "c.json", BINDING)
+    assert checkpoint.done_run("a.jpg", "0" * 32, 10) == "r1"
+    assert checkpoint.done_run("a.jpg", "1" * 32, 10) is None     # another version
+    assert checkpoint.done_run("a.jpg", "0" * 32, 11) is None     # another size
+    assert checkpoint.done_run("b.jpg", "0" * 32, 10) is None     # not done
+    assert checkpoint.done_run("c.jpg", "", 7) == "r2"            # an empty ETag is a version too
+    assert checkpoint.done_run("x.jpg", "0" * 32, 10) is None     # never seen
+    assert checkpoint.get("b.jpg").status == "failed" and checkpoint.get("x.jpg") is None
 
 
 @pytest.mark.parametrize("etag, plain", [
@@ -428,11 +442,57 @@ def test_unusable_checkpoint_is_refused_and_left_untouched(tmp_path, content, fr
     assert path.read_bytes() == content
 
 
+def test_checkpoint_of_an_older_version_loads_then_is_rewritten_one_object_per_line(tmp_path):
+    path = tmp_path / "cp.json"
+    entries = {"b.jpg": {"status": "done", "etag": "e1", "size": 5, "run": "r1"},
+               "a.jpg": {"status": "failed", "size": 6, "reason": "x"}}   # no etag: older versions dropped ""
+    path.write_text(json.dumps({"kind": ct.CHECKPOINT_KIND, "version": 1, "binding": BINDING, "runs": [],
+                                "objects": entries}, indent=1))
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    assert checkpoint.done_run("b.jpg", "e1", 5) == "r1" and checkpoint.get("a.jpg").etag == ""
+    checkpoint.finish()   # read whole once, then rewritten in the current form
+    lines = path.read_bytes().splitlines()
+    assert lines[lines.index(ct.OBJECTS_LINE.rstrip(b"\n")) + 1].startswith(b'"a.jpg": {"status": "failed"')
+    reloaded = ct.Checkpoint.load(path, BINDING)
+    assert [key for key, _ in reloaded.entries()] == ["a.jpg", "b.jpg"]
+    assert reloaded.done_run("b.jpg", "e1", 5) == "r1" and reloaded.get("a.jpg").reason == "x"
+
+
+def test_checkpoint_snapshot_cut_short_is_refused(tmp_path):
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    for n in range(5):
+        checkpoint.record(f"{n}.jpg", ct.CheckpointEntry(status="done", etag="e", size=n))
+    checkpoint.compact()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index(b'"3.jpg"')])
+    with pytest.raises(ct.CheckpointError, match="damaged"):
+        ct.Checkpoint.load(path, BINDING)
+    read_only = ct.Checkpoint.load(path, BINDING, create=False)   # status streams it instead
+    with pytest.raises(ct.CheckpointError, match="damaged"):
+        list(read_only.entries())
+
+
+def test_checkpoint_compacts_mid_run_so_a_first_run_keeps_little_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(ct, "COMPACT_AFTER_OBJECTS", 3)
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    for n in range(7):
+        checkpoint.record(f"{n}.jpg", ct.CheckpointEntry(status="done", etag="e", size=n, run="r"))
+        assert len(checkpoint._recent) < 3
+    checkpoint.record("3.jpg", ct.CheckpointEntry(status="failed", etag="e", size=3, reason="again"))
+    assert [(key, entry.status) for key, entry in checkpoint.entries()] == [
+        (f"{n}.jpg", "failed" if n == 3 else "done") for n in range(7)]   # newer wins, key order
+    checkpoint.finish()
+    reloaded = ct.Checkpoint.load(path, BINDING)
+    assert reloaded.get("3.jpg").reason == "again" and reloaded.done_run("6.jpg", "e", 6) == "r"
+
+
 def test_reset_checkpoint_moves_it_aside(tmp_path):
     path = tmp_path / "cp.json"
     path.write_bytes(b"{not json")
     checkpoint = ct.Checkpoint.load(path, BINDING, reset=True)
-    assert checkpoint.objects == {}
+    assert list(checkpoint.entries()) == []
     assert [p.read_bytes() for p in tmp_path.glob("cp.json.*.bak")] == [b"{not json"]
 
 
