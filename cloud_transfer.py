@@ -66,6 +66,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 import warnings
 from array import array
 from collections import Counter, defaultdict, deque
@@ -132,7 +133,7 @@ FLUSH_EVERY_N = 500        #: journal lines buffered before an fsync'd append
 FLUSH_INTERVAL_S = 10.0    #: ... or this long, whichever comes first
 COMPACT_AFTER_JOURNAL_LINES = 1000   #: fold the journal in anyway once it is this long (runs that change nothing)
 COMPACT_AFTER_OBJECTS = 100_000      #: ... and mid-run once this many outcomes wait in memory (a first run's)
-SNAPSHOT_PARSE_BATCH = 2000          #: snapshot lines parsed by one json.loads
+SNAPSHOT_READ_BYTES = 1024 * 1024   #: snapshot lines read (and parsed by one json.loads) at a time
 LOG_INTERVAL_S = 30.0      #: progress log line interval when stderr is not a terminal
 MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
@@ -2080,7 +2081,10 @@ class CheckpointEntry:
     def from_json(cls, data: dict[str, Any] | CheckpointEntry) -> CheckpointEntry:
         if isinstance(data, CheckpointEntry):   # already built by json_entries_hook
             return data
-        entry = cls(**{k: v for k, v in data.items() if k in _ENTRY_FIELDS})
+        try:
+            entry = cls(**data)
+        except TypeError:   # a field this version does not know (written by a newer one): dropped
+            entry = cls(**{k: v for k, v in data.items() if k in _ENTRY_FIELDS})
         # PERF: a few distinct statuses and run ids repeat across a million entries; share them.
         entry.status, entry.run = sys.intern(entry.status), sys.intern(entry.run)
         return entry
@@ -2133,16 +2137,18 @@ def version_hash(etag: str, size: int) -> int:
 
 
 class SnapshotIndex:
-    """Where each object's line is in the snapshot, found by a hash of its key: 26 bytes an object
+    """Where each object's line is in the snapshot, found by a hash of its key: 32 bytes an object
     in memory instead of the ~600 of a parsed entry. A re-run of a million done photos answers
     "done, this version?" from here alone, and reads the file only for the objects it works on.
 
     Python's str hash is salted per process, so the index is built at each load (one streamed
-    parse of the snapshot) and never stored. Hash collisions are resolved by reading the lines."""
+    parse of the snapshot) and never stored. Keys that share the hash are told apart by reading
+    their lines; a key absent from the snapshot must also match a CRC-32 of the stored one before
+    the index answers for it (96 bits in all: at a million keys, one wrong answer in ~10^22 lookups)."""
 
     def __init__(self) -> None:
         self._hashes, self._offsets, self._versions = array("q"), array("q"), array("q")
-        self._runs = array("H")
+        self._runs, self._crcs = array("I"), array("I")
         self._run_ids: list[str] = []
         self._run_numbers: dict[str, int] = {}
         self._fd: int | None = None
@@ -2158,6 +2164,7 @@ class SnapshotIndex:
             self._run_ids.append(run)
         done = data.get("status") == STATUS_DONE
         self._hashes.append(hash(key))
+        self._crcs.append(zlib.crc32(key.encode("utf-8")))
         self._offsets.append(offset)
         self._versions.append(version_hash(str(data.get("etag", "")), int(data["size"])) if done else 0)
         self._runs.append(number)
@@ -2165,7 +2172,7 @@ class SnapshotIndex:
     def seal(self, path: Path) -> None:
         """Sort by key hash (a transient list of positions) and open the file for lookups."""
         order = sorted(range(len(self._hashes)), key=self._hashes.__getitem__)
-        for name in ("_hashes", "_offsets", "_versions", "_runs"):
+        for name in ("_hashes", "_crcs", "_offsets", "_versions", "_runs"):
             column = getattr(self, name)
             setattr(self, name, array(column.typecode, (column[i] for i in order)))
         self.close()
@@ -2203,34 +2210,33 @@ class SnapshotIndex:
 
     def done_run(self, key: str, version: str, size: int) -> str | None:
         positions = self._positions(key)
-        if len(positions) == 1:   # no collision: the hash is the key
+        if len(positions) == 1 and self._crcs[positions[0]] == zlib.crc32(key.encode("utf-8")):
             position = positions[0]
             if self._versions[position] == version_hash(version, size):
                 return self._run_ids[self._runs[position]]
             return None
-        entry = self.get(key)
+        entry = self.get(key) if positions else None
         return entry.run if entry and entry.status == STATUS_DONE and entry.etag == version and entry.size == size else None
 
 
-def read_snapshot_lines(path: Path, offset: int) -> Iterator[list[tuple[int, bytes]]]:
-    """Batches of (offset, line) of the snapshot's object lines, from `offset` to the closing brace."""
+def read_snapshot_lines(path: Path, offset: int) -> Iterator[tuple[int, list[bytes]]]:
+    """Batches of the snapshot's object lines, each with the offset of its first line, from
+    `offset` to the closing braces (read a megabyte of whole lines at a time)."""
     with open(path, "rb") as stream:
         stream.seek(offset)
-        batch: list[tuple[int, bytes]] = []
-        for line in stream:
-            if line.startswith(b"}"):
-                if stream.read().strip() != b"}":
+        while lines := stream.readlines(SNAPSHOT_READ_BYTES):
+            if lines[-1].startswith(b"}"):   # only the last batch ends with the closing braces
+                end = len(lines) - 1
+                while end and lines[end - 1].startswith(b"}"):
+                    end -= 1
+                if [line.strip() for line in lines[end:]] != [b"}", b"}"]:
                     raise ValueError("snapshot does not end as written")
-                break
-            batch.append((offset, line))
-            offset += len(line)
-            if len(batch) >= SNAPSHOT_PARSE_BATCH:
-                yield batch
-                batch = []
-        else:
-            raise ValueError("snapshot cut short")   # a partial file must not pass for a smaller library
-        if batch:
-            yield batch
+                if end:
+                    yield offset, lines[:end]
+                return
+            yield offset, lines
+            offset += sum(map(len, lines))
+    raise ValueError("snapshot cut short")   # a partial file must not pass for a smaller library
 
 
 def read_snapshot_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -2280,13 +2286,18 @@ class Checkpoint:
         self._lock = threading.RLock()
 
     # -- pure (de)serialisation ---------------------------------------------------------------
-    def entries(self) -> Iterator[tuple[str, CheckpointEntry]]:
-        """Every (key, entry), in key order: the snapshot read as a stream, merged with what is newer."""
-        recent = sorted(self._recent.items())
+    def entries(self, as_data: bool = False) -> Iterator[tuple[str, Any]]:
+        """Every (key, entry), in key order: the snapshot read as a stream, merged with what is newer.
+        `as_data`: entries as their JSON dicts (twice as fast to count a million of)."""
+        convert: Callable[[dict[str, Any]], Any] = (lambda data: data) if as_data else entry_from_data
+        recent = sorted((key, entry.to_json() if as_data else entry) for key, entry in self._recent.items())
         position = 0
         try:
-            for batch in read_snapshot_lines(self.path, self._first_object) if self._first_object else ():
-                for key, data in parse_entry_lines([line for _, line in batch]):
+            for _, lines in read_snapshot_lines(self.path, self._first_object) if self._first_object else ():
+                if not recent:   # PERF: status and most reads: nothing newer to merge
+                    yield from ((key, convert(data)) for key, data in parse_entry_lines(lines))
+                    continue
+                for key, data in parse_entry_lines(lines):
                     while position < len(recent) and recent[position][0] < key:
                         yield recent[position]
                         position += 1
@@ -2294,7 +2305,7 @@ class Checkpoint:
                         yield recent[position]
                         position += 1
                     else:
-                        yield key, entry_from_data(data)
+                        yield key, convert(data)
         except (ValueError, TypeError, AttributeError, OSError):
             raise CheckpointError(f"checkpoint {self.path} is damaged; {RESET_HINT}") from None
         yield from recent[position:]
@@ -2322,7 +2333,7 @@ class Checkpoint:
             index.add(key, data, offset)
             offset += len(line)
             yield line
-        yield b"\n}\n}\n"
+        yield b"\n}\n}\n" if offset > self._next_first_object else b"}\n}\n"
 
     def _apply(self, line: dict[str, Any]) -> None:
         """Replay one journal line (the same shapes flush() writes)."""
@@ -2380,16 +2391,21 @@ class Checkpoint:
         `status` only streams the snapshot, and so parses it once."""
         if self._indexed or not self._first_object:
             return
-        self._indexed = True
         try:
-            for batch in read_snapshot_lines(self.path, self._first_object):
-                for (offset, _), (key, data) in zip(batch, parse_entry_lines([line for _, line in batch])):
+            for offset, lines in read_snapshot_lines(self.path, self._first_object):
+                for line, (key, data) in zip(lines, parse_entry_lines(lines)):
                     if not isinstance(data, dict) or "status" not in data or "size" not in data:
                         raise TypeError(key)
                     self._index.add(key, data, offset)
-        except (ValueError, TypeError, KeyError):
+                    offset += len(line)
+            self._index.seal(self.path)
+        except (ValueError, TypeError, KeyError, OverflowError):
+            self._index = SnapshotIndex()
             raise CheckpointError(f"checkpoint {self.path} is damaged; {RESET_HINT}") from None
-        self._index.seal(self.path)
+        except OSError as exc:
+            self._index = SnapshotIndex()
+            raise CheckpointError(f"cannot read checkpoint {self.path}: {exc.strerror}") from None
+        self._indexed = True
 
     # -- I/O ----------------------------------------------------------------------------------
     @classmethod
@@ -2498,18 +2514,21 @@ class Checkpoint:
     def compact(self) -> None:
         """Rewrite the snapshot with everything and empty the journal (end of a run)."""
         with self._lock:
+            if self.path.exists():
+                # The journal first gets what the snapshot will hold: a crash between the rename
+                # below and the unlink then replays lines that agree with the snapshot, never older ones.
+                self.flush()
             index = SnapshotIndex()
             try:
                 write_atomically(self.path, self._snapshot(index))
+                self._first_object = self._next_first_object
                 index.seal(self.path)
             except OSError as exc:
                 raise CloudTransferError(f"cannot write the checkpoint {self.path}: {exc.strerror}") from None
             self._index.close()
-            self._index, self._recent, self._first_object = index, {}, self._next_first_object
-            self._indexed = True
+            self._index, self._recent, self._indexed = index, {}, True
             self._pending.clear()
             self._journal_lines, self._changed = 0, False
-            # A crash between the rename above and this unlink only replays lines already in the snapshot.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.journal_path)
 
@@ -3695,12 +3714,13 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     by_status: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     done_bytes = 0
-    for _, entry in checkpoint.entries():   # a stream: a million entries are never held at once
-        by_status[entry.status] += 1
-        if entry.status == STATUS_DONE:
-            done_bytes += entry.size
-        elif entry.status in (STATUS_FAILED, STATUS_SKIPPED) and entry.reason:
-            reasons[entry.reason] += 1
+    for _, entry in checkpoint.entries(as_data=True):   # a stream: a million are never held at once
+        status = entry["status"]
+        by_status[status] += 1
+        if status == STATUS_DONE:
+            done_bytes += entry["size"]
+        elif status in (STATUS_FAILED, STATUS_SKIPPED) and entry.get("reason"):
+            reasons[entry["reason"]] += 1
     pending = by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + by_status[STATUS_SENDING]   # retried next
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
               "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),

@@ -488,6 +488,28 @@ def test_checkpoint_compacts_mid_run_so_a_first_run_keeps_little_in_memory(tmp_p
     assert reloaded.get("3.jpg").reason == "again" and reloaded.done_run("6.jpg", "e", 6) == "r"
 
 
+def test_checkpoint_killed_after_compaction_before_the_journal_is_gone_keeps_the_newest(tmp_path, monkeypatch):
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    checkpoint.record("k.jpg", ct.CheckpointEntry(status="done", etag="e", size=1, run="r1"), durable=True)
+    checkpoint.record("k.jpg", ct.CheckpointEntry(status="rolled_back", etag="e", size=1, run="r2"))  # only buffered
+    real_unlink = os.unlink
+    monkeypatch.setattr(ct.os, "unlink", lambda p, *a, **k: None if str(p) == str(checkpoint.journal_path)
+                        else real_unlink(p, *a, **k))   # killed between the snapshot's rename and this
+    checkpoint.compact()
+    assert checkpoint.journal_path.exists()
+    reloaded = ct.Checkpoint.load(path, BINDING)   # the journal replays over the new snapshot
+    assert reloaded.get("k.jpg").status == "rolled_back" and reloaded.done_run("k.jpg", "e", 1) is None
+
+
+def test_checkpoint_without_objects_is_written_in_the_line_form(tmp_path):
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    checkpoint.save_run({"id": "r1"})
+    header, first_object = ct.read_snapshot_header(path)   # not mistaken for an older version's
+    assert header["runs"] == [{"id": "r1"}] and list(ct.Checkpoint.load(path, BINDING).entries()) == []
+
+
 def test_reset_checkpoint_moves_it_aside(tmp_path):
     path = tmp_path / "cp.json"
     path.write_bytes(b"{not json")
