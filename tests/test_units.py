@@ -458,6 +458,27 @@ def test_checkpoint_of_an_older_version_loads_then_is_rewritten_one_object_per_l
     assert reloaded.done_run("b.jpg", "e1", 5) == "r1" and reloaded.get("a.jpg").reason == "x"
 
 
+def test_checkpoint_index_tells_apart_keys_whose_hashes_collide(tmp_path, monkeypatch):
+    import builtins
+    monkeypatch.setattr(ct, "hash", lambda value: 42 if isinstance(value, str) else builtins.hash(value),
+                        raising=False)   # every key hashes alike
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    checkpoint.record("a.jpg", ct.CheckpointEntry(status="done", etag="e", size=1, run="r1"))
+    checkpoint.record("b.jpg", ct.CheckpointEntry(status="failed", etag="e", size=1, run="r1"))
+    checkpoint.compact()
+    reloaded = ct.Checkpoint.load(path, BINDING)
+    assert reloaded.done_run("a.jpg", "e", 1) == "r1"
+    assert reloaded.done_run("b.jpg", "e", 1) is None
+    assert reloaded.done_run("c.jpg", "e", 1) is None and reloaded.get("c.jpg") is None   # same version, other key
+    assert reloaded.get("b.jpg").status == "failed"
+    single = ct.Checkpoint.load(tmp_path / "one.json", BINDING)
+    single.record("a.jpg", ct.CheckpointEntry(status="done", etag="e", size=1, run="r1"))
+    single.compact()
+    single = ct.Checkpoint.load(tmp_path / "one.json", BINDING)
+    assert single.done_run("c.jpg", "e", 1) is None    # one line with its hash, but not its key
+
+
 def test_checkpoint_snapshot_cut_short_is_refused(tmp_path):
     path = tmp_path / "cp.json"
     checkpoint = ct.Checkpoint.load(path, BINDING)
