@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import bisect
 import contextlib
 import dataclasses
@@ -134,6 +135,7 @@ FLUSH_EVERY_N = 500        #: journal lines buffered before an fsync'd append
 FLUSH_INTERVAL_S = 10.0    #: ... or this long, whichever comes first
 COMPACT_AFTER_JOURNAL_LINES = 1000   #: fold the journal in anyway once it is this long (runs that change nothing)
 COMPACT_AFTER_OBJECTS = 100_000      #: ... and mid-run once this many outcomes wait in memory (a first run's)
+WALK_WORKERS = 8                     #: folders `verify` lists at a time
 SNAPSHOT_READ_BYTES = 1024 * 1024   #: snapshot lines read (and parsed by one json.loads) at a time
 LOG_INTERVAL_S = 30.0      #: progress log line interval when stderr is not a terminal
 MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
@@ -3549,17 +3551,24 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     return ExitCode.OK
 
 
-def walk_drive_tree(api: DriveApi, root_id: str) -> dict[tuple[str, ...], list[DriveFile]]:
-    """Every file under the root by path (one listing per folder)."""
+def walk_drive_tree(api: DriveApi, root_id: str, workers: int = WALK_WORKERS) -> dict[tuple[str, ...], list[DriveFile]]:
+    """Every file under the root by path: one listing per folder, WALK_WORKERS folders at a time
+    (one at a time, 10,000 folders at 150 ms a request took 25 minutes; reads are not paced)."""
     tree: dict[tuple[str, ...], list[DriveFile]] = defaultdict(list)
-    pending = [((), root_id)]
-    while pending:
-        path, folder_id = pending.pop()
-        for item in api.list_folder(folder_id):
-            if item.is_folder:
-                pending.append((path + (item.name,), item.id))
-            else:
-                tree[path + (item.name,)].append(item)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="walk") as pool:
+        def listing(folder_id: str) -> concurrent.futures.Future[list[DriveFile]]:
+            return pool.submit(lambda: list(api.list_folder(folder_id)))
+
+        pending = {listing(root_id): ()}
+        while pending:
+            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                path = pending.pop(future)
+                for item in future.result():
+                    if item.is_folder:
+                        pending[listing(item.id)] = path + (item.name,)
+                    else:
+                        tree[path + (item.name,)].append(item)
     return tree
 
 
