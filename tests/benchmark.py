@@ -2,7 +2,7 @@
 
     python -m tests.benchmark [SCENARIO ...] [--objects 400] [--json PATH] [--full] [--smoke]
 
-Scenarios (default: all): rerun, quota, latency, faults, large, scale. Each starts moto server (S3)
+Scenarios (default: all): rerun, quota, latency, faults, large, scale, walk. Each starts moto server (S3)
 and the Drive emulator on loopback, seeds a bucket, runs cloud_transfer.py as a subprocess and reads
 its figures from the emulator's own counters and the OS (wall time; peak RSS from /proc VmHWM).
 A figure that misses its target is printed as a miss, never hidden; `--smoke` shrinks everything so
@@ -415,9 +415,33 @@ def scenario_scale(options: argparse.Namespace) -> list[Row]:
     ]
 
 
+def scenario_walk(options: argparse.Namespace) -> list[Row]:
+    """verify's walk of the Drive copy and rollback, under 150 ms per Drive request. One request at
+    a time (as before issue 8), a walk costs at least folders x 150 ms and a rollback files x 2 x
+    150 ms (a files.get for provenance, then the trash): the figures are compared with those bounds."""
+    latency = 0.15
+    with local_cloud("bench") as cloud:
+        files, _ = seed_mixed(cloud, options.objects, 0.01)
+        copied = run_tool(cloud.workdir, cloud.tool_env(), "--workers", "8")
+        folders = len(cloud.drive.list_files()) - len(drive_files(cloud.drive))
+        cloud.drive.faults = Faults(latency_s=latency)
+        verify = run_tool(cloud.workdir, cloud.tool_env(), "verify")
+        rollback = run_tool(cloud.workdir, cloud.tool_env(), "rollback", "--yes")
+        left = len(drive_files(cloud.drive))
+    walk_bound, rollback_bound = folders * latency, files * 2 * latency
+    return [
+        Row("walk", f"verify, {folders} folders at 150 ms: wall time", verify.seconds, "s",
+            f"<= {walk_bound / 5:.1f} s (1/5 of one at a time)",
+            verify.seconds <= walk_bound / 5 and verify.code == 0 and copied.code == 0),
+        Row("walk", f"rollback, {files} files at 150 ms: wall time", rollback.seconds, "s",
+            f"<= {rollback_bound / 5:.1f} s (1/5 of one at a time)",
+            rollback.seconds <= rollback_bound / 5 and rollback.code == 0 and left == 0),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "rerun": scenario_rerun, "quota": scenario_quota, "latency": scenario_latency, "faults": scenario_faults,
-    "large": scenario_large, "scale": scenario_scale,
+    "large": scenario_large, "scale": scenario_scale, "walk": scenario_walk,
 }
 
 
