@@ -3676,17 +3676,22 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         run_id = config.rollback_run
         if run_id == "last":
             run_id = checkpoint.runs[-1]["id"] if checkpoint.runs else None
-        # "sending": a create a killed run may have carried out; removed only if Drive has it.
-        targets = [(key, entry) for key, entry in checkpoint.entries()
-                   if entry.status in (STATUS_DONE, STATUS_SENDING) and entry.drive_id
-                   and (run_id is None or entry.run == run_id)]
+
+        def targets() -> Iterator[tuple[str, CheckpointEntry]]:
+            """A stream (read twice: to count, then to act), so a million entries are never held.
+            "sending": a create a killed run may have carried out; removed only if Drive has it."""
+            return ((key, entry) for key, entry in checkpoint.entries()
+                    if entry.status in (STATUS_DONE, STATUS_SENDING) and entry.drive_id
+                    and (run_id is None or entry.run == run_id))
+
         verb = "delete permanently" if config.permanent else "move to the Drive trash"
-        print(f"rollback: {len(targets)} files to {verb}" + (f" (run {run_id})" if run_id else ""), file=runtime.out)
+        count = sum(1 for _ in targets())
+        print(f"rollback: {count} files to {verb}" + (f" (run {run_id})" if run_id else ""), file=runtime.out)
         if config.dry_run:
-            for key, entry in targets:
+            for key, entry in targets():
                 print(f"  would remove: {key} ({entry.drive_id})", file=runtime.out)
             return ExitCode.OK
-        if not targets:
+        if not count:
             return ExitCode.OK
         if not config.assume_yes:
             if not runtime.interactive:
@@ -3717,7 +3722,9 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         outcomes: Counter[str] = Counter()
         pool = concurrent.futures.ThreadPoolExecutor(DRIVE_PARALLEL_REQUESTS, thread_name_prefix="rollback")
         try:
-            outcomes.update(pool.map(lambda target: remove(*target), targets))
+            pending = targets()
+            while batch := list(itertools.islice(pending, 1000)):   # map() would submit them all at once
+                outcomes.update(pool.map(lambda target: remove(*target), batch))
         finally:
             pool.shutdown(cancel_futures=True)   # an error or Ctrl-C stops what has not started
             checkpoint.finish()
