@@ -2078,7 +2078,8 @@ class CheckpointEntry:
 
     def to_json(self) -> dict[str, Any]:
         # The ETag is kept whatever it is: some S3-compatible stores send an empty one.
-        return {k: v for k, v in dataclasses.asdict(self).items() if k == "etag" or v not in (None, "")}
+        return {name: value for name in _ENTRY_FIELD_ORDER
+                if (value := getattr(self, name)) not in (None, "") or name == "etag"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | CheckpointEntry) -> CheckpointEntry:
@@ -2093,7 +2094,8 @@ class CheckpointEntry:
         return entry
 
 
-_ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(CheckpointEntry))
+_ENTRY_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(CheckpointEntry))
+_ENTRY_FIELDS = frozenset(_ENTRY_FIELD_ORDER)
 
 
 def entry_from_data(data: dict[str, Any]) -> CheckpointEntry:
@@ -2158,9 +2160,6 @@ class SnapshotIndex:
 
     def __len__(self) -> int:
         return len(self._offsets)
-
-    def add(self, key: str, data: dict[str, Any], offset: int) -> None:
-        self.add_lines([(key, data)], [offset])
 
     def add_lines(self, items: Iterable[tuple[str, dict[str, Any]]], offsets: Iterable[int]) -> None:
         """Index parsed snapshot lines (PERF: C-level maps where it can, a million times)."""
@@ -2334,16 +2333,25 @@ class Checkpoint:
         first = text[: -len("{}\n}")].encode("utf-8") + b"{\n"
         self._next_first_object = offset = len(first)
         yield first
-        for n, (key, entry) in enumerate(self.entries()):
-            data = entry.to_json()
+        items: list[tuple[str, dict[str, Any]]] = []
+        offsets: list[int] = []
+        pieces: list[bytes] = []
+        for n, (key, data) in enumerate(self.entries(as_data=True)):   # PERF: no entry objects
             line = json.dumps(key, ensure_ascii=False).encode("utf-8") + b": " + json.dumps(
                 data, ensure_ascii=False).encode("utf-8")
             if n:
-                yield b",\n"
+                pieces.append(b",\n")
                 offset += 2
-            index.add(key, data, offset)
+            items.append((key, data))
+            offsets.append(offset)
+            pieces.append(line)
             offset += len(line)
-            yield line
+            if len(items) >= 1000:   # PERF: indexed and written a thousand lines at a time
+                index.add_lines(items, offsets)
+                yield b"".join(pieces)
+                items, offsets, pieces = [], [], []
+        index.add_lines(items, offsets)
+        yield b"".join(pieces)
         yield b"\n}\n}\n" if offset > self._next_first_object else b"}\n}\n"
 
     def _apply(self, line: dict[str, Any]) -> None:
