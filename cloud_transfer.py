@@ -121,6 +121,8 @@ SCOPE_DRIVE_FILE = "https://www.googleapis.com/auth/drive.file"  #: sees only wh
 SCOPE_DRIVE_FULL = "https://www.googleapis.com/auth/drive"
 FOLDER_MIME = "application/vnd.google-apps.folder"
 
+VERIFY_DETAILS = 100    #: problems of each kind verify lists (all are counted)
+
 #: appProperties keys written on every file the tool creates (Drive: <= 124 bytes per key+value).
 PROP_SOURCE = "ctSrc"   # sha256(s3://bucket/key)[:32]: which object this file is a copy of
 PROP_ETAG = "ctEtag"    # the source ETag when copied: a changed object gets a new revision
@@ -2139,27 +2141,81 @@ def version_hash(etag: str, size: int) -> int:
     return hash((etag, size)) or 1   # 0 stands for "not done"
 
 
-class SnapshotIndex:
-    """Where each object's line is in the snapshot, found by a hash of its key: 36 bytes an object
-    in memory instead of the ~600 of a parsed entry. A re-run of a million done photos answers
-    "done, this version?" from here alone, and reads the file only for the objects it works on.
+class HashedLines:
+    """Lines of a file found by a hash of their name: 16 bytes a line in memory (offset; hash and
+    position packed in one sorted 64-bit word), the lines themselves read back with pread when asked
+    for. Names that share the hash's top 36 bits come back together; the caller tells them apart
+    by what the lines say.
 
-    Python's str hash is salted per process, so the index is built at each load (one streamed
-    parse of the snapshot) and never stored. Keys that share the hash are told apart by reading
-    their lines; a key absent from the snapshot must also match a CRC-32 of the stored one before
-    the index answers for it (96 bits in all: at a million keys, one wrong answer in ~10^22 lookups)."""
+    Python's str hash is salted per process, so an index is built where it is used, never stored."""
+
+    POSITION_BITS = 28   # up to 268 million lines; the hash keeps the other 36 bits
 
     def __init__(self) -> None:
-        # columns in file order; lookups go through `_sorted` (the key hashes, sorted) and `_order`
-        self._hashes, self._offsets, self._versions = array("q"), array("q"), array("q")
-        self._runs, self._crcs = array("I"), array("I")
-        self._sorted, self._order = array("q"), array("I")
-        self._run_ids: list[str] = []
-        self._run_numbers: dict[str, int] = {}
+        self._hashes, self._offsets = array("q"), array("q")   # in file order, until seal()
+        self._sorted = array("Q")                              # (hash top 36 bits | position), sorted
         self._fd: int | None = None
 
     def __len__(self) -> int:
         return len(self._offsets)
+
+    @classmethod
+    def _hash_bits(cls, name_hash: int) -> int:
+        return (name_hash & 0xFFFF_FFFF_FFFF_FFFF) >> cls.POSITION_BITS << cls.POSITION_BITS
+
+    def seal(self, fd: int) -> None:
+        """Sort (one transient int a line: ~44 bytes, the peak of a million-photo run); lines are
+        then read from `fd`."""
+        if len(self._hashes) >> self.POSITION_BITS:
+            raise CheckpointError(f"more than {1 << self.POSITION_BITS} objects in one index")
+        packed = sorted(map(int.__or__, map(self._hash_bits, self._hashes), range(len(self._hashes))))
+        self._hashes = array("q")
+        self._sorted = array("Q", packed)
+        del packed
+        self.close()
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _positions(self, name_hash: int) -> list[int]:
+        """The positions (in file order) of the lines whose name may have this hash."""
+        bits, sorted_hashes, mask = self._hash_bits(name_hash), self._sorted, (1 << self.POSITION_BITS) - 1
+        at = bisect.bisect_left(sorted_hashes, bits)
+        positions = []
+        while at < len(sorted_hashes) and sorted_hashes[at] & ~mask == bits:
+            positions.append(sorted_hashes[at] & mask)
+            at += 1
+        return positions
+
+    def _line(self, position: int) -> bytes:
+        assert self._fd is not None
+        offset, line = self._offsets[position], b""
+        while not line.endswith(b"\n"):
+            block = os.pread(self._fd, 4096, offset + len(line))
+            if not block:
+                break
+            line += block.partition(b"\n")[0] + (b"\n" if b"\n" in block else b"")
+        return line
+
+
+class SnapshotIndex(HashedLines):
+    """Where each object's line is in the snapshot, found by a hash of its key: 32 bytes an object
+    in memory instead of the ~600 of a parsed entry. A re-run of a million done photos answers
+    "done, this version?" from here alone, and reads the file only for the objects it works on.
+
+    Built at each load (one streamed parse of the snapshot). Keys that share the hash bits are told
+    apart by reading their lines; a key absent from the snapshot must also match a CRC-32 of the
+    stored one before the index answers for it (68 bits in all: at a million keys, one wrong answer
+    in ~10^14 lookups)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._versions, self._runs, self._crcs = array("q"), array("I"), array("I")
+        self._run_ids: list[str] = []
+        self._run_numbers: dict[str, int] = {}
 
     def add_lines(self, items: Iterable[tuple[str, dict[str, Any]]], offsets: Iterable[int]) -> None:
         """Index parsed snapshot lines (PERF: C-level maps where it can, a million times)."""
@@ -2178,48 +2234,18 @@ class SnapshotIndex:
             versions(version_hash(data.get("etag", ""), data["size"]) if data["status"] == STATUS_DONE else 0)
             runs(number)
 
-    def seal(self, path: Path) -> None:
-        """Sort the key hashes (with a transient list of positions) and open the file for lookups."""
-        order = sorted(range(len(self._hashes)), key=self._hashes.__getitem__)
-        self._sorted, self._order = array("q", map(self._hashes.__getitem__, order)), array("I", order)
-        self._hashes = array("q")   # the sorted copy is all lookups need
-        self.close()
-        self._fd = os.open(path, os.O_RDONLY)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _positions(self, key: str) -> list[int]:
-        """The file positions of the lines whose key has this key's hash."""
-        key_hash, sorted_hashes = hash(key), self._sorted
-        at = bisect.bisect_left(sorted_hashes, key_hash)
-        positions = []
-        while at < len(sorted_hashes) and sorted_hashes[at] == key_hash:
-            positions.append(self._order[at])
-            at += 1
-        return positions
-
     def _read(self, position: int) -> tuple[str, dict[str, Any]]:
-        assert self._fd is not None
-        offset, line = self._offsets[position], b""
-        while not line.endswith(b"\n"):
-            block = os.pread(self._fd, 4096, offset + len(line))
-            if not block:
-                break
-            line += block.partition(b"\n")[0] + (b"\n" if b"\n" in block else b"")
-        return next(iter(parse_entry_lines([line])))
+        return next(iter(parse_entry_lines([self._line(position)])))
 
     def get(self, key: str) -> CheckpointEntry | None:
-        for position in self._positions(key):
+        for position in self._positions(hash(key)):
             found, data = self._read(position)
             if found == key:
                 return entry_from_data(data)
         return None
 
     def done_run(self, key: str, version: str, size: int) -> str | None:
-        positions = self._positions(key)
+        positions = self._positions(hash(key))
         if len(positions) == 1 and self._crcs[positions[0]] == zlib.crc32(key.encode("utf-8")):
             position = positions[0]
             if self._versions[position] == version_hash(version, size):
@@ -2416,7 +2442,7 @@ class Checkpoint:
                 if not all(isinstance(data, dict) and "status" in data and "size" in data for _, data in items):
                     raise TypeError("not an entry")
                 self._index.add_lines(items, itertools.accumulate(map(len, lines[:-1]), initial=offset))
-            self._index.seal(self.path)
+            self._index.seal(os.open(self.path, os.O_RDONLY))
         except (ValueError, TypeError, KeyError, OverflowError):
             self._index = SnapshotIndex()
             raise CheckpointError(f"checkpoint {self.path} is damaged; {RESET_HINT}") from None
@@ -2540,7 +2566,7 @@ class Checkpoint:
             try:
                 write_atomically(self.path, self._snapshot(index))
                 self._first_object = self._next_first_object
-                index.seal(self.path)
+                index.seal(os.open(self.path, os.O_RDONLY))
             except OSError as exc:
                 raise CloudTransferError(f"cannot write the checkpoint {self.path}: {exc.strerror}") from None
             self._index.close()
@@ -3559,25 +3585,77 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     return ExitCode.OK
 
 
-def walk_drive_tree(api: DriveApi, root_id: str, workers: int = DRIVE_PARALLEL_REQUESTS) -> dict[tuple[str, ...], list[DriveFile]]:
-    """Every file under the root by path: one listing per folder, DRIVE_PARALLEL_REQUESTS at a time
-    (one at a time, 10,000 folders at 150 ms a request took 25 minutes; reads are not paced)."""
-    tree: dict[tuple[str, ...], list[DriveFile]] = defaultdict(list)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="walk") as pool:
-        def listing(folder_id: str) -> concurrent.futures.Future[list[DriveFile]]:
-            return pool.submit(lambda: list(api.list_folder(folder_id)))
+class DriveCopies(HashedLines):
+    """The files of a Drive walk by path, spilled to an unlinked temporary file, one JSON line each:
+    ~30 bytes a file in memory instead of the ~2 KB of a parsed listing (a million photos, and a
+    flat bucket puts them all in one folder). `claimed` marks the lines an S3 object accounted for."""
 
-        pending = {listing(root_id): ()}
+    def __init__(self, directory: Path | None) -> None:
+        super().__init__()
+        self._file = tempfile.TemporaryFile(dir=directory)
+        self._end = 0
+        self._lock = threading.Lock()
+        self.claimed = bytearray()
+
+    def add(self, path: tuple[str, ...], drive_file: DriveFile) -> None:
+        """Called from the walk's threads."""
+        line = json.dumps([path, drive_file.id, drive_file.size, drive_file.md5, drive_file.app_properties],
+                          ensure_ascii=False).encode("utf-8") + b"\n"
+        with self._lock:
+            self._file.write(line)
+            self._hashes.append(hash(path))
+            self._offsets.append(self._end)
+            self._end += len(line)
+
+    def seal(self) -> None:  # type: ignore[override]
+        self._file.flush()
+        super().seal(os.dup(self._file.fileno()))
+        self._file.close()
+        self.claimed = bytearray(len(self))
+
+    def at(self, path: tuple[str, ...]) -> list[tuple[int, DriveFile]]:
+        """(position, file) of every file at this path."""
+        found = []
+        for position in self._positions(hash(path)):
+            stored, file_id, size, md5, props = json.loads(self._line(position))
+            if tuple(stored) == path:
+                found.append((position, DriveFile(id=file_id, name=path[-1], mime_type="", parent_id=None,
+                                                  size=size, md5=md5, app_properties=props)))
+        return found
+
+    def unclaimed(self, limit: int) -> list[str]:
+        """Paths of up to `limit` files no object claimed, in walk order."""
+        paths, position = [], self.claimed.find(0)
+        while position >= 0 and len(paths) < limit:
+            paths.append("/".join(json.loads(self._line(position))[0]))
+            position = self.claimed.find(0, position + 1)
+        return paths
+
+
+def walk_drive_tree(api: DriveApi, root_id: str, on_file: Callable[[tuple[str, ...], DriveFile], None],
+                    workers: int = DRIVE_PARALLEL_REQUESTS) -> None:
+    """Every file under the root, with its path, to `on_file` (from the walk's threads): one listing
+    per folder, DRIVE_PARALLEL_REQUESTS at a time (one at a time, 10,000 folders at 150 ms a request
+    took 25 minutes; reads are not paced). Pages are handed on as they come, never held."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="walk") as pool:
+        def listing(folder_id: str, path: tuple[str, ...]) -> concurrent.futures.Future[list[DriveFile]]:
+            def subfolders() -> list[DriveFile]:
+                found = []
+                for item in api.list_folder(folder_id):
+                    if item.is_folder:
+                        found.append(item)
+                    else:
+                        on_file(path + (item.name,), item)
+                return found
+            return pool.submit(subfolders)
+
+        pending = {listing(root_id, ()): ()}
         while pending:
             done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 path = pending.pop(future)
-                for item in future.result():
-                    if item.is_folder:
-                        pending[listing(item.id)] = path + (item.name,)
-                    else:
-                        tree[path + (item.name,)].append(item)
-    return tree
+                for folder in future.result():
+                    pending[listing(folder.id, path + (folder.name,))] = path + (folder.name,)
 
 
 def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
@@ -3595,9 +3673,45 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
         drive.api.use_shared_drive(folder.drive_id)
     if not root_id:
         root_id = drive.folders.find_root(config.folder_name)
-    tree = walk_drive_tree(drive.api, root_id) if root_id else {}
+    copies_found = DriveCopies(config.temp_dir)
+    try:
+        if root_id:
+            walk_drive_tree(drive.api, root_id, copies_found.add)
+        copies_found.seal()
+        counts, problems, checked, archived = _verify_objects(config, source, checkpoint, copies_found)
+        extra_count, extra = copies_found.claimed.count(0), copies_found.unclaimed(VERIFY_DETAILS)
+    finally:
+        copies_found.close()
+    report = {"checked": checked, **{name: counts[name] for name in problems}, "extra": extra_count,
+              "archived_not_copied": archived,
+              "details": {**problems, "extra": extra}}
+    clean = not counts
+    if config.json_output:
+        print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
+    elif not config.quiet:
+        print(f"verify: {checked} objects checked; missing {report['missing']}, duplicated {report['duplicated']}, "
+              f"mismatched {report['mismatched']}, extra in Drive {report['extra']}"
+              + (f", {archived} archived in Glacier (restore them to copy)" if archived else ""), file=runtime.out)
+        for name, items in {**problems, "extra": [{"key": path} for path in extra]}.items():
+            for item in items[:5]:
+                print(f"  {name}: {item['key']}" + (f" ({item['problem']})" if "problem" in item else ""),
+                      file=runtime.out)
+    return ExitCode.OK if clean else ExitCode.PARTIAL
+
+
+def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | None,
+                    copies_found: DriveCopies) -> tuple[Counter[str], dict[str, list[dict[str, Any]]], int, int]:
+    """Each eligible object against the files at its path: (problems by kind, the first
+    VERIFY_DETAILS of each kind, checked, archived). Counted, not listed: a verify half-way through
+    a million photos must not hold half a million "missing" records."""
+    counts: Counter[str] = Counter()
     problems: dict[str, list[dict[str, Any]]] = {"missing": [], "duplicated": [], "mismatched": []}
-    claimed: set[str] = set()
+
+    def found(kind: str, **detail: Any) -> None:
+        counts[kind] += 1
+        if len(problems[kind]) < VERIFY_DETAILS:
+            problems[kind].append(detail)
+
     checked = archived = 0
     for page in source.iter_pages():
         for obj in page:
@@ -3606,34 +3720,22 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
                     _head_content_type(source, obj.key))):
                 continue
             checked += 1
-            copies = copies_of(obj, config.bucket, tree.get(drive_path_for(obj.key), []))
-            claimed.update(f.id for f in copies)
+            at_path = copies_found.at(drive_path_for(obj.key))
+            copies = copies_of(obj, config.bucket, [f for _, f in at_path])
+            for position, drive_file in at_path:
+                if drive_file in copies:
+                    copies_found.claimed[position] = 1
             if not copies and obj.storage_class in ARCHIVED_STORAGE_CLASSES:
                 archived += 1   # unreadable until restored: transfer skips it with that reason too
             elif not copies:
-                problems["missing"].append({"key": obj.key})
+                found("missing", key=obj.key)
             elif len(copies) > 1:
-                problems["duplicated"].append({"key": obj.key, "ids": [f.id for f in copies]})
+                found("duplicated", key=obj.key, ids=[f.id for f in copies])
             else:
                 problem = _compare_copy(obj, copies[0], checkpoint, source)
                 if problem:
-                    problems["mismatched"].append({"key": obj.key, "id": copies[0].id, "problem": problem})
-    extra = ["/".join(path) for path, files in tree.items() for f in files if f.id not in claimed]
-    report = {"checked": checked, **{name: len(items) for name, items in problems.items()}, "extra": len(extra),
-              "archived_not_copied": archived,
-              "details": {**problems, "extra": extra[:100]}}
-    clean = not any(problems.values())
-    if config.json_output:
-        print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
-    elif not config.quiet:
-        print(f"verify: {checked} objects checked; missing {report['missing']}, duplicated {report['duplicated']}, "
-              f"mismatched {report['mismatched']}, extra in Drive {report['extra']}"
-              + (f", {archived} archived in Glacier (restore them to copy)" if archived else ""), file=runtime.out)
-        for name, items in {**problems, "extra": [{"key": e} for e in extra]}.items():
-            for item in items[:5]:
-                print(f"  {name}: {item['key']}" + (f" ({item['problem']})" if "problem" in item else ""),
-                      file=runtime.out)
-    return ExitCode.OK if clean else ExitCode.PARTIAL
+                    found("mismatched", key=obj.key, id=copies[0].id, problem=problem)
+    return counts, problems, checked, archived
 
 
 def copies_of(obj: SourceObject, bucket: str, files_at_path: list[DriveFile]) -> list[DriveFile]:
@@ -3659,9 +3761,9 @@ def _compare_copy(obj: SourceObject, drive_file: DriveFile, checkpoint: Checkpoi
     if drive_file.size != obj.size:
         return f"size {drive_file.size} in Drive vs {obj.size} in S3"
     props = drive_file.app_properties
-    entry = checkpoint.get(obj.key) if checkpoint else None
     if PROP_SOURCE in props and props.get(PROP_ETAG) != obj.version:
         return "an older version of the object (its ETag changed in S3); the next transfer updates it"
+    entry = checkpoint.get(obj.key) if checkpoint and props.get(PROP_ETAG) != obj.version else None
     if props.get(PROP_ETAG) == obj.version:
         expected = props.get(PROP_MD5)
     elif entry and entry.etag == obj.version and entry.md5:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from tests.drive_emulator import DriveEmulator, Faults
 from tests.local_cloud import LocalCloud, local_cloud
+from tests.synthetic_drive import synthetic_drive
 from tests.synthetic_s3 import synthetic_bucket, synthetic_object
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,7 @@ class ToolRun:
     seconds: float
     peak_rss_mib: float
     stderr: str
+    stdout: str = ""
 
 
 def run_tool(workdir: Path, env: dict[str, str], *args: str, kill_when: Callable[[], bool] | None = None) -> ToolRun:
@@ -77,10 +79,13 @@ def run_tool(workdir: Path, env: dict[str, str], *args: str, kill_when: Callable
     """
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, str(PROJECT / "cloud_transfer.py"), "--quiet", *args],
-                               cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout_lines: list[str] = []
     stderr_lines: list[str] = []
-    reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr or []), daemon=True)
-    reader.start()
+    readers = [threading.Thread(target=lambda: stderr_lines.extend(process.stderr or []), daemon=True),
+               threading.Thread(target=lambda: stdout_lines.extend(process.stdout or []), daemon=True)]
+    for reader in readers:
+        reader.start()
     peak_kib = 0
     status = Path(f"/proc/{process.pid}/status")
     while process.poll() is None:
@@ -93,8 +98,10 @@ def run_tool(workdir: Path, env: dict[str, str], *args: str, kill_when: Callable
             process.wait()
             break
         time.sleep(0.02)   # sampling interval of the measurement, not synchronisation
-    reader.join(timeout=5)
-    return ToolRun(process.returncode, time.perf_counter() - started, peak_kib / 1024, "".join(stderr_lines))
+    for reader in readers:
+        reader.join(timeout=5)
+    return ToolRun(process.returncode, time.perf_counter() - started, peak_kib / 1024, "".join(stderr_lines),
+                   "".join(stdout_lines))
 
 
 class Counters:
@@ -397,10 +404,15 @@ def scenario_scale(options: argparse.Namespace) -> list[Row]:
         requests = counters.requests()
         status = run_tool(cloud.workdir, env, "status")
         size_after = checkpoint.stat().st_size
+        with synthetic_drive("scale", count) as drive_url:
+            verify = run_tool(cloud.workdir, {**env, "DRIVE_ENDPOINT_URL": drive_url}, "verify", "--json")
+    verified = json.loads(verify.stdout) if verify.code == 0 else {}
+    verify_clean = verified.get("checked") == count and not any(
+        verified.get(kind) for kind in ("missing", "duplicated", "mismatched", "extra"))
     above = (rerun.peak_rss_mib - dry.peak_rss_mib) * MIB / count
     beyond = rerun.seconds - dry.seconds
     ok = seeded.code == 0 and rerun.code == 0 and dry.code == 0
-    for name, run in (("seed run", seeded), ("dry run", dry), ("re-run", rerun), ("status", status)):
+    for name, run in (("seed run", seeded), ("dry run", dry), ("re-run", rerun), ("status", status), ("verify", verify)):
         if run.code:
             print(f"scale: {name} exited {run.code}: {run.stderr.strip()[-300:]}", file=sys.stderr)
     return [
@@ -413,6 +425,12 @@ def scenario_scale(options: argparse.Namespace) -> list[Row]:
         Row("scale", "... per listed key (botocore's XML parse included)", dry.seconds / count * 1e6, "µs"),
         Row("scale", "status: wall time", status.seconds, "s", "<= 3 s", status.seconds <= 3 and status.code == 0),
         Row("scale", "checkpoint size", size_after / count, "bytes/object"),
+        # per object, the fixed ~80 MB of an interpreter with boto3 and googleapiclient counts only at --full
+        Row("scale", f"verify of {count:,} copies (synthetic Drive): peak RSS", verify.peak_rss_mib * MIB / count,
+            "bytes/object", "<= 220" if count >= 1_000_000 else "<= 220 at 1M (--full)",
+            (verify.peak_rss_mib * MIB / count <= 220 if count >= 1_000_000 else None) if verify_clean else False),
+        Row("scale", "... above a dry run's", (verify.peak_rss_mib - dry.peak_rss_mib) * MIB / count, "bytes/object"),
+        Row("scale", "... wall time", verify.seconds, "s"),
     ]
 
 

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
@@ -28,6 +28,33 @@ def synthetic_object(n: int) -> tuple[str, str, int]:
 def synthetic_bucket(bucket: str, count: int) -> Iterator[str]:
     """Serve `count` objects in `bucket` on 127.0.0.1; yields the endpoint URL."""
 
+    def answer(path: str, query: dict[str, str]) -> tuple[int, str, bytes]:
+        if path.strip("/") != bucket or query.get("list-type") != "2":
+            return 404, "application/xml", b"<Error><Code>NoSuchKey</Code></Error>"
+        start = int(query.get("continuation-token") or 0)
+        end = min(count, start + int(query.get("max-keys") or 1000))
+        contents = "".join(
+            f"<Contents><Key>{escape(key)}</Key><LastModified>{LAST_MODIFIED}</LastModified>"
+            f"<ETag>&quot;{etag}&quot;</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
+            for key, etag, size in map(synthetic_object, range(start, end)))
+        more = end < count
+        body = ('<?xml version="1.0" encoding="UTF-8"?>'
+                '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                f"<Name>{bucket}</Name><Prefix></Prefix><KeyCount>{end - start}</KeyCount>"
+                f"<MaxKeys>1000</MaxKeys><IsTruncated>{'true' if more else 'false'}</IsTruncated>"
+                + (f"<NextContinuationToken>{end}</NextContinuationToken>" if more else "")
+                + contents + "</ListBucketResult>")
+        return 200, "application/xml", body.encode()
+
+    with serve_on_loopback(answer) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_on_loopback(answer: Callable[[str, dict[str, str]], tuple[int, str, bytes]]) -> Iterator[str]:
+    """Answer GET requests on 127.0.0.1 from a thread with `answer(path, query)` → (status, content
+    type, body); yields the base URL (no trailing slash)."""
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
@@ -35,27 +62,9 @@ def synthetic_bucket(bucket: str, count: int) -> Iterator[str]:
         def do_GET(self) -> None:  # noqa: N802
             split = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-            if split.path.strip("/") != bucket or query.get("list-type") != "2":
-                self._send(404, b"<Error><Code>NoSuchKey</Code></Error>")
-                return
-            start = int(query.get("continuation-token") or 0)
-            end = min(count, start + int(query.get("max-keys") or 1000))
-            contents = "".join(
-                f"<Contents><Key>{escape(key)}</Key><LastModified>{LAST_MODIFIED}</LastModified>"
-                f"<ETag>&quot;{etag}&quot;</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
-                for key, etag, size in map(synthetic_object, range(start, end)))
-            more = end < count
-            body = ('<?xml version="1.0" encoding="UTF-8"?>'
-                    '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-                    f"<Name>{bucket}</Name><Prefix></Prefix><KeyCount>{end - start}</KeyCount>"
-                    f"<MaxKeys>1000</MaxKeys><IsTruncated>{'true' if more else 'false'}</IsTruncated>"
-                    + (f"<NextContinuationToken>{end}</NextContinuationToken>" if more else "")
-                    + contents + "</ListBucketResult>").encode()
-            self._send(200, body)
-
-        def _send(self, status: int, body: bytes) -> None:
+            status, content_type, body = answer(split.path, query)
             self.send_response(status)
-            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

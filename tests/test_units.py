@@ -734,3 +734,28 @@ def test_staged_download_hands_a_failed_download_to_the_reader(tmp_path):
             reader.read(1000)
         thread.join(timeout=10)
         reader.close()
+
+
+def test_verify_walk_spill_finds_files_by_path_even_when_hashes_collide(tmp_path, monkeypatch):
+    import builtins
+    monkeypatch.setattr(ct, "hash", lambda value: 7 if isinstance(value, tuple) else builtins.hash(value),
+                        raising=False)   # every path hashes alike
+    copies = ct.DriveCopies(tmp_path)
+
+    def drive_file(file_id: str, name: str) -> ct.DriveFile:
+        return ct.DriveFile(id=file_id, name=name, mime_type="image/jpeg", parent_id="p", size=3, md5="m",
+                            app_properties={ct.PROP_SOURCE: file_id})
+
+    copies.add(("a", "x.jpg"), drive_file("1", "x.jpg"))
+    copies.add(("b", "x.jpg"), drive_file("2", "x.jpg"))
+    copies.add(("a", "x.jpg"), drive_file("3", "x.jpg"))
+    copies.seal()
+    try:
+        found = copies.at(("a", "x.jpg"))
+        assert sorted(f.id for _, f in found) == ["1", "3"] and found[0][1].app_properties == {ct.PROP_SOURCE: "1"}
+        assert copies.at(("c", "x.jpg")) == []
+        for position, _ in found:
+            copies.claimed[position] = 1
+        assert copies.claimed.count(0) == 1 and copies.unclaimed(10) == ["b/x.jpg"]
+    finally:
+        copies.close()
