@@ -45,6 +45,8 @@ import bisect
 import contextlib
 import dataclasses
 import datetime as dt
+import email.errors
+import email.header
 import errno
 import fcntl
 import hashlib
@@ -63,6 +65,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import sys
 import tempfile
 import threading
@@ -170,6 +173,28 @@ VIDEO_EXTENSIONS = frozenset("""
     mp4 m4v mov qt avi mkv wmv mpg mpeg mpe 3gp 3g2 mts m2ts ts webm flv vob ogv insv lrv
 """.split())
 MEDIA_EXTENSIONS = PHOTO_EXTENSIONS | VIDEO_EXTENSIONS
+#: Drive's type for each media extension: what a generic Content-Type is replaced by. RAW types are
+#: the registered or de-facto ones (image/x-<vendor>-<format>, as shared-mime-info and exiftool name them).
+MEDIA_MIME_TYPES = {
+    "jpg": "image/jpeg", "jpeg": "image/jpeg", "jpe": "image/jpeg", "jfif": "image/jpeg", "png": "image/png",
+    "gif": "image/gif", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff", "webp": "image/webp",
+    "heic": "image/heic", "heif": "image/heif", "avif": "image/avif", "jxl": "image/jxl",
+    "psd": "image/vnd.adobe.photoshop", "dng": "image/x-adobe-dng", "cr2": "image/x-canon-cr2",
+    "cr3": "image/x-canon-cr3", "crw": "image/x-canon-crw", "nef": "image/x-nikon-nef", "nrw": "image/x-nikon-nrw",
+    "arw": "image/x-sony-arw", "srf": "image/x-sony-srf", "sr2": "image/x-sony-sr2", "orf": "image/x-olympus-orf",
+    "rw2": "image/x-panasonic-rw2", "raf": "image/x-fuji-raf", "pef": "image/x-pentax-pef",
+    "srw": "image/x-samsung-srw", "x3f": "image/x-sigma-x3f", "3fr": "image/x-hasselblad-3fr",
+    "erf": "image/x-epson-erf", "kdc": "image/x-kodak-kdc", "mrw": "image/x-minolta-mrw",
+    "rwl": "image/x-leica-rwl", "iiq": "image/x-phaseone-iiq", "mef": "image/x-mamiya-mef", "mos": "image/x-leaf-mos",
+    "mp4": "video/mp4", "m4v": "video/x-m4v", "mov": "video/quicktime", "qt": "video/quicktime",
+    "avi": "video/x-msvideo", "mkv": "video/x-matroska", "wmv": "video/x-ms-wmv", "mpg": "video/mpeg",
+    "mpeg": "video/mpeg", "mpe": "video/mpeg", "3gp": "video/3gpp", "3g2": "video/3gpp2", "mts": "video/mp2t",
+    "m2ts": "video/mp2t", "ts": "video/mp2t", "webm": "video/webm", "flv": "video/x-flv", "vob": "video/dvd",
+    "ogv": "video/ogg", "insv": "video/mp4", "lrv": "video/mp4",
+}
+GENERIC_CONTENT_TYPES = frozenset({"", "binary/octet-stream", "application/octet-stream"})
+DRIVE_PROPERTY_BYTES = 124      #: Drive: key + value of one property, in UTF-8
+DRIVE_PROPERTIES_PER_APP = 30   #: Drive: public properties one app may set on a file
 #: Zero-byte objects that S3 tools (console, s3fs, Hadoop) write to pretend a folder exists.
 FOLDER_PLACEHOLDER_SUFFIXES = ("_$folder$",)
 ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
@@ -479,6 +504,8 @@ class Config:
     page_size: int = DEFAULT_PAGE_SIZE   # ListObjectsV2 keys per page
     dry_run: bool = False
     all_files: bool = False
+    date_from: str = "auto"              # where each file's original date comes from (DATE_SOURCES)
+    timezone: dt.tzinfo | None = None    # EXIF times without an offset are read in it; None: local
     full_scope: bool = False             # ask for the whole-Drive scope instead of drive.file
     no_browser: bool = False             # auth: print the consent URL instead of opening a browser
     oauth_port: int = 0                  # auth: local redirect port (0 = any free port)
@@ -540,6 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"keys per S3 listing page, 1-1000 (default {DEFAULT_PAGE_SIZE})")
     source.add_argument("--all-files", action="store_true",
                         help="copy every object, not only photos and videos")
+    photos = parser.add_argument_group("photos")
+    photos.add_argument("--date-from", choices=DATE_SOURCES, default=None,
+                        help="each file's date (Drive's created and modified time): auto = the capture time "
+                             "in the file, else the original file time in S3 metadata, else S3's upload "
+                             "time (default: $CLOUD_TRANSFER_DATE_FROM or auto)")
+    photos.add_argument("--timezone", metavar="ZONE",
+                        help="where photos whose EXIF has no time zone were taken, e.g. Europe/Paris "
+                             "(default: $CLOUD_TRANSFER_TIMEZONE or this machine's zone)")
     dest = parser.add_argument_group("destination (Google Drive)")
     dest.add_argument("--folder", dest="folder_name", metavar="NAME",
                       help=f"root folder in My Drive, found again on re-runs (default: \"{DEFAULT_FOLDER_NAME}\")")
@@ -627,6 +662,28 @@ def parse_sse_c_key(value: str | None) -> bytes | None:
     return key
 
 
+def parse_date_from(value: str) -> str:
+    if value.lower() not in DATE_SOURCES:
+        raise UsageError(f"--date-from must be one of {', '.join(DATE_SOURCES)}, not {value!r}")
+    return value.lower()
+
+
+def parse_timezone(name: str | None) -> dt.tzinfo | None:
+    """An IANA zone name → tzinfo (DST-aware); None keeps the machine's own zone."""
+    if not name:
+        return None
+    import zoneinfo
+
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        if not zoneinfo.available_timezones():
+            raise UsageError(f"--timezone {name}: this machine has no time zone database "
+                             "(install the tzdata package)") from None
+        raise UsageError(f"--timezone {name!r} is not a time zone name (an IANA name such as Europe/Paris "
+                         "or America/New_York)") from None
+
+
 def _positive_int(value: Any, name: str) -> int:
     if not str(value).strip().isdigit() or int(value) < 1:
         raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -673,6 +730,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         chunk_size_bytes=parse_chunk_size(chunk_mib),
         page_size=args.page_size if args.page_size is not None else DEFAULT_PAGE_SIZE,
         dry_run=args.dry_run, all_files=args.all_files, full_scope=args.full_scope,
+        date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
+        timezone=parse_timezone(setting(args.timezone, "CLOUD_TRANSFER_TIMEZONE")),
         no_browser=args.no_browser, oauth_port=args.oauth_port,
         quiet=args.quiet, verbose=args.verbose,
         log_file=Path(args.log_file) if args.log_file else None,
@@ -746,7 +805,8 @@ class Stats:
 
     FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "already_done_bytes",
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
-              "verified", "etag_checked", "checksum_mismatches", "retries", "rate_limited", "drive_requests", "internal_errors")
+              "verified", "etag_checked", "checksum_mismatches", "retries", "rate_limited", "drive_requests", "internal_errors",
+              "date_exif", "date_video", "date_metadata", "date_s3", "date_header_reads", "date_header_bytes")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -904,6 +964,8 @@ def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
                         + (f", {stats['updated']} as new revisions" if stats["updated"] else "")),
         ("found intact in Drive", f"{stats['adopted']}"),
         ("failed", f"{stats['failed']}"),
+        ("dates", f"{stats['date_exif']} from EXIF, {stats['date_video']} from video headers, "
+                  f"{stats['date_metadata']} from file times in S3 metadata, {stats['date_s3']} from S3 upload times"),
         ("checksums", f"{stats['verified']} with Drive's MD5 = the downloaded bytes' "
                       f"({stats['etag_checked']} also = the S3 ETag; the others' ETags are no MD5: "
                       f"multipart, KMS/SSE-C or another store), {stats['checksum_mismatches']} mismatches re-sent"),
@@ -1203,8 +1265,9 @@ class Download:
     """What a finished download tells: the bytes' MD5 and the object's own metadata."""
     md5: str
     content_type: str | None
-    source_mtime: dt.datetime | None   # x-amz-meta-mtime (rclone, s3cmd) when present
+    source_mtime: dt.datetime | None   # the file's own time from the user metadata (rclone, s3cmd)
     etag_checked: bool = False         # the bytes' MD5 was compared with an ETag that is an MD5
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)   # x-amz-meta-*, as sent
 
 
 def parse_s3_timestamp(value: str) -> dt.datetime:
@@ -1239,21 +1302,9 @@ def make_s3_client(config: Config) -> Any:
                           verify=config.aws_ca_bundle or None)
 
 
-def parse_s3_mtime(metadata: dict[str, str]) -> dt.datetime | None:
-    """rclone and s3cmd keep the original file time in x-amz-meta-mtime (Unix seconds). Header names
-    are case-insensitive: MinIO sends X-Amz-Meta-Mtime, which boto3 hands back as "Mtime"."""
-    metadata = {str(k).lower(): v for k, v in (metadata or {}).items()}
-    value = metadata.get("mtime") or metadata.get("src-last-modified")
-    try:
-        return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc) if value else None
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
-
-
 class _StopAwareWriter:
     """A file wrapper whose write() raises InterruptedRun once `stop` is set, so a Ctrl-C or SIGTERM
-    ends a download at the next block, s3transfer's parallel ones included. Each block is progress:
-    S3 is up."""
+    ends a download at the next block. Each block is progress: S3 is up."""
 
     def __init__(self, fileobj: Any, stop: threading.Event, outage: OutageWatch):
         self._fileobj, self._stop, self._outage = fileobj, stop, outage
@@ -1392,8 +1443,9 @@ class S3Source:
         return {"IfMatch": f'"{obj.etag}"'} if obj.etag else {}
 
     def _download(self, obj: SourceObject, md5: str, response: dict[str, Any]) -> Download:
-        return Download(md5, response.get("ContentType"), parse_s3_mtime(response.get("Metadata", {})),
-                        etag_checked=self.etags_are_md5 and etag_is_md5(obj.etag, response))
+        metadata = {str(k): str(v) for k, v in (response.get("Metadata") or {}).items()}
+        return Download(md5, response.get("ContentType"), metadata_mtime(metadata),
+                        etag_checked=self.etags_are_md5 and etag_is_md5(obj.etag, response), metadata=metadata)
 
     def _streamed_get(self, obj: SourceObject, fileobj: Any, on_response: Callable[[Download], None]) -> Download:
         """One GET, read in order (an upload can follow it closely), hashed on the way. A body cut
@@ -1430,6 +1482,317 @@ class S3Source:
             finally:
                 body.close()
         return self._download(obj, md5.hexdigest(), response)
+
+    def read_range(self, obj: SourceObject, offset: int, length: int) -> bytes:
+        """Up to `length` bytes at `offset` of this version of the object (a video's header)."""
+        if offset >= obj.size or length <= 0:
+            return b""
+        end = min(obj.size, offset + length) - 1
+        answer = self._read(self.client.get_object, Key=obj.key, Range=f"bytes={offset}-{end}", **self._pinned(obj))
+        body = answer["Body"]
+        try:
+            data = body.read()
+        except (botocore.exceptions.BotoCoreError, *TRANSIENT_NETWORK_ERRORS) as exc:
+            raise ObjectError(Verdict(Verdict.RETRY, f"S3 read cut off: {exc.__class__.__name__}")) from None
+        finally:
+            body.close()
+        if not str(answer.get("ContentRange", "")).startswith(f"bytes {offset}-"):
+            data = data[offset: end + 1]   # a store that ignored the Range sent the whole object
+        return data
+
+
+#######################################################################
+# Photo and video dates ###############################################
+#######################################################################
+# Every file gets one original date, carried by createdTime and modifiedTime (what Drive shows as
+# "Last modified" and filters by). Readers here are pure: bytes in, an aware datetime or None out.
+
+DATE_SOURCES = ("auto", "exif", "metadata", "s3")
+MP4_EXTENSIONS = frozenset("mp4 m4v mov qt 3gp 3g2 insv lrv".split())   #: ISO BMFF / QuickTime
+MP4_TOP_LEVEL_BOXES = 64              #: boxes skipped before a file is taken for something else
+HEADER_READ_BYTES = 64 * 1024         #: one ranged GET of a video's header (or of its moov's start)
+EXIF_MAX_BYTES = 1024 * 1024          #: EXIF is at most 64 KiB in a JPEG; anything far larger is not EXIF
+EPOCH_1904 = dt.datetime(1904, 1, 1, tzinfo=dt.timezone.utc)
+#: Wall-clock times a device writes when its clock was never set (QuickTime, Unix, DOS, many cameras).
+UNSET_CLOCK_YEARS = frozenset({1904, 1970, 1980, 2000})
+
+
+@dataclasses.dataclass(frozen=True)
+class OriginalDate:
+    moment: dt.datetime     # aware
+    source: str             # "exif" (a photo's EXIF), "video" (its container), "metadata", "s3"
+
+
+def plausible(moment: dt.datetime | None, what: str) -> dt.datetime | None:
+    """None for a time no photo can have: before 1900, after tomorrow, or a device's unset clock."""
+    if moment is None:
+        return None
+    if (moment.month, moment.day, moment.hour, moment.minute, moment.second) == (1, 1, 0, 0, 0) \
+            and moment.year in UNSET_CLOCK_YEARS:
+        log.debug("ignoring %s %s: an unset clock", what, moment.isoformat())
+        return None
+    if not dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc) <= moment <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1):
+        log.debug("ignoring %s %s: not a possible date", what, moment.isoformat())
+        return None
+    return moment
+
+
+def parse_exif_datetime(value: str, offset: str = "", zone: dt.tzinfo | None = None) -> dt.datetime | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' (+ OffsetTimeOriginal '+02:00') → aware datetime; None if unusable.
+
+    Without an offset (EXIF before 2.31) the time is the camera's wall clock where the photo was
+    taken: it is read in `zone` (--timezone; None: this machine's zone), never as UTC."""
+    try:
+        wall = dt.datetime.strptime(value.strip()[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    if plausible(wall.replace(tzinfo=dt.timezone.utc), "EXIF time") is None:
+        return None
+    match = re.fullmatch(r"([+-])(\d\d):(\d\d)", offset.strip())
+    if match and int(match[2]) < 24 and int(match[3]) < 60:   # "+24:00" is malformed, not a zone
+        sign = 1 if match[1] == "+" else -1
+        return wall.replace(tzinfo=dt.timezone(sign * dt.timedelta(hours=int(match[2]), minutes=int(match[3]))))
+    try:
+        return wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()   # naive: local
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def photo_capture_time(path: Path, zone: dt.tzinfo | None) -> dt.datetime | None:
+    """EXIF DateTimeOriginal of a JPEG, HEIC/HEIF/AVIF, TIFF-based RAW, PNG or WebP; None when there
+    is none or it is unreadable. ExifRead parses the EXIF and stops at the tag; for HEIF and WebP the
+    EXIF block is found here first, because ExifRead 3.5 misplaces it in files libheif wrote (it
+    ignores the iloc base_offset) and in every WebP (it expects an "Exif" prefix the spec has not)."""
+    import exifread
+
+    try:
+        with open(path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+
+            def read_at(offset: int, length: int) -> bytes:
+                return os.pread(stream.fileno(), length, offset)
+
+            head = read_at(0, 12)
+            block: bytes | None = b""
+            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                block = webp_exif(read_at, size)
+            elif head[4:8] == b"ftyp":
+                block = heif_exif(read_at, size)
+            if block is None:
+                return None
+            tags = exifread.process_file(io.BytesIO(block) if block else stream, details=False,
+                                         extract_thumbnail=False, stop_tag="OffsetTimeOriginal")
+    except Exception:  # malformed metadata must never cost the photo itself
+        log.debug("unreadable EXIF in %s", path, exc_info=True)
+        return None
+    return parse_exif_datetime(str(tags.get("EXIF DateTimeOriginal", "")),
+                               str(tags.get("EXIF OffsetTimeOriginal", "")), zone)
+
+
+def webp_exif(read_at: Callable[[int, int], bytes], size: int) -> bytes | None:
+    """The TIFF block of a WebP's EXIF chunk (RIFF chunks are skipped by their sizes)."""
+    offset = 12
+    while offset + 8 <= size:
+        kind, length = struct.unpack("<4sI", read_at(offset, 8))
+        if kind == b"EXIF":
+            data = read_at(offset + 8, min(length, EXIF_MAX_BYTES))
+            return data[6:] if data.startswith(b"Exif\0\0") else data
+        offset += 8 + length + (length & 1)
+    return None
+
+
+def heif_exif(read_at: Callable[[int, int], bytes], size: int) -> bytes | None:
+    """The TIFF block of a HEIC/HEIF/AVIF's Exif item: meta/iinf names the item, meta/iloc places it."""
+    meta = next((box for box in _boxes(read_at, 0, size) if box[0] == b"meta"), None)
+    if meta is None:
+        return None
+    exif_ids: set[int] = set()
+    places: dict[int, tuple[int, int]] = {}
+    for kind, start, end in _boxes(read_at, meta[1] + 4, meta[2]):   # meta is a full box
+        if kind in (b"iinf", b"iloc"):
+            data = read_at(start, min(end - start, EXIF_MAX_BYTES))
+            if kind == b"iinf":
+                first = 6 if data[0] == 0 else 8   # version, flags, entry count (16 or 32 bits)
+                exif_ids = {item for item, item_type in _infe_items(data, first) if item_type == b"Exif"}
+            else:
+                places = _iloc_places(data)
+    for item in exif_ids:
+        if item in places:
+            offset, length = places[item]
+            data = read_at(offset, min(length, EXIF_MAX_BYTES))
+            if len(data) >= 4:
+                tiff = 4 + struct.unpack(">I", data[:4])[0]   # exif_tiff_header_offset
+                return data[tiff:] if data[tiff:tiff + 2] in (b"II", b"MM") else None
+    return None
+
+
+def _boxes(read_at: Callable[[int, int], bytes], offset: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """The ISO BMFF boxes from `offset` to `end`: (type, body start, box end)."""
+    for _ in range(MP4_TOP_LEVEL_BOXES):
+        box = _mp4_box(read_at, offset, end)
+        if box is None:
+            return
+        yield box
+        offset = box[2]
+
+
+def _infe_items(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
+    """(item id, item type) of the infe boxes (version 2 or 3) in an iinf box's body."""
+    for kind, start, _ in _boxes(lambda at, n: data[at:at + n], offset, len(data)):
+        version = data[start] if kind == b"infe" else -1
+        if version == 2:
+            yield struct.unpack(">H", data[start + 4:start + 6])[0], data[start + 8:start + 12]
+        elif version == 3:
+            yield struct.unpack(">I", data[start + 4:start + 8])[0], data[start + 10:start + 14]
+
+
+def _iloc_places(data: bytes) -> dict[int, tuple[int, int]]:
+    """Item id → (file offset, length) of its first extent, from an iloc box's body (ISO 14496-12
+    8.11.3); items stored another way than at a file offset are left out."""
+    version, places = data[0], {}
+    offset_size, length_size, base_size = data[4] >> 4, data[4] & 15, data[5] >> 4
+    index_size = data[5] & 15 if version in (1, 2) else 0
+    position = 6
+
+    def number(width: int) -> int:
+        nonlocal position
+        value = int.from_bytes(data[position:position + width], "big") if width else 0
+        position += width
+        return value
+
+    for _ in range(number(2 if version < 2 else 4)):
+        item = number(2 if version < 2 else 4)
+        method = number(2) & 15 if version in (1, 2) else 0
+        number(2)   # data_reference_index
+        base = number(base_size)
+        extents = [(number(index_size), number(offset_size), number(length_size))[1:] for _ in range(number(2))]
+        if method == 0 and extents:
+            places[item] = (base + extents[0][0], extents[0][1])
+    return places
+
+
+def _mp4_box(read_at: Callable[[int, int], bytes], offset: int, limit: int) -> tuple[bytes, int, int] | None:
+    """(type, body start, end) of the ISO BMFF box at `offset`; None if it is not one."""
+    header = read_at(offset, 16)
+    if len(header) < 8:
+        return None
+    size, kind = struct.unpack(">I4s", header[:8])
+    start = offset + 8
+    if size == 1:   # 64-bit "largesize": an mdat over 4 GB
+        if len(header) < 16:
+            return None
+        size, start = struct.unpack(">Q", header[8:16])[0], offset + 16
+    elif size == 0:   # the box runs to the end of the file
+        size = limit - offset
+    if size < start - offset or offset + size > limit:
+        return None
+    return kind, start, offset + size
+
+
+def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int) -> dt.datetime | None:
+    """moov/mvhd creation_time of an MP4/MOV/M4V/3GP (seconds since 1904, UTC). Top-level boxes are
+    skipped by their sizes, never read: a moov after 4 GB of mdat costs two small reads."""
+    offset = 0
+    for index in range(MP4_TOP_LEVEL_BOXES):
+        box = _mp4_box(read_at, offset, size)
+        if box is None or (index == 0 and box[0] not in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")):
+            return None
+        kind, start, end = box
+        if kind == b"moov":
+            child = start
+            while (found := _mp4_box(read_at, child, end)) is not None:
+                if found[0] == b"mvhd":
+                    body = read_at(found[1], 12)
+                    if len(body) < 8:
+                        return None
+                    seconds = (struct.unpack(">Q", body[4:12])[0] if body[0] == 1 and len(body) >= 12
+                               else struct.unpack(">I", body[4:8])[0])
+                    try:
+                        moment = EPOCH_1904 + dt.timedelta(seconds=seconds)
+                    except OverflowError:
+                        return None
+                    return plausible(moment, "video creation time")
+                child = found[2]
+            return None
+        if end >= size:
+            return None
+        offset = end
+    return None
+
+
+def metadata_mtime(metadata: dict[str, str]) -> dt.datetime | None:
+    """The file's own modification time, as S3 tools keep it in user metadata (names in any case:
+    MinIO sends X-Amz-Meta-Mtime, which boto3 hands back as "Mtime"): `mtime` (rclone, Cyberduck,
+    s3fs; Unix seconds), `s3cmd-attrs` (s3cmd: "...mtime:SECONDS/..."), `src_last_modified_millis`
+    (Backblaze B2)."""
+    lower = {str(k).lower(): str(v) for k, v in (metadata or {}).items()}
+    candidates = [(lower.get("mtime"), 1), (lower.get("src-last-modified"), 1),
+                  (lower.get("src_last_modified_millis"), 1000)]
+    attrs = re.search(r"(?:^|/)mtime:(\d+(?:\.\d+)?)", lower.get("s3cmd-attrs", ""))
+    if attrs:
+        candidates.append((attrs[1], 1))
+    for value, per_second in candidates:
+        try:
+            moment = dt.datetime.fromtimestamp(float(value) / per_second, tz=dt.timezone.utc) if value else None
+        except (TypeError, ValueError, OverflowError, OSError):
+            continue
+        if plausible(moment, "metadata mtime"):
+            return moment
+    return None
+
+
+class OriginalDates:
+    """The date each file gets, first that exists per --date-from: `auto` = the capture time in the
+    file (photo EXIF, video container) → the original file time in S3 user metadata → S3's
+    LastModified; `exif`/`metadata`/`s3` force one source, with LastModified where it has none."""
+
+    def __init__(self, source: S3Source, date_from: str = "auto", zone: dt.tzinfo | None = None,
+                 stats: Stats | None = None):
+        self.source, self.date_from, self.zone, self.stats = source, date_from, zone, stats or Stats()
+
+    def _read_range(self, obj: SourceObject, offset: int, length: int) -> bytes:
+        data = self.source.read_range(obj, offset, length)
+        self.stats.add("date_header_bytes", len(data))
+        self.stats.add("date_header_reads")
+        return data
+
+    def date_of(self, obj: SourceObject, download: Download, staged: Path | None) -> OriginalDate:
+        """`staged`: the whole file on disk, or None while it still downloads (then a video's header
+        is read from S3 with ranged GETs)."""
+        if self.date_from in ("auto", "exif"):
+            moment, source = self._in_file(obj, staged)
+            if moment is not None:
+                return OriginalDate(moment, source)
+        if self.date_from in ("auto", "metadata") and download.source_mtime is not None:
+            return OriginalDate(download.source_mtime, "metadata")
+        return OriginalDate(obj.last_modified, "s3")
+
+    def _in_file(self, obj: SourceObject, staged: Path | None) -> tuple[dt.datetime | None, str]:
+        extension = obj.key.rsplit(".", 1)[-1].lower() if "." in obj.key.rsplit("/", 1)[-1] else ""
+        if extension in MP4_EXTENSIONS:
+            if staged is not None:
+                with open(staged, "rb") as stream:
+                    return mp4_creation_time(lambda offset, length: os.pread(stream.fileno(), length, offset),
+                                             obj.size), "video"
+            return mp4_creation_time(block_reader(lambda offset, length: self._read_range(obj, offset, length)),
+                                     obj.size), "video"
+        if staged is not None and not is_video(obj.key):
+            return photo_capture_time(staged, self.zone), "exif"
+        return None, ""
+
+
+def block_reader(read_at: Callable[[int, int], bytes], block: int = HEADER_READ_BYTES) -> Callable[[int, int], bytes]:
+    """`read_at` with reads of at least `block` bytes, kept: a box walk asks for 16 bytes at a time."""
+    blocks: dict[int, bytes] = {}
+
+    def read(offset: int, length: int) -> bytes:
+        for start, data in blocks.items():
+            if start <= offset and offset + length <= start + len(data):
+                return data[offset - start: offset - start + length]
+        data = blocks[offset] = read_at(offset, max(length, block))
+        return data[:length]
+
+    return read
 
 
 #######################################################################
@@ -2786,61 +3149,52 @@ def rfc3339(moment: dt.datetime) -> str:
 
 
 def guess_mimetype(key: str, content_type: str | None) -> str:
-    if content_type and content_type.split(";")[0].strip() not in ("", "binary/octet-stream", "application/octet-stream"):
+    """S3's Content-Type unless it is generic; then the extension's (photo and video types first:
+    Python's `mimetypes` lacks HEIC, most RAW formats and several video containers)."""
+    if content_type and content_type.split(";")[0].strip().lower() not in GENERIC_CONTENT_TYPES:
         return content_type
-    return mimetypes.guess_type(key)[0] or "application/octet-stream"
-
-
-def parse_exif_datetime(value: str, offset: str = "") -> dt.datetime | None:
-    """EXIF 'YYYY:MM:DD HH:MM:SS' (+ OffsetTimeOriginal '+02:00') → aware datetime; None if unusable.
-
-    Without an offset the camera's wall-clock time is taken as UTC: EXIF before 2.31 has no zone.
-    """
-    try:
-        moment = dt.datetime.strptime(value.strip()[:19], "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return None
-    zone = dt.timezone.utc
-    match = re.fullmatch(r"([+-])(\d\d):(\d\d)", offset.strip())
-    if match and int(match[2]) < 24 and int(match[3]) < 60:   # "+24:00" is malformed, not a zone
-        sign = 1 if match[1] == "+" else -1
-        zone = dt.timezone(sign * dt.timedelta(hours=int(match[2]), minutes=int(match[3])))
-    moment = moment.replace(tzinfo=zone)
-    if not dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc) <= moment <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1):
-        return None   # a camera with an unset clock; Drive need not be told 1970 or 2099
-    return moment
-
-
-def capture_time_for(path: Path) -> dt.datetime | None:
-    """When the photo was taken, from its EXIF (JPEG, HEIC, TIFF-based RAW, WebP); None if unknown."""
-    import exifread
-
-    try:
-        with open(path, "rb") as stream:
-            tags = exifread.process_file(stream, details=False, stop_tag="OffsetTimeOriginal")
-    except Exception:  # malformed metadata must never cost the photo itself
-        log.debug("unreadable EXIF in a staged download", exc_info=True)
-        return None
-    return parse_exif_datetime(str(tags.get("EXIF DateTimeOriginal", "")), str(tags.get("EXIF OffsetTimeOriginal", "")))
+    name = key.rsplit("/", 1)[-1]
+    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return MEDIA_MIME_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str, download: Download,
-                        captured: dt.datetime | None = None) -> dict[str, Any]:
+                        date: OriginalDate) -> dict[str, Any]:
     """The one place that builds a Drive create request's metadata (name, place, provenance, dates).
 
-    modifiedTime keeps the original file time (rclone's x-amz-meta-mtime) or else the S3 upload time;
-    createdTime, writable only at creation, gets the capture time when EXIF has one.
+    createdTime (writable only at creation) and modifiedTime (Drive's "Last modified" column and
+    "Date modified" search) both carry the original date; S3 user metadata goes to `properties`.
     """
     metadata = {
         "name": drive_path_for(obj.key)[-1],
         "parents": [parent_id],
-        "modifiedTime": rfc3339(download.source_mtime or obj.last_modified),
+        "createdTime": rfc3339(date.moment),
+        "modifiedTime": rfc3339(date.moment),
         "description": f"Copied from s3://{bucket}/{obj.key} by cloud_transfer",
         "appProperties": {PROP_SOURCE: source_id_for(bucket, obj.key), PROP_ETAG: obj.version, PROP_MD5: md5},
     }
-    if captured is not None:
-        metadata["createdTime"] = rfc3339(captured)
+    properties = drive_properties(download.metadata, obj.key)
+    if properties:
+        metadata["properties"] = properties
     return metadata
+
+
+def drive_properties(metadata: dict[str, str], key: str) -> dict[str, str]:
+    """S3 user metadata as Drive `properties`, where it fits Drive's limits: key + value at most 124
+    bytes in UTF-8, 30 per app and file (the first 30 by name). What does not fit is dropped (logged)."""
+    fitting: dict[str, str] = {}
+    for name, value in sorted(metadata.items()):
+        if "=?" in value:   # S3 returns non-ASCII values as RFC 2047 encoded-words
+            with contextlib.suppress(ValueError, LookupError, email.errors.HeaderParseError):
+                value = str(email.header.make_header(email.header.decode_header(value)))
+        if len(fitting) == DRIVE_PROPERTIES_PER_APP:
+            log.debug("%s: user metadata beyond %d entries not kept in Drive: %s", key, DRIVE_PROPERTIES_PER_APP, name)
+        elif len(name.encode("utf-8")) + len(value.encode("utf-8")) > DRIVE_PROPERTY_BYTES or not name:
+            log.debug("%s: user metadata %s is too long for a Drive property (%d bytes with its key)", key, name,
+                      DRIVE_PROPERTY_BYTES)
+        else:
+            fitting[name] = value
+    return fitting
 
 
 @dataclasses.dataclass
@@ -2977,8 +3331,9 @@ class Transfer:
                  bucket: str, run_id: str, temp_dir: Path, workers: int = DEFAULT_WORKERS,
                  all_files: bool = False, recheck: bool = False, trusted_runs: set[str] | None = None,
                  stop: threading.Event | None = None,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None, dates: OriginalDates | None = None):
         self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
+        self.dates = dates or OriginalDates(source, stats=stats)
         self.bucket, self.run_id, self.temp_dir, self.workers = bucket, run_id, temp_dir, workers
         # trusted_runs (after a lost root): only these runs' "done" is taken without looking in Drive.
         self.all_files, self.recheck, self.trusted_runs = all_files, recheck, trusted_runs
@@ -3204,15 +3559,15 @@ class Transfer:
             stream.seek(0)
             stream.truncate()
         if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
-            uploaded, download = self._upload_while_downloading(obj, folder_id, staging, upload,
-                                                                created=update_id is None)
+            uploaded, download, date = self._upload_while_downloading(obj, folder_id, staging, upload,
+                                                                      created=update_id is None)
         else:
             if staging.download is None:
                 staging.download = self.source.download_to(obj, stream)
                 stream.flush()
             download = staging.download
-            captured = None if is_video(obj.key) else capture_time_for(path)
-            metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, captured)
+            date = self.dates.date_of(obj, download, path)
+            metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, date)
             uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
         self.stats.add("transferred_bytes", obj.size - sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
@@ -3230,14 +3585,16 @@ class Transfer:
         self.stats.add("transferred")
         if update_id:
             self.stats.add("updated")
+        self.stats.add(f"date_{date.source}")
         self._record_done(obj, uploaded, attempts)
 
     def _upload_while_downloading(self, obj: SourceObject, folder_id: str, staging: Staging,
-                                  upload: Callable[..., DriveFile], created: bool) -> tuple[DriveFile, Download]:
+                                  upload: Callable[..., DriveFile], created: bool) -> tuple[DriveFile, Download, OriginalDate]:
         """A video's upload follows its download closely instead of waiting for the last byte.
 
         Its MD5 is known only at the end, so it reaches `appProperties` by one update after the
-        upload (one request per large file); createdTime needs no bytes (videos carry no EXIF here).
+        upload (one request per large file); its date, which createdTime must carry from the create
+        on, comes from its header, read with ranged GETs while the download starts.
         A download that fails after the last byte was sent (an MD5 that is not the ETag's) removes
         the new Drive file before the object is tried again."""
         staged = StagedDownload(obj.size, staging.stream, self.source.stop)
@@ -3245,7 +3602,8 @@ class Transfer:
         thread.start()
         try:
             headers = staged.headers()
-            metadata = build_file_metadata(obj, self.bucket, folder_id, "", headers)
+            date = self.dates.date_of(obj, headers, None)
+            metadata = build_file_metadata(obj, self.bucket, folder_id, "", headers, date)
             # unknown until the last byte; a revision clears the old one (updates merge appProperties)
             if created:
                 del metadata["appProperties"][PROP_MD5]
@@ -3266,11 +3624,11 @@ class Transfer:
         download = staged.result
         assert download is not None
         if validate_upload(obj.size, download.md5, uploaded):
-            return uploaded, download   # the caller removes it and tries again
+            return uploaded, download, date   # the caller removes it and tries again
         resource = self.drive.api.call(lambda service: service.files().update(
             fileId=uploaded.id, body={"appProperties": {PROP_MD5: download.md5}, "modifiedTime": metadata["modifiedTime"]},
             fields=DRIVE_FILE_FIELDS, supportsAllDrives=True), write=True)
-        return DriveFile.from_resource(resource), download
+        return DriveFile.from_resource(resource), download, date
 
     def _remove_bad_copy(self, file_id: str) -> None:
         try:
@@ -3503,7 +3861,8 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
                 temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
                 all_files=config.all_files, recheck=config.recheck,
                 trusted_runs=checkpoint.runs_since_recheck(run_id) if checkpoint.recheck_from_run is not None else None,
-                stop=runtime.stop, backoff=drive.api.backoff))
+                stop=runtime.stop, backoff=drive.api.backoff,
+                dates=OriginalDates(source, config.date_from, config.timezone, stats)))
         finally:
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work

@@ -361,21 +361,6 @@ def test_progress_bars_on_a_terminal_with_rate_and_eta(env):
     assert "Summary of run" in text
 
 
-def test_capture_date_from_exif_becomes_created_time_and_s3_time_modified_time(env):
-    from tests.conftest import jpeg_with_exif
-
-    env.put("dated/IMG_0001.jpg", jpeg_with_exif("2014:07:05 18:30:12", "+02:00"))
-    env.put("dated/clip.mp4", photo_bytes("clip", 4000))
-    assert env.main() == 0
-    files = env.drive_files()
-    (photo,) = files[f"{ROOT}/dated/IMG_0001.jpg"]
-    assert photo["createdTime"] == "2014-07-05T16:30:12.000Z"
-    listed = env.s3.head_object(Bucket=env.bucket, Key="dated/IMG_0001.jpg")["LastModified"]
-    assert photo["modifiedTime"] == ct.rfc3339(listed)
-    (clip,) = files[f"{ROOT}/dated/clip.mp4"]
-    assert clip["createdTime"] != "2014-07-05T16:30:12.000Z"
-
-
 def test_auth_runs_the_installed_app_flow_and_saves_a_0600_token(env):
     """`auth --no-browser`: the consent URL is printed, the browser's redirect to the local server
     carries a code, the code is exchanged at the token endpoint; token.json is written 0600."""

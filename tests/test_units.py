@@ -5,6 +5,7 @@ import datetime as dt
 import hashlib
 import os
 import threading
+import time
 import json
 
 import botocore.exceptions
@@ -601,20 +602,40 @@ def test_summary_table_counts_and_request_cost():
     assert "folder marker 2" in text and "15 (1.50 per file)" in text and "run-1" in text
 
 
-@pytest.mark.parametrize("value, offset, expected", [
-    ("2014:07:05 18:30:12", "+02:00", "2014-07-05T16:30:12.000Z"),
-    ("2014:07:05 18:30:12", "-05:30", "2014-07-06T00:00:12.000Z"),
-    ("2014:07:05 18:30:12", "", "2014-07-05T18:30:12.000Z"),
-    ("0000:00:00 00:00:00", "", None),
-    ("1970:01:01 00:00:00 ", "", "1970-01-01T00:00:00.000Z"),
-    ("2099:01:01 00:00:00", "", None),
-    ("garbage", "", None),
-    ("2014:07:05 18:30:12", "+24:00", "2014-07-05T18:30:12.000Z"),   # malformed zone: ignored, not fatal
-    ("2014:07:05 18:30:12", "+05:99", "2014-07-05T18:30:12.000Z"),
+@pytest.mark.parametrize("value, offset, zone, expected", [
+    ("2014:07:05 18:30:12", "+02:00", None, "2014-07-05T16:30:12.000Z"),
+    ("2014:07:05 18:30:12", "-05:30", None, "2014-07-06T00:00:12.000Z"),
+    ("2014:07:05 18:30:12", "", "UTC", "2014-07-05T18:30:12.000Z"),
+    ("2014:07:05 18:30:12", "", "Europe/Paris", "2014-07-05T16:30:12.000Z"),    # summer time
+    ("2014:01:05 18:30:12", "", "Europe/Paris", "2014-01-05T17:30:12.000Z"),    # winter time
+    ("2014:07:05 18:30:12", "", "America/New_York", "2014-07-05T22:30:12.000Z"),
+    ("0000:00:00 00:00:00", "", "UTC", None),
+    ("1970:01:01 00:00:00 ", "", "UTC", None),      # an unset clock
+    ("2000:01:01 00:00:00", "+01:00", None, None),
+    ("1899:12:31 23:00:00", "", "UTC", None),
+    ("2099:01:01 00:00:00", "", "UTC", None),
+    ("garbage", "", "UTC", None),
+    ("2014:07:05 18:30:12", "+24:00", "UTC", "2014-07-05T18:30:12.000Z"),   # malformed zone: ignored, not fatal
+    ("2014:07:05 18:30:12", "+05:99", "UTC", "2014-07-05T18:30:12.000Z"),
 ])
-def test_parse_exif_datetime(value, offset, expected):
-    moment = ct.parse_exif_datetime(value, offset)
+def test_parse_exif_datetime(value, offset, zone, expected):
+    moment = ct.parse_exif_datetime(value, offset, ct.parse_timezone(zone))
     assert (ct.rfc3339(moment) if moment else None) == expected
+
+
+def test_exif_time_without_offset_is_read_in_the_machine_zone_by_default(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert ct.rfc3339(ct.parse_exif_datetime("2014:07:05 18:30:12")) == "2014-07-05T09:30:12.000Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_unknown_timezone_is_a_usage_error():
+    with pytest.raises(ct.UsageError, match="not a time zone name"):
+        ct.parse_timezone("Mars/Olympus_Mons")
 
 
 def test_capture_time_from_a_real_exif_block_and_none_without_one(tmp_path):
@@ -622,19 +643,55 @@ def test_capture_time_from_a_real_exif_block_and_none_without_one(tmp_path):
 
     photo = tmp_path / "a.jpg"
     photo.write_bytes(jpeg_with_exif("2019:12:24 20:15:00", "+01:00"))
-    assert ct.rfc3339(ct.capture_time_for(photo)) == "2019-12-24T19:15:00.000Z"
+    assert ct.rfc3339(ct.photo_capture_time(photo, None)) == "2019-12-24T19:15:00.000Z"
     photo.write_bytes(b"\xff\xd8\xff\xe0 no exif here")
-    assert ct.capture_time_for(photo) is None
+    assert ct.photo_capture_time(photo, None) is None
 
 
-def test_metadata_carries_dates_and_provenance():
-    download = ct.Download(md5="a" * 32, content_type="image/jpeg", source_mtime=None)
-    captured = dt.datetime(2019, 12, 24, 19, 15, tzinfo=dt.timezone.utc)
-    metadata = ct.build_file_metadata(obj("x/y.jpg"), "bkt", "parent", "a" * 32, download, captured)
+def test_metadata_carries_one_date_properties_and_provenance():
+    download = ct.Download(md5="a" * 32, content_type="image/jpeg", source_mtime=None,
+                           metadata={"camera": "x100", "mtime": "1577000000", "long": "v" * 200})
+    taken = ct.OriginalDate(dt.datetime(2019, 12, 24, 19, 15, tzinfo=dt.timezone.utc), "exif")
+    metadata = ct.build_file_metadata(obj("x/y.jpg"), "bkt", "parent", "a" * 32, download, taken)
     assert metadata["name"] == "y.jpg" and metadata["parents"] == ["parent"]
-    assert metadata["createdTime"] == "2019-12-24T19:15:00.000Z"
-    assert metadata["modifiedTime"] == "2024-05-01T12:00:00.000Z"
+    assert metadata["createdTime"] == metadata["modifiedTime"] == "2019-12-24T19:15:00.000Z"
+    assert metadata["properties"] == {"camera": "x100", "mtime": "1577000000"}   # "long" does not fit
     assert all(len((k + v).encode()) <= 124 for k, v in metadata["appProperties"].items())
+
+
+def test_properties_keep_at_most_30_entries():
+    fitting = ct.drive_properties({f"k{n:02d}": "v" for n in range(40)}, "a.jpg")
+    assert len(fitting) == 30 and "k00" in fitting and "k30" not in fitting
+
+
+@pytest.mark.parametrize("key, content_type, expected", [
+    ("a/IMG_1.HEIC", "binary/octet-stream", "image/heic"),
+    ("a/IMG_1.cr3", "application/octet-stream", "image/x-canon-cr3"),
+    ("a/IMG_1.dng", "", "image/x-adobe-dng"),
+    ("a/clip.MOV", None, "video/quicktime"),
+    ("a/clip.mts", "binary/octet-stream", "video/mp2t"),
+    ("a/photo.jpg", "image/png", "image/png"),       # S3 says so: kept
+    ("a/notes.txt", "binary/octet-stream", "text/plain"),
+    ("a/unknown", None, "application/octet-stream"),
+])
+def test_mime_type_from_s3_unless_generic_then_from_the_extension(key, content_type, expected):
+    assert ct.guess_mimetype(key, content_type) == expected
+
+
+@pytest.mark.parametrize("metadata, expected", [
+    ({"mtime": "1577000000.5"}, "2019-12-22T07:33:20.500Z"),
+    ({"Mtime": "1577000000"}, "2019-12-22T07:33:20.000Z"),
+    ({"MTIME": "1577000000"}, "2019-12-22T07:33:20.000Z"),
+    ({"s3cmd-attrs": "atime:1600000000/ctime:1600000000/gid:0/mode:33188/mtime:1577000000/uid:0"},
+     "2019-12-22T07:33:20.000Z"),
+    ({"src_last_modified_millis": "1577000000000"}, "2019-12-22T07:33:20.000Z"),
+    ({"mtime": "0"}, None),                # an unset clock
+    ({"mtime": "not a number"}, None),
+    ({}, None),
+])
+def test_original_file_time_from_s3_user_metadata(metadata, expected):
+    moment = ct.metadata_mtime(metadata)
+    assert (ct.rfc3339(moment) if moment else None) == expected
 
 
 def test_a_failed_journal_append_leaves_no_half_line_behind(tmp_path, monkeypatch):
