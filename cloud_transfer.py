@@ -382,8 +382,8 @@ DAILY_CAP_MESSAGE = "User rate limit exceeded."
 def classify_drive_error(exc: BaseException, in_upload_session: bool = False, upload: bool = False) -> Verdict:
     """Map a googleapiclient/google-auth error to a Verdict (rclone's shouldRetry, drive.go).
 
-    `in_upload_session`: the error answered a chunk of a started resumable session, where 404/410
-    means the session expired (start a new one), not that a file is missing. `upload`: the request
+    `in_upload_session`: the error answered a chunk of a started resumable session, where a 4xx
+    (other than a rate limit) means: start a new session, not that a file is missing. `upload`: the request
     sends a file's bytes, the only kind the daily upload cap refuses."""
     if isinstance(exc, ObjectError):
         return exc.verdict
@@ -424,8 +424,10 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
                            retry_after_s=retry_after, rate_limited=True)
         if status >= 500:
             return Verdict(Verdict.RETRY, f"Drive answered {status}", retry_after_s=retry_after)
-        if status in (404, 410) and in_upload_session:
-            return Verdict(Verdict.RESTART, "the upload session expired")
+        if 400 <= status < 500 and in_upload_session:
+            # Google: "For any 4xx errors (including 403) during a resumable upload, restart the
+            # upload" (manage-uploads); an expired session (a week idle) answers 404.
+            return Verdict(Verdict.RESTART, f"the upload session answered {status}: starting a new one")
         if status == 401:
             return Verdict(Verdict.STOP, "Google rejected the token: run 'python cloud_transfer.py auth'",
                            stop_error=AuthError)
@@ -2066,14 +2068,20 @@ class DriveApi:
             if self.pacer.epoch == epoch:
                 return self.pacer.clock()
 
-    def after_error(self, verdict: Verdict, attempt: int, upload: bool = False, sent_at: float | None = None) -> None:
+    def after_error(self, verdict: Verdict, attempt: int, upload: bool = False, sent_at: float | None = None,
+                    write: bool = True) -> None:
         """Count a retry and wait: rate limits slow every worker (the pacer), other errors this one;
         a failure that persists across the whole process for the outage window stops the run."""
         self.stats.add("retries")
         log.debug("retrying after: %s", verdict.reason)
         if verdict.rate_limited:
             self.stats.add("rate_limited")
+        if verdict.rate_limited and write:
             self.pacer.rate_limited(verdict.retry_after_s, daily_cap=verdict.daily_cap, sent_at=sent_at)
+        elif verdict.rate_limited:
+            # A refused read backs off alone: the write rate learns from writes only (a verify's
+            # thousands of listings must neither start pacing nor pile up global pauses).
+            self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
         else:
             self.outage.failed(self._service_name(upload), verdict.reason)
             self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
@@ -2099,7 +2107,7 @@ class DriveApi:
                 verdict = classify_drive_error(exc, upload=upload)
                 if verdict.action != Verdict.RETRY or attempt == MAX_REQUEST_ATTEMPTS:
                     raise_for(verdict)
-                self.after_error(verdict, attempt, upload, sent_at)
+                self.after_error(verdict, attempt, upload, sent_at, write=write or upload)
         raise AssertionError("unreachable")
 
     def new_id(self) -> str:
@@ -3131,6 +3139,14 @@ def is_intact_copy(drive_file: DriveFile, obj: SourceObject) -> bool:
             and drive_file.md5 == recorded_md5 and not drive_file.trashed)
 
 
+def copy_awaits_md5(drive_file: DriveFile, obj: SourceObject) -> bool:
+    """A complete upload of this version whose MD5 was not yet recorded (videos get it by an
+    update after their upload, since it is known only at the last byte)."""
+    props = drive_file.app_properties
+    return (props.get(PROP_ETAG) == obj.version and PROP_MD5 not in props and drive_file.size == obj.size
+            and drive_file.md5 is not None and not drive_file.trashed)
+
+
 def usable_copy(drive_file: DriveFile | None, folder_id: str) -> bool:
     return bool(drive_file and not drive_file.trashed and not drive_file.is_folder and drive_file.parent_id == folder_id)
 
@@ -3513,6 +3529,12 @@ class Transfer:
             self.stats.add("adopted")
             log.debug("already in Drive, intact: %s", obj.key)
             return
+        awaiting_md5 = [copy for copy in copies if copy_awaits_md5(copy, obj)]
+        if awaiting_md5 and self._finish_md5(obj, awaiting_md5[0], staging):
+            self._retire_extra_copies(obj, keep=awaiting_md5[0], copies=copies)
+            self._record_done(obj, awaiting_md5[0], attempts, adopted=True)
+            self.stats.add("adopted")
+            return
         # A stale copy (older version, or an upload that went wrong) gets new content, not a twin.
         update_id = copies[0].id if copies else None
         sent = 0
@@ -3554,18 +3576,14 @@ class Transfer:
                         raise
             raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
 
-        path, stream = staging.path, staging.stream
-        if staging.download is None:
-            stream.seek(0)
-            stream.truncate()
+        path = staging.path
         if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
+            staging.stream.seek(0)
+            staging.stream.truncate()
             uploaded, download, date = self._upload_while_downloading(obj, folder_id, staging, upload,
                                                                       created=update_id is None)
         else:
-            if staging.download is None:
-                staging.download = self.source.download_to(obj, stream)
-                stream.flush()
-            download = staging.download
+            download = self._staged(obj, staging)
             date = self.dates.date_of(obj, download, path)
             metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, date)
             uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
@@ -3625,10 +3643,35 @@ class Transfer:
         assert download is not None
         if validate_upload(obj.size, download.md5, uploaded):
             return uploaded, download, date   # the caller removes it and tries again
+        return self._set_md5(uploaded.id, download.md5, date), download, date
+
+    def _set_md5(self, file_id: str, md5: str, date: OriginalDate) -> DriveFile:
+        """Record the MD5 of the bytes sent, which the next runs check copies against; the date again,
+        since an upload of content sets modifiedTime to now."""
         resource = self.drive.api.call(lambda service: service.files().update(
-            fileId=uploaded.id, body={"appProperties": {PROP_MD5: download.md5}, "modifiedTime": metadata["modifiedTime"]},
+            fileId=file_id, body={"appProperties": {PROP_MD5: md5}, "modifiedTime": rfc3339(date.moment)},
             fields=DRIVE_FILE_FIELDS, supportsAllDrives=True), write=True)
-        return DriveFile.from_resource(resource), download, date
+        return DriveFile.from_resource(resource)
+
+    def _staged(self, obj: SourceObject, staging: Staging) -> Download:
+        """The object's bytes in the staging file (downloaded once per object, whatever the attempts)."""
+        if staging.download is None:
+            staging.stream.seek(0)
+            staging.stream.truncate()
+            staging.download = self.source.download_to(obj, staging.stream)
+            staging.stream.flush()
+        return staging.download
+
+    def _finish_md5(self, obj: SourceObject, copy: DriveFile, staging: Staging) -> bool:
+        """A video uploaded in full whose MD5 update never came (the run was killed, or the update
+        failed, after the last chunk): download it, and if Drive holds these very bytes, record
+        their MD5 instead of uploading the video again."""
+        download = self._staged(obj, staging)
+        if copy.md5 != download.md5:
+            return False
+        log.info("%s: already uploaded in full; recording its MD5", obj.key)
+        self._set_md5(copy.id, download.md5, self.dates.date_of(obj, download, staging.path))
+        return True
 
     def _remove_bad_copy(self, file_id: str) -> None:
         try:

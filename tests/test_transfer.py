@@ -9,7 +9,8 @@ import boto3
 import requests
 
 import cloud_transfer as ct
-from tests.conftest import AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, one_line_error, photo_bytes, write_token
+from tests.conftest import (AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, assert_drive_matches, one_line_error,
+                            photo_bytes, write_token)
 
 FOLDER = "application/vnd.google-apps.folder"
 ROOT = "Amazon Photos Transfer"
@@ -455,3 +456,43 @@ def test_a_rerun_that_changes_nothing_rewrites_no_snapshot(env):
     assert env.run().returncode == 0
     assert env.checkpoint.stat().st_ino != before.st_ino   # a run that changed something folds the journal in
     assert not env.checkpoint.with_name(env.checkpoint.name + ".journal").exists()
+
+
+def test_refused_reads_back_off_alone_and_never_pace_writes(env):
+    """verify only reads; Drive's per-user quota refuses reads too. Those refusals must not start
+    write pacing or pile up global pauses (found in review: they did, through the shared pacer)."""
+    from google.oauth2.credentials import Credentials
+
+    from tests.drive_emulator import Faults
+
+    folder = env.drive.add_folder("f")
+    config = ct.Config(bucket="b", drive_endpoint_url=env.drive.url)
+    stats = ct.Stats()
+    api = ct.DriveApi(ct.make_drive_service_factory(config, Credentials(token=env.drive.issue_token())),
+                      backoff=ct.Backoff(0.001, 0.002), stats=stats)
+    env.drive.faults = Faults(rate_limit_rate=0.5)
+    for _ in range(40):
+        assert list(api.list_folder(folder["id"])) == []
+    assert stats["rate_limited"] >= 10
+    assert api.pacer.rate is None and api.pacer.reserve(write=True) == 0
+
+
+def test_a_video_whose_md5_update_failed_is_finished_not_uploaded_again(env, monkeypatch):
+    """A streamed video gets its MD5 by an update after the upload. When that update fails (or the
+    run is killed just before it), the bytes are in Drive: the next attempt or run checks them and
+    records the MD5 instead of sending the whole video again (found in review)."""
+    video = env.put("v/clip.mp4", photo_bytes("clip", 3 * 1024 * 1024))
+    real_set_md5 = ct.Transfer._set_md5
+
+    def failing(self, *args, **kwargs):
+        raise ct.ObjectError(ct.Verdict(ct.Verdict.FAIL, "update refused (test)"))
+
+    monkeypatch.setattr(ct.Transfer, "_set_md5", failing)
+    assert env.main("--chunk-size", "0.25") == 1
+    assert env.drive.uploaded_bytes == len(video)
+    monkeypatch.setattr(ct.Transfer, "_set_md5", real_set_md5)
+    assert env.main("--chunk-size", "0.25") == 0
+    assert env.drive.uploaded_bytes == len(video)   # nothing sent again
+    assert_drive_matches(env, {"v/clip.mp4": video})
+    (copy,) = env.drive_files()[f"{ROOT}/v/clip.mp4"]
+    assert copy["appProperties"][ct.PROP_MD5] == hashlib.md5(video).hexdigest()

@@ -816,3 +816,20 @@ def test_verify_walk_spill_finds_files_by_path_even_when_hashes_collide(tmp_path
         assert copies.claimed.count(0) == 1 and copies.unclaimed(10) == ["b/x.jpg"]
     finally:
         copies.close()
+
+
+@pytest.mark.parametrize("status, reason, action", [
+    (404, "notFound", ct.Verdict.RESTART),          # a session idle for a week
+    (410, "gone", ct.Verdict.RESTART),
+    (400, "badRequest", ct.Verdict.RESTART),        # Google: any 4xx in a resumable upload restarts it
+    (403, "forbidden", ct.Verdict.RESTART),
+    (401, "authError", ct.Verdict.RESTART),
+    (403, "userRateLimitExceeded", ct.Verdict.RETRY),   # but a rate limit is waited out
+    (429, "rateLimitExceeded", ct.Verdict.RETRY),
+    (503, "backendError", ct.Verdict.RETRY),
+])
+def test_a_4xx_inside_an_upload_session_starts_a_new_session(status, reason, action):
+    verdict = ct.classify_drive_error(drive_http_error(status, reason, "x"), in_upload_session=True, upload=True)
+    assert verdict.action == action
+    outside = ct.classify_drive_error(drive_http_error(status, reason, "x"), upload=True)
+    assert outside.action != ct.Verdict.RESTART
