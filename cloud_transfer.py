@@ -125,6 +125,9 @@ SCOPE_DRIVE_FULL = "https://www.googleapis.com/auth/drive"
 FOLDER_MIME = "application/vnd.google-apps.folder"
 
 VERIFY_DETAILS = 100    #: problems of each kind verify lists (all are counted)
+DATE_SOURCES = ("auto", "exif", "metadata", "s3")    #: --date-from
+LAYOUT_MIRROR, LAYOUT_FLAT = "mirror", "flat"         #: --layout, besides date:<pattern>
+LAYOUT_PATTERNS = ("YYYY", "YYYY/MM", "YYYY/MM/DD")   #: folders of --layout date:<pattern>
 
 #: appProperties keys written on every file the tool creates (Drive: <= 124 bytes per key+value).
 PROP_SOURCE = "ctSrc"   # sha256(s3://bucket/key)[:32]: which object this file is a copy of
@@ -307,6 +310,7 @@ TRANSIENT_NETWORK_ERRORS = (
     urllib3.exceptions.HTTPError,   # e.g. a TLS error while reading an S3 body, which botocore leaves as it is
 )
 
+SKIP_DELETED = "deleted from S3 since it was listed"
 SKIP_SSE_C = "encrypted with a customer-provided key (SSE-C): set S3_SSE_C_KEY to copy it"
 _S3_RETRY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
@@ -326,7 +330,7 @@ def classify_s3_error(exc: BaseException) -> Verdict:
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in ("NoSuchKey", "404") or status == 404:
-            return Verdict(Verdict.SKIP, "deleted from S3 since it was listed")
+            return Verdict(Verdict.SKIP, SKIP_DELETED)
         if code == "InvalidRequest" and "Server Side Encryption" in str(error.get("Message", "")):
             return Verdict(Verdict.SKIP, SKIP_SSE_C)
         if code == "InvalidObjectState":
@@ -506,6 +510,7 @@ class Config:
     page_size: int = DEFAULT_PAGE_SIZE   # ListObjectsV2 keys per page
     dry_run: bool = False
     all_files: bool = False
+    layout: str = LAYOUT_MIRROR          # where files go: mirror, flat, or date:<pattern> (LAYOUT_PATTERNS)
     date_from: str = "auto"              # where each file's original date comes from (DATE_SOURCES)
     timezone: dt.tzinfo | None = None    # EXIF times without an offset are read in it; None: local
     full_scope: bool = False             # ask for the whole-Drive scope instead of drive.file
@@ -570,6 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--all-files", action="store_true",
                         help="copy every object, not only photos and videos")
     photos = parser.add_argument_group("photos")
+    photos.add_argument("--layout", metavar="mirror|flat|date[:YYYY/MM]",
+                        help="where files go in Drive: mirror = folders as the key prefixes (the default), "
+                             "flat = all in the root folder, date = YYYY/MM folders from each file's date "
+                             "(date:YYYY and date:YYYY/MM/DD too); fixed once a checkpoint exists "
+                             "(default: $CLOUD_TRANSFER_LAYOUT or mirror)")
     photos.add_argument("--date-from", choices=DATE_SOURCES, default=None,
                         help="each file's date (Drive's created and modified time): auto = the capture time "
                              "in the file, else the original file time in S3 metadata, else S3's upload "
@@ -664,6 +674,15 @@ def parse_sse_c_key(value: str | None) -> bytes | None:
     return key
 
 
+def parse_layout(value: str) -> str:
+    """mirror | flat | date[:YYYY|YYYY/MM|YYYY/MM/DD] → its normal form (date = date:YYYY/MM)."""
+    layout = value.strip()
+    layout = {"date": f"date:{LAYOUT_PATTERNS[1]}"}.get(layout, layout)
+    if layout in (LAYOUT_MIRROR, LAYOUT_FLAT) or layout.removeprefix("date:") in LAYOUT_PATTERNS and layout.startswith("date:"):
+        return layout
+    raise UsageError(f"--layout must be mirror, flat, date, or date:YYYY, date:YYYY/MM, date:YYYY/MM/DD; not {value!r}")
+
+
 def parse_date_from(value: str) -> str:
     if value.lower() not in DATE_SOURCES:
         raise UsageError(f"--date-from must be one of {', '.join(DATE_SOURCES)}, not {value!r}")
@@ -732,6 +751,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         chunk_size_bytes=parse_chunk_size(chunk_mib),
         page_size=args.page_size if args.page_size is not None else DEFAULT_PAGE_SIZE,
         dry_run=args.dry_run, all_files=args.all_files, full_scope=args.full_scope,
+        layout=parse_layout(setting(args.layout, "CLOUD_TRANSFER_LAYOUT", default=LAYOUT_MIRROR)),
         date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
         timezone=parse_timezone(setting(args.timezone, "CLOUD_TRANSFER_TIMEZONE")),
         no_browser=args.no_browser, oauth_port=args.oauth_port,
@@ -1402,6 +1422,19 @@ class S3Source:
             raise_for(classify_s3_error(exc))
             raise   # unreachable: raise_for always raises
 
+    def headers_of(self, obj: SourceObject) -> Download:
+        """What a GET would tell before its first byte (type, user metadata), from a HEAD."""
+        return self._download(obj, "", self.head(obj.key))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except ObjectError as exc:
+            if exc.verdict.reason == SKIP_DELETED:
+                return False
+            raise
+        return True
+
     def content_type(self, key: str) -> str | None:
         """HEAD for objects whose name does not tell what they are."""
         return self.head(key).get("ContentType")
@@ -1509,7 +1542,6 @@ class S3Source:
 # Every file gets one original date, carried by createdTime and modifiedTime (what Drive shows as
 # "Last modified" and filters by). Readers here are pure: bytes in, an aware datetime or None out.
 
-DATE_SOURCES = ("auto", "exif", "metadata", "s3")
 MP4_EXTENSIONS = frozenset("mp4 m4v mov qt 3gp 3g2 insv lrv".split())   #: ISO BMFF / QuickTime
 MP4_TOP_LEVEL_BOXES = 64              #: boxes skipped before a file is taken for something else
 HEADER_READ_BYTES = 64 * 1024         #: one ranged GET of a video's header (or of its moov's start)
@@ -2448,6 +2480,7 @@ class CheckpointEntry:
     run: str = ""                 # id of the run that wrote the entry
     reason: str | None = None     # why it failed or was skipped
     at: str = ""                  # UTC time of the outcome
+    name: str | None = None       # the Drive name, when a clash made it differ from the key's own
 
     def to_json(self) -> dict[str, Any]:
         # The ETag is kept whatever it is: some S3-compatible stores send an empty one.
@@ -2585,6 +2618,7 @@ class SnapshotIndex(HashedLines):
     def __init__(self) -> None:
         super().__init__()
         self._versions, self._runs, self._crcs = array("q"), array("I"), array("I")
+        self.named: list[tuple[str, str | None]] = []   # what Namer needs of the snapshot (few)
         self._run_ids: list[str] = []
         self._run_numbers: dict[str, int] = {}
 
@@ -2596,7 +2630,9 @@ class SnapshotIndex(HashedLines):
         self._crcs.extend(map(zlib.crc32, map(str.encode, keys)))
         self._offsets.extend(offsets)
         versions, runs, run_numbers = self._versions.append, self._runs.append, self._run_numbers
-        for _, data in items:
+        for key, data in items:
+            if (data.get("name") or not is_plain_key(key)) and data["status"] in (STATUS_DONE, STATUS_SENDING):
+                self.named.append((key, data.get("name")))
             run = data.get("run") or ""
             number = run_numbers.get(run)
             if number is None:
@@ -2717,6 +2753,17 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path} is damaged; {RESET_HINT}") from None
         yield from recent[position:]
 
+    def claimed_names(self) -> list[tuple[str, str | None]]:
+        """(key, recorded name) of the done or sending objects whose Drive name another key could
+        want in the mirror layout: renamed ones, and keys with '//', a leading '/' or control
+        characters. Few, and gathered while the snapshot is indexed: no pass of their own."""
+        with self._lock:
+            self._index_snapshot()
+            claimed = [(key, name) for key, name in self._index.named if key not in self._recent]
+            claimed += [(key, entry.name) for key, entry in self._recent.items()
+                        if entry.status in (STATUS_DONE, STATUS_SENDING) and (entry.name or not is_plain_key(key))]
+        return claimed
+
     def _snapshot(self, index: SnapshotIndex) -> Iterator[bytes]:
         """The snapshot as JSON with one object per line, sorted by key (a person can read and grep
         it), produced piece by piece while `index` learns where each line is: saving a million
@@ -2783,10 +2830,16 @@ class Checkpoint:
                                   "upgrade this script")
         stored = data.get("binding") or {}
         binding = dict(stored) if binding is None else binding
+        stored.setdefault("layout", LAYOUT_MIRROR)   # checkpoints from before --layout
         for field in ("bucket", "prefix", "folder"):
             if stored.get(field) != binding.get(field):
                 raise CheckpointError(f"checkpoint {path} belongs to {field} {stored.get(field)!r}, not "
                                       f"{binding.get(field)!r}; use --checkpoint for another file or {RESET_HINT}")
+        if binding.get("layout", LAYOUT_MIRROR) != stored["layout"]:
+            raise CheckpointError(f"checkpoint {path} was made with --layout {stored['layout']}: another layout "
+                                  "would copy the whole library a second time. Keep --layout "
+                                  f"{stored['layout']}, or start a separate copy with --checkpoint NEW.json "
+                                  "--folder NEW-NAME")
         checkpoint = cls(path, binding)
         try:
             checkpoint.root_folder_id = data.get("root_folder_id")
@@ -3086,6 +3139,82 @@ def drive_path_for(key: str) -> tuple[str, ...]:
     return tuple(_CONTROL_CHARACTERS.sub("_", segment) for segment in key.split("/") if segment)
 
 
+def is_plain_key(key: str) -> bool:
+    """The key maps to a Drive path that spells it (no '//', leading '/' or control characters):
+    no other plain key can map to the same path."""
+    return not ("//" in key or key.startswith("/") or key.endswith("/") or _CONTROL_CHARACTERS.search(key))
+
+
+def numbered_name(name: str, number: int) -> str:
+    """'IMG_1.jpg', 2 → 'IMG_1 (2).jpg' (as Drive's own uploads and most file managers number)."""
+    if number == 1:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    return f"{stem} ({number}).{extension}" if dot and stem else f"{name} ({number})"
+
+
+def date_folders(date: OriginalDate, layout: str, zone: dt.tzinfo | None) -> tuple[str, ...]:
+    """--layout date:<pattern> folders for a date: the photo's own wall-clock date where EXIF gives
+    it, else the date in --timezone (this machine's zone by default)."""
+    moment = date.moment if date.source == "exif" else (
+        date.moment.astimezone(zone) if zone else date.moment.astimezone())
+    parts = (f"{moment.year:04d}", f"{moment.month:02d}", f"{moment.day:02d}")
+    return parts[:layout.removeprefix("date:").count("/") + 1]
+
+
+class Namer:
+    """Each new object's Drive name, decided by the lister in key order, so that one listing names
+    its files the same way whatever the workers do: the first key that maps to a name gets it, each
+    later one `name (2)`, `name (3)`, ... A name once given is recorded and kept by later runs.
+
+    Names clash per folder in the mirror layout (only keys with '//', a leading '/' or control
+    characters can); in the flat and date layouts per file name across the bucket, because a date
+    folder is known only once the file is read, and names must not wait for every other file."""
+
+    def __init__(self, layout: str, checkpoint: Checkpoint, source: S3Source):
+        self.across_bucket = layout != LAYOUT_MIRROR
+        self.checkpoint, self.source = checkpoint, source
+        self._taken: set[int] = set()   # hashes of (scope, name); flat/date: one per object (~70 bytes)
+        if self.across_bucket:   # every name given counts: one streamed pass of the checkpoint
+            claimed: Iterable[tuple[str, str | None]] = (
+                (key, data.get("name")) for key, data in checkpoint.entries(as_data=True)
+                if data["status"] in (STATUS_DONE, STATUS_SENDING))
+        else:
+            claimed = checkpoint.claimed_names()
+        for key, name in claimed:
+            self._taken.add(self._hash(key, name or drive_path_for(key)[-1]))
+
+    def _hash(self, key: str, name: str) -> int:
+        return hash(((), name) if self.across_bucket else (drive_path_for(key)[:-1], name))
+
+    def name_for(self, key: str) -> str:
+        """Called for each object to copy, in key order, once per run."""
+        entry = self.checkpoint.get(key)
+        if entry is not None and entry.name:
+            return entry.name
+        natural = drive_path_for(key)[-1]
+        plain = self.across_bucket or is_plain_key(key)
+        for number in itertools.count(1):
+            name = numbered_name(natural, number)
+            if self._hash(key, name) in self._taken:
+                continue
+            if number == 1 and not plain and self._twin_holds_name(key):
+                continue
+            if self.across_bucket or not plain or number > 1:
+                self._taken.add(self._hash(key, name))   # plain mirror keys cannot be taken by another plain key
+            return name
+        raise AssertionError("unreachable")
+
+    def _twin_holds_name(self, key: str) -> bool:
+        """Whether the plain key with this key's path (`a/b.jpg` for `a//b.jpg`) got the name first:
+        it sorts before this one and exists, or an earlier run copied it."""
+        twin = "/".join(drive_path_for(key))
+        entry = self.checkpoint.get(twin)
+        if entry is not None and entry.status in (STATUS_DONE, STATUS_SENDING) and not entry.name:
+            return True
+        return twin < key and self.source.exists(twin)
+
+
 def source_id_for(bucket: str, key: str) -> str:
     """The provenance id stored in appProperties: short, fixed length, no key bytes leaked."""
     return hashlib.sha256(f"s3://{bucket}/{key}".encode("utf-8")).hexdigest()[:32]
@@ -3174,7 +3303,7 @@ def guess_mimetype(key: str, content_type: str | None) -> str:
     return MEDIA_MIME_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
-def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str, download: Download,
+def build_file_metadata(obj: SourceObject, name: str, bucket: str, parent_id: str, md5: str, download: Download,
                         date: OriginalDate) -> dict[str, Any]:
     """The one place that builds a Drive create request's metadata (name, place, provenance, dates).
 
@@ -3182,7 +3311,7 @@ def build_file_metadata(obj: SourceObject, bucket: str, parent_id: str, md5: str
     "Date modified" search) both carry the original date; S3 user metadata goes to `properties`.
     """
     metadata = {
-        "name": drive_path_for(obj.key)[-1],
+        "name": name,
         "parents": [parent_id],
         "createdTime": rfc3339(date.moment),
         "modifiedTime": rfc3339(date.moment),
@@ -3347,9 +3476,12 @@ class Transfer:
                  bucket: str, run_id: str, temp_dir: Path, workers: int = DEFAULT_WORKERS,
                  all_files: bool = False, recheck: bool = False, trusted_runs: set[str] | None = None,
                  stop: threading.Event | None = None,
-                 backoff: Backoff | None = None, dates: OriginalDates | None = None):
+                 backoff: Backoff | None = None, dates: OriginalDates | None = None, layout: str = LAYOUT_MIRROR):
         self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
         self.dates = dates or OriginalDates(source, stats=stats)
+        self.layout = layout
+        self.namer = Namer(layout, checkpoint, source)
+        self._renamed: dict[str, str] = {}   # key → Drive name, for objects in flight whose name is not their own
         self.bucket, self.run_id, self.temp_dir, self.workers = bucket, run_id, temp_dir, workers
         # trusted_runs (after a lost root): only these runs' "done" is taken without looking in Drive.
         self.all_files, self.recheck, self.trusted_runs = all_files, recheck, trusted_runs
@@ -3424,8 +3556,12 @@ class Transfer:
                     if action == PLAN_DONE:
                         self.stats.add("already_done")
                         self.stats.add("already_done_bytes", obj.size)
-                    elif not self._put(WorkItem(obj, check_type=action == PLAN_CHECK_TYPE)):
-                        return
+                    else:
+                        name = self.namer.name_for(obj.key)
+                        if name != drive_path_for(obj.key)[-1]:
+                            self._renamed[obj.key] = name
+                        if not self._put(WorkItem(obj, check_type=action == PLAN_CHECK_TYPE)):
+                            return
         except CloudTransferError as exc:
             self._stop_run(exc)
         except Exception as exc:  # a listing that dies unseen would end the run "complete": stop it
@@ -3463,6 +3599,8 @@ class Transfer:
                 self.stats.fail(item.obj.key, f"internal error: {type(exc).__name__}: {exc}")
                 log.error("failed %s: internal error: %s: %s (run with --verbose for details)",
                           item.obj.key, type(exc).__name__, exc)
+            finally:
+                self._renamed.pop(item.obj.key, None)
 
     def _copy_with_retries(self, item: WorkItem) -> None:
         obj = item.obj
@@ -3492,7 +3630,8 @@ class Transfer:
                     latest = self.checkpoint.get(obj.key)   # keeps an id a create may have used
                     self.checkpoint.record(obj.key, CheckpointEntry(
                         status=status, etag=obj.version, size=obj.size, attempts=attempts + attempt,
-                        run=self.run_id, reason=verdict.reason, drive_id=latest.drive_id if latest else None))
+                        run=self.run_id, reason=verdict.reason, drive_id=latest.drive_id if latest else None,
+                        name=self._renamed.get(obj.key)))
                     if status == STATUS_SKIPPED:
                         self.stats.skip(verdict.reason)
                         log.warning("skipped %s: %s", obj.key, verdict.reason)
@@ -3519,8 +3658,14 @@ class Transfer:
 
     def _copy(self, obj: SourceObject, attempts: int, staging: Staging) -> None:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
-        parts = drive_path_for(obj.key)
-        folder_id = self.drive.folders.ensure(parts[:-1])
+        name = self._renamed.get(obj.key) or drive_path_for(obj.key)[-1]
+        date = None
+        if self.layout.startswith("date:"):   # the folder comes from the date: read it first
+            date = self._date_before_upload(obj, staging)
+            folder_path = date_folders(date, self.layout, self.dates.zone)
+        else:
+            folder_path = () if self.layout == LAYOUT_FLAT else drive_path_for(obj.key)[:-1]
+        folder_id = self.drive.folders.ensure(folder_path)
         copies = self._copies(obj, folder_id)
         intact = [copy for copy in copies if is_intact_copy(copy, obj)]
         if intact:
@@ -3580,12 +3725,12 @@ class Transfer:
         if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
             staging.stream.seek(0)
             staging.stream.truncate()
-            uploaded, download, date = self._upload_while_downloading(obj, folder_id, staging, upload,
-                                                                      created=update_id is None)
+            uploaded, download, date = self._upload_while_downloading(obj, name, folder_id, staging, upload,
+                                                                      created=update_id is None, date=date)
         else:
             download = self._staged(obj, staging)
-            date = self.dates.date_of(obj, download, path)
-            metadata = build_file_metadata(obj, self.bucket, folder_id, download.md5, download, date)
+            date = date or self.dates.date_of(obj, download, path)
+            metadata = build_file_metadata(obj, name, self.bucket, folder_id, download.md5, download, date)
             uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
         self.stats.add("transferred_bytes", obj.size - sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
@@ -3606,8 +3751,16 @@ class Transfer:
         self.stats.add(f"date_{date.source}")
         self._record_done(obj, uploaded, attempts)
 
-    def _upload_while_downloading(self, obj: SourceObject, folder_id: str, staging: Staging,
-                                  upload: Callable[..., DriveFile], created: bool) -> tuple[DriveFile, Download, OriginalDate]:
+    def _date_before_upload(self, obj: SourceObject, staging: Staging) -> OriginalDate:
+        """The date, before any upload starts: from the staged file, or for a video that will upload
+        while it downloads, from a HEAD (its metadata) and its header's ranged GETs."""
+        if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
+            return self.dates.date_of(obj, self.source.headers_of(obj), None)
+        return self.dates.date_of(obj, self._staged(obj, staging), staging.path)
+
+    def _upload_while_downloading(self, obj: SourceObject, name: str, folder_id: str, staging: Staging,
+                                  upload: Callable[..., DriveFile], created: bool,
+                                  date: OriginalDate | None) -> tuple[DriveFile, Download, OriginalDate]:
         """A video's upload follows its download closely instead of waiting for the last byte.
 
         Its MD5 is known only at the end, so it reaches `appProperties` by one update after the
@@ -3620,8 +3773,8 @@ class Transfer:
         thread.start()
         try:
             headers = staged.headers()
-            date = self.dates.date_of(obj, headers, None)
-            metadata = build_file_metadata(obj, self.bucket, folder_id, "", headers, date)
+            date = date or self.dates.date_of(obj, headers, None)
+            metadata = build_file_metadata(obj, name, self.bucket, folder_id, "", headers, date)
             # unknown until the last byte; a revision clears the old one (updates merge appProperties)
             if created:
                 del metadata["appProperties"][PROP_MD5]
@@ -3686,7 +3839,7 @@ class Transfer:
         of a video lets the next one send only the rest."""
         self.checkpoint.record(obj.key, CheckpointEntry(
             status=STATUS_SENDING, etag=obj.version, size=obj.size, drive_id=file_id, session=session,
-            attempts=attempts, run=self.run_id), durable=True)
+            attempts=attempts, run=self.run_id, name=self._renamed.get(obj.key)), durable=True)
 
     def _retire_extra_copies(self, obj: SourceObject, keep: DriveFile, copies: list[DriveFile]) -> None:
         """Copies left by older versions of the tool (or by Drive itself): move the extras to the trash."""
@@ -3702,7 +3855,8 @@ class Transfer:
         same_file = adopted and previous is not None and previous.drive_id == drive_file.id and previous.run
         self.checkpoint.record(obj.key, CheckpointEntry(
             status=STATUS_DONE, etag=obj.version, size=obj.size, md5=drive_file.md5, drive_id=drive_file.id,
-            attempts=attempts, run=previous.run if same_file else self.run_id))
+            attempts=attempts, run=previous.run if same_file else self.run_id,
+            name=self._renamed.get(obj.key) or (previous.name if same_file else None)))
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[Staging]:
@@ -3737,7 +3891,7 @@ class Runtime:
 
 def binding_for(config: Config) -> dict[str, str]:
     folder = f"id:{config.folder_id}" if config.folder_id else f"name:{config.folder_name}"
-    return {"bucket": config.bucket, "prefix": config.prefix, "folder": folder}
+    return {"bucket": config.bucket, "prefix": config.prefix, "folder": folder, "layout": config.layout}
 
 
 def new_run_id() -> str:
@@ -3905,7 +4059,7 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
                 all_files=config.all_files, recheck=config.recheck,
                 trusted_runs=checkpoint.runs_since_recheck(run_id) if checkpoint.recheck_from_run is not None else None,
                 stop=runtime.stop, backoff=drive.api.backoff,
-                dates=OriginalDates(source, config.date_from, config.timezone, stats)))
+                dates=OriginalDates(source, config.date_from, config.timezone, stats), layout=config.layout))
         finally:
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work
@@ -3988,9 +4142,10 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
 
 
 class DriveCopies(HashedLines):
-    """The files of a Drive walk by path, spilled to an unlinked temporary file, one JSON line each:
-    ~30 bytes a file in memory instead of the ~2 KB of a parsed listing (a million photos, and a
-    flat bucket puts them all in one folder). `claimed` marks the lines an S3 object accounted for."""
+    """The files of a Drive walk, spilled to an unlinked temporary file, one JSON line each: ~20
+    bytes a file in memory instead of the ~2 KB of a parsed listing (a million photos, and a flat
+    bucket puts them all in one folder). Found by provenance (whatever the layout and the name),
+    or, for files another tool copied, by path. `claimed` marks the lines an S3 object accounted for."""
 
     def __init__(self, directory: Path | None) -> None:
         super().__init__()
@@ -4001,11 +4156,12 @@ class DriveCopies(HashedLines):
 
     def add(self, path: tuple[str, ...], drive_file: DriveFile) -> None:
         """Called from the walk's threads."""
+        source = drive_file.app_properties.get(PROP_SOURCE)
         line = json.dumps([path, drive_file.id, drive_file.size, drive_file.md5, drive_file.app_properties],
                           ensure_ascii=False).encode("utf-8") + b"\n"
         with self._lock:
             self._file.write(line)
-            self._hashes.append(hash(path))
+            self._hashes.append(hash(("source", source)) if source else hash(path))
             self._offsets.append(self._end)
             self._end += len(line)
 
@@ -4015,13 +4171,20 @@ class DriveCopies(HashedLines):
         self._file.close()
         self.claimed = bytearray(len(self))
 
-    def at(self, path: tuple[str, ...]) -> list[tuple[int, DriveFile]]:
-        """(position, file) of every file at this path."""
+    def copies_of(self, source_id: str, path: tuple[str, ...] | None) -> list[tuple[int, DriveFile]]:
+        """(position, file) of the files carrying this provenance, or when none does, of the files
+        at `path` that carry none (copied by something else)."""
+        ours = self._found(hash(("source", source_id)), lambda stored, props: props.get(PROP_SOURCE) == source_id)
+        if ours or path is None:
+            return ours
+        return self._found(hash(path), lambda stored, props: tuple(stored) == path and PROP_SOURCE not in props)
+
+    def _found(self, name_hash: int, wanted: Callable[[list[str], dict[str, str]], bool]) -> list[tuple[int, DriveFile]]:
         found = []
-        for position in self._positions(hash(path)):
+        for position in self._positions(name_hash):
             stored, file_id, size, md5, props = json.loads(self._line(position))
-            if tuple(stored) == path:
-                found.append((position, DriveFile(id=file_id, name=path[-1], mime_type="", parent_id=None,
+            if wanted(stored, props):
+                found.append((position, DriveFile(id=file_id, name=stored[-1], mime_type="", parent_id=None,
                                                   size=size, md5=md5, app_properties=props)))
         return found
 
@@ -4103,13 +4266,13 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
 
 def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | None,
                     copies_found: DriveCopies) -> tuple[Counter[str], dict[str, list[dict[str, Any]]], int, int]:
-    """Each eligible object against the files at its path: (problems by kind, the first
+    """Each eligible object against its copies in Drive: (problems by kind, the first
     VERIFY_DETAILS of each kind, checked, archived). Counted, not listed: a verify half-way through
     a million photos must not hold half a million "missing" records."""
     counts: Counter[str] = Counter()
     problems: dict[str, list[dict[str, Any]]] = {"missing": [], "duplicated": [], "mismatched": []}
 
-    def found(kind: str, **detail: Any) -> None:
+    def report(kind: str, **detail: Any) -> None:
         counts[kind] += 1
         if len(problems[kind]) < VERIFY_DETAILS:
             problems[kind].append(detail)
@@ -4122,30 +4285,28 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
                     _head_content_type(source, obj.key))):
                 continue
             checked += 1
-            at_path = copies_found.at(drive_path_for(obj.key))
-            copies = copies_of(obj, config.bucket, [f for _, f in at_path])
-            for position, drive_file in at_path:
-                if drive_file in copies:
-                    copies_found.claimed[position] = 1
+            located = copies_found.copies_of(source_id_for(config.bucket, obj.key), foreign_path(obj.key, config.layout))
+            copies = [drive_file for _, drive_file in located]
+            for position, _ in located:
+                copies_found.claimed[position] = 1
             if not copies and obj.storage_class in ARCHIVED_STORAGE_CLASSES:
                 archived += 1   # unreadable until restored: transfer skips it with that reason too
             elif not copies:
-                found("missing", key=obj.key)
+                report("missing", key=obj.key)
             elif len(copies) > 1:
-                found("duplicated", key=obj.key, ids=[f.id for f in copies])
+                report("duplicated", key=obj.key, ids=[f.id for f in copies])
             else:
                 problem = _compare_copy(obj, copies[0], checkpoint, source)
                 if problem:
-                    found("mismatched", key=obj.key, id=copies[0].id, problem=problem)
+                    report("mismatched", key=obj.key, id=copies[0].id, problem=problem)
     return counts, problems, checked, archived
 
 
-def copies_of(obj: SourceObject, bucket: str, files_at_path: list[DriveFile]) -> list[DriveFile]:
-    """The files at an object's mirrored path that stand for it: those carrying its provenance, or,
-    when none does, whatever files are there without ours (copied by another tool)."""
-    source_id = source_id_for(bucket, obj.key)
-    ours = [f for f in files_at_path if f.app_properties.get(PROP_SOURCE) == source_id]
-    return ours or [f for f in files_at_path if PROP_SOURCE not in f.app_properties]
+def foreign_path(key: str, layout: str) -> tuple[str, ...] | None:
+    """Where a copy made by another tool (no provenance) would be found: the mirrored path, or the
+    root in the flat layout; in a date layout, nowhere knowable without reading the file."""
+    path = drive_path_for(key)
+    return path if layout == LAYOUT_MIRROR else path[-1:] if layout == LAYOUT_FLAT else None
 
 
 def _head_content_type(source: S3Source, key: str) -> str | None:

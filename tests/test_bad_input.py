@@ -129,13 +129,15 @@ def test_awkward_keys_land_under_predictable_names(env):
     assert json.loads(verify.stdout)["missing"] == 0
 
 
-def test_keys_that_collapse_to_one_path_stay_two_files_told_apart_by_provenance(env):
+def test_keys_that_collapse_to_one_path_get_numbered_names(env):
     env.put("a/b.jpg", b"one" * 100)
-    env.put("a//b.jpg", b"two" * 100)
+    env.put("a//b.jpg", b"two" * 100)   # sorts first: keeps the name
     assert env.run().returncode == 0
-    assert len(env.drive_files()[f"{ROOT}/a/b.jpg"]) == 2
+    files = env.drive_files()
+    assert [f["description"] for f in files[f"{ROOT}/a/b.jpg"]] == [f"Copied from s3://{env.bucket}/a//b.jpg by cloud_transfer"]
+    assert [f["description"] for f in files[f"{ROOT}/a/b (2).jpg"]] == [f"Copied from s3://{env.bucket}/a/b.jpg by cloud_transfer"]
     assert env.run().returncode == 0
-    assert len(env.drive_files()[f"{ROOT}/a/b.jpg"]) == 2          # re-run: still two, not four
+    assert len(env.drive_files()) == 2          # re-run: still two, not four
     verify = env.run("verify", "--json")
     report = json.loads(verify.stdout)
     assert (report["missing"], report["duplicated"], report["mismatched"]) == (0, 0, 0)

@@ -652,7 +652,7 @@ def test_metadata_carries_one_date_properties_and_provenance():
     download = ct.Download(md5="a" * 32, content_type="image/jpeg", source_mtime=None,
                            metadata={"camera": "x100", "mtime": "1577000000", "long": "v" * 200})
     taken = ct.OriginalDate(dt.datetime(2019, 12, 24, 19, 15, tzinfo=dt.timezone.utc), "exif")
-    metadata = ct.build_file_metadata(obj("x/y.jpg"), "bkt", "parent", "a" * 32, download, taken)
+    metadata = ct.build_file_metadata(obj("x/y.jpg"), "y.jpg", "bkt", "parent", "a" * 32, download, taken)
     assert metadata["name"] == "y.jpg" and metadata["parents"] == ["parent"]
     assert metadata["createdTime"] == metadata["modifiedTime"] == "2019-12-24T19:15:00.000Z"
     assert metadata["properties"] == {"camera": "x100", "mtime": "1577000000"}   # "long" does not fit
@@ -793,43 +793,28 @@ def test_staged_download_hands_a_failed_download_to_the_reader(tmp_path):
         reader.close()
 
 
-def test_verify_walk_spill_finds_files_by_path_even_when_hashes_collide(tmp_path, monkeypatch):
+def test_verify_walk_spill_finds_copies_by_provenance_or_path_even_when_hashes_collide(tmp_path, monkeypatch):
     import builtins
     monkeypatch.setattr(ct, "hash", lambda value: 7 if isinstance(value, tuple) else builtins.hash(value),
-                        raising=False)   # every path hashes alike
+                        raising=False)   # every path and provenance hashes alike
     copies = ct.DriveCopies(tmp_path)
 
-    def drive_file(file_id: str, name: str) -> ct.DriveFile:
-        return ct.DriveFile(id=file_id, name=name, mime_type="image/jpeg", parent_id="p", size=3, md5="m",
-                            app_properties={ct.PROP_SOURCE: file_id})
+    def drive_file(file_id: str, source: str | None) -> ct.DriveFile:
+        return ct.DriveFile(id=file_id, name="x.jpg", mime_type="image/jpeg", parent_id="p", size=3, md5="m",
+                            app_properties={ct.PROP_SOURCE: source} if source else {})
 
-    copies.add(("a", "x.jpg"), drive_file("1", "x.jpg"))
-    copies.add(("b", "x.jpg"), drive_file("2", "x.jpg"))
-    copies.add(("a", "x.jpg"), drive_file("3", "x.jpg"))
+    copies.add(("a", "x.jpg"), drive_file("1", "s1"))
+    copies.add(("2020", "01", "x.jpg"), drive_file("2", "s1"))   # a duplicate, elsewhere
+    copies.add(("a", "x.jpg"), drive_file("3", None))            # copied by another tool
+    copies.add(("b", "x.jpg"), drive_file("4", "s9"))
     copies.seal()
     try:
-        found = copies.at(("a", "x.jpg"))
-        assert sorted(f.id for _, f in found) == ["1", "3"] and found[0][1].app_properties == {ct.PROP_SOURCE: "1"}
-        assert copies.at(("c", "x.jpg")) == []
-        for position, _ in found:
+        ours = copies.copies_of("s1", ("a", "x.jpg"))
+        assert sorted(f.id for _, f in ours) == ["1", "2"] and ours[0][1].app_properties == {ct.PROP_SOURCE: "s1"}
+        assert [f.id for _, f in copies.copies_of("s2", ("a", "x.jpg"))] == ["3"]
+        assert copies.copies_of("s2", ("b", "x.jpg")) == [] and copies.copies_of("s2", None) == []
+        for position, _ in ours:
             copies.claimed[position] = 1
-        assert copies.claimed.count(0) == 1 and copies.unclaimed(10) == ["b/x.jpg"]
+        assert copies.claimed.count(0) == 2 and copies.unclaimed(10) == ["a/x.jpg", "b/x.jpg"]
     finally:
         copies.close()
-
-
-@pytest.mark.parametrize("status, reason, action", [
-    (404, "notFound", ct.Verdict.RESTART),          # a session idle for a week
-    (410, "gone", ct.Verdict.RESTART),
-    (400, "badRequest", ct.Verdict.RESTART),        # Google: any 4xx in a resumable upload restarts it
-    (403, "forbidden", ct.Verdict.RESTART),
-    (401, "authError", ct.Verdict.RESTART),
-    (403, "userRateLimitExceeded", ct.Verdict.RETRY),   # but a rate limit is waited out
-    (429, "rateLimitExceeded", ct.Verdict.RETRY),
-    (503, "backendError", ct.Verdict.RETRY),
-])
-def test_a_4xx_inside_an_upload_session_starts_a_new_session(status, reason, action):
-    verdict = ct.classify_drive_error(drive_http_error(status, reason, "x"), in_upload_session=True, upload=True)
-    assert verdict.action == action
-    outside = ct.classify_drive_error(drive_http_error(status, reason, "x"), upload=True)
-    assert outside.action != ct.Verdict.RESTART

@@ -1,0 +1,105 @@
+"""Issue 9: --layout mirror|flat|date[:pattern], deterministic names for clashes, and the layout
+bound to the checkpoint. Real script, moto, the Drive emulator."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from tests import media_samples as media
+from tests.conftest import one_line_error
+from tests.drive_emulator import Faults
+
+ROOT = "Amazon Photos Transfer"
+
+
+def copied(env, root: str = ROOT) -> dict[str, str]:
+    """Drive path below the root → the S3 key it was copied from (from the file's description)."""
+    found = {}
+    for path, files in env.drive_files().items():
+        if path.startswith(root + "/"):
+            assert len(files) == 1, f"two files named {path}"
+            key = files[0]["description"].split(f"s3://{env.bucket}/", 1)[1].rsplit(" by cloud_transfer", 1)[0]
+            found[path[len(root) + 1:]] = key
+    return found
+
+
+def test_date_layouts_file_photos_by_their_original_date(env):
+    env.put("trip/a.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00"))
+    env.put("trip/b.jpg", media.jpeg("2020:01:01 00:30:00", "+01:00"))   # 2019-12-31 in UTC: its own date wins
+    env.put("clips/c.mp4", media.mp4(dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)))
+    assert env.main("--layout", "date", "--timezone", "UTC") == 0
+    assert copied(env) == {"2019/07/a.jpg": "trip/a.jpg", "2020/01/b.jpg": "trip/b.jpg", "2021/03/c.mp4": "clips/c.mp4"}
+    result = env.run("--layout", "date:YYYY/MM/DD", "--timezone", "UTC", "--folder", "Days", "--checkpoint", "days.json")
+    assert result.returncode == 0, result.stderr
+    assert copied(env, "Days") == {"2019/07/05/a.jpg": "trip/a.jpg", "2020/01/01/b.jpg": "trip/b.jpg",
+                                   "2021/03/04/c.mp4": "clips/c.mp4"}
+
+
+def test_a_large_video_is_filed_by_its_header_date_before_its_upload_starts(env):
+    taken = dt.datetime(2018, 11, 30, 23, 0, 0, tzinfo=dt.timezone.utc)
+    env.put("v/big.mov", media.mov(taken, moov_last=True, mdat_bytes=3 * 1024 * 1024))
+    assert env.main("--layout", "date:YYYY", "--chunk-size", "0.25", "--timezone", "Asia/Tokyo") == 0
+    assert copied(env) == {"2018/big.mov": "v/big.mov"}   # 2018-12-01 in Tokyo, but YYYY only
+
+
+def test_flat_layout_numbers_clashing_names_in_key_order_whatever_the_workers(env):
+    keys = ["c/IMG_1.jpg", "a/IMG_1.jpg", "b/sub/IMG_1.jpg", "b/IMG_2.jpg", "z/noext", "y/noext"]
+    for key in keys:
+        env.put(key, media.jpeg(None), ContentType="image/jpeg")
+    expected = {"IMG_1.jpg": "a/IMG_1.jpg", "IMG_1 (2).jpg": "b/sub/IMG_1.jpg", "IMG_1 (3).jpg": "c/IMG_1.jpg",
+                "IMG_2.jpg": "b/IMG_2.jpg", "noext": "y/noext", "noext (2)": "z/noext"}
+    assert env.main("--layout", "flat", "--workers", "1") == 0
+    assert copied(env) == expected
+    # 8 workers through dropped connections, into another root: the same names
+    env.drive.faults = Faults(drop_rate=0.15, drop_response_rate=0.1)
+    result = env.run("--layout", "flat", "--workers", "8", "--folder", "Again", "--checkpoint", "again.json")
+    assert result.returncode == 0, result.stderr
+    env.drive.faults = Faults()
+    assert copied(env, "Again") == expected
+    assert env.main("--layout", "flat") == 0 and copied(env) == expected   # a re-run adds nothing
+
+
+def test_names_given_are_kept_when_a_key_that_sorts_first_arrives_later(env):
+    env.put("b/IMG_1.jpg", media.jpeg(None))
+    assert env.main("--layout", "flat") == 0
+    env.put("a/IMG_1.jpg", media.jpeg("2019:01:01 10:00:00"))   # sorts first, but the name is taken
+    assert env.main("--layout", "flat") == 0
+    assert copied(env) == {"IMG_1.jpg": "b/IMG_1.jpg", "IMG_1 (2).jpg": "a/IMG_1.jpg"}
+    snapshot = env.checkpoint.read_text()
+    assert '"a/IMG_1.jpg": {' in snapshot and '"name": "IMG_1 (2).jpg"' in snapshot
+
+
+def test_mirror_layout_resolves_keys_that_differ_only_by_slashes(env):
+    env.put("a/IMG_1.jpg", media.jpeg(None))
+    assert env.main() == 0
+    env.put("a//IMG_1.jpg", media.jpeg("2019:01:01 10:00:00"))   # sorts before a/IMG_1.jpg
+    env.put("/a/IMG_1.jpg", media.jpeg("2018:01:01 10:00:00"))   # and this before both
+    env.put("a/IMG_2.jpg", media.jpeg(None))
+    env.put("a//IMG_2.jpg", media.jpeg("2017:01:01 10:00:00"))   # both new: key order decides
+    assert env.main("--workers", "8") == 0
+    assert copied(env) == {"a/IMG_1.jpg": "a/IMG_1.jpg", "a/IMG_1 (2).jpg": "/a/IMG_1.jpg",
+                           "a/IMG_1 (3).jpg": "a//IMG_1.jpg",
+                           "a/IMG_2.jpg": "a//IMG_2.jpg", "a/IMG_2 (2).jpg": "a/IMG_2.jpg"}
+    assert env.main() == 0 and len(copied(env)) == 5
+
+
+def test_another_layout_on_an_existing_checkpoint_is_refused_and_changes_nothing(env):
+    env.put("a/IMG_1.jpg", media.jpeg(None))
+    assert env.run().returncode == 0
+    before = env.checkpoint.read_bytes()
+    files_before = env.drive.list_files()
+    result = env.run("--layout", "date")
+    assert result.returncode == 2
+    assert "--layout mirror" in one_line_error(result) and "second time" in one_line_error(result)
+    assert env.checkpoint.read_bytes() == before and env.drive.list_files() == files_before
+    assert json.loads(before.split(b'"objects"')[0] + b'"objects": {}}')["binding"]["layout"] == "mirror"
+
+
+def test_verify_finds_copies_by_provenance_in_every_layout(env):
+    env.put("trip/a.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00"))
+    env.put("other/a.jpg", media.jpeg(None))
+    assert env.main("--layout", "date") == 0
+    assert env.main("--layout", "date", "verify") == 0
+    for command in ("transfer", "verify"):
+        result = env.run(command, "--layout", "flat", "--checkpoint", "flat.json", "--folder", "Flat")
+        assert result.returncode == 0, result.stdout + result.stderr
