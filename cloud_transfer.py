@@ -1526,14 +1526,14 @@ class S3Source:
         answer = self._read(self.client.get_object, Key=obj.key, Range=f"bytes={offset}-{end}", **self._pinned(obj))
         body = answer["Body"]
         try:
-            data = body.read()
+            if not str(answer.get("ContentRange", "")).startswith(f"bytes {offset}-"):
+                log.debug("%s: S3 ignored a Range; its header is not read", obj.key)
+                return b""   # the whole object follows: not for a date
+            return body.read(end + 1 - offset)
         except (botocore.exceptions.BotoCoreError, *TRANSIENT_NETWORK_ERRORS) as exc:
             raise ObjectError(Verdict(Verdict.RETRY, f"S3 read cut off: {exc.__class__.__name__}")) from None
         finally:
             body.close()
-        if not str(answer.get("ContentRange", "")).startswith(f"bytes {offset}-"):
-            data = data[offset: end + 1]   # a store that ignored the Range sent the whole object
-        return data
 
 
 #######################################################################
@@ -1547,6 +1547,7 @@ MP4_TOP_LEVEL_BOXES = 64              #: boxes skipped before a file is taken fo
 HEADER_READ_BYTES = 64 * 1024         #: one ranged GET of a video's header (or of its moov's start)
 EXIF_MAX_BYTES = 1024 * 1024          #: EXIF is at most 64 KiB in a JPEG; anything far larger is not EXIF
 EPOCH_1904 = dt.datetime(1904, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH_1970 = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 #: Wall-clock times a device writes when its clock was never set (QuickTime, Unix, DOS, many cameras).
 UNSET_CLOCK_YEARS = frozenset({1904, 1970, 1980, 2000})
 
@@ -1615,12 +1616,16 @@ def photo_capture_time(path: Path, zone: dt.tzinfo | None) -> dt.datetime | None
             if block is None:
                 return None
             tags = exifread.process_file(io.BytesIO(block) if block else stream, details=False,
-                                         extract_thumbnail=False, stop_tag="OffsetTimeOriginal")
+                                         extract_thumbnail=False, stop_tag="OffsetTimeDigitized")
     except Exception:  # malformed metadata must never cost the photo itself
         log.debug("unreadable EXIF in %s", path, exc_info=True)
         return None
-    return parse_exif_datetime(str(tags.get("EXIF DateTimeOriginal", "")),
-                               str(tags.get("EXIF OffsetTimeOriginal", "")), zone)
+    # DateTimeOriginal: when the shutter fired; DateTimeDigitized: when it was scanned (scanners
+    # and some phones' screenshots fill only that one). DateTime (IFD0) is the last edit: not used.
+    return (parse_exif_datetime(str(tags.get("EXIF DateTimeOriginal", "")),
+                                str(tags.get("EXIF OffsetTimeOriginal", "")), zone)
+            or parse_exif_datetime(str(tags.get("EXIF DateTimeDigitized", "")),
+                                   str(tags.get("EXIF OffsetTimeDigitized", "")), zone))
 
 
 def webp_exif(read_at: Callable[[int, int], bytes], size: int) -> bytes | None:
@@ -1660,9 +1665,10 @@ def heif_exif(read_at: Callable[[int, int], bytes], size: int) -> bytes | None:
     return None
 
 
-def _boxes(read_at: Callable[[int, int], bytes], offset: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """The ISO BMFF boxes from `offset` to `end`: (type, body start, box end)."""
-    for _ in range(MP4_TOP_LEVEL_BOXES):
+def _boxes(read_at: Callable[[int, int], bytes], offset: int, end: int,
+           limit: int = MP4_TOP_LEVEL_BOXES) -> Iterator[tuple[bytes, int, int]]:
+    """The ISO BMFF boxes from `offset` to `end`, at most `limit`: (type, body start, box end)."""
+    for _ in range(limit):
         box = _mp4_box(read_at, offset, end)
         if box is None:
             return
@@ -1672,7 +1678,8 @@ def _boxes(read_at: Callable[[int, int], bytes], offset: int, end: int) -> Itera
 
 def _infe_items(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
     """(item id, item type) of the infe boxes (version 2 or 3) in an iinf box's body."""
-    for kind, start, _ in _boxes(lambda at, n: data[at:at + n], offset, len(data)):
+    # an iPhone's HEIC lists a hundred or more image tiles before its Exif item: every box is walked
+    for kind, start, _ in _boxes(lambda at, n: data[at:at + n], offset, len(data), limit=len(data) // 8):
         version = data[start] if kind == b"infe" else -1
         if version == 2:
             yield struct.unpack(">H", data[start + 4:start + 6])[0], data[start + 8:start + 12]
@@ -1743,6 +1750,8 @@ def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int) -> dt.dat
                                else struct.unpack(">I", body[4:8])[0])
                     try:
                         moment = EPOCH_1904 + dt.timedelta(seconds=seconds)
+                        if seconds and moment.year < 1970:   # a writer that counted from 1970, as ExifTool assumes
+                            moment = EPOCH_1970 + dt.timedelta(seconds=seconds)
                     except OverflowError:
                         return None
                     return plausible(moment, "video creation time")
@@ -1756,22 +1765,28 @@ def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int) -> dt.dat
 
 def metadata_mtime(metadata: dict[str, str]) -> dt.datetime | None:
     """The file's own modification time, as S3 tools keep it in user metadata (names in any case:
-    MinIO sends X-Amz-Meta-Mtime, which boto3 hands back as "Mtime"): `mtime` (rclone, Cyberduck,
-    s3fs; Unix seconds), `s3cmd-attrs` (s3cmd: "...mtime:SECONDS/..."), `src_last_modified_millis`
-    (Backblaze B2)."""
-    lower = {str(k).lower(): str(v) for k, v in (metadata or {}).items()}
-    candidates = [(lower.get("mtime"), 1), (lower.get("src-last-modified"), 1),
-                  (lower.get("src_last_modified_millis"), 1000)]
-    attrs = re.search(r"(?:^|/)mtime:(\d+(?:\.\d+)?)", lower.get("s3cmd-attrs", ""))
-    if attrs:
-        candidates.append((attrs[1], 1))
-    for value, per_second in candidates:
+    MinIO sends X-Amz-Meta-Mtime, which boto3 hands back as "Mtime"): `mtime` (rclone, s3fs,
+    Cyberduck: Unix seconds, older Cyberduck milliseconds), `s3cmd-attrs` (s3cmd: ".../mtime:SECONDS/..."),
+    `mc-attrs` (MinIO mc: "...mtime:SECONDS#NANOS..."), `file-mtime` (AWS DataSync: "NANOSns"),
+    `src_last_modified_millis` (Backblaze B2)."""
+    lower = {str(k).lower(): str(v).strip() for k, v in (metadata or {}).items()}
+    candidates = [lower.get("mtime"), lower.get("src-last-modified"), lower.get("file-mtime"),
+                  lower.get("src_last_modified_millis")]
+    for attrs in (lower.get("s3cmd-attrs", ""), lower.get("mc-attrs", "")):
+        found = re.search(r"(?:^|[/;])mtime:(\d+(?:\.\d+)?)", attrs)
+        candidates.append(found[1] if found else None)
+    for value in candidates:
         try:
-            moment = dt.datetime.fromtimestamp(float(value) / per_second, tz=dt.timezone.utc) if value else None
-        except (TypeError, ValueError, OverflowError, OSError):
+            seconds = float(value.removesuffix("ns")) / 1e9 if value and value.endswith("ns") else float(value or "")
+        except ValueError:
             continue
-        if plausible(moment, "metadata mtime"):
-            return moment
+        for scale in (1, 1e3, 1e6, 1e9):   # seconds, or milliseconds/micro/nanoseconds from some writer
+            try:
+                moment = dt.datetime.fromtimestamp(seconds / scale, tz=dt.timezone.utc)
+            except (OverflowError, OSError, ValueError):
+                continue
+            if moment.year >= 1970 and plausible(moment, "metadata mtime"):
+                return moment
     return None
 
 
@@ -2631,7 +2646,7 @@ class SnapshotIndex(HashedLines):
         self._offsets.extend(offsets)
         versions, runs, run_numbers = self._versions.append, self._runs.append, self._run_numbers
         for key, data in items:
-            if (data.get("name") or not is_plain_key(key)) and data["status"] in (STATUS_DONE, STATUS_SENDING):
+            if (data.get("name") or not is_plain_key(key)) and may_hold_a_name(data):
                 self.named.append((key, data.get("name")))
             run = data.get("run") or ""
             number = run_numbers.get(run)
@@ -2754,14 +2769,14 @@ class Checkpoint:
         yield from recent[position:]
 
     def claimed_names(self) -> list[tuple[str, str | None]]:
-        """(key, recorded name) of the done or sending objects whose Drive name another key could
-        want in the mirror layout: renamed ones, and keys with '//', a leading '/' or control
-        characters. Few, and gathered while the snapshot is indexed: no pass of their own."""
+        """(key, recorded name) of the objects that may hold a Drive name another key could want in
+        the mirror layout: renamed ones, and keys with '//', a leading '/' or control characters.
+        Few, and gathered while the snapshot is indexed: no pass of their own."""
         with self._lock:
             self._index_snapshot()
             claimed = [(key, name) for key, name in self._index.named if key not in self._recent]
             claimed += [(key, entry.name) for key, entry in self._recent.items()
-                        if entry.status in (STATUS_DONE, STATUS_SENDING) and (entry.name or not is_plain_key(key))]
+                        if (entry.name or not is_plain_key(key)) and may_hold_a_name(entry.to_json())]
         return claimed
 
     def _snapshot(self, index: SnapshotIndex) -> Iterator[bytes]:
@@ -3174,45 +3189,57 @@ class Namer:
     def __init__(self, layout: str, checkpoint: Checkpoint, source: S3Source):
         self.across_bucket = layout != LAYOUT_MIRROR
         self.checkpoint, self.source = checkpoint, source
-        self._taken: set[int] = set()   # hashes of (scope, name); flat/date: one per object (~70 bytes)
+        # hash of (scope, name) → hash of the key holding it; flat/date: one per object (~110 bytes)
+        self._owners: dict[int, int] = {}
         if self.across_bucket:   # every name given counts: one streamed pass of the checkpoint
             claimed: Iterable[tuple[str, str | None]] = (
-                (key, data.get("name")) for key, data in checkpoint.entries(as_data=True)
-                if data["status"] in (STATUS_DONE, STATUS_SENDING))
+                (key, data.get("name")) for key, data in checkpoint.entries(as_data=True) if may_hold_a_name(data))
         else:
             claimed = checkpoint.claimed_names()
         for key, name in claimed:
-            self._taken.add(self._hash(key, name or drive_path_for(key)[-1]))
+            self._claim(key, name or drive_path_for(key)[-1])
 
     def _hash(self, key: str, name: str) -> int:
         return hash(((), name) if self.across_bucket else (drive_path_for(key)[:-1], name))
+
+    def _claim(self, key: str, name: str) -> None:
+        self._owners.setdefault(self._hash(key, name), hash(key))
 
     def name_for(self, key: str) -> str:
         """Called for each object to copy, in key order, once per run."""
         entry = self.checkpoint.get(key)
         if entry is not None and entry.name:
+            self._claim(key, entry.name)
             return entry.name
         natural = drive_path_for(key)[-1]
         plain = self.across_bucket or is_plain_key(key)
         for number in itertools.count(1):
             name = numbered_name(natural, number)
-            if self._hash(key, name) in self._taken:
-                continue
-            if number == 1 and not plain and self._twin_holds_name(key):
+            if self._owners.get(self._hash(key, name), hash(key)) != hash(key):
+                continue   # another key holds it
+            if not self.across_bucket and (number > 1 or not plain) and self._plain_key_holds(key, name):
                 continue
             if self.across_bucket or not plain or number > 1:
-                self._taken.add(self._hash(key, name))   # plain mirror keys cannot be taken by another plain key
+                self._claim(key, name)   # plain mirror keys keep their own name: no other plain key wants it
             return name
         raise AssertionError("unreachable")
 
-    def _twin_holds_name(self, key: str) -> bool:
-        """Whether the plain key with this key's path (`a/b.jpg` for `a//b.jpg`) got the name first:
-        it sorts before this one and exists, or an earlier run copied it."""
-        twin = "/".join(drive_path_for(key))
+    def _plain_key_holds(self, key: str, name: str) -> bool:
+        """Mirror layout: whether the plain key spelling this folder + name (`a/b.jpg` for `a//b.jpg`,
+        `a/b (2).jpg` for a second `a/b.jpg`) holds the name: an earlier run gave it to it, or it
+        sorts before this key and exists (then this listing gave it to it)."""
+        twin = "/".join(drive_path_for(key)[:-1] + (name,))
+        if twin == key:
+            return False
         entry = self.checkpoint.get(twin)
-        if entry is not None and entry.status in (STATUS_DONE, STATUS_SENDING) and not entry.name:
+        if entry is not None and not entry.name and may_hold_a_name(entry.to_json()):
             return True
         return twin < key and self.source.exists(twin)
+
+
+def may_hold_a_name(data: dict[str, Any]) -> bool:
+    """A checkpoint entry whose object has (or may have) a file in Drive under its name."""
+    return data["status"] in (STATUS_DONE, STATUS_SENDING) or bool(data.get("drive_id") or data.get("name"))
 
 
 def source_id_for(bucket: str, key: str) -> str:
@@ -3276,8 +3303,10 @@ def copy_awaits_md5(drive_file: DriveFile, obj: SourceObject) -> bool:
             and drive_file.md5 is not None and not drive_file.trashed)
 
 
-def usable_copy(drive_file: DriveFile | None, folder_id: str) -> bool:
-    return bool(drive_file and not drive_file.trashed and not drive_file.is_folder and drive_file.parent_id == folder_id)
+def usable_copy(drive_file: DriveFile | None, folder_id: str | None) -> bool:
+    """A live file in this folder (`folder_id` None: in any folder)."""
+    return bool(drive_file and not drive_file.trashed and not drive_file.is_folder
+                and folder_id in (None, drive_file.parent_id))
 
 
 def validate_upload(size: int, local_md5: str, drive_file: DriveFile) -> str | None:
@@ -3296,8 +3325,9 @@ def rfc3339(moment: dt.datetime) -> str:
 def guess_mimetype(key: str, content_type: str | None) -> str:
     """S3's Content-Type unless it is generic; then the extension's (photo and video types first:
     Python's `mimetypes` lacks HEIC, most RAW formats and several video containers)."""
-    if content_type and content_type.split(";")[0].strip().lower() not in GENERIC_CONTENT_TYPES:
-        return content_type
+    given = (content_type or "").split(";")[0].strip().lower()
+    if given not in GENERIC_CONTENT_TYPES:
+        return {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}.get(given, given)
     name = key.rsplit("/", 1)[-1]
     extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     return MEDIA_MIME_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -3648,7 +3678,9 @@ class Transfer:
         entry = self.checkpoint.get(obj.key)
         recorded_id = entry.drive_id if entry else None
         found = self.drive.api.get(recorded_id) if recorded_id else None
-        if usable_copy(found, folder_id):
+        # In a date layout the recorded file stays the copy even if the date now says another folder
+        # (a changed --timezone or photo): moving on would leave it behind as a second copy.
+        if usable_copy(found, None if self.layout.startswith("date:") else folder_id):
             return [found]
         listed = self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
         if not recorded_id:
@@ -3853,10 +3885,11 @@ class Transfer:
         # An adopted file keeps the run that uploaded it: `rollback --run last` must not take files a
         # --recheck merely found again.
         same_file = adopted and previous is not None and previous.drive_id == drive_file.id and previous.run
+        name = drive_file.name or self._renamed.get(obj.key)   # the name it has in Drive, adopted or not
         self.checkpoint.record(obj.key, CheckpointEntry(
             status=STATUS_DONE, etag=obj.version, size=obj.size, md5=drive_file.md5, drive_id=drive_file.id,
             attempts=attempts, run=previous.run if same_file else self.run_id,
-            name=self._renamed.get(obj.key) or (previous.name if same_file else None)))
+            name=name if name and name != drive_path_for(obj.key)[-1] else None))
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[Staging]:

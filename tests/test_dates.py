@@ -144,3 +144,36 @@ def test_not_an_mp4_and_truncated_boxes_give_no_date():
     whole = media.mp4(dt.datetime(2021, 5, 6, tzinfo=UTC), moov_last=True)
     cut = whole[: len(whole) - 40]
     assert ct.mp4_creation_time(lambda offset, n: cut[offset:offset + n], len(cut)) is None
+
+
+def test_video_times_counted_from_1970_by_mistake_are_read_as_such():
+    taken = dt.datetime(2012, 6, 1, 12, 0, 0, tzinfo=UTC)
+    wrong = media.mp4(taken - (dt.datetime(1970, 1, 1, tzinfo=UTC) - media.DATE_1904))   # seconds since 1970 in the field
+    assert ct.mp4_creation_time(lambda offset, n: wrong[offset:offset + n], len(wrong)) == taken
+
+
+def test_the_exif_item_of_a_heic_with_many_tiles_is_found():
+    """iPhones list a hundred or more tile items before the Exif item (found in review: the walk
+    stopped at 64)."""
+    import struct
+
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I4s", 8 + len(body), kind) + body
+
+    tiff = media.jpeg("2021:02:03 04:05:06", "+00:00")
+    tiff = tiff[tiff.index(b"Exif\x00\x00") + 6:]                       # the TIFF block of a real EXIF
+    items = [(n, b"hvc1") for n in range(1, 150)] + [(150, b"Exif")]
+    iinf = box(b"iinf", b"\x00\x00\x00\x00" + struct.pack(">H", len(items)) + b"".join(
+        box(b"infe", b"\x02\x00\x00\x00" + struct.pack(">HH4s", item, 0, kind) + b"\x00") for item, kind in items))
+    head = box(b"ftyp", b"heic\x00\x00\x00\x00mif1heic")
+    iloc_size = 8 + 8 + len(items) * 16   # version 1, 4-byte offsets/lengths, no base offset
+    meta_size = 12 + len(iinf) + iloc_size
+    exif_at = len(head) + meta_size
+    entries = b"".join(struct.pack(">HHHHII", item, 0, 0, 1, exif_at if kind == b"Exif" else 0,
+                                   4 + 6 + len(tiff) if kind == b"Exif" else 0) for item, kind in items)
+    iloc = box(b"iloc", b"\x01\x00\x00\x00" + bytes([0x44, 0x00]) + struct.pack(">H", len(items)) + entries)
+    data = head + box(b"meta", b"\x00\x00\x00\x00" + iinf + iloc) + struct.pack(">I", 6) + b"Exif\x00\x00" + tiff
+    assert len(iloc) == iloc_size
+    assert ct.rfc3339(ct.parse_exif_datetime("2021:02:03 04:05:06", "+00:00")) == "2021-02-03T04:05:06.000Z"
+    found = ct.heif_exif(lambda offset, n: data[offset:offset + n], len(data))
+    assert found is not None and found.startswith((b"II", b"MM")) and b"2021:02:03 04:05:06" in found

@@ -103,3 +103,45 @@ def test_verify_finds_copies_by_provenance_in_every_layout(env):
     for command in ("transfer", "verify"):
         result = env.run(command, "--layout", "flat", "--checkpoint", "flat.json", "--folder", "Flat")
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_changed_object_keeps_its_name_and_is_updated_in_place(env):
+    """Found in review: a key's own earlier name counted as taken, so a changed photo became 'IMG (2)'."""
+    env.put("b/IMG.jpg", media.jpeg(None))
+    env.put("a/IMG.jpg", media.jpeg(None))
+    assert env.main("--layout", "flat") == 0
+    env.put("b/IMG.jpg", media.jpeg("2019:01:01 10:00:00"))   # a new version
+    assert env.main("--layout", "flat") == 0
+    assert copied(env) == {"IMG.jpg": "a/IMG.jpg", "IMG (2).jpg": "b/IMG.jpg"}
+    assert len(env.drive.list_files()) == 3   # the root and two files: updated, not copied again
+
+
+def test_a_numbered_name_never_lands_on_another_keys_own_name(env):
+    """Found in review: 'a/IMG.jpg' second to 'a//IMG.jpg' took 'IMG (2).jpg', the name of the key
+    'a/IMG (2).jpg'."""
+    for key in ("a//IMG.jpg", "a/IMG (2).jpg", "a/IMG.jpg"):
+        env.put(key, media.jpeg(None))
+    assert env.main("--workers", "8") == 0
+    assert copied(env) == {"a/IMG.jpg": "a//IMG.jpg", "a/IMG (2).jpg": "a/IMG (2).jpg", "a/IMG (3).jpg": "a/IMG.jpg"}
+
+
+def test_a_failed_object_keeps_the_name_it_was_given(env, monkeypatch):
+    """Found in review: names recorded on failed entries were not reserved, so a new key could take
+    the name of a file the failed one may already have in Drive."""
+    import cloud_transfer as ct
+
+    env.put("a/IMG.jpg", media.jpeg(None))
+    env.put("b/IMG.jpg", media.jpeg(None))
+    real_copy = ct.Transfer._copy
+
+    def failing_b(self, obj, *args):
+        if obj.key == "b/IMG.jpg":
+            raise ct.ObjectError(ct.Verdict(ct.Verdict.FAIL, "refused (test)"))
+        return real_copy(self, obj, *args)
+
+    monkeypatch.setattr(ct.Transfer, "_copy", failing_b)
+    assert env.main("--layout", "flat") == 1
+    monkeypatch.setattr(ct.Transfer, "_copy", real_copy)
+    env.put("c/IMG.jpg", media.jpeg(None))
+    assert env.main("--layout", "flat") == 0
+    assert copied(env) == {"IMG.jpg": "a/IMG.jpg", "IMG (2).jpg": "b/IMG.jpg", "IMG (3).jpg": "c/IMG.jpg"}

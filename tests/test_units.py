@@ -671,6 +671,8 @@ def test_properties_keep_at_most_30_entries():
     ("a/clip.MOV", None, "video/quicktime"),
     ("a/clip.mts", "binary/octet-stream", "video/mp2t"),
     ("a/photo.jpg", "image/png", "image/png"),       # S3 says so: kept
+    ("a/photo.jpg", "image/jpg", "image/jpeg"),      # a common misspelling
+    ("a/photo.jpg", "Image/JPEG; charset=binary", "image/jpeg"),
     ("a/notes.txt", "binary/octet-stream", "text/plain"),
     ("a/unknown", None, "application/octet-stream"),
 ])
@@ -685,6 +687,9 @@ def test_mime_type_from_s3_unless_generic_then_from_the_extension(key, content_t
     ({"s3cmd-attrs": "atime:1600000000/ctime:1600000000/gid:0/mode:33188/mtime:1577000000/uid:0"},
      "2019-12-22T07:33:20.000Z"),
     ({"src_last_modified_millis": "1577000000000"}, "2019-12-22T07:33:20.000Z"),
+    ({"mtime": "1577000000000"}, "2019-12-22T07:33:20.000Z"),                  # older Cyberduck: milliseconds
+    ({"Mc-Attrs": "atime:1611177602#786120200/gid:0/mtime:1577000000#786120200/uid:0"}, "2019-12-22T07:33:20.000Z"),
+    ({"file-mtime": "1577000000000000000ns"}, "2019-12-22T07:33:20.000Z"),     # AWS DataSync
     ({"mtime": "0"}, None),                # an unset clock
     ({"mtime": "not a number"}, None),
     ({}, None),
