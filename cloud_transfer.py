@@ -987,7 +987,9 @@ def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
         ("found intact in Drive", f"{stats['adopted']}"),
         ("failed", f"{stats['failed']}"),
         ("dates", f"{stats['date_exif']} from EXIF, {stats['date_video']} from video headers, "
-                  f"{stats['date_metadata']} from file times in S3 metadata, {stats['date_s3']} from S3 upload times"),
+                  f"{stats['date_metadata']} from file times in S3 metadata, {stats['date_s3']} from S3 upload times"
+                  + (f"  ({stats['date_header_reads']} ranged GETs of video headers, "
+                     f"{format_bytes(stats['date_header_bytes'])})" if stats["date_header_reads"] else "")),
         ("checksums", f"{stats['verified']} with Drive's MD5 = the downloaded bytes' "
                       f"({stats['etag_checked']} also = the S3 ETag; the others' ETags are no MD5: "
                       f"multipart, KMS/SSE-C or another store), {stats['checksum_mismatches']} mismatches re-sent"),

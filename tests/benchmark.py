@@ -2,7 +2,7 @@
 
     python -m tests.benchmark [SCENARIO ...] [--objects 400] [--json PATH] [--full] [--smoke]
 
-Scenarios (default: all): rerun, quota, latency, faults, large, scale, walk. Each starts moto server (S3)
+Scenarios (default: all): rerun, quota, latency, faults, large, scale, walk, dates. Each starts moto server (S3)
 and the Drive emulator on loopback, seeds a bucket, runs cloud_transfer.py as a subprocess and reads
 its figures from the emulator's own counters and the OS (wall time; peak RSS from /proc VmHWM).
 A figure that misses its target is printed as a miss, never hidden; `--smoke` shrinks everything so
@@ -15,8 +15,10 @@ import contextlib
 import dataclasses
 import hashlib
 import http.client
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,14 +73,15 @@ class ToolRun:
     stdout: str = ""
 
 
-def run_tool(workdir: Path, env: dict[str, str], *args: str, kill_when: Callable[[], bool] | None = None) -> ToolRun:
+def run_tool(workdir: Path, env: dict[str, str], *args: str, kill_when: Callable[[], bool] | None = None,
+             quiet: bool = True) -> ToolRun:
     """Run the script to the end (or SIGKILL it once `kill_when()` is true) and measure it.
 
     The peak is read from /proc/PID/status (VmHWM) while the tool runs: getrusage's ru_maxrss of a
     child would include the pages it shared with this process (which holds moto's data) at fork time.
     """
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, str(PROJECT / "cloud_transfer.py"), "--quiet", *args],
+    process = subprocess.Popen([sys.executable, str(PROJECT / "cloud_transfer.py"), *(["--quiet"] if quiet else []), *args],
                                cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout_lines: list[str] = []
     stderr_lines: list[str] = []
@@ -458,9 +461,82 @@ def scenario_walk(options: argparse.Namespace) -> list[Row]:
     ]
 
 
+def exif_bytes_read(photo: Path) -> int:
+    """Bytes the tool's EXIF reader reads from a staged photo (it reads local files only)."""
+    import cloud_transfer as ct
+
+    counted = 0
+
+    class Counting(io.FileIO):
+        def read(self, size: int = -1) -> bytes:
+            nonlocal counted
+            data = super().read(size)
+            counted += len(data)
+            return data
+
+        def readinto(self, buffer: Any) -> int:
+            nonlocal counted
+            n = super().readinto(buffer)
+            counted += n or 0
+            return n
+
+    ct.open = lambda path, mode="r", *args, **kwargs: io.BufferedReader(Counting(path, "rb"), 4096)  # type: ignore[attr-defined]
+    try:
+        assert ct.photo_capture_time(photo, None) is not None
+    finally:
+        del ct.open  # type: ignore[attr-defined]
+    return counted
+
+
+def scenario_dates(options: argparse.Namespace) -> list[Row]:
+    """Issue 9: what reading each file's date costs. Real photos (Pillow JPEGs with EXIF, padded to
+    a photo's size after their image) and videos (MOV with the moov after a large mdat, as phones
+    write them) copied once reading dates (the default) and once with --date-from s3 (no reading)."""
+    from tests import media_samples as media
+
+    photos, videos = (12, 2) if options.smoke else (120, 6)
+    photo_size, video_size = (200_000, 6 * MIB) if options.smoke else (3_000_000, 40 * MIB)
+    taken = datetime_utc(2019, 7, 5, 18, 30, 12)
+    with local_cloud("dates") as cloud, tempfile.TemporaryDirectory(prefix="bench-dates-") as tmp:
+        for n in range(photos):
+            head = media.jpeg("2019:07:05 18:30:12", "+02:00")
+            cloud.s3.put_object(Bucket=cloud.bucket, Key=f"p/{n:04d}.jpg",
+                                Body=head + body(str(n), photo_size - len(head)))
+        for n in range(videos):
+            cloud.s3.put_object(Bucket=cloud.bucket, Key=f"v/{n:02d}.mov",
+                                Body=media.mov(taken, moov_last=True, mdat_bytes=video_size))
+        sample = Path(tmp) / "sample.jpg"
+        sample.write_bytes(cloud.s3.get_object(Bucket=cloud.bucket, Key="p/0000.jpg")["Body"].read())
+        read_per_photo = exif_bytes_read(sample)
+        with_dates = run_tool(cloud.workdir, cloud.tool_env(), "--checkpoint", "a.json", "--folder", "A", quiet=False)
+        without = run_tool(cloud.workdir, cloud.tool_env(), "--checkpoint", "b.json", "--folder", "B",
+                           "--date-from", "s3", quiet=False)
+    summary = re.search(r"(\d+) from EXIF, (\d+) from video headers.*?(?:\((\d+) ranged GETs of video headers, ([\d.]+) (\w+)\))?$",
+                        with_dates.stdout, re.M)
+    exif, video, gets = (int(summary[1]), int(summary[2]), int(summary[3] or 0)) if summary else (0, 0, 0)
+    header_kib = float(summary[4]) * {"B": 1 / 1024, "KiB": 1, "MiB": 1024}.get(summary[5], 1) if summary and summary[4] else 0.0
+    ok = with_dates.code == 0 and without.code == 0 and exif == photos and video == videos
+    return [
+        Row("dates", f"{photos} photos ({photo_size / 1e6:.1f} MB): EXIF bytes read per photo (from the staged file)",
+            read_per_photo / 1024, "KiB"),
+        Row("dates", f"{videos} videos ({video_size / MIB:.0f} MiB, moov last): ranged GETs per video", gets / max(videos, 1),
+            "", "dates from every file", ok),
+        Row("dates", "... S3 bytes read per video for its date", header_kib / max(videos, 1), "KiB"),
+        Row("dates", "wall time, reading dates (the default)", with_dates.seconds, "s"),
+        Row("dates", "... with --date-from s3 (no reading)", without.seconds, "s"),
+        Row("dates", "... cost of reading dates", (with_dates.seconds / without.seconds - 1) * 100, "%"),
+    ]
+
+
+def datetime_utc(*parts: int) -> Any:
+    import datetime as dt
+
+    return dt.datetime(*parts, tzinfo=dt.timezone.utc)
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "rerun": scenario_rerun, "quota": scenario_quota, "latency": scenario_latency, "faults": scenario_faults,
-    "large": scenario_large, "scale": scenario_scale, "walk": scenario_walk,
+    "large": scenario_large, "scale": scenario_scale, "walk": scenario_walk, "dates": scenario_dates,
 }
 
 
