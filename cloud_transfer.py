@@ -148,6 +148,9 @@ SNAPSHOT_READ_BYTES = 1024 * 1024   #: snapshot lines read (and parsed by one js
 LOG_INTERVAL_S = 30.0      #: progress log line interval when stderr is not a terminal
 MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
+BUDGET_GRACE_MAX_S = 900.0  #: past --max-duration, in-flight uploads get a tenth of it (1-15 min) to finish
+DAILY_WINDOW_S = 24 * 3600  #: Google's upload cap is per rolling 24 hours
+DEFAULT_DAILY_LIMIT = "740G"   #: under Google's ~750 GB a day, so the cap itself is not provoked
 STOP_GRACE_S = 5.0         #: after SIGINT/SIGTERM, how long in-flight work may take to reach a stopping point
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 64.0
@@ -249,6 +252,10 @@ class LockHeldError(CloudTransferError):
 class QuotaExceededError(CloudTransferError):
     """Drive storage quota, daily upload cap or shared-drive item limit reached."""
     exit_code = ExitCode.QUOTA
+
+
+class DailyCapError(QuotaExceededError):
+    """Google's daily upload cap (or our --daily-limit under it): the next 24 hours decide."""
 
 
 class UnavailableError(CloudTransferError):
@@ -510,6 +517,9 @@ class Config:
     page_size: int = DEFAULT_PAGE_SIZE   # ListObjectsV2 keys per page
     dry_run: bool = False
     all_files: bool = False
+    max_transfer: int | None = None      # bytes this run may start uploading (--max-transfer)
+    max_duration_s: float | None = None  # seconds after which no new upload starts (--max-duration)
+    daily_limit: int | None = None       # bytes per rolling 24 h across runs (--daily-limit); None: off
     layout: str = LAYOUT_MIRROR          # where files go: mirror, flat, or date:<pattern> (LAYOUT_PATTERNS)
     date_from: str = "auto"              # where each file's original date comes from (DATE_SOURCES)
     timezone: dt.tzinfo | None = None    # EXIF times without an offset are read in it; None: local
@@ -604,6 +614,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"parallel transfers (default {DEFAULT_WORKERS})")
     transfer.add_argument("--chunk-size", type=float, default=None, metavar="MIB",
                           help=f"upload chunk in MiB, a multiple of 0.25 (default {DEFAULT_CHUNK_MIB:g})")
+    transfer.add_argument("--max-transfer", metavar="SIZE",
+                          help="start no upload that would take this run past SIZE, e.g. 700G; uploads in "
+                               "flight finish (exit 6; the next run continues)")
+    transfer.add_argument("--max-duration", metavar="DURATION",
+                          help="start no new upload after this long, e.g. 6h or 1h30m; uploads in flight get "
+                               "a tenth of it (1-15 min) to finish (exit 6; the next run continues)")
+    transfer.add_argument("--daily-limit", metavar="SIZE|off",
+                          help="bytes per rolling 24 hours across runs, kept under Google's ~750 GB daily "
+                               f"upload cap (default: $CLOUD_TRANSFER_DAILY_LIMIT or {DEFAULT_DAILY_LIMIT}; exit 5 "
+                               "with the time to resume when spent)")
     transfer.add_argument("--temp-dir", metavar="PATH", help="where downloads are staged (default: system temp)")
     transfer.add_argument("--dry-run", action="store_true", help="list what would be copied; write nothing anywhere")
     transfer.add_argument("--new-root", action="store_true",
@@ -672,6 +692,35 @@ def parse_sse_c_key(value: str | None) -> bytes | None:
     if len(key) != 32:
         raise UsageError("S3_SSE_C_KEY must be the base64 of a 256-bit (32-byte) key")
     return key
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4, "p": 1024 ** 5,
+              "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4,
+              "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4}
+
+
+def parse_size(value: str, name: str, allow_off: bool = False) -> int | None:
+    """'700G' → bytes. K/M/G/T alone and KiB... are powers of 1024 (as rclone); KB/MB/GB/TB of 1000."""
+    text = str(value).strip().lower().replace(" ", "")
+    if allow_off and text in ("off", "0", "none"):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", text)
+    if not match or match[2] not in SIZE_UNITS or float(match[1]) <= 0:
+        raise UsageError(f"{name} must be a size such as 700G, 1.5T or 500MB" + (" (or off)" if allow_off else "")
+                         + f", not {value!r}")
+    return int(float(match[1]) * SIZE_UNITS[match[2]])
+
+
+def parse_duration(value: str, name: str) -> float:
+    """'6h', '1h30m', '90m', '45s', '2d' → seconds."""
+    text = str(value).strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise UsageError(f"{name} must be a duration such as 6h, 1h30m or 45m, not {value!r}")
+    seconds = sum(float(number) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise UsageError(f"{name} must be longer than nothing, not {value!r}")
+    return seconds
 
 
 def parse_layout(value: str) -> str:
@@ -751,6 +800,10 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         chunk_size_bytes=parse_chunk_size(chunk_mib),
         page_size=args.page_size if args.page_size is not None else DEFAULT_PAGE_SIZE,
         dry_run=args.dry_run, all_files=args.all_files, full_scope=args.full_scope,
+        max_transfer=parse_size(args.max_transfer, "--max-transfer") if args.max_transfer else None,
+        max_duration_s=parse_duration(args.max_duration, "--max-duration") if args.max_duration else None,
+        daily_limit=parse_size(setting(args.daily_limit, "CLOUD_TRANSFER_DAILY_LIMIT", default=DEFAULT_DAILY_LIMIT),
+                               "--daily-limit", allow_off=True),
         layout=parse_layout(setting(args.layout, "CLOUD_TRANSFER_LAYOUT", default=LAYOUT_MIRROR)),
         date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
         timezone=parse_timezone(setting(args.timezone, "CLOUD_TRANSFER_TIMEZONE")),
@@ -1095,8 +1148,8 @@ class Pacer:
                     first, count = now, 0
                 self._daily_cap = (first, now, count + 1)
                 if count + 1 >= 3 and now - first >= self.backoff.cap_s:
-                    raise QuotaExceededError("Google's daily upload limit (about 750 GB a day) is reached: "
-                                             "re-run tomorrow to continue")
+                    raise DailyCapError("Google's daily upload limit (about 750 GB a day) is reached: "
+                                        "re-run tomorrow to continue")
             if retry_after_s is not None:
                 self._paused_until = max(self._paused_until, now + min(retry_after_s, 3600.0))
             self._outcomes.append((now, True))
@@ -3381,6 +3434,7 @@ class Staging:
     path: Path
     stream: Any
     download: Download | None = None
+    uploaded: bool = False     # bytes went to Drive (what a run budget counts)
 
 
 class StagedDownload:
@@ -3491,6 +3545,54 @@ class _StagedReader(io.RawIOBase):
         super().close()
 
 
+class RunBudget:
+    """What a run may send: --max-transfer, --max-duration, and what --daily-limit leaves of the
+    last 24 hours. Once spent, no new object starts (each one reserves its size, so the budget is
+    never overshot: the first object of a run may be larger than it); objects in flight finish,
+    those past the duration's grace period are stopped and resume next run."""
+
+    def __init__(self, max_bytes: int | None = None, max_seconds: float | None = None, *,
+                 daily_bytes_left: int | None = None, daily_limit: int | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.clock, self.max_bytes = clock, max_bytes
+        self.daily_left, self.daily_limit = daily_bytes_left, daily_limit
+        self.deadline = clock() + max_seconds if max_seconds else None
+        self.grace_s = min(BUDGET_GRACE_MAX_S, max(60.0, max_seconds / 10)) if max_seconds else 0.0
+        self._reserved = 0
+        self._lock = threading.Lock()
+        self.reached = ""   # "transfer" | "daily" | "duration" once spent
+
+    def admit(self, size: int) -> bool:
+        with self._lock:
+            if not self.reached and self.deadline is not None and self.clock() >= self.deadline:
+                self.reached = "duration"
+            after = self._reserved + size
+            # The daily limit guards Google's cap: never crossed, except by an object larger than the
+            # whole limit, alone, after a quiet day. A run budget may be crossed by its first object.
+            if not self.reached and self.daily_left is not None and after > self.daily_left and not (
+                    self._reserved == 0 and self.daily_left == self.daily_limit):
+                self.reached = "daily"
+            if not self.reached and self.max_bytes is not None and self._reserved and after > self.max_bytes:
+                self.reached = "transfer"
+            if self.reached:
+                return False
+            self._reserved += size
+            return True
+
+    @contextlib.contextmanager
+    def spending(self, size: int, staging: Staging) -> Iterator[None]:
+        """An admitted object's reservation, given back if nothing was uploaded (adopted, failed)."""
+        try:
+            yield
+        finally:
+            if not staging.uploaded:
+                with self._lock:
+                    self._reserved -= size
+
+    def overdue(self) -> bool:
+        return self.deadline is not None and self.clock() >= self.deadline + self.grace_s
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkItem:
     obj: SourceObject
@@ -3508,11 +3610,15 @@ class Transfer:
                  bucket: str, run_id: str, temp_dir: Path, workers: int = DEFAULT_WORKERS,
                  all_files: bool = False, recheck: bool = False, trusted_runs: set[str] | None = None,
                  stop: threading.Event | None = None,
-                 backoff: Backoff | None = None, dates: OriginalDates | None = None, layout: str = LAYOUT_MIRROR):
+                 backoff: Backoff | None = None, dates: OriginalDates | None = None, layout: str = LAYOUT_MIRROR,
+                 budget: RunBudget | None = None):
         self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
         self.dates = dates or OriginalDates(source, stats=stats)
         self.layout = layout
         self.namer = Namer(layout, checkpoint, source)
+        self.budget = budget or RunBudget()
+        self.draining = threading.Event()   # the budget is spent: no new object starts
+        self.budget_stopped = False         # uploads in flight were stopped at the end of --max-duration
         self._renamed: dict[str, str] = {}   # key → Drive name, for objects in flight whose name is not their own
         self.bucket, self.run_id, self.temp_dir, self.workers = bucket, run_id, temp_dir, workers
         # trusted_runs (after a lost root): only these runs' "done" is taken without looking in Drive.
@@ -3538,6 +3644,12 @@ class Transfer:
                 while thread.is_alive():
                     thread.join(timeout=0.25)
                     tick()
+                    if self.budget.overdue() and not self.stop.is_set():
+                        log.warning("--max-duration is over: stopping the uploads still in flight "
+                                    "(the next run resumes them)")
+                        self.draining.set()
+                        self.budget_stopped = True
+                        self.stop.set()
                     if self.stop.is_set():
                         stopped_at = stopped_at or time.monotonic()
                         if time.monotonic() - stopped_at > STOP_GRACE_S:
@@ -3550,7 +3662,7 @@ class Transfer:
             self.abandoned = any(thread.is_alive() for thread in threads)
         if self._fatal is not None:
             raise self._fatal
-        if self.stop.is_set():
+        if self.stop.is_set() and not self.budget_stopped:
             raise InterruptedRun("interrupted: in-flight transfers abandoned, state saved; re-run to resume")
 
     def _stop_run(self, error: CloudTransferError) -> None:
@@ -3560,7 +3672,7 @@ class Transfer:
         self.stop.set()
 
     def _put(self, item: WorkItem | None) -> bool:
-        while not self.stop.is_set():
+        while not (self.stop.is_set() or self.draining.is_set()):
             try:
                 self._queue.put(item, timeout=0.25)
                 return True
@@ -3572,7 +3684,7 @@ class Transfer:
         try:
             for page in self.source.iter_pages():
                 for obj in page:
-                    if self.stop.is_set():
+                    if self.stop.is_set() or self.draining.is_set():
                         return
                     self.stats.add("listed")
                     done_run = self.checkpoint.done_run(obj.key, obj.version, obj.size)
@@ -3613,10 +3725,13 @@ class Transfer:
             try:
                 item = self._queue.get(timeout=0.25)
             except queue.Empty:
-                if self.stop.is_set():
+                if self.stop.is_set() or self.draining.is_set():
                     return
                 continue
-            if item is None or self.stop.is_set():
+            if item is None or self.stop.is_set() or self.draining.is_set():
+                return
+            if not self.budget.admit(item.obj.size):
+                self.draining.set()   # the lister stops; objects in flight finish
                 return
             try:
                 self._copy_with_retries(item)
@@ -3638,7 +3753,7 @@ class Transfer:
         obj = item.obj
         entry = self.checkpoint.get(obj.key)
         attempts = entry.attempts if entry and entry.etag == obj.version and entry.status == STATUS_FAILED else 0
-        with self._staging() as staging:   # kept across attempts
+        with self._staging() as staging, self.budget.spending(obj.size, staging):   # kept across attempts
             for attempt in range(1, MAX_OBJECT_ATTEMPTS + 1):
                 try:
                     if item.check_type:
@@ -3775,6 +3890,7 @@ class Transfer:
             if update_id is None:
                 self._remove_bad_copy(uploaded.id)
             raise ObjectError(Verdict(Verdict.RETRY, f"corrupted on transfer: {problem}"))
+        staging.uploaded = True
         self._retire_extra_copies(obj, keep=uploaded, copies=copies)
         self.stats.add("verified")
         if download.etag_checked:
@@ -4081,6 +4197,7 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
     source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
     with RunLock(lock_path_for(config)) as lock:
         checkpoint = open_checkpoint(config)
+        budget = run_budget(config, checkpoint)   # a spent daily budget stops here: no Drive request made
         stats = Stats()
         run_id = new_run_id()
         drive, creds = make_drive(config, runtime, stats, outage, checkpoint, run_id)
@@ -4094,10 +4211,56 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
                 all_files=config.all_files, recheck=config.recheck,
                 trusted_runs=checkpoint.runs_since_recheck(run_id) if checkpoint.recheck_from_run is not None else None,
                 stop=runtime.stop, backoff=drive.api.backoff,
-                dates=OriginalDates(source, config.date_from, config.timezone, stats), layout=config.layout))
+                dates=OriginalDates(source, config.date_from, config.timezone, stats), layout=config.layout,
+                budget=budget))
         finally:
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work
+
+
+def _run_end(run: dict[str, Any]) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(run.get("ended", "")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def daily_usage(runs: list[dict[str, Any]], limit: int, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+    """Bytes uploaded by the runs that ended in the last 24 hours (one that Google stopped at its
+    daily cap counts as the whole limit), and when enough of them will have aged out for the next
+    upload to fit (None: it fits now)."""
+    recent = []
+    for run in runs:
+        ended = _run_end(run)
+        if ended is not None and now - ended < dt.timedelta(seconds=DAILY_WINDOW_S):
+            sent = limit if run.get("daily_cap") else int((run.get("counts") or {}).get("transferred_bytes", 0))
+            recent.append((ended, sent))
+    recent.sort()
+    spent = remaining = sum(sent for _, sent in recent)
+    resume_at = None
+    for ended, sent in recent:
+        if remaining < limit:
+            break
+        remaining -= sent
+        resume_at = ended + dt.timedelta(seconds=DAILY_WINDOW_S)
+    return spent, resume_at
+
+
+def daily_budget_message(spent: int, limit: int, resume_at: dt.datetime | None) -> str:
+    return (f"today's upload budget is spent: {format_bytes(spent)} sent in the last 24 hours (--daily-limit "
+            f"{format_bytes(limit)}, under Google's ~750 GB cap); the next run can upload from "
+            + (resume_at.astimezone().strftime("%Y-%m-%d %H:%M %Z") if resume_at else "tomorrow"))
+
+
+def run_budget(config: Config, checkpoint: Checkpoint) -> RunBudget:
+    """This run's budget; exit 5 at once when the last 24 hours spent the daily limit."""
+    left = None
+    if config.daily_limit is not None:
+        spent, resume_at = daily_usage(checkpoint.runs, config.daily_limit, dt.datetime.now(dt.timezone.utc))
+        if resume_at is not None:
+            raise DailyCapError(daily_budget_message(spent, config.daily_limit, resume_at))
+        left = config.daily_limit - spent
+    return RunBudget(config.max_transfer, config.max_duration_s, daily_bytes_left=left, daily_limit=config.daily_limit)
 
 
 def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitCode:
@@ -4112,10 +4275,14 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
     exit_code = ExitCode.PARTIAL   # until the run says otherwise
     try:
         transfer.run(tick=reporter.tick)
-        checkpoint.set_recheck_from(None)   # every listed object has been looked at
-        exit_code = ExitCode.INTERNAL if stats["internal_errors"] else ExitCode.PARTIAL if stats["failed"] else ExitCode.OK
+        reached = transfer.budget.reached
+        if not reached:
+            checkpoint.set_recheck_from(None)   # every listed object has been looked at
+        exit_code = (ExitCode.INTERNAL if stats["internal_errors"] else ExitCode.QUOTA if reached == "daily"
+                     else ExitCode.BUDGET if reached else ExitCode.PARTIAL if stats["failed"] else ExitCode.OK)
     except CloudTransferError as exc:
         exit_code = exc.exit_code
+        run["daily_cap"] = isinstance(exc, DailyCapError) or None
         raise
     except KeyboardInterrupt:
         exit_code = ExitCode.INTERRUPTED
@@ -4125,12 +4292,25 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
         reporter.close()
         shutil.rmtree(transfer.temp_dir, ignore_errors=True)
         counts = stats.as_dict()
-        checkpoint.save_run({**run, "ended": utc_now_iso(), "outcome": exit_code.name.lower(),
+        checkpoint.save_run({**{k: v for k, v in run.items() if v is not None}, "ended": utc_now_iso(),
+                             "outcome": exit_code.name.lower(),
                              "exit_code": int(exit_code), "counts": {k: v for k, v in counts.items() if k != "failures"}})
         checkpoint.finish()
         if not config.quiet:
             print(summary_table(counts, time.monotonic() - started, transfer.run_id), file=runtime.out, flush=True)
-    if counts["listed"] == 0:
+    reached = transfer.budget.reached
+    if reached == "daily" and config.daily_limit is not None:
+        now = dt.datetime.now(dt.timezone.utc)
+        spent = daily_usage(checkpoint.runs, config.daily_limit, now)[0]
+        in_window = [ended for ended in map(_run_end, checkpoint.runs)
+                     if ended is not None and now - ended < dt.timedelta(seconds=DAILY_WINDOW_S)]
+        frees_up = min(in_window, default=now) + dt.timedelta(seconds=DAILY_WINDOW_S)   # the oldest ages out
+        log.warning("stopped: %s", daily_budget_message(spent, config.daily_limit, frees_up))
+    elif reached:
+        limit = {"transfer": f"--max-transfer {format_bytes(config.max_transfer or 0)}",
+                 "duration": "--max-duration"}[reached]
+        log.warning("stopped at %s: no new upload started after it; the next run continues", limit)
+    elif counts["listed"] == 0:
         log.info("nothing to transfer: no objects under s3://%s/%s", config.bucket, config.prefix)
     elif exit_code == ExitCode.OK:
         log.info("done: everything eligible is in Drive and validated")

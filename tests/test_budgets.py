@@ -1,0 +1,109 @@
+"""Issue 10: run budgets (--max-transfer, --max-duration) end with exit 6 and the next run goes on;
+the rolling --daily-limit ends with exit 5 and the time to resume. Real script, moto, the emulator."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+import cloud_transfer as ct
+from tests.conftest import one_line_error, photo_bytes
+from tests.drive_emulator import Faults
+
+
+def copied(env) -> int:
+    return sum(len(files) for files in env.drive_files().values())
+
+
+def test_max_transfer_stops_new_uploads_with_exit_6_and_the_next_runs_finish(env):
+    for n in range(6):
+        env.put(f"a/{n}.jpg", photo_bytes(str(n), 100_000))
+    result = env.run("--max-transfer", "250K", "--workers", "1")
+    assert result.returncode == 6, result.stderr
+    assert "stopped at --max-transfer" in result.stderr
+    assert copied(env) == 2   # 2 x 100,000 bytes fit in 250 KiB; a third would not
+    assert env.run("--max-transfer", "250K", "--workers", "4").returncode == 6 and copied(env) == 4
+    assert env.run().returncode == 0 and copied(env) == 6
+    assert all(len(files) == 1 for files in env.drive_files().values())
+
+
+def test_max_duration_starts_nothing_new_after_it_and_the_next_run_finishes(env):
+    for n in range(10):
+        env.put(f"a/{n}.jpg", photo_bytes(str(n), 2000))
+    env.drive.faults = Faults(latency_s=0.3)   # ten photos take several seconds
+    result = env.run("--max-duration", "1s", "--workers", "1")
+    assert result.returncode == 6, result.stderr
+    assert copied(env) < 10
+    env.drive.faults = Faults()
+    assert env.run().returncode == 0 and copied(env) == 10
+
+
+def test_daily_limit_stops_at_the_budget_then_refuses_at_once_naming_the_time(env):
+    for n in range(6):
+        env.put(f"a/{n}.jpg", photo_bytes(str(n), 100_000))
+    first = env.run("--daily-limit", "200000B", "--workers", "1")
+    assert first.returncode == 5 and copied(env) == 2, first.stderr   # 2 x 100,000 bytes: all it allows
+    assert "can upload from" in first.stderr
+    with env.drive.lock:
+        requests_before = len(env.drive.requests)
+    second = env.run("--daily-limit", "200000B")
+    assert second.returncode == 5
+    message = one_line_error(second)
+    assert "upload budget is spent" in message and "can upload from" in message
+    with env.drive.lock:
+        assert len(env.drive.requests) == requests_before   # not one Drive request
+    assert env.run("--daily-limit", "off").returncode == 0 and copied(env) == 6
+
+
+def test_daily_usage_rolls_over_24_hours_and_counts_a_google_cap_as_the_whole_limit():
+    now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+    def run(hours_ago: float, sent: int = 0, cap: bool = False) -> dict:
+        ended = (now - dt.timedelta(hours=hours_ago)).isoformat().replace("+00:00", "Z")
+        return {"ended": ended, "counts": {"transferred_bytes": sent}, **({"daily_cap": True} if cap else {})}
+
+    assert ct.daily_usage([run(30, 900), run(2, 100)], 500, now) == (100, None)
+    spent, resume = ct.daily_usage([run(20, 300), run(2, 300)], 500, now)
+    assert spent == 600 and resume == now + dt.timedelta(hours=4)     # when the 20-hour-old run ages out
+    spent, resume = ct.daily_usage([run(1, 10, cap=True)], 500, now)
+    assert spent == 500 and resume == now + dt.timedelta(hours=23)
+
+
+def test_run_budget_reserves_sizes_and_gives_a_grace_period_after_the_duration():
+    clock = [0.0]
+    budget = ct.RunBudget(max_bytes=250, max_seconds=600, clock=lambda: clock[0])
+    assert budget.admit(100) and budget.admit(100) and not budget.admit(100) and budget.reached == "transfer"
+    big = ct.RunBudget(max_bytes=50)
+    assert big.admit(100) and not big.admit(1)   # the first object may be larger than a run budget
+    daily = ct.RunBudget(daily_bytes_left=50, daily_limit=500)
+    assert not daily.admit(100) and daily.reached == "daily"   # never over what the day has left
+    quiet_day = ct.RunBudget(daily_bytes_left=500, daily_limit=500)
+    assert quiet_day.admit(900) and not quiet_day.admit(1)      # larger than a whole day: alone
+    clock[0] = 600
+    timed = ct.RunBudget(max_seconds=600, clock=lambda: clock[0] - 600)
+    assert timed.grace_s == 60 and not timed.overdue()
+    clock[0] = 600 + 600 + 61
+    assert timed.overdue() and not timed.admit(1) and timed.reached == "duration"
+
+
+@pytest.mark.parametrize("text, expected", [("700G", 700 * 1024 ** 3), ("1.5T", int(1.5 * 1024 ** 4)),
+                                            ("500MB", 500_000_000), ("250k", 256_000), ("42", 42)])
+def test_sizes(text, expected):
+    assert ct.parse_size(text, "--max-transfer") == expected
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "12 parsecs", "0"])
+def test_bad_sizes_are_usage_errors(text):
+    with pytest.raises(ct.UsageError, match="--max-transfer must be a size"):
+        ct.parse_size(text, "--max-transfer")
+
+
+@pytest.mark.parametrize("text, seconds", [("6h", 21600), ("1h30m", 5400), ("45s", 45), ("2d", 172800)])
+def test_durations(text, seconds):
+    assert ct.parse_duration(text, "--max-duration") == seconds
+
+
+@pytest.mark.parametrize("text", ["6", "h", "1x", "0h"])
+def test_bad_durations_are_usage_errors(text):
+    with pytest.raises(ct.UsageError, match="--max-duration must be"):
+        ct.parse_duration(text, "--max-duration")
