@@ -83,18 +83,28 @@ from typing import Any, Callable, Iterable, Iterator
 # today, 3.11 from mid-2027); the tool supports 3.10+, and the warning would break one-line errors.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core\._python_version_support")
 
-import boto3  # noqa: E402  (after the filter above, as the Google imports below must be)
-import botocore.config
-import botocore.exceptions
-import httplib2
-import urllib3
-from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
-from google.oauth2.credentials import Credentials
-from google_auth_httplib2 import AuthorizedHttp
-from googleapiclient.discovery import build_from_document
-from googleapiclient.discovery_cache import get_static_doc
-from googleapiclient.errors import HttpError
-from googleapiclient.http import MediaIoBaseUpload, build_http
+try:  # after the filter above, as the Google imports must be
+    import boto3  # noqa: E402
+    import botocore.config
+    import botocore.exceptions
+    import dotenv  # noqa: F401  (imported where used; checked here so a missing one fails at once)
+    import exifread  # noqa: F401
+    import httplib2
+    import tqdm  # noqa: F401
+    import urllib3
+    from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
+    from google.oauth2.credentials import Credentials
+    from google_auth_httplib2 import AuthorizedHttp
+    from googleapiclient.discovery import build_from_document
+    from googleapiclient.discovery_cache import get_static_doc
+    from googleapiclient.errors import HttpError
+    from googleapiclient.http import MediaIoBaseUpload, build_http
+except ImportError as missing:   # run outside its virtualenv: one line, exit 2 (ExitCode.USAGE)
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.stderr.write(f"error: the Python package {missing.name or missing} is missing for {sys.executable}: run "
+                     f"'pip install -r requirements.txt' in {_here} (inside its virtualenv, see the README), or "
+                     "run the script with the virtualenv's python\n")
+    raise SystemExit(2) from None
 
 __version__ = "1.0.0"
 
@@ -529,6 +539,7 @@ class Config:
     quiet: bool = False
     verbose: bool = False
     log_file: Path | None = None
+    report_path: Path | None = None      # transfer: a JSON run report for scripts (--report)
     json_output: bool = False            # verify/status: machine-readable report on stdout
     reset_checkpoint: bool = False
     recheck: bool = False                # look in Drive for objects the checkpoint calls done
@@ -551,6 +562,7 @@ class Config:
     aws_max_attempts: int = 10           # AWS_MAX_ATTEMPTS: botocore's standard retry mode, per request
     aws_checksum_calculation: str | None = None   # AWS_REQUEST_CHECKSUM_CALCULATION (some S3-compatible stores)
     aws_checksum_validation: str | None = None    # AWS_RESPONSE_CHECKSUM_VALIDATION
+    notices: tuple[str, ...] = ()        # warnings found while reading the settings (.env typos)
 
     @property
     def scopes(self) -> list[str]:
@@ -644,6 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", "-q", action="store_true", help="only errors (and the exit code)")
     output.add_argument("--verbose", "-v", action="store_true", help="debug logging, tracebacks on internal errors")
     output.add_argument("--log-file", metavar="PATH", help="also write the full log here")
+    output.add_argument("--report", dest="report_path", metavar="PATH",
+                        help="transfer: write a JSON report of the run here (counts, bytes, rates, errors)")
     output.add_argument("--json", dest="json_output", action="store_true",
                         help="verify/status: print a machine-readable report")
     output.add_argument("--env-file", metavar="PATH", help=f"read settings from this file (default {DEFAULT_ENV_FILE})")
@@ -671,6 +685,34 @@ def read_env_file(path: Path, required: bool) -> dict[str, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc.__class__.__name__}") from None
     return {k: v for k, v in values.items() if v is not None}
+
+
+#: Every variable the tool reads; a .env key that looks like one of ours but is not gets a warning.
+KNOWN_SETTINGS = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS",
+    "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "S3_BUCKET_NAME", "S3_PREFIX",
+    "S3_SSE_C_KEY", "DRIVE_FOLDER_NAME", "DRIVE_FOLDER_ID", "DRIVE_ENDPOINT_URL", "CLOUD_TRANSFER_BACKOFF_BASE_S",
+    "CLOUD_TRANSFER_BACKOFF_CAP_S", "CLOUD_TRANSFER_OUTAGE_S", "CLOUD_TRANSFER_DATE_FROM", "CLOUD_TRANSFER_TIMEZONE",
+    "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT",
+)
+
+
+def unknown_setting_notices(values: dict[str, str], env_file: Path) -> Iterator[str]:
+    """A typo in .env (S3_BUCKET instead of S3_BUCKET_NAME) would otherwise copy from the wrong
+    place or with the wrong settings, silently. botocore reads many more AWS_ variables, so those
+    are only questioned when they are close to one of ours."""
+    import difflib
+
+    for key in values:
+        upper = key.upper()
+        if key in KNOWN_SETTINGS or not upper.startswith(("AWS_", "S3_", "DRIVE_", "CLOUD_TRANSFER_")):
+            continue
+        close = difflib.get_close_matches(upper, KNOWN_SETTINGS, n=2, cutoff=0.75)
+        if upper.startswith("AWS_") and (not close or close[0] == key):
+            continue
+        yield (f"{env_file}: {key} is not a setting of this tool" + (f"; did you mean {' or '.join(close)}?" if close
+                                                                     else " (see .env.example); it is ignored"))
 
 
 def parse_chunk_size(mib: float) -> int:
@@ -774,8 +816,12 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
     """Parse argv and merge it with the environment and .env; the only reader of either."""
     args = build_parser().parse_args(argv)
     env_file = Path(args.env_file or DEFAULT_ENV_FILE)
-    env = {**read_env_file(env_file, required=bool(args.env_file)),
-           **{k: v for k, v in environ.items()}}
+    from_file = read_env_file(env_file, required=bool(args.env_file))
+    env = {**from_file, **{k: v for k, v in environ.items()}}
+    if args.command in ("transfer", "verify") and not (args.bucket or env.get("S3_BUCKET_NAME", "").strip()) \
+            and not env_file.is_file():
+        raise UsageError(f"no {env_file} here ({Path.cwd()}) and S3_BUCKET_NAME is not set: copy .env.example "
+                         "to .env, fill it in, and run the tool from that directory (or pass --bucket)")
 
     def setting(flag_value: Any, *names: str, default: Any = None) -> Any:
         if flag_value is not None:
@@ -786,10 +832,12 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         return default
 
     chunk_mib = args.chunk_size if args.chunk_size is not None else DEFAULT_CHUNK_MIB
+    bucket, prefix = split_bucket(setting(args.bucket, "S3_BUCKET_NAME", default=""),
+                                  setting(args.prefix, "S3_PREFIX", default=""))
     config = Config(
         command=args.command,
-        bucket=setting(args.bucket, "S3_BUCKET_NAME", default=""),
-        prefix=setting(args.prefix, "S3_PREFIX", default=""),
+        bucket=bucket,
+        prefix=prefix,
         folder_name=setting(args.folder_name, "DRIVE_FOLDER_NAME", default=DEFAULT_FOLDER_NAME),
         folder_id=setting(args.folder_id, "DRIVE_FOLDER_ID"),
         credentials_path=Path(args.credentials_path or DEFAULT_CREDENTIALS),
@@ -810,6 +858,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         no_browser=args.no_browser, oauth_port=args.oauth_port,
         quiet=args.quiet, verbose=args.verbose,
         log_file=Path(args.log_file) if args.log_file else None,
+        report_path=Path(args.report_path) if args.report_path else None,
         json_output=args.json_output, reset_checkpoint=args.reset_checkpoint, recheck=args.recheck,
         rollback_run=args.rollback_run, permanent=args.permanent, assume_yes=args.assume_yes,
         backoff_base_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_BASE_S", default=BACKOFF_BASE_S),
@@ -831,9 +880,28 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         aws_max_attempts=_positive_int(setting(None, "AWS_MAX_ATTEMPTS", default=10), "AWS_MAX_ATTEMPTS"),
         aws_checksum_calculation=setting(None, "AWS_REQUEST_CHECKSUM_CALCULATION"),
         aws_checksum_validation=setting(None, "AWS_RESPONSE_CHECKSUM_VALIDATION"),
+        notices=tuple(unknown_setting_notices(from_file, env_file)),
     )
-    validate_config(config)
+    try:
+        validate_config(config)
+    except UsageError as exc:
+        if config.notices:   # the typo is likely the cause: say both, still on one line
+            raise UsageError(f"{exc} ({'; '.join(config.notices)})") from None
+        raise
     return config
+
+
+def split_bucket(bucket: str, prefix: str) -> tuple[str, str]:
+    """`s3://name/prefix` (as the AWS CLI writes it) → (name, prefix); a plain name is kept."""
+    if not bucket.lower().startswith("s3://"):
+        if bucket.startswith(("arn:", "http://", "https://")) or "/" in bucket:
+            raise UsageError(f"bucket {bucket!r}: give its name (my-photos) or s3://my-photos/some/prefix; a "
+                             "custom endpoint goes in AWS_ENDPOINT_URL")
+        return bucket, prefix
+    name, _, in_url = bucket[5:].partition("/")
+    if in_url and prefix and in_url != prefix:
+        raise UsageError(f"the prefix is given twice: {bucket!r} and --prefix {prefix!r}; keep one")
+    return name, prefix or in_url
 
 
 def validate_config(config: Config) -> None:
@@ -888,6 +956,7 @@ class Stats:
         self.counts: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.failures: list[tuple[str, str]] = []   # (key, reason), first few kept for the summary
+        self.failure_reasons: Counter[str] = Counter()
         self.listing_done = False
 
     def add(self, name: str, n: int = 1) -> None:
@@ -901,6 +970,7 @@ class Stats:
     def fail(self, key: str, reason: str) -> None:
         with self._lock:
             self.counts["failed"] += 1
+            self.failure_reasons[reason] += 1
             if len(self.failures) < 20:
                 self.failures.append((key, reason))
 
@@ -913,6 +983,7 @@ class Stats:
             result: dict[str, Any] = {name: self.counts[name] for name in self.FIELDS}
             result["skipped"] = dict(self.skipped)
             result["failures"] = [{"key": k, "reason": r} for k, r in self.failures]
+            result["failure_reasons"] = dict(self.failure_reasons)
             return result
 
 
@@ -4038,6 +4109,7 @@ class Runtime:
     out: Any = dataclasses.field(default_factory=lambda: sys.stdout)
     progress_bars: bool = False             # stderr is a terminal
     abandoned_work: bool = False            # a run ended with threads stuck in network calls
+    report_written: bool = False            # --report: the run wrote its own
 
 
 def binding_for(config: Config) -> dict[str, str]:
@@ -4192,6 +4264,18 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
 def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
     if config.dry_run:
         return cmd_dry_run(config, runtime)
+    started = utc_now_iso()
+    try:
+        return _transfer(config, runtime)
+    except CloudTransferError as exc:
+        if config.report_path is not None and not runtime.report_written:
+            # stopped before the run began (a spent daily budget, a wrong bucket): a cron script
+            # reading the report still learns what happened
+            write_report(config, run_report(config, {"started": started}, exc.exit_code, {}, 0.0, error=str(exc)))
+        raise
+
+
+def _transfer(config: Config, runtime: Runtime) -> ExitCode:
     outage = OutageWatch(config.outage_window_s)
     source = make_source(config, runtime, outage)
     source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
@@ -4216,6 +4300,45 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
         finally:
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work
+
+
+REPORT_VERSION = 1
+
+
+def run_report(config: Config, run: dict[str, Any], exit_code: ExitCode, counts: dict[str, Any],
+               seconds: float, stopped_at: str = "", error: str = "") -> dict[str, Any]:
+    """The --report document. Its top-level counts are a contract scripts rely on (README): keys
+    are only ever added, never renamed."""
+    skipped: dict[str, int] = counts.get("skipped") or {}
+    return {
+        "report_version": REPORT_VERSION, "run_id": run.get("id"), "started": run.get("started"),
+        "ended": run.get("ended") or utc_now_iso(), "outcome": exit_code.name.lower(), "exit_code": int(exit_code),
+        "error": error or None, "source": f"s3://{config.bucket}/{config.prefix}",
+        "destination": f"id:{config.folder_id}" if config.folder_id else config.folder_name,
+        "listed": counts.get("listed", 0), "eligible": counts.get("eligible", 0),
+        "transferred": counts.get("transferred", 0), "already_done": counts.get("already_done", 0),
+        "found_in_drive": counts.get("adopted", 0), "failed": counts.get("failed", 0),
+        "skipped": sum(skipped.values()), "bytes_transferred": counts.get("transferred_bytes", 0),
+        "eligible_bytes": counts.get("eligible_bytes", 0), "updated": counts.get("updated", 0),
+        "seconds": round(seconds, 3),
+        "files_per_s": round(counts.get("transferred", 0) / seconds, 3) if seconds > 0 else 0.0,
+        "mb_per_s": round(counts.get("transferred_bytes", 0) / 1e6 / seconds, 3) if seconds > 0 else 0.0,
+        "retries": counts.get("retries", 0), "rate_limit_waits": counts.get("rate_limited", 0),
+        "drive_requests": counts.get("drive_requests", 0),
+        "errors_by_class": counts.get("failure_reasons") or {}, "failures": counts.get("failures") or [],
+        "skipped_by_reason": skipped,
+        "date_sources": {source: counts.get(f"date_{source}", 0) for source in ("exif", "video", "metadata", "s3")},
+        "stopped_at_budget": stopped_at or None,
+    }
+
+
+def write_report(config: Config, report: dict[str, Any]) -> None:
+    if config.report_path is None:
+        return
+    try:
+        write_atomically(config.report_path, (json.dumps(report, indent=1, ensure_ascii=False) + "\n").encode())
+    except OSError as exc:
+        log.error("cannot write the report %s: %s", config.report_path, exc.strerror)
 
 
 def _run_end(run: dict[str, Any]) -> dt.datetime | None:
@@ -4272,7 +4395,7 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
              config.folder_id or repr(config.folder_name), transfer.run_id)
     started = time.monotonic()
     reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars)
-    exit_code = ExitCode.PARTIAL   # until the run says otherwise
+    exit_code, error = ExitCode.PARTIAL, ""   # until the run says otherwise
     try:
         transfer.run(tick=reporter.tick)
         reached = transfer.budget.reached
@@ -4281,7 +4404,7 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
         exit_code = (ExitCode.INTERNAL if stats["internal_errors"] else ExitCode.QUOTA if reached == "daily"
                      else ExitCode.BUDGET if reached else ExitCode.PARTIAL if stats["failed"] else ExitCode.OK)
     except CloudTransferError as exc:
-        exit_code = exc.exit_code
+        exit_code, error = exc.exit_code, str(exc)
         run["daily_cap"] = isinstance(exc, DailyCapError) or None
         raise
     except KeyboardInterrupt:
@@ -4292,9 +4415,14 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
         reporter.close()
         shutil.rmtree(transfer.temp_dir, ignore_errors=True)
         counts = stats.as_dict()
-        checkpoint.save_run({**{k: v for k, v in run.items() if v is not None}, "ended": utc_now_iso(),
+        run["ended"] = utc_now_iso()
+        write_report(config, run_report(config, run, exit_code, counts, time.monotonic() - started,
+                                        transfer.budget.reached, error))
+        runtime.report_written = True
+        checkpoint.save_run({**{k: v for k, v in run.items() if v is not None},
                              "outcome": exit_code.name.lower(),
-                             "exit_code": int(exit_code), "counts": {k: v for k, v in counts.items() if k != "failures"}})
+                             "exit_code": int(exit_code),
+                             "counts": {k: v for k, v in counts.items() if k not in ("failures", "failure_reasons")}})
         checkpoint.finish()
         if not config.quiet:
             print(summary_table(counts, time.monotonic() - started, transfer.run_id), file=runtime.out, flush=True)
@@ -4559,11 +4687,20 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
     """Trash (or delete) what this tool uploaded per the checkpoint; only files carrying our provenance."""
     if not config.checkpoint_path.exists():
         raise UsageError(f"no checkpoint at {config.checkpoint_path}: nothing to roll back")
+    def say(text: str) -> None:
+        if not config.quiet:
+            print(text, file=runtime.out)
+
     with RunLock(lock_path_for(config)):
         checkpoint = Checkpoint.load(config.checkpoint_path, None)
         run_id = config.rollback_run
-        if run_id == "last":
-            run_id = checkpoint.runs[-1]["id"] if checkpoint.runs else None
+        if run_id == "last":   # a nightly run that copied nothing must not make "last" a no-op
+            uploaders = [run["id"] for run in checkpoint.runs if (run.get("counts") or {}).get("transferred")
+                         or run.get("outcome") in (None, "running", "interrupted")]
+            run_id = uploaders[-1] if uploaders else None
+            if run_id is None:
+                say("rollback: no run uploaded anything")
+                return ExitCode.OK
 
         def targets() -> Iterator[tuple[str, CheckpointEntry]]:
             """A stream (read twice: to count, then to act), so a million entries are never held.
@@ -4574,10 +4711,10 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
 
         verb = "delete permanently" if config.permanent else "move to the Drive trash"
         count = sum(1 for _ in targets())
-        print(f"rollback: {count} files to {verb}" + (f" (run {run_id})" if run_id else ""), file=runtime.out)
+        say(f"rollback: {count} files to {verb}" + (f" (run {run_id})" if run_id else ""))
         if config.dry_run:
             for key, entry in targets():
-                print(f"  would remove: {key} ({entry.drive_id})", file=runtime.out)
+                say(f"  would remove: {key} ({entry.drive_id})")
             return ExitCode.OK
         if not count:
             return ExitCode.OK
@@ -4585,7 +4722,7 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
             if not runtime.interactive:
                 raise UsageError("rollback needs --yes when no terminal is attached")
             if input(f"{verb.capitalize()} them? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("rollback: nothing changed", file=runtime.out)
+                say("rollback: nothing changed")
                 return ExitCode.OK
         stats = Stats()
         api = make_drive(config, runtime, stats)[0].api
@@ -4619,9 +4756,9 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         removed, refused = outcomes["removed"], outcomes["refused"]
         # NOTE: under drive.file the user's own files in our folders are invisible to the tool, and
         # trashing or deleting a folder takes everything in it: no folder is ever proven empty.
-        print(f"rollback: removed {removed} files; refused {refused} without our provenance. Folders are "
+        say(f"rollback: removed {removed} files; refused {refused} without our provenance. Folders are "
               "left in place: files you added to them are invisible to this tool, and removing a folder "
-              "removes everything in it", file=runtime.out)
+            "removes everything in it")
         return ExitCode.OK if not refused else ExitCode.PARTIAL
 
 
@@ -4712,6 +4849,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None, *
     try:
         config = load_config(argv, environ)
         setup_logging(config)
+        for notice in config.notices:
+            log.warning("%s", notice)
     except CloudTransferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -4719,7 +4858,12 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None, *
     runtime = Runtime(interactive=sys.stdin is not None and sys.stdin.isatty(), stop=threading.Event(),
                       progress_bars=sys.stderr.isatty())
     with stop_on_signals(runtime.stop):
-        code = _run_command(config, runtime)
+        try:
+            code = _run_command(config, runtime)
+            sys.stdout.flush()   # here, not at exit, where a closed pipe would cost a traceback and exit 120
+        except BrokenPipeError:   # `status | head -1`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no complaint at exit either
+            code = ExitCode.OK
     if runtime.abandoned_work and own_process:
         # Threads stuck in network calls (s3transfer's are not daemons) would keep this process, and
         # the lock it still holds, alive for minutes; the state is saved, so end it now.
@@ -4743,6 +4887,8 @@ def _run_command(config: Config, runtime: Runtime) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        raise
     except Exception as exc:  # the last resort: one line, traceback only with --verbose
         log.error("internal error: %s: %s (run with --verbose for details)", type(exc).__name__, exc)
         log.debug("traceback", exc_info=True)

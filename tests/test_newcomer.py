@@ -1,0 +1,69 @@
+"""Issue 10: what a new user meets first, each as a subprocess: missing packages, .env typos and
+a missing .env, s3:// bucket URLs, closed pipes, `rollback --run last` after a quiet night."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import PROJECT, SCRIPT, one_line_error, photo_bytes
+
+
+def test_the_script_run_outside_its_virtualenv_says_what_to_install_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-S", str(SCRIPT), "status"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={"PATH": os.environ.get("PATH", "")})   # -S: no site-packages
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "pip install -r requirements.txt" in line and str(PROJECT) in line and "Traceback" not in result.stderr
+
+
+def test_env_typos_get_a_did_you_mean_and_a_missing_env_points_to_the_example(env, tmp_path):
+    (env.cwd / ".env").write_text(f"S3_BUCKET={env.bucket}\nDRIVE_FOLDER=Photos\nAWS_SECRET_ACCES_KEY=x\n"
+                                  "AWS_DEFAULT_OUTPUT=json\n")
+    variables = {k: v for k, v in env.vars.items() if k != "S3_BUCKET_NAME"}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], cwd=env.cwd, env={**variables,
+                            "PATH": os.environ.get("PATH", "")}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    line = one_line_error(result)   # the typo is named beside the error it caused
+    assert "S3_BUCKET_NAME is empty or not set" in line
+    assert "S3_BUCKET is not a setting of this tool; did you mean S3_BUCKET_NAME?" in line
+    assert re.search(r"DRIVE_FOLDER is not a setting of this tool; did you mean [A-Za-z_ ]*DRIVE_FOLDER_NAME", line)
+    assert "did you mean AWS_SECRET_ACCESS_KEY?" in line
+    assert "AWS_DEFAULT_OUTPUT" not in result.stderr   # botocore's own: not questioned
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, str(SCRIPT)], cwd=elsewhere, env={**variables, "PATH": os.environ["PATH"]},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "copy .env.example to .env" in one_line_error(result)
+
+
+def test_bucket_given_as_an_s3_url_is_understood_or_refused_with_how_to_write_it(env):
+    env.put("a/1.jpg")
+    env.put("b/2.jpg")
+    result = env.run("--dry-run", "--bucket", f"s3://{env.bucket}/a/")
+    assert result.returncode == 0, result.stderr
+    assert "1 would be copied" in result.stdout and "2 listed" not in result.stdout
+    refused = env.run("--dry-run", "--bucket", f"arn:aws:s3:::{env.bucket}")
+    assert refused.returncode == 2 and "s3://my-photos/some/prefix" in one_line_error(refused)
+
+
+def test_a_closed_pipe_ends_status_quietly(env):
+    env.put("a/1.jpg")
+    assert env.run().returncode == 0
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "status", "--json"], cwd=env.cwd,
+                               env={**env.vars, "PATH": os.environ["PATH"]}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()   # like `| head -1` that has its line: nothing reads what follows
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 0 and stderr == ""
+
+
+def test_rollback_last_takes_the_last_run_that_uploaded_something_and_quiet_is_quiet(env):
+    env.put("a/1.jpg", photo_bytes("1"))
+    env.put("a/2.jpg", photo_bytes("2"))
+    assert env.run().returncode == 0
+    assert env.run().returncode == 0   # a nightly run with nothing to do
+    result = env.run("rollback", "--run", "last", "--yes", "-q")
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+    assert env.drive_files() == {}
