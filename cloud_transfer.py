@@ -527,6 +527,11 @@ class Config:
     page_size: int = DEFAULT_PAGE_SIZE   # ListObjectsV2 keys per page
     dry_run: bool = False
     all_files: bool = False
+    filters: tuple[tuple[str, str], ...] = ()   # ("+"|"-", glob) in command-line order (--include/--exclude)
+    min_size: int | None = None
+    max_size: int | None = None
+    newer_than: dt.datetime | None = None  # original date (LastModified where none is known)
+    older_than: dt.datetime | None = None
     max_transfer: int | None = None      # bytes this run may start uploading (--max-transfer)
     max_duration_s: float | None = None  # seconds after which no new upload starts (--max-duration)
     daily_limit: int | None = None       # bytes per rolling 24 h across runs (--daily-limit); None: off
@@ -574,6 +579,16 @@ class Config:
         return [s for s in (self.aws_secret_access_key, self.aws_session_token, key) if s]
 
 
+class _FilterAction(argparse.Action):
+    """--include/--exclude into one list that keeps their order (rclone's rules: first match wins)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        rules = list(getattr(namespace, self.dest, None) or [])
+        rules.append(("+" if option_string == "--include" else "-", str(values)))
+        setattr(namespace, self.dest, rules)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
 
@@ -596,6 +611,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"keys per S3 listing page, 1-1000 (default {DEFAULT_PAGE_SIZE})")
     source.add_argument("--all-files", action="store_true",
                         help="copy every object, not only photos and videos")
+    source.add_argument("--include", dest="filters", action=_FilterAction, metavar="GLOB",
+                        help="only keys matching this rclone-style glob (repeatable; with --exclude, the "
+                             "first rule that matches decides, in command-line order)")
+    source.add_argument("--exclude", dest="filters", action=_FilterAction, metavar="GLOB",
+                        help="skip keys matching this glob (repeatable)")
+    source.add_argument("--min-size", metavar="SIZE", help="skip objects smaller than this, e.g. 100K")
+    source.add_argument("--max-size", metavar="SIZE", help="skip objects larger than this, e.g. 4G")
+    source.add_argument("--newer-than", metavar="DATE|AGE",
+                        help="only files whose original date is after this (2019-06-30, or an age such as 90d)")
+    source.add_argument("--older-than", metavar="DATE|AGE", help="only files whose original date is before this")
     photos = parser.add_argument_group("photos")
     photos.add_argument("--layout", metavar="mirror|flat|date[:YYYY/MM]",
                         help="where files go in Drive: mirror = folders as the key prefixes (the default), "
@@ -765,6 +790,20 @@ def parse_duration(value: str, name: str) -> float:
     return seconds
 
 
+def parse_moment(value: str, name: str) -> dt.datetime:
+    """'2019-06-30' or '2019-06-30T12:00' (this machine's zone unless one is given) or an age ('90d')."""
+    text = str(value).strip()
+    try:
+        moment = dt.datetime.fromisoformat(text)
+        return moment if moment.tzinfo else moment.astimezone()
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=parse_duration(text, name))
+    except UsageError:
+        raise UsageError(f"{name} must be a date (2019-06-30) or an age (90d, 12h), not {value!r}") from None
+
+
 def parse_layout(value: str) -> str:
     """mirror | flat | date[:YYYY|YYYY/MM|YYYY/MM/DD] → its normal form (date = date:YYYY/MM)."""
     layout = value.strip()
@@ -848,6 +887,11 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         chunk_size_bytes=parse_chunk_size(chunk_mib),
         page_size=args.page_size if args.page_size is not None else DEFAULT_PAGE_SIZE,
         dry_run=args.dry_run, all_files=args.all_files, full_scope=args.full_scope,
+        filters=tuple(args.filters or ()),
+        min_size=parse_size(args.min_size, "--min-size") if args.min_size else None,
+        max_size=parse_size(args.max_size, "--max-size") if args.max_size else None,
+        newer_than=parse_moment(args.newer_than, "--newer-than") if args.newer_than else None,
+        older_than=parse_moment(args.older_than, "--older-than") if args.older_than else None,
         max_transfer=parse_size(args.max_transfer, "--max-transfer") if args.max_transfer else None,
         max_duration_s=parse_duration(args.max_duration, "--max-duration") if args.max_duration else None,
         daily_limit=parse_size(setting(args.daily_limit, "CLOUD_TRANSFER_DAILY_LIMIT", default=DEFAULT_DAILY_LIMIT),
@@ -931,6 +975,10 @@ def validate_config(config: Config) -> None:
         raise UsageError("--permanent only applies to rollback")
     if config.rollback_run and config.command != "rollback":
         raise UsageError("--run only applies to rollback")
+    for _, pattern in config.filters:
+        glob_regex(pattern)   # a malformed one fails here, before any work
+    if config.min_size is not None and config.max_size is not None and config.min_size > config.max_size:
+        raise UsageError("--min-size is larger than --max-size: nothing would be copied")
     if config.drive_endpoint_url and not re.match(r"^https?://[^/\s]+", config.drive_endpoint_url):
         raise UsageError(f"DRIVE_ENDPOINT_URL must be an http(s) URL, not {config.drive_endpoint_url!r}")
 
@@ -3399,6 +3447,77 @@ PLAN_SKIP, PLAN_DONE, PLAN_COPY, PLAN_CHECK_TYPE = "skip", "done", "copy", "chec
 SKIP_MARKER, SKIP_NOT_MEDIA = "folder marker", "not a photo or video"
 
 
+SKIP_FILTERED = "excluded by --include/--exclude/--min-size/--max-size"
+SKIP_DATE_FILTERED = "original date outside --newer-than/--older-than"
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """An rclone filter glob as a regex on the key: `*` any run within a path segment, `**` any run,
+    `?` one character but '/', `[...]` a class, `{a,b}` alternatives; a leading '/' anchors the
+    pattern at the start of the key, otherwise it matches the key's last segments ('*.jpg')."""
+    out, at, depth = [], 0, 0
+    while at < len(pattern):
+        char = pattern[at]
+        if pattern.startswith("**", at):
+            out.append(".*")
+            at += 2
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            end = pattern.find("]", at + 1)
+            if end < 0:
+                raise UsageError(f"filter {pattern!r}: '[' without ']'")
+            out.append(pattern[at:end + 1].replace("\\", "\\\\"))
+            at = end + 1
+            continue
+        elif char == "{":
+            out.append("(?:")
+            depth += 1
+        elif char == "}" and depth:
+            out.append(")")
+            depth -= 1
+        elif char == "," and depth:
+            out.append("|")
+        else:
+            out.append(re.escape(char))
+        at += 1
+    if depth:
+        raise UsageError(f"filter {pattern!r}: '{{' without '}}'")
+    body = "".join(out)
+    return re.compile(("^" + body[len(re.escape("/")):] if pattern.startswith("/") else "(?:^|/)" + body) + "$")
+
+
+class ObjectFilter:
+    """--include/--exclude (rclone's order: the first rule that matches decides; with any --include,
+    what no rule matches is excluded), --min-size/--max-size at listing; --newer-than/--older-than
+    on the original date, once it is known (a file is read to learn it)."""
+
+    def __init__(self, config: Config):
+        self.rules = [(sign == "+", glob_regex(pattern)) for sign, pattern in config.filters]
+        self.default = not any(include for include, _ in self.rules)
+        self.min_size, self.max_size = config.min_size, config.max_size
+        self.newer_than, self.older_than = config.newer_than, config.older_than
+
+    def admits(self, obj: SourceObject) -> bool:
+        if (self.min_size is not None and obj.size < self.min_size) or \
+                (self.max_size is not None and obj.size > self.max_size):
+            return False
+        for include, rule in self.rules:
+            if rule.search(obj.key):
+                return include
+        return self.default
+
+    @property
+    def by_date(self) -> bool:
+        return self.newer_than is not None or self.older_than is not None
+
+    def admits_date(self, moment: dt.datetime) -> bool:
+        return (self.newer_than is None or moment > self.newer_than) and (self.older_than is None or moment < self.older_than)
+
+
 def plan_object(obj: SourceObject, done: bool, all_files: bool) -> tuple[str, str | None]:
     """What to do with a listed object (`done`: the checkpoint has this version): (PLAN_*, skip reason)."""
     if is_folder_marker(obj):
@@ -3682,12 +3801,13 @@ class Transfer:
                  all_files: bool = False, recheck: bool = False, trusted_runs: set[str] | None = None,
                  stop: threading.Event | None = None,
                  backoff: Backoff | None = None, dates: OriginalDates | None = None, layout: str = LAYOUT_MIRROR,
-                 budget: RunBudget | None = None):
+                 budget: RunBudget | None = None, object_filter: ObjectFilter | None = None):
         self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
         self.dates = dates or OriginalDates(source, stats=stats)
         self.layout = layout
         self.namer = Namer(layout, checkpoint, source)
         self.budget = budget or RunBudget()
+        self.filter = object_filter or ObjectFilter(Config())
         self.draining = threading.Event()   # the budget is spent: no new object starts
         self.budget_stopped = False         # uploads in flight were stopped at the end of --max-duration
         self._renamed: dict[str, str] = {}   # key → Drive name, for objects in flight whose name is not their own
@@ -3758,6 +3878,9 @@ class Transfer:
                     if self.stop.is_set() or self.draining.is_set():
                         return
                     self.stats.add("listed")
+                    if not self.filter.admits(obj):
+                        self.stats.skip(SKIP_FILTERED)
+                        continue
                     done_run = self.checkpoint.done_run(obj.key, obj.version, obj.size)
                     # not trusted: look in Drive, "done" may point into a lost root
                     done = done_run is not None and not self.recheck and (
@@ -3880,8 +4003,12 @@ class Transfer:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
         name = self._renamed.get(obj.key) or drive_path_for(obj.key)[-1]
         date = None
-        if self.layout.startswith("date:"):   # the folder comes from the date: read it first
+        if self.layout.startswith("date:") or self.filter.by_date:   # the folder or the filter needs it first
             date = self._date_before_upload(obj, staging)
+            if not self.filter.admits_date(date.moment):
+                raise ObjectError(Verdict(Verdict.SKIP, SKIP_DATE_FILTERED))
+        if self.layout.startswith("date:"):
+            assert date is not None
             folder_path = date_folders(date, self.layout, self.dates.zone)
         else:
             folder_path = () if self.layout == LAYOUT_FLAT else drive_path_for(obj.key)[:-1]
@@ -4296,7 +4423,7 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
                 trusted_runs=checkpoint.runs_since_recheck(run_id) if checkpoint.recheck_from_run is not None else None,
                 stop=runtime.stop, backoff=drive.api.backoff,
                 dates=OriginalDates(source, config.date_from, config.timezone, stats), layout=config.layout,
-                budget=budget))
+                budget=budget, object_filter=ObjectFilter(config)))
         finally:
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work
@@ -4453,9 +4580,13 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     source.check_access()
     checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
     stats, shown, unchecked = Stats(), 0, 0
+    object_filter = ObjectFilter(config)
     for page in source.iter_pages():
         for obj in page:
             stats.add("listed")
+            if not object_filter.admits(obj):
+                stats.skip(SKIP_FILTERED)
+                continue
             done = checkpoint is not None and checkpoint.done_run(obj.key, obj.version, obj.size) is not None
             action, reason = plan_object(obj, done, config.all_files)
             if action == PLAN_SKIP:
@@ -4621,8 +4752,11 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
             problems[kind].append(detail)
 
     checked = archived = 0
+    object_filter = ObjectFilter(config)
     for page in source.iter_pages():
         for obj in page:
+            if not object_filter.admits(obj):
+                continue
             action, _ = plan_object(obj, False, config.all_files)
             if action == PLAN_SKIP or (action == PLAN_CHECK_TYPE and not is_media_content_type(
                     _head_content_type(source, obj.key))):
@@ -4632,7 +4766,10 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
             copies = [drive_file for _, drive_file in located]
             for position, _ in located:
                 copies_found.claimed[position] = 1
-            if not copies and obj.storage_class in ARCHIVED_STORAGE_CLASSES:
+            if not copies and object_filter.by_date and checkpoint and (entry := checkpoint.get(obj.key)) \
+                    and entry.status == STATUS_SKIPPED and entry.reason == SKIP_DATE_FILTERED:
+                checked -= 1   # read by a transfer and found outside the dates asked for
+            elif not copies and obj.storage_class in ARCHIVED_STORAGE_CLASSES:
                 archived += 1   # unreadable until restored: transfer skips it with that reason too
             elif not copies:
                 report("missing", key=obj.key)
