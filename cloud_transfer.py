@@ -155,7 +155,7 @@ COMPACT_AFTER_JOURNAL_LINES = 1000   #: fold the journal in anyway once it is th
 COMPACT_AFTER_OBJECTS = 100_000      #: ... and mid-run once this many outcomes wait in memory (a first run's)
 DRIVE_PARALLEL_REQUESTS = 8          #: folders `verify` lists, files `rollback` removes, at a time
 SNAPSHOT_READ_BYTES = 1024 * 1024   #: snapshot lines read (and parsed by one json.loads) at a time
-LOG_INTERVAL_S = 30.0      #: progress log line interval when stderr is not a terminal
+LOG_INTERVAL_S = 30.0      #: progress log line interval (CLOUD_TRANSFER_PROGRESS_S)
 MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
 BUDGET_GRACE_MAX_S = 900.0  #: past --max-duration, in-flight uploads get a tenth of it (1-15 min) to finish
@@ -505,7 +505,8 @@ environment (.env is read from the current directory; real environment variables
   S3_SSE_C_KEY (base64 of the 256-bit key of objects encrypted with SSE-C),
   DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests),
   CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s),
-  CLOUD_TRANSFER_OUTAGE_S (a service failing every request this long stops the run, exit 7; default 600)
+  CLOUD_TRANSFER_OUTAGE_S (a service failing every request this long stops the run, exit 7; default 600),
+  CLOUD_TRANSFER_PROGRESS_S (a progress line in the log this often; default 30)
 
 {EXIT_CODE_HELP}"""
 
@@ -555,6 +556,7 @@ class Config:
     backoff_base_s: float = BACKOFF_BASE_S   # first retry waits up to this long (full jitter)
     backoff_cap_s: float = BACKOFF_CAP_S     # no single wait is longer (except a server's Retry-After)
     outage_window_s: float = OUTAGE_WINDOW_S  # failing this long, a service is down: stop (exit 7)
+    progress_interval_s: float = LOG_INTERVAL_S   # a progress line in logs this often
     drive_endpoint_url: str | None = None
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
@@ -719,7 +721,7 @@ KNOWN_SETTINGS = (
     "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "S3_BUCKET_NAME", "S3_PREFIX",
     "S3_SSE_C_KEY", "DRIVE_FOLDER_NAME", "DRIVE_FOLDER_ID", "DRIVE_ENDPOINT_URL", "CLOUD_TRANSFER_BACKOFF_BASE_S",
     "CLOUD_TRANSFER_BACKOFF_CAP_S", "CLOUD_TRANSFER_OUTAGE_S", "CLOUD_TRANSFER_DATE_FROM", "CLOUD_TRANSFER_TIMEZONE",
-    "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT",
+    "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT", "CLOUD_TRANSFER_PROGRESS_S",
 )
 
 
@@ -911,6 +913,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
                                       "CLOUD_TRANSFER_BACKOFF_CAP_S"),
         outage_window_s=_positive_float(setting(None, "CLOUD_TRANSFER_OUTAGE_S", default=OUTAGE_WINDOW_S),
                                         "CLOUD_TRANSFER_OUTAGE_S"),
+        progress_interval_s=_positive_float(setting(None, "CLOUD_TRANSFER_PROGRESS_S", default=LOG_INTERVAL_S),
+                                            "CLOUD_TRANSFER_PROGRESS_S"),
         new_root=args.new_root,
         drive_endpoint_url=(setting(None, "DRIVE_ENDPOINT_URL") or "").rstrip("/") or None,
         s3_endpoint_url=setting(None, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
@@ -989,6 +993,7 @@ def validate_config(config: Config) -> None:
 # logging goes through a filter that blanks every known secret.
 
 log = logging.getLogger("cloud_transfer")
+file_log = logging.getLogger("cloud_transfer.file")   # --log-file only: what the terminal shows another way
 
 
 class Stats:
@@ -1083,6 +1088,16 @@ def setup_logging(config: Config) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(SECRETS)
         log.addHandler(handler)
+        file_log.handlers.clear()
+        file_log.setLevel(logging.INFO)
+        file_log.propagate = False
+        file_log.addHandler(handler)
+
+
+def format_duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 1440}d{minutes // 60 % 24}h" if minutes >= 1440 else \
+        f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds) % 60:02d}s"
 
 
 def format_bytes(n: float) -> str:
@@ -1114,7 +1129,7 @@ class Reporter:
                                position=1, dynamic_ncols=True))
 
     def tick(self) -> None:
-        if not self.enabled:
+        if not (self.enabled or file_log.handlers):
             return
         s = self.stats.as_dict()
         files_done = s["transferred"] + s["adopted"] + s["failed"]
@@ -1126,12 +1141,16 @@ class Reporter:
             bytes_bar.total = max(s["eligible_bytes"] - s["already_done_bytes"], s["transferred_bytes"])
             files_bar.update(files_done - files_bar.n)
             bytes_bar.update(s["transferred_bytes"] - bytes_bar.n)
-        elif self.clock() - self._last_log >= self.interval_s:
+        if self.clock() - self._last_log >= self.interval_s:
+            # A line a log can keep (cron, --log-file): the bars, if any, speak to the terminal.
             self._last_log = self.clock()
             elapsed = max(self.clock() - self._started, 1e-9)
-            log.info("progress: %d/%d%s files, %s at %s/s, %d failed", files_done, todo_files,
-                     "" if self.stats.listing_done else "+", format_bytes(s["transferred_bytes"]),
-                     format_bytes(s["transferred_bytes"] / elapsed), s["failed"])
+            rate = s["transferred_bytes"] / elapsed
+            left = s["eligible_bytes"] - s["already_done_bytes"] - s["transferred_bytes"]
+            eta = f", ETA {format_duration(left / rate)}" if self.stats.listing_done and rate > 0 and left > 0 else ""
+            line = (f"progress: {files_done}/{todo_files}{'' if self.stats.listing_done else '+'} files, "
+                    f"{format_bytes(s['transferred_bytes'])} at {format_bytes(rate)}/s, {s['failed']} failed{eta}")
+            (file_log if self._bars or not self.enabled else log).info("%s", line)
 
     def close(self) -> None:
         if self._bars:
@@ -4521,7 +4540,8 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
     log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix,
              config.folder_id or repr(config.folder_name), transfer.run_id)
     started = time.monotonic()
-    reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars)
+    reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars,
+                        interval_s=config.progress_interval_s)
     exit_code, error = ExitCode.PARTIAL, ""   # until the run says otherwise
     try:
         transfer.run(tick=reporter.tick)
@@ -4551,8 +4571,10 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
                              "exit_code": int(exit_code),
                              "counts": {k: v for k, v in counts.items() if k not in ("failures", "failure_reasons")}})
         checkpoint.finish()
+        summary = summary_table(counts, time.monotonic() - started, transfer.run_id)
+        file_log.info("%s", summary)   # the log keeps it even with --quiet
         if not config.quiet:
-            print(summary_table(counts, time.monotonic() - started, transfer.run_id), file=runtime.out, flush=True)
+            print(summary, file=runtime.out, flush=True)
     reached = transfer.budget.reached
     if reached == "daily" and config.daily_limit is not None:
         now = dt.datetime.now(dt.timezone.utc)

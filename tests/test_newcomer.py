@@ -67,3 +67,18 @@ def test_rollback_last_takes_the_last_run_that_uploaded_something_and_quiet_is_q
     result = env.run("rollback", "--run", "last", "--yes", "-q")
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
     assert env.drive_files() == {}
+
+
+def test_a_quiet_cron_run_keeps_progress_and_summary_in_its_log_file_and_no_carriage_returns(env):
+    from tests.drive_emulator import Faults
+
+    for n in range(6):
+        env.put(f"a/{n}.jpg", photo_bytes(str(n)))
+    env.drive.faults = Faults(latency_s=0.05)   # a run long enough for a few progress lines
+    result = env.run("--quiet", "--log-file", "run.log", env={"CLOUD_TRANSFER_PROGRESS_S": "0.1"})
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+    logged = (env.cwd / "run.log").read_text()
+    assert "progress: " in logged and "Summary of run" in logged and "transferred            6" in logged
+    assert "\r" not in logged
+    loud = env.run("--log-file", "loud.log", "--checkpoint", "other.json", "--folder", "Other")
+    assert "\r" not in loud.stdout + loud.stderr and "Summary of run" in (env.cwd / "loud.log").read_text()
