@@ -209,14 +209,14 @@ def scenario_quota(options: argparse.Namespace) -> list[Row]:
     rows = []
     for workers in (4, 16):
         with local_cloud("bench") as cloud:
-            files, _ = seed_mixed(cloud, options.objects, 0.05)
+            files, _ = seed_mixed(cloud, 12 if options.smoke else options.objects, 0.05)   # smoke: seconds, not a measure
             counters = Counters(cloud.drive)
-            cloud.drive.faults = Faults(create_rate_per_s=5.0, create_burst=10, latency_s=0.02)
+            cloud.drive.faults = Faults(create_rate_per_s=options.quota_rate, create_burst=10, latency_s=0.02)
             run = run_tool(cloud.workdir, cloud.tool_env(), "--workers", str(workers))
             creates = len(cloud.drive.list_files())   # files and folders, root included
             times = counters.create_times
             window = (times[-1] - times[0]) if len(times) > 1 else run.seconds
-            used = creates / max(window, 1e-9) / 5.0 * 100
+            used = creates / max(window, 1e-9) / options.quota_rate * 100
             refused = counters.refused()
             copied = len(drive_files(cloud.drive))
         name = f"{workers} workers"
@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(options.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-    options.size_scale = 1.0
+    options.size_scale, options.quota_rate = 1.0, 5.0
     options.scale_objects = 1_000_000 if options.full else 200_000
     if options.smoke:
         options.objects, options.large_mib, options.size_scale = min(options.objects, 30), 24, 0.05
