@@ -4937,9 +4937,10 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
         elif status in (STATUS_FAILED, STATUS_SKIPPED) and entry.get("reason"):
             reasons[entry["reason"]] += 1
     pending = by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + by_status[STATUS_SENDING]   # retried next
+    outlook = copy_outlook(checkpoint.runs, done_bytes, config.daily_limit)
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
               "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),
-              "runs": checkpoint.runs}
+              **outlook, "runs": checkpoint.runs}
     if config.json_output:
         print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
         return ExitCode.OK
@@ -4951,11 +4952,34 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
              f"interrupted while sending {by_status[STATUS_SENDING]}; "
              f"pending {pending} (the next run retries them; objects no run has seen yet: see --dry-run)"]
     lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(10)]
+    if outlook["bytes_left"] is not None:
+        lines.append(f"  left when the last run listed S3: {format_bytes(outlook['bytes_left'])}"
+                     + (f"; observed rate {format_bytes(outlook['rate_bytes_per_s'])}/s while running"
+                        if outlook["rate_bytes_per_s"] else "")
+                     + (f"; about {outlook['days_left']:.1f} days at the daily budget of "
+                        f"{format_bytes(config.daily_limit or 0)}" if outlook["days_left"] is not None else ""))
     for run in checkpoint.runs[-10:]:
         lines.append(f"  run {run['id']}: {run.get('started', '?')} → {run.get('ended', '(did not finish)')} "
                      f"{run.get('outcome', '')}")
     print("\n".join(lines), file=runtime.out)
     return ExitCode.OK
+
+
+def copy_outlook(runs: list[dict[str, Any]], done_bytes: int, daily_limit: int | None) -> dict[str, Any]:
+    """What is left as of the last run's listing (status reads no S3), the rate runs have achieved
+    while running, and the days left at the daily budget (or at that rate, if slower)."""
+    listed = [run for run in runs if (run.get("counts") or {}).get("eligible_bytes")]
+    left = max(0, listed[-1]["counts"]["eligible_bytes"] - done_bytes) if listed else None
+    sent = seconds = 0.0
+    for run in runs[-20:]:
+        started, ended = _run_end({"ended": run.get("started")}), _run_end(run)
+        if started and ended and (run.get("counts") or {}).get("transferred_bytes"):
+            sent += run["counts"]["transferred_bytes"]
+            seconds += max(1.0, (ended - started).total_seconds())   # times are kept to the second
+    rate = sent / seconds if seconds > 0 else None
+    per_day = min(x for x in (daily_limit, rate * 86400 if rate else None) if x) if (daily_limit or rate) else None
+    return {"bytes_left": left, "rate_bytes_per_s": rate,
+            "days_left": left / per_day if left is not None and per_day else None}
 
 
 def cmd_auth(config: Config, runtime: Runtime) -> ExitCode:

@@ -107,3 +107,21 @@ def test_durations(text, seconds):
 def test_bad_durations_are_usage_errors(text):
     with pytest.raises(ct.UsageError, match="--max-duration must be"):
         ct.parse_duration(text, "--max-duration")
+
+
+def test_status_tells_what_is_left_the_rate_and_the_days_left_even_while_a_run_holds_the_lock(env):
+    for n in range(4):
+        env.put(f"a/{n}.jpg", photo_bytes(str(n), 100_000))
+    assert env.run("--max-transfer", "150K", "--workers", "1").returncode == 6   # one photo of four
+    lock = env.checkpoint.with_name(env.checkpoint.name + ".lock")
+    import fcntl
+
+    with open(lock, "a+") as held:   # as a running transfer holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        status = env.run("status", "--daily-limit", "100K")
+        report = env.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert "left when the last run listed S3: 293.0 KiB" in status.stdout
+    assert "days at the daily budget" in status.stdout
+    data = __import__("json").loads(report.stdout)
+    assert data["bytes_left"] == 300_000 and data["rate_bytes_per_s"] > 0
