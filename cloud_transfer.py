@@ -533,6 +533,7 @@ class Config:
     max_size: int | None = None
     newer_than: dt.datetime | None = None  # original date (LastModified where none is known)
     older_than: dt.datetime | None = None
+    ignore_quota: bool = False           # skip the Drive storage pre-check (--ignore-quota)
     max_transfer: int | None = None      # bytes this run may start uploading (--max-transfer)
     max_duration_s: float | None = None  # seconds after which no new upload starts (--max-duration)
     daily_limit: int | None = None       # bytes per rolling 24 h across runs (--daily-limit); None: off
@@ -663,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="bytes per rolling 24 hours across runs, kept under Google's ~750 GB daily "
                                f"upload cap (default: $CLOUD_TRANSFER_DAILY_LIMIT or {DEFAULT_DAILY_LIMIT}; exit 5 "
                                "with the time to resume when spent)")
+    transfer.add_argument("--ignore-quota", action="store_true",
+                          help="start even when Drive's free space looks too small for what is left to copy")
     transfer.add_argument("--temp-dir", metavar="PATH", help="where downloads are staged (default: system temp)")
     transfer.add_argument("--dry-run", action="store_true", help="list what would be copied; write nothing anywhere")
     transfer.add_argument("--new-root", action="store_true",
@@ -894,6 +897,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         max_size=parse_size(args.max_size, "--max-size") if args.max_size else None,
         newer_than=parse_moment(args.newer_than, "--newer-than") if args.newer_than else None,
         older_than=parse_moment(args.older_than, "--older-than") if args.older_than else None,
+        ignore_quota=args.ignore_quota,
         max_transfer=parse_size(args.max_transfer, "--max-transfer") if args.max_transfer else None,
         max_duration_s=parse_duration(args.max_duration, "--max-duration") if args.max_duration else None,
         daily_limit=parse_size(setting(args.daily_limit, "CLOUD_TRANSFER_DAILY_LIMIT", default=DEFAULT_DAILY_LIMIT),
@@ -2411,6 +2415,13 @@ class DriveApi:
     def delete(self, file_id: str) -> None:
         self.call(lambda service: service.files().delete(fileId=file_id, supportsAllDrives=True),
                   missing_ok=True, write=True)
+
+    def free_space(self) -> int | None:
+        """Bytes left in the account's storage (about.get storageQuota); None when it has no limit."""
+        quota = self.call(lambda service: service.about().get(fields="storageQuota(limit,usage)")).get("storageQuota") or {}
+        if quota.get("limit") is None:
+            return None
+        return int(quota["limit"]) - int(quota.get("usage") or 0)
 
     def account(self) -> dict[str, str]:
         """The signed-in Google account (about.get): its stable permissionId, and the email address
@@ -4433,6 +4444,8 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
         drive, creds = make_drive(config, runtime, stats, outage, checkpoint, run_id)
         token_before = creds.token
         try:
+            if not config.ignore_quota and not config.folder_id:   # a shared drive's space is not the user's
+                check_storage(config, drive.api, checkpoint, source)
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
             open_root(config, drive, checkpoint, creds.client_id or "", run_id)
             return _run_transfer(config, runtime, Transfer(
@@ -4485,6 +4498,34 @@ def write_report(config: Config, report: dict[str, Any]) -> None:
         write_atomically(config.report_path, (json.dumps(report, indent=1, ensure_ascii=False) + "\n").encode())
     except OSError as exc:
         log.error("cannot write the report %s: %s", config.report_path, exc.strerror)
+
+
+def check_storage(config: Config, api: DriveApi, checkpoint: Checkpoint, source: S3Source) -> None:
+    """Exit 5 before anything is uploaded when Drive's free space cannot hold what is left: known
+    from the last run's listing, or on a first run from a listing of its own (sizes only)."""
+    free = api.free_space()
+    if free is None:
+        return
+    listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("eligible_bytes")]
+    needed: int | None = None
+    if listed:   # what the last run left, at most (files it found in Drive are counted as left): cheap
+        counts = listed[-1]
+        if counts["eligible_bytes"] - counts.get("already_done_bytes", 0) - counts.get("transferred_bytes", 0) <= free:
+            return
+        needed = copy_outlook(checkpoint.runs, checkpoint_done_bytes(checkpoint), None)["bytes_left"]
+    if needed is None:
+        object_filter, needed = ObjectFilter(config), 0
+        for page in source.iter_pages():
+            needed += sum(obj.size for obj in page if object_filter.admits(obj) and
+                          plan_object(obj, False, config.all_files)[0] == PLAN_COPY)
+    if needed > free:
+        raise QuotaExceededError(f"Google Drive has {format_bytes(free)} free and the copy needs {format_bytes(needed)} "
+                                 "more: free space or buy storage, copy a part (--prefix, --include), or pass "
+                                 "--ignore-quota to copy what fits")
+
+
+def checkpoint_done_bytes(checkpoint: Checkpoint) -> int:
+    return sum(data["size"] for _, data in checkpoint.entries(as_data=True) if data["status"] == STATUS_DONE)
 
 
 def _run_end(run: dict[str, Any]) -> dt.datetime | None:

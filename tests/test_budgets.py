@@ -125,3 +125,17 @@ def test_status_tells_what_is_left_the_rate_and_the_days_left_even_while_a_run_h
     assert "days at the daily budget" in status.stdout
     data = __import__("json").loads(report.stdout)
     assert data["bytes_left"] == 300_000 and data["rate_bytes_per_s"] > 0
+
+
+def test_too_little_drive_space_stops_before_anything_is_uploaded_naming_both_sizes(env):
+    for n in range(3):
+        env.put(f"a/{n}.jpg", photo_bytes(str(n), 5000))
+    env.drive.faults = Faults(storage_quota_bytes=12_000)
+    result = env.run()
+    assert result.returncode == 5
+    message = one_line_error(result)
+    assert "11.7 KiB free" in message and "needs 14.6 KiB" in message and "--ignore-quota" in message
+    assert env.drive.list_files() == []   # not even the root folder
+    assert env.run("--ignore-quota").returncode == 5 and copied(env) == 2   # what fits; then Drive says full
+    env.drive.faults = Faults(storage_quota_bytes=100_000)
+    assert env.run().returncode == 0 and copied(env) == 3   # room now: the check uses the last listing
