@@ -2103,6 +2103,42 @@ def load_client_config(path: Path) -> dict[str, Any]:
     return client_config
 
 
+def browser_available() -> bool:
+    """Whether Python's webbrowser can find a browser here (a server over ssh has none)."""
+    import webbrowser
+
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True
+
+
+def free_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """While waiting for consent nothing is in flight: one SIGINT or SIGTERM ends the wait (exit 130)
+    instead of setting the stop flag that only a transfer watches."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def save_token(creds: Credentials, path: Path) -> None:
     """Write token.json atomically with 0600 permissions (Google's quickstart does neither)."""
     write_atomically(path, creds.to_json().encode("utf-8"))
@@ -2114,12 +2150,21 @@ def run_consent(config: Config) -> Credentials:
 
     client_config = load_client_config(config.credentials_path)
     flow = InstalledAppFlow.from_client_config(client_config, scopes=config.scopes)
+    open_browser = not config.no_browser and browser_available()
+    port = config.oauth_port
+    if not open_browser:
+        port = port or free_local_port()   # a fixed port, so that the ssh -L line can name it
+        if not config.no_browser:
+            log.warning("no web browser found here: open the URL below in a browser on any machine")
+        log.warning("on a server, first run on your own computer: ssh -L %d:localhost:%d %s@%s, then open the "
+                    "URL there", port, port, os.environ.get("USER", "you"), socket.gethostname())
     try:
         # access_type=offline (the library's default) asks for a refresh token; prompt=consent makes
         # Google send one again on a second `auth`, which it otherwise omits for an app already allowed.
-        creds = flow.run_local_server(port=config.oauth_port, open_browser=not config.no_browser,
-                                      authorization_prompt_message="Open this URL to allow access to Drive: {url}",
-                                      prompt="consent")
+        with signals_interrupt():
+            creds = flow.run_local_server(port=port, open_browser=open_browser,
+                                          authorization_prompt_message="Open this URL to allow access to Drive: {url}",
+                                          prompt="consent")
     except Exception as exc:  # oauthlib/requests raise many types; all mean "consent did not finish"
         raise AuthError(f"Google consent did not complete: {type(exc).__name__}: {exc}") from None
     SECRETS.add(creds.token, creds.refresh_token)
@@ -5025,8 +5070,6 @@ def copy_outlook(runs: list[dict[str, Any]], done_bytes: int, daily_limit: int |
 
 def cmd_auth(config: Config, runtime: Runtime) -> ExitCode:
     """Browser consent, then token.json (0600)."""
-    if not runtime.interactive and not config.no_browser:
-        log.warning("no terminal attached: the consent URL is printed; open it in a browser")
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)   # the URL must show now, even through a pipe or tee
     run_consent(config)

@@ -82,3 +82,44 @@ def test_a_quiet_cron_run_keeps_progress_and_summary_in_its_log_file_and_no_carr
     assert "\r" not in logged
     loud = env.run("--log-file", "loud.log", "--checkpoint", "other.json", "--folder", "Other")
     assert "\r" not in loud.stdout + loud.stderr and "Summary of run" in (env.cwd / "loud.log").read_text()
+
+
+def _auth_process(env, *args: str):
+    import json as _json
+
+    from tests.conftest import write_client
+
+    (env.cwd / "token.json").unlink()
+    write_client(env.cwd / "credentials.json")
+    client = _json.loads((env.cwd / "credentials.json").read_text())
+    client["installed"]["token_uri"] = f"{env.drive.url}/token"
+    (env.cwd / "credentials.json").write_text(_json.dumps(client))
+    child_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env.cwd), **env.vars,
+                 "OAUTHLIB_INSECURE_TRANSPORT": "1"}   # no DISPLAY, no BROWSER: a server over ssh
+    return subprocess.Popen([sys.executable, str(SCRIPT), "auth", *args], cwd=env.cwd, env=child_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sign_in_without_a_browser_prints_the_url_and_the_ssh_line_and_a_signal_ends_the_wait(env):
+    import signal
+
+    import pytest
+
+    import webbrowser
+
+    try:
+        webbrowser.get()
+        pytest.skip("this machine has a browser")
+    except webbrowser.Error:
+        pass
+    process = _auth_process(env)
+    try:
+        line = process.stdout.readline()   # the consent URL: the process now waits for the redirect
+        assert "Open this URL" in line and "https://" in line
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "no web browser found here" in err and "ssh -L " in err and "the consent URL is printed" not in err
+    assert "Traceback" not in err
