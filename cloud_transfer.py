@@ -2120,23 +2120,13 @@ def free_local_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
+def signals_interrupt() -> contextlib.AbstractContextManager[None]:
     """While waiting for consent nothing is in flight: one SIGINT or SIGTERM ends the wait (exit 130)
     instead of setting the stop flag that only a transfer watches."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return handling_signals(interrupt)
 
 
 def save_token(creds: Credentials, path: Path) -> None:
@@ -5087,25 +5077,29 @@ COMMANDS: dict[str, Callable[[Config, Runtime], ExitCode]] = {
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set `stop` (work in hand finishes or is abandoned, state is flushed); a second
-    SIGINT raises KeyboardInterrupt."""
+def handling_signals(handle: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handle` SIGINT and SIGTERM while the block runs (Python lets only the main thread do so)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handle(signum: int, frame: Any) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning("%s received: stopping after the step in hand (state is saved)", signal.Signals(signum).name)
-        stop.set()
-
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def stop_on_signals(stop: threading.Event) -> contextlib.AbstractContextManager[None]:
+    """SIGINT/SIGTERM set `stop` (work in hand finishes or is abandoned, state is flushed); a second
+    SIGINT raises KeyboardInterrupt."""
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("%s received: stopping after the step in hand (state is saved)", signal.Signals(signum).name)
+        stop.set()
+
+    return handling_signals(handle)
 
 
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None, *, own_process: bool = False) -> int:
