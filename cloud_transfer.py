@@ -739,7 +739,7 @@ def unknown_setting_notices(values: dict[str, str], env_file: Path) -> Iterator[
         if key in KNOWN_SETTINGS or not upper.startswith(("AWS_", "S3_", "DRIVE_", "CLOUD_TRANSFER_")):
             continue
         close = difflib.get_close_matches(upper, KNOWN_SETTINGS, n=2, cutoff=0.75)
-        if upper.startswith("AWS_") and (not close or close[0] == key):
+        if upper.startswith("AWS_") and not close:
             continue
         yield (f"{env_file}: {key} is not a setting of this tool" + (f"; did you mean {' or '.join(close)}?" if close
                                                                      else " (see .env.example); it is ignored"))
@@ -1006,7 +1006,8 @@ class Stats:
     FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "already_done_bytes",
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
               "verified", "etag_checked", "checksum_mismatches", "retries", "rate_limited", "drive_requests", "internal_errors",
-              "date_exif", "date_video", "date_metadata", "date_s3", "date_header_reads", "date_header_bytes")
+              "date_exif", "date_video", "date_metadata", "date_s3", "date_header_reads", "date_header_bytes",
+              "listing_complete")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -1083,6 +1084,8 @@ def setup_logging(config: Config) -> None:
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(SECRETS)
     log.addHandler(console)
+    file_log.handlers.clear()
+    file_log.propagate = False   # its lines are for --log-file only; without one they go nowhere
     if config.log_file:
         try:
             handler = logging.FileHandler(config.log_file, encoding="utf-8")
@@ -1092,9 +1095,7 @@ def setup_logging(config: Config) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(SECRETS)
         log.addHandler(handler)
-        file_log.handlers.clear()
         file_log.setLevel(logging.INFO)
-        file_log.propagate = False
         file_log.addHandler(handler)
 
 
@@ -1624,12 +1625,12 @@ class S3Source:
         return self._download(obj, "", self.head(obj.key))
 
     def exists(self, key: str) -> bool:
+        """Whether the key is in the bucket; an answer other than "not found" (a throttle, SSE-C)
+        says it is."""
         try:
             self.head(key)
         except ObjectError as exc:
-            if exc.verdict.reason == SKIP_DELETED:
-                return False
-            raise
+            return exc.verdict.reason != SKIP_DELETED
         return True
 
     def content_type(self, key: str) -> str | None:
@@ -1720,7 +1721,11 @@ class S3Source:
         if offset >= obj.size or length <= 0:
             return b""
         end = min(obj.size, offset + length) - 1
-        answer = self._read(self.client.get_object, Key=obj.key, Range=f"bytes={offset}-{end}", **self._pinned(obj))
+        try:
+            answer = self._read(self.client.get_object, Key=obj.key, Range=f"bytes={offset}-{end}", **self._pinned(obj))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise_for(classify_s3_error(exc))
+            raise   # unreachable: raise_for always raises
         body = answer["Body"]
         try:
             if not str(answer.get("ContentRange", "")).startswith(f"bytes {offset}-"):
@@ -1977,13 +1982,14 @@ def metadata_mtime(metadata: dict[str, str]) -> dt.datetime | None:
             seconds = float(value.removesuffix("ns")) / 1e9 if value and value.endswith("ns") else float(value or "")
         except ValueError:
             continue
-        for scale in (1, 1e3, 1e6, 1e9):   # seconds, or milliseconds/micro/nanoseconds from some writer
-            try:
-                moment = dt.datetime.fromtimestamp(seconds / scale, tz=dt.timezone.utc)
-            except (OverflowError, OSError, ValueError):
-                continue
-            if moment.year >= 1970 and plausible(moment, "metadata mtime"):
-                return moment
+        # seconds, or milliseconds/micro/nanoseconds from some writers: told apart by magnitude
+        scale = next(unit for limit, unit in ((1e11, 1), (1e14, 1e3), (1e17, 1e6), (math.inf, 1e9)) if seconds < limit)
+        try:
+            moment = dt.datetime.fromtimestamp(seconds / scale, tz=dt.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            continue
+        if plausible(moment, "metadata mtime"):
+            return moment
     return None
 
 
@@ -2107,6 +2113,8 @@ def browser_available() -> bool:
     """Whether Python's webbrowser can find a browser here (a server over ssh has none)."""
     import webbrowser
 
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False   # over ssh: webbrowser would start lynx/w3m in this terminal instead
     try:
         webbrowser.get()
     except webbrowser.Error:
@@ -3965,6 +3973,7 @@ class Transfer:
                             self._renamed[obj.key] = name
                         if not self._put(WorkItem(obj, check_type=action == PLAN_CHECK_TYPE)):
                             return
+            self.stats.add("listing_complete")
         except CloudTransferError as exc:
             self._stop_run(exc)
         except Exception as exc:  # a listing that dies unseen would end the run "complete": stop it
@@ -4541,7 +4550,7 @@ def check_storage(config: Config, api: DriveApi, checkpoint: Checkpoint, source:
     free = api.free_space()
     if free is None:
         return
-    listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("eligible_bytes")]
+    listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("listing_complete")]
     needed: int | None = None
     if listed:   # what the last run left, at most (files it found in Drive are counted as left): cheap
         counts = listed[-1]
@@ -4742,6 +4751,10 @@ class DriveCopies(HashedLines):
         super().seal(os.dup(self._file.fileno()))
         self._file.close()
         self.claimed = bytearray(len(self))
+
+    def close(self) -> None:
+        self._file.close()   # a walk that failed before seal() leaves it open
+        super().close()
 
     def copies_of(self, source_id: str, path: tuple[str, ...] | None) -> list[tuple[int, DriveFile]]:
         """(position, file) of the files carrying this provenance, or when none does, of the files
@@ -5044,7 +5057,7 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
 def copy_outlook(runs: list[dict[str, Any]], done_bytes: int, daily_limit: int | None) -> dict[str, Any]:
     """What is left as of the last run's listing (status reads no S3), the rate runs have achieved
     while running, and the days left at the daily budget (or at that rate, if slower)."""
-    listed = [run for run in runs if (run.get("counts") or {}).get("eligible_bytes")]
+    listed = [run for run in runs if (run.get("counts") or {}).get("listing_complete")]   # not one cut short
     left = max(0, listed[-1]["counts"]["eligible_bytes"] - done_bytes) if listed else None
     sent = seconds = 0.0
     for run in runs[-20:]:

@@ -82,6 +82,8 @@ def test_a_quiet_cron_run_keeps_progress_and_summary_in_its_log_file_and_no_carr
     assert "\r" not in logged
     loud = env.run("--log-file", "loud.log", "--checkpoint", "other.json", "--folder", "Other")
     assert "\r" not in loud.stdout + loud.stderr and "Summary of run" in (env.cwd / "loud.log").read_text()
+    plain = env.run("--checkpoint", "third.json", "--folder", "Third")   # no --log-file: the summary once
+    assert plain.stdout.count("Summary of run") == 1 and "Summary of run" not in plain.stderr
 
 
 def _auth_process(env, *args: str):

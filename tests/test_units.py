@@ -691,6 +691,7 @@ def test_mime_type_from_s3_unless_generic_then_from_the_extension(key, content_t
     ({"Mc-Attrs": "atime:1611177602#786120200/gid:0/mtime:1577000000#786120200/uid:0"}, "2019-12-22T07:33:20.000Z"),
     ({"file-mtime": "1577000000000000000ns"}, "2019-12-22T07:33:20.000Z"),     # AWS DataSync
     ({"mtime": "0"}, None),                # an unset clock
+    ({"mtime": "2000000000"}, None),       # 2033: in the future, not 1970-01-24 in milliseconds
     ({"mtime": "not a number"}, None),
     ({}, None),
 ])
