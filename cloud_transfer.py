@@ -2892,8 +2892,10 @@ class SnapshotIndex(HashedLines):
         self._crcs.extend(map(zlib.crc32, map(str.encode, keys)))
         self._offsets.extend(offsets)
         versions, runs, run_numbers = self._versions.append, self._runs.append, self._run_numbers
+        # PERF: one C-level scan of the batch finds whether any key is not plain (almost never)
+        suspect = bool(_UNPLAIN_IN_BATCH.search("\x00".join(keys))) and not all(map(is_plain_key, keys))
         for key, data in items:
-            if (data.get("name") or not is_plain_key(key)) and may_hold_a_name(data):
+            if (data.get("name") or (suspect and not is_plain_key(key))) and may_hold_a_name(data):
                 self.named.append((key, data.get("name")))
             run = data.get("run") or ""
             number = run_numbers.get(run)
@@ -3390,6 +3392,8 @@ def etag_is_md5(etag: str, response: dict[str, Any]) -> bool:
 
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+#: a key that is not plain somewhere in NUL-joined keys (S3's XML listings cannot carry a NUL)
+_UNPLAIN_IN_BATCH = re.compile(r"//|(?:^|\x00)/|/(?:\x00|$)|[\x01-\x1f\x7f]")
 
 
 def drive_path_for(key: str) -> tuple[str, ...]:
