@@ -4550,23 +4550,28 @@ def write_report(config: Config, report: dict[str, Any]) -> None:
 
 def check_storage(config: Config, api: DriveApi, checkpoint: Checkpoint, source: S3Source) -> None:
     """Exit 5 before anything is uploaded when Drive's free space cannot hold what is left: known
-    from the last run's listing, or on a first run from a listing of its own (sizes only)."""
-    free = api.free_space()
-    if free is None:
-        return
+    from the last run's listing, or on a first run from a listing of its own (sizes only). A
+    re-run with nothing left asks Drive nothing (the 1-request re-run stays one request)."""
     listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("listing_complete")]
     needed: int | None = None
     if listed:   # what the last run left, at most (files it found in Drive are counted as left): cheap
         counts = listed[-1]
-        if counts["eligible_bytes"] - counts.get("already_done_bytes", 0) - counts.get("transferred_bytes", 0) <= free:
+        at_most = counts["eligible_bytes"] - counts.get("already_done_bytes", 0) - counts.get("transferred_bytes", 0)
+        if at_most <= 0:
+            return
+        free = api.free_space()
+        if free is None or at_most <= free:
             return
         needed = copy_outlook(checkpoint.runs, checkpoint_done_bytes(checkpoint), None)["bytes_left"]
-    if needed is None:
+    else:
+        free = api.free_space()
+        if free is None:
+            return
         object_filter, needed = ObjectFilter(config), 0
         for page in source.iter_pages():
             needed += sum(obj.size for obj in page if object_filter.admits(obj) and
                           plan_object(obj, False, config.all_files)[0] == PLAN_COPY)
-    if needed > free:
+    if needed is not None and needed > free:
         raise QuotaExceededError(f"Google Drive has {format_bytes(free)} free and the copy needs {format_bytes(needed)} "
                                  "more: free space or buy storage, copy a part (--prefix, --include), or pass "
                                  "--ignore-quota to copy what fits")

@@ -9,6 +9,7 @@ import boto3
 import requests
 
 import cloud_transfer as ct
+from tests.drive_emulator import Faults
 from tests.conftest import (AWS_SECRET, CLIENT_SECRET, REFRESH_TOKEN, assert_drive_matches, one_line_error,
                             photo_bytes, write_token)
 
@@ -445,8 +446,10 @@ def test_a_rerun_that_changes_nothing_rewrites_no_snapshot(env):
         env.put(f"a/{n}.jpg")
     assert env.run().returncode == 0
     before = env.checkpoint.stat()
+    env.drive.faults = Faults(storage_quota_bytes=10 ** 9)   # a real account has a quota: still not asked
     result = env.run()
     assert result.returncode == 0, result.stderr
+    assert "Drive requests         1\n" in result.stdout   # one request for a re-run with nothing to do
     after = env.checkpoint.stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
     status = env.run("status", "--json")
