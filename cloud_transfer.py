@@ -50,6 +50,7 @@ import email.header
 import errno
 import fcntl
 import hashlib
+import heapq
 import http.client
 import io
 import itertools
@@ -136,6 +137,7 @@ FOLDER_MIME = "application/vnd.google-apps.folder"
 
 VERIFY_DETAILS = 100    #: problems of each kind verify lists (all are counted)
 DATE_SOURCES = ("auto", "exif", "metadata", "s3")    #: --date-from
+ORDERS = ("key", "oldest", "newest", "smallest", "largest")   #: --order
 LAYOUT_MIRROR, LAYOUT_FLAT = "mirror", "flat"         #: --layout, besides date:<pattern>
 LAYOUT_PATTERNS = ("YYYY", "YYYY/MM", "YYYY/MM/DD")   #: folders of --layout date:<pattern>
 
@@ -155,6 +157,7 @@ COMPACT_AFTER_JOURNAL_LINES = 1000   #: fold the journal in anyway once it is th
 COMPACT_AFTER_OBJECTS = 100_000      #: ... and mid-run once this many outcomes wait in memory (a first run's)
 DRIVE_PARALLEL_REQUESTS = 8          #: folders `verify` lists, files `rollback` removes, at a time
 SNAPSHOT_READ_BYTES = 1024 * 1024   #: snapshot lines read (and parsed by one json.loads) at a time
+RETRY_NOTICE_S = 30.0      #: "cannot reach …: retrying" at most this often
 LOG_INTERVAL_S = 30.0      #: progress log line interval (CLOUD_TRANSFER_PROGRESS_S)
 MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
@@ -527,6 +530,7 @@ class Config:
     chunk_size_bytes: int = int(DEFAULT_CHUNK_MIB * 1024 * 1024)
     page_size: int = DEFAULT_PAGE_SIZE   # ListObjectsV2 keys per page
     dry_run: bool = False
+    check: bool = False                  # transfer --check: the pre-flight checks only
     all_files: bool = False
     filters: tuple[tuple[str, str], ...] = ()   # ("+"|"-", glob) in command-line order (--include/--exclude)
     min_size: int | None = None
@@ -537,6 +541,8 @@ class Config:
     max_transfer: int | None = None      # bytes this run may start uploading (--max-transfer)
     max_duration_s: float | None = None  # seconds after which no new upload starts (--max-duration)
     daily_limit: int | None = None       # bytes per rolling 24 h across runs (--daily-limit); None: off
+    bwlimit: tuple[tuple[int, int | None], ...] = ()   # (minute of the day, upload bytes/s or None), sorted
+    order: str = "key"                   # which objects go first (ORDERS)
     layout: str = LAYOUT_MIRROR          # where files go: mirror, flat, or date:<pattern> (LAYOUT_PATTERNS)
     date_from: str = "auto"              # where each file's original date comes from (DATE_SOURCES)
     timezone: dt.tzinfo | None = None    # EXIF times without an offset are read in it; None: local
@@ -571,6 +577,7 @@ class Config:
     aws_checksum_calculation: str | None = None   # AWS_REQUEST_CHECKSUM_CALCULATION (some S3-compatible stores)
     aws_checksum_validation: str | None = None    # AWS_RESPONSE_CHECKSUM_VALIDATION
     notices: tuple[str, ...] = ()        # warnings found while reading the settings (.env typos)
+    bucket_origin: str = "--bucket"      # where the bucket name came from, as a user would say it
 
     @property
     def scopes(self) -> list[str]:
@@ -664,10 +671,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="bytes per rolling 24 hours across runs, kept under Google's ~750 GB daily "
                                f"upload cap (default: $CLOUD_TRANSFER_DAILY_LIMIT or {DEFAULT_DAILY_LIMIT}; exit 5 "
                                "with the time to resume when spent)")
+    transfer.add_argument("--bwlimit", metavar="RATE|TIMETABLE",
+                          help="cap upload bytes per second for all workers together, e.g. 4M, or a day "
+                               "timetable in local time: \"08:00,1M 19:00,4M 23:00,off\" "
+                               "(default: $CLOUD_TRANSFER_BWLIMIT or off)")
+    transfer.add_argument("--order", choices=ORDERS, default=None,
+                          help="which objects go first: key (listing order, the default), oldest/newest "
+                               "(S3 LastModified), smallest/largest; all but key list the whole bucket "
+                               "before the first upload (default: $CLOUD_TRANSFER_ORDER or key)")
     transfer.add_argument("--ignore-quota", action="store_true",
                           help="start even when Drive's free space looks too small for what is left to copy")
     transfer.add_argument("--temp-dir", metavar="PATH", help="where downloads are staged (default: system temp)")
     transfer.add_argument("--dry-run", action="store_true", help="list what would be copied; write nothing anywhere")
+    transfer.add_argument("--check", action="store_true",
+                          help="check S3, the Google sign-in, the Drive folder, the temp dir, Drive's free space "
+                               "and today's budget, one line each; write nothing (exit 0 when all pass)")
     transfer.add_argument("--new-root", action="store_true",
                           help="start a new, separate copy in a new root folder (e.g. after signing in with "
                                "another OAuth client or account, which cannot see the earlier copy)")
@@ -724,7 +742,8 @@ KNOWN_SETTINGS = (
     "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "S3_BUCKET_NAME", "S3_PREFIX",
     "S3_SSE_C_KEY", "DRIVE_FOLDER_NAME", "DRIVE_FOLDER_ID", "DRIVE_ENDPOINT_URL", "CLOUD_TRANSFER_BACKOFF_BASE_S",
     "CLOUD_TRANSFER_BACKOFF_CAP_S", "CLOUD_TRANSFER_OUTAGE_S", "CLOUD_TRANSFER_DATE_FROM", "CLOUD_TRANSFER_TIMEZONE",
-    "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT", "CLOUD_TRANSFER_PROGRESS_S",
+    "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT", "CLOUD_TRANSFER_PROGRESS_S", "CLOUD_TRANSFER_ORDER",
+    "CLOUD_TRANSFER_BWLIMIT",
 )
 
 
@@ -809,6 +828,35 @@ def parse_moment(value: str, name: str) -> dt.datetime:
         raise UsageError(f"{name} must be a date (2019-06-30) or an age (90d, 12h), not {value!r}") from None
 
 
+def parse_bwlimit(value: str) -> tuple[tuple[int, int | None], ...]:
+    """'4M' → ((0, 4 MiB),); rclone's timetable '08:00,1M 19:00,4M 23:00,off' → one entry per time
+    (minute of the day, bytes/s or None for off), sorted; 'off' → ()."""
+    usage = (f"--bwlimit must be a rate such as 4M or off, or a timetable such as \"08:00,1M 19:00,4M 23:00,off\", "
+             f"not {value!r}")
+    parts = str(value).split()
+    try:
+        if len(parts) == 1 and "," not in parts[0]:
+            rate = parse_size(parts[0], "--bwlimit", allow_off=True)
+            return () if rate is None else ((0, rate),)
+        table = {}
+        for part in parts:
+            at, _, rate_text = part.partition(",")
+            match = re.fullmatch(r"(\d{1,2}):(\d\d)", at)
+            minute = int(match[1]) * 60 + int(match[2]) if match else -1
+            if not 0 <= minute < 24 * 60 or int(match[2]) > 59 or minute in table:
+                raise UsageError(usage)
+            table[minute] = parse_size(rate_text, "--bwlimit", allow_off=True)
+    except UsageError:
+        raise UsageError(usage) from None
+    return tuple(sorted(table.items()))
+
+
+def parse_order(value: str) -> str:
+    if value not in ORDERS:
+        raise UsageError(f"CLOUD_TRANSFER_ORDER must be one of {', '.join(ORDERS)}, not {value!r}")
+    return value
+
+
 def parse_layout(value: str) -> str:
     """mirror | flat | date[:YYYY|YYYY/MM|YYYY/MM/DD] → its normal form (date = date:YYYY/MM)."""
     layout = value.strip()
@@ -891,7 +939,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         workers=args.workers if args.workers is not None else DEFAULT_WORKERS,
         chunk_size_bytes=parse_chunk_size(chunk_mib),
         page_size=args.page_size if args.page_size is not None else DEFAULT_PAGE_SIZE,
-        dry_run=args.dry_run, all_files=args.all_files, full_scope=args.full_scope,
+        dry_run=args.dry_run, check=args.check, all_files=args.all_files, full_scope=args.full_scope,
         filters=tuple(args.filters or ()),
         min_size=parse_size(args.min_size, "--min-size") if args.min_size else None,
         max_size=parse_size(args.max_size, "--max-size") if args.max_size else None,
@@ -902,6 +950,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         max_duration_s=parse_duration(args.max_duration, "--max-duration") if args.max_duration else None,
         daily_limit=parse_size(setting(args.daily_limit, "CLOUD_TRANSFER_DAILY_LIMIT", default=DEFAULT_DAILY_LIMIT),
                                "--daily-limit", allow_off=True),
+        bwlimit=parse_bwlimit(setting(args.bwlimit, "CLOUD_TRANSFER_BWLIMIT", default="off")),
+        order=parse_order(setting(args.order, "CLOUD_TRANSFER_ORDER", default="key")),
         layout=parse_layout(setting(args.layout, "CLOUD_TRANSFER_LAYOUT", default=LAYOUT_MIRROR)),
         date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
         timezone=parse_timezone(setting(args.timezone, "CLOUD_TRANSFER_TIMEZONE")),
@@ -933,6 +983,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         aws_checksum_calculation=setting(None, "AWS_REQUEST_CHECKSUM_CALCULATION"),
         aws_checksum_validation=setting(None, "AWS_RESPONSE_CHECKSUM_VALIDATION"),
         notices=tuple(unknown_setting_notices(from_file, env_file)),
+        bucket_origin="--bucket" if args.bucket else "S3_BUCKET_NAME in the environment"
+                      if environ.get("S3_BUCKET_NAME", "").strip() else f"S3_BUCKET_NAME in {env_file}",
     )
     try:
         validate_config(config)
@@ -975,6 +1027,8 @@ def validate_config(config: Config) -> None:
         raise UsageError(f"--prefix must not start with '/': S3 keys have no leading slash ({config.prefix!r})")
     if config.reset_checkpoint and (config.command != "transfer" or config.dry_run):
         raise UsageError("--reset-checkpoint only applies to a transfer (not a dry run)")
+    if config.check and (config.command != "transfer" or config.dry_run):
+        raise UsageError("--check is a transfer's pre-flight: use it without --dry-run")
     if config.recheck and config.command != "transfer":
         raise UsageError("--recheck only applies to transfer")
     if config.new_root and (config.command != "transfer" or config.folder_id):
@@ -1007,7 +1061,7 @@ class Stats:
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
               "verified", "etag_checked", "checksum_mismatches", "retries", "rate_limited", "drive_requests", "internal_errors",
               "date_exif", "date_video", "date_metadata", "date_s3", "date_header_reads", "date_header_bytes",
-              "listing_complete")
+              "listing_complete", "bwlimit_wait_ms")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -1117,8 +1171,10 @@ class Reporter:
     """Renders a Stats while a run goes: tqdm bars on a terminal, else a log line every interval."""
 
     def __init__(self, stats: Stats, *, enabled: bool, use_bars: bool,
-                 clock: Callable[[], float] = time.monotonic, interval_s: float = LOG_INTERVAL_S):
+                 clock: Callable[[], float] = time.monotonic, interval_s: float = LOG_INTERVAL_S,
+                 bandwidth: BandwidthLimit | None = None):
         self.stats, self.enabled, self.clock, self.interval_s = stats, enabled, clock, interval_s
+        self.bandwidth = bandwidth
         self._bars: tuple[Any, Any] | None = None
         self._last_log = clock()
         self._started = clock()
@@ -1153,8 +1209,10 @@ class Reporter:
             rate = s["transferred_bytes"] / elapsed
             left = s["eligible_bytes"] - s["already_done_bytes"] - s["transferred_bytes"]
             eta = f", ETA {format_duration(left / rate)}" if self.stats.listing_done and rate > 0 and left > 0 else ""
+            limit = self.bandwidth.rate() if self.bandwidth else None
             line = (f"progress: {files_done}/{todo_files}{'' if self.stats.listing_done else '+'} files, "
-                    f"{format_bytes(s['transferred_bytes'])} at {format_bytes(rate)}/s, {s['failed']} failed{eta}")
+                    f"{format_bytes(s['transferred_bytes'])} at {format_bytes(rate)}/s"
+                    f"{f' (--bwlimit {format_bytes(limit)}/s)' if limit else ''}, {s['failed']} failed{eta}")
             (file_log if self._bars or not self.enabled else log).info("%s", line)
 
     def close(self) -> None:
@@ -1396,6 +1454,79 @@ class OutageWatch:
             raise UnavailableError(f"{service} has failed every request for {now - since:.0f} s ({reason}): "
                                    "stopped with the state saved; re-run later")
 
+
+def format_bwlimit(timetable: tuple[tuple[int, int | None], ...]) -> str:
+    def rate(value: int | None) -> str:
+        return f"{format_bytes(value)}/s" if value else "off"
+    if len(timetable) == 1 and timetable[0][0] == 0:
+        return rate(timetable[0][1])
+    return " ".join(f"{minute // 60:02d}:{minute % 60:02d},{rate(value)}" for minute, value in timetable)
+
+
+class BandwidthLimit:
+    """--bwlimit: upload bytes per second for the whole process. Every read of bytes about to be
+    sent waits its turn on one clock that all workers share, so the rate holds however many upload
+    at once. Up to a second of unused time is credited (a send's own duration would otherwise be
+    lost between two reads); an idle process gathers no larger burst than that."""
+
+    def __init__(self, timetable: tuple[tuple[int, int | None], ...], stop: threading.Event, *,
+                 stats: Stats | None = None, clock: Callable[[], float] = time.monotonic,
+                 local_now: Callable[[], dt.datetime] = dt.datetime.now):
+        self.timetable, self.stop, self.stats, self.clock, self.local_now = timetable, stop, stats, clock, local_now
+        self._lock = threading.Lock()
+        self._next = clock()   # nothing credited at the start: the run's average never exceeds the rate
+
+    def rate(self) -> int | None:
+        """Bytes/s now (None: no limit). Before the day's first entry, the day before's last holds."""
+        now = self.local_now()
+        minute = now.hour * 60 + now.minute
+        current = self.timetable[-1][1] if self.timetable else None
+        for at, value in self.timetable:
+            if at <= minute:
+                current = value
+        return current
+
+    def lowest_rate(self) -> int | None:
+        return min((value for _, value in self.timetable if value), default=None)
+
+    def take(self, size: int) -> None:
+        rate = self.rate()
+        if not rate or size <= 0:
+            return
+        with self._lock:
+            now = self.clock()
+            self._next = max(self._next, now - 1.0) + size / rate
+            wait = self._next - now
+        if wait > 0 and self.stats:
+            self.stats.add("bwlimit_wait_ms", int(wait * 1000))
+        if wait > 0 and self.stop.wait(wait):
+            raise InterruptedRun("interrupted")
+
+
+class _PacedReader(io.RawIOBase):
+    """A stream for MediaIoBaseUpload whose reads (what is sent next) wait for the BandwidthLimit."""
+
+    def __init__(self, stream: Any, limit: BandwidthLimit):
+        super().__init__()
+        self._stream, self._limit = stream, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._limit.take(len(data))
+        return data
+
 #######################################################################
 # Local files #########################################################
 #######################################################################
@@ -1518,8 +1649,19 @@ def make_s3_client(config: Config) -> Any:
         max_pool_connections=max(10, config.workers * 3),
         connect_timeout=20, read_timeout=120,
         user_agent_extra=f"cloud_transfer/{__version__}", **checksum_options)
-    return session.client("s3", endpoint_url=config.s3_endpoint_url, config=boto_config,
-                          verify=config.aws_ca_bundle or None)
+    client = session.client("s3", endpoint_url=config.s3_endpoint_url, config=boto_config,
+                            verify=config.aws_ca_bundle or None)
+    said = [0.0]
+
+    def say_retrying(attempts: int, caught_exception: BaseException | None = None, **_: Any) -> None:
+        # botocore retries a dead endpoint quietly for a minute or more: say what is going on, at most
+        # every RETRY_NOTICE_S (many workers may be failing at once)
+        if isinstance(caught_exception, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)) \
+                and attempts < config.aws_max_attempts and time.monotonic() - said[0] >= RETRY_NOTICE_S:
+            said[0] = time.monotonic()
+            log.warning("cannot reach S3 at %s (%s): retrying", client.meta.endpoint_url, type(caught_exception).__name__)
+    client.meta.events.register("needs-retry.s3", say_retrying)
+    return client
 
 
 class _StopAwareWriter:
@@ -1547,6 +1689,7 @@ class S3Source:
                  stop: threading.Event | None = None, outage: OutageWatch | None = None, sse_c_key: bytes | None = None,
                  other_store: bool = False):
         self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
+        self.bucket_origin = "S3_BUCKET_NAME"   # where the name came from, for the not-found message
         # On AWS a general-purpose bucket's MD5-shaped ETag is the MD5 unless GET says KMS or SSE-C; a
         # directory bucket's (name ending --x-s3) never is; other stores may send any 32 hex digits.
         self.opaque_etags = other_store
@@ -1581,8 +1724,11 @@ class S3Source:
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code == "NoSuchBucket":
-                raise UsageError(f"S3 bucket not found: {self.bucket!r} (check S3_BUCKET_NAME)") from None
+            if code in ("NoSuchBucket", "InvalidBucketName"):
+                hint = (f"; S3 bucket names are lowercase: did you mean {self.bucket.lower()!r}?"
+                        if self.bucket != self.bucket.lower() else "")
+                raise UsageError(f"S3 bucket {self.bucket!r} (from {self.bucket_origin}) does not exist at "
+                                 f"{self.client.meta.endpoint_url}{hint}") from None
             if code in ("AccessDenied", "AllAccessDisabled") or code in _S3_AUTH_CODES:
                 raise AuthError(f"S3 denied ListBucket on {self.bucket!r} ({code}): check the IAM policy "
                                 "and the keys in .env") from None
@@ -1592,7 +1738,8 @@ class S3Source:
         except botocore.exceptions.NoCredentialsError:
             raise AuthError(classify_s3_error(botocore.exceptions.NoCredentialsError()).reason) from None
         except (botocore.exceptions.BotoCoreError, *TRANSIENT_NETWORK_ERRORS) as exc:
-            raise UnavailableError(f"cannot reach S3: {type(exc).__name__}") from None
+            raise UnavailableError(f"cannot reach S3 at {self.client.meta.endpoint_url}: {type(exc).__name__}; "
+                                   "check the network, AWS_REGION and AWS_ENDPOINT_URL") from None
 
     def iter_pages(self) -> Iterator[list[SourceObject]]:
         """ListObjectsV2 page by page, so memory stays flat in bucket size."""
@@ -2610,8 +2757,14 @@ class DriveUploader:
     dropped connections (the next chunk asks Drive for its offset) and restarts when expired.
     """
 
-    def __init__(self, api: DriveApi, chunk_size_bytes: int = CHUNK_QUANTUM_BYTES * 32):
-        self.api, self.chunk_size_bytes = api, chunk_size_bytes
+    def __init__(self, api: DriveApi, chunk_size_bytes: int = CHUNK_QUANTUM_BYTES * 32,
+                 bandwidth: BandwidthLimit | None = None):
+        self.api, self.chunk_size_bytes, self.bandwidth = api, chunk_size_bytes, bandwidth
+        # A chunk is read, then sent at full speed: under --bwlimit chunks of about two seconds'
+        # worth at the lowest rate keep the bursts short.
+        lowest = bandwidth.lowest_rate() if bandwidth else None
+        self.session_chunk_bytes = chunk_size_bytes if not lowest else max(
+            CHUNK_QUANTUM_BYTES, min(chunk_size_bytes, lowest * 2 // CHUNK_QUANTUM_BYTES * CHUNK_QUANTUM_BYTES))
 
     def upload(self, path: Path, size: int, metadata: dict[str, Any], mimetype: str, *, file_id: str,
                update: bool = False, progress: Callable[[int], None] | None = None,
@@ -2622,7 +2775,8 @@ class DriveUploader:
         continues `session` if given, and reports the session it uses to `on_session`."""
         if not update:
             metadata = {**metadata, "id": file_id}
-        with (opener or (lambda: open(path, "rb")))() as stream:
+        with (opener or (lambda: open(path, "rb")))() as opened:
+            stream = _PacedReader(opened, self.bandwidth) if self.bandwidth else opened
             if not self.is_resumable(size):
                 resource = self._single(stream, metadata, mimetype, file_id, update)
             else:
@@ -2664,7 +2818,7 @@ class DriveUploader:
 
         def new_session() -> Any:
             stream.seek(0)
-            media = MediaIoBaseUpload(stream, mimetype, chunksize=self.chunk_size_bytes, resumable=True)
+            media = MediaIoBaseUpload(stream, mimetype, chunksize=self.session_chunk_bytes, resumable=True)
             return self._request(api._service(), media, metadata, file_id, update)
 
         request, attempt, restarts, sent_at = new_session(), 0, 0, None
@@ -3860,6 +4014,12 @@ class RunBudget:
         return self.deadline is not None and self.clock() >= self.deadline + self.grace_s
 
 
+ORDER_KEYS: dict[str, Callable[[WorkItem], Any]] = {   # --order; ties in key order (the listing's; sort is stable)
+    "oldest": lambda item: item.obj.last_modified, "newest": lambda item: -item.obj.last_modified.timestamp(),
+    "smallest": lambda item: item.obj.size, "largest": lambda item: -item.obj.size,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkItem:
     obj: SourceObject
@@ -3878,10 +4038,10 @@ class Transfer:
                  all_files: bool = False, recheck: bool = False, trusted_runs: set[str] | None = None,
                  stop: threading.Event | None = None,
                  backoff: Backoff | None = None, dates: OriginalDates | None = None, layout: str = LAYOUT_MIRROR,
-                 budget: RunBudget | None = None, object_filter: ObjectFilter | None = None):
+                 budget: RunBudget | None = None, object_filter: ObjectFilter | None = None, order: str = "key"):
         self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
         self.dates = dates or OriginalDates(source, stats=stats)
-        self.layout = layout
+        self.layout, self.order = layout, order
         self.namer = Namer(layout, checkpoint, source)
         self.budget = budget or RunBudget()
         self.filter = object_filter or ObjectFilter(Config())
@@ -3949,6 +4109,7 @@ class Transfer:
         return False
 
     def _list(self) -> None:
+        held: list[WorkItem] | None = None if self.order == "key" else []   # --order: all, then sorted
         try:
             for page in self.source.iter_pages():
                 for obj in page:
@@ -3975,9 +4136,17 @@ class Transfer:
                         name = self.namer.name_for(obj.key)
                         if name != drive_path_for(obj.key)[-1]:
                             self._renamed[obj.key] = name
-                        if not self._put(WorkItem(obj, check_type=action == PLAN_CHECK_TYPE)):
+                        item = WorkItem(obj, check_type=action == PLAN_CHECK_TYPE)
+                        if held is not None:
+                            held.append(item)
+                        elif not self._put(item):
                             return
             self.stats.add("listing_complete")
+            if held:
+                held.sort(key=ORDER_KEYS[self.order])
+                for item in held:
+                    if not self._put(item):
+                        return
         except CloudTransferError as exc:
             self._stop_run(exc)
         except Exception as exc:  # a listing that dies unseen would end the run "complete": stop it
@@ -4345,8 +4514,10 @@ def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
 
 
 def make_source(config: Config, runtime: Runtime, outage: OutageWatch | None = None) -> S3Source:
-    return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage,
-                    config.sse_c_key, other_store=bool(config.s3_endpoint_url))
+    source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage,
+                      config.sse_c_key, other_store=bool(config.s3_endpoint_url))
+    source.bucket_origin = config.bucket_origin
+    return source
 
 
 @dataclasses.dataclass
@@ -4372,7 +4543,8 @@ def make_drive(config: Config, runtime: Runtime, stats: Stats, outage: OutageWat
                 checkpoint.set_root(folder_id)
             checkpoint.flush()   # on disk before a create is sent: a lost answer is found by this id
         folders.recorded, folders.record = checkpoint.folder_id, record
-    return DriveDestination(api, folders, DriveUploader(api, config.chunk_size_bytes)), creds
+    bandwidth = BandwidthLimit(config.bwlimit, runtime.stop, stats=stats) if config.bwlimit else None
+    return DriveDestination(api, folders, DriveUploader(api, config.chunk_size_bytes, bandwidth)), creds
 
 
 def _save_refreshed_token(creds: Credentials, token_before: str | None, config: Config) -> None:
@@ -4467,6 +4639,8 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
 
 
 def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
+    if config.check:
+        return cmd_check(config, runtime)
     if config.dry_run:
         return cmd_dry_run(config, runtime)
     started = utc_now_iso()
@@ -4503,7 +4677,7 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
                 trusted_runs=checkpoint.runs_since_recheck(run_id) if checkpoint.recheck_from_run is not None else None,
                 stop=runtime.stop, backoff=drive.api.backoff,
                 dates=OriginalDates(source, config.date_from, config.timezone, stats), layout=config.layout,
-                budget=budget, object_filter=ObjectFilter(config)))
+                budget=budget, object_filter=ObjectFilter(config), order=config.order))
         finally:
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work
@@ -4536,6 +4710,8 @@ def run_report(config: Config, run: dict[str, Any], exit_code: ExitCode, counts:
         "skipped_by_reason": skipped,
         "date_sources": {source: counts.get(f"date_{source}", 0) for source in ("exif", "video", "metadata", "s3")},
         "stopped_at_budget": stopped_at or None,
+        "bwlimit": format_bwlimit(config.bwlimit) if config.bwlimit else None,
+        "bwlimit_waited_s": round(counts.get("bwlimit_wait_ms", 0) / 1000, 1),
     }
 
 
@@ -4635,7 +4811,7 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
              config.folder_id or repr(config.folder_name), transfer.run_id)
     started = time.monotonic()
     reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars,
-                        interval_s=config.progress_interval_s)
+                        interval_s=config.progress_interval_s, bandwidth=transfer.drive.uploader.bandwidth)
     exit_code, error = ExitCode.PARTIAL, ""   # until the run says otherwise
     try:
         transfer.run(tick=reporter.tick)
@@ -4688,6 +4864,113 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
     else:
         log.warning("%d objects failed; re-run to retry them", counts["failed"])
     return exit_code
+
+
+def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
+    """transfer --check: every precondition of a run on a line of its own, ok or why not; exit 0
+    only when all pass, else the exit code of the first that failed. Writes nothing but what any run
+    would (a refreshed token.json): no checkpoint, no folder, and it never asks for consent."""
+    failed: list[ExitCode] = []
+
+    def check(name: str, run: Callable[[], str]) -> bool:
+        try:
+            detail, code = run(), None
+        except ObjectError as exc:   # a request that kept failing
+            detail = str(exc)
+            code = ExitCode.UNAVAILABLE if exc.verdict.action in (Verdict.RETRY, Verdict.RESTART) else exc.exit_code
+        except CloudTransferError as exc:
+            detail, code = str(exc), exc.exit_code
+        if code is not None:
+            failed.append(code)
+        print(f"{'FAIL' if code is not None else 'ok':<5} {name}: {detail}", file=runtime.out, flush=True)
+        return code is None
+
+    source = make_source(config, runtime)
+    checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
+    left = {"bytes": 0, "objects": 0, "largest": [0] * config.workers}   # a heap of the largest to copy
+
+    def s3() -> str:
+        source.check_access()
+        object_filter, listed, first = ObjectFilter(config), 0, None
+        for page in source.iter_pages():
+            for obj in page:
+                listed += 1
+                done = checkpoint is not None and checkpoint.done_run(obj.key, obj.version, obj.size) is not None
+                if object_filter.admits(obj) and plan_object(obj, done, config.all_files)[0] in (PLAN_COPY, PLAN_CHECK_TYPE):
+                    left["bytes"] += obj.size
+                    left["objects"] += 1
+                    heapq.heappushpop(left["largest"], obj.size)
+                    first = first or obj
+        if first is not None and first.size:
+            source.read_range(first, 0, 1)   # s3:GetObject, not only ListBucket
+        return (f"s3://{config.bucket}/{config.prefix} at {source.client.meta.endpoint_url} is readable: "
+                f"{listed} objects, {left['objects']} to copy ({format_bytes(left['bytes'])})")
+
+    def temp_dir() -> str:
+        staging = make_private_temp_dir(config.temp_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        free, needed = shutil.disk_usage(staging.parent).free, sum(left["largest"])
+        if needed > free:
+            raise UsageError(f"{staging.parent} has {format_bytes(free)} free; the {config.workers} largest files "
+                             f"in flight at once need {format_bytes(needed)}: use --temp-dir or fewer --workers")
+        return f"{staging.parent} is writable, {format_bytes(free)} free ({format_bytes(needed)} needed at most)"
+
+    def daily_budget() -> str:
+        if config.daily_limit is None:
+            return "off"
+        spent, resume_at = daily_usage(checkpoint.runs if checkpoint else [], config.daily_limit,
+                                       dt.datetime.now(dt.timezone.utc))
+        if resume_at is not None:
+            raise DailyCapError(daily_budget_message(spent, config.daily_limit, resume_at))
+        return f"{format_bytes(spent)} of {format_bytes(config.daily_limit)} used in the last 24 hours"
+
+    check("settings", lambda: f"bucket {config.bucket!r} from {config.bucket_origin}, layout {config.layout}, "
+                              f"{config.workers} workers")
+    listed = check("S3", s3)
+    drive: DriveDestination | None = None
+
+    def sign_in() -> str:
+        nonlocal drive
+        drive, _ = make_drive(config, dataclasses.replace(runtime, interactive=False), Stats())
+        who = drive.api.account()
+        return f"{config.token_path} is valid: signed in as {who['account'] or who['account_id']}"
+
+    def destination() -> str:
+        assert drive is not None
+        if config.folder_id:
+            folder = drive.api.get(config.folder_id)
+            if folder is None or not folder.is_folder or folder.trashed:
+                raise UsageError(f"--folder-id {config.folder_id} is not a folder this sign-in can use "
+                                 "(missing, trashed, or hidden by the drive.file scope: try --full-scope)")
+            return f"folder {config.folder_id} ({folder.name!r}) is usable"
+        remembered = drive.api.get(checkpoint.root_folder_id) if checkpoint and checkpoint.root_folder_id else None
+        if remembered is not None and remembered.is_folder and not remembered.trashed:
+            return f"folder {config.folder_name!r} of earlier runs is usable ({remembered.id})"
+        if remembered is not None:
+            raise UsageError(f"the folder earlier runs filled ({remembered.id}) is in the trash: restore it")
+        found = drive.folders.find_root(config.folder_name)
+        return f"folder {config.folder_name!r} " + (f"exists ({found})" if found else "will be created in My Drive")
+
+    def storage() -> str:
+        assert drive is not None
+        if config.folder_id or config.ignore_quota:
+            return "not checked (" + ("--ignore-quota" if config.ignore_quota else "a shared drive's space") + ")"
+        free = drive.api.free_space()
+        if free is None:
+            return "no limit"
+        if left["bytes"] > free:
+            raise QuotaExceededError(f"Google Drive has {format_bytes(free)} free and the copy needs "
+                                     f"{format_bytes(left['bytes'])} more")
+        return f"{format_bytes(free)} free, {format_bytes(left['bytes'])} left to copy"
+
+    signed_in = check("Google sign-in", sign_in)
+    if signed_in:
+        check("Drive folder", destination)
+    check("temp dir", temp_dir)
+    if signed_in and listed:
+        check("Drive storage", storage)
+    check("daily budget", daily_budget)
+    return failed[0] if failed else ExitCode.OK
 
 
 def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:

@@ -48,7 +48,7 @@ CASES = {
     "no AWS credentials at all": (lambda e: (remove_var(e, "AWS_ACCESS_KEY_ID"), remove_var(e, "AWS_SECRET_ACCESS_KEY"),
                                              e.vars.update(AWS_EC2_METADATA_DISABLED="true"), [])[-1],
                                   3, "no AWS credentials found"),
-    "bucket does not exist": (lambda e: ["--bucket", "there-is-no-such-bucket"], 2, "S3 bucket not found"),
+    "bucket does not exist": (lambda e: ["--bucket", "there-is-no-such-bucket"], 2, "(from --bucket) does not exist"),
     "token.json corrupted": (lambda e: ((e.cwd / "token.json").write_text("{broken"), [])[-1],
                              3, "token.json is unreadable or corrupted"),
     "chunk size not 256 KiB multiple": (lambda e: ["--chunk-size", "0.3"], 2, "multiple of 0.25 MiB"),

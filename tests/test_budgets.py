@@ -139,3 +139,77 @@ def test_too_little_drive_space_stops_before_anything_is_uploaded_naming_both_si
     assert env.run("--ignore-quota").returncode == 5 and copied(env) == 2   # what fits; then Drive says full
     env.drive.faults = Faults(storage_quota_bytes=100_000)
     assert env.run().returncode == 0 and copied(env) == 3   # room now: the check uses the last listing
+
+
+def test_bwlimit_holds_the_upload_rate_of_all_workers_together_within_ten_percent(env):
+    sizes = [1024 * 1024] * 5 + [3000] * 20   # resumable sessions and single requests, 4 workers
+    for n, size in enumerate(sizes):
+        env.put(f"a/{n}.jpg", photo_bytes(str(n), size))
+    report = env.cwd / "report.json"
+    started = __import__("time").monotonic()
+    assert env.main("--bwlimit", "2M", "--workers", "4", "--chunk-size", "0.25", "--report", str(report)) == 0
+    elapsed = __import__("time").monotonic() - started
+    rate = sum(sizes) / elapsed
+    print(f"measured {rate / 1024 ** 2:.3f} MiB/s")
+    # measured over the whole run (listing and folders included), so only the upper side is tight
+    assert 0.9 * 2 * 1024 ** 2 <= rate <= 1.1 * 2 * 1024 ** 2, f"{rate / 1024 ** 2:.2f} MiB/s"
+    data = __import__("json").loads(report.read_text())
+    assert data["bwlimit"] == "2.0 MiB/s" and data["bwlimit_waited_s"] > 1
+    assert copied(env) == len(sizes)
+
+
+def test_bwlimit_timetable_changes_the_rate_at_each_time_and_wraps_past_midnight():
+    moment = [dt.datetime(2026, 12, 1, 7, 59)]
+    table = ct.parse_bwlimit("08:00,1M 19:00,4M 23:00,off")
+    assert table == ((480, 1024 ** 2), (1140, 4 * 1024 ** 2), (1380, None))
+    limit = ct.BandwidthLimit(table, __import__("threading").Event(), local_now=lambda: moment[0])
+    assert limit.rate() is None                 # before 08:00: yesterday's 23:00 entry (off)
+    moment[0] = moment[0].replace(hour=8, minute=0)
+    assert limit.rate() == 1024 ** 2
+    moment[0] = moment[0].replace(hour=22, minute=59)
+    assert limit.rate() == 4 * 1024 ** 2
+    assert ct.parse_bwlimit("off") == () and ct.parse_bwlimit("512k") == ((0, 512 * 1024),)
+    assert ct.format_bwlimit(table) == "08:00,1.0 MiB/s 19:00,4.0 MiB/s 23:00,off"
+
+
+def test_bwlimit_waits_are_shared_and_credit_at_most_a_second():
+    clock = [100.0]
+    waits = []
+
+    class Stop:
+        def wait(self, seconds):
+            waits.append(round(seconds, 3))
+            return False
+
+    limit = ct.BandwidthLimit(((0, 1000),), Stop(), clock=lambda: clock[0])
+    limit.take(500)
+    limit.take(500)                 # a second worker queues behind the first
+    assert waits == [0.5, 1.0]
+    clock[0] += 10                  # idle: at most one second is credited
+    limit.take(1500)
+    assert waits[-1] == 0.5
+
+
+@pytest.mark.parametrize("text", ["fast", "8:00", "25:00,1M", "08:00,1M 08:00,2M", "08:00,1M x"])
+def test_bad_bwlimits_are_usage_errors(text):
+    with pytest.raises(ct.UsageError, match="--bwlimit must be a rate"):
+        ct.parse_bwlimit(text)
+
+
+@pytest.mark.parametrize("order, expected", [("largest", ["c", "b", "a"]), ("smallest", ["a", "b", "c"]),
+                                             ("key", ["a", "b", "c"])])
+def test_order_sends_the_chosen_objects_first(env, order, expected):
+    for name, size in {"a": 1000, "c": 3000, "b": 2000}.items():
+        env.put(f"{name}.jpg", photo_bytes(name, size))
+    assert env.run("--order", order, "--workers", "1").returncode == 0
+    with env.drive.lock:   # the emulator keeps files in the order they were created
+        created = [f["name"] for f in env.drive.files.values() if f["name"].endswith(".jpg")]
+    assert created == [f"{name}.jpg" for name in expected]
+
+
+def test_order_by_date_goes_by_last_modified_then_key():
+    day = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    items = [ct.WorkItem(ct.SourceObject(key, 1, "e", day + dt.timedelta(days=offset)))
+             for key, offset in [("a", 2), ("b", 0), ("c", 2), ("d", 1)]]
+    assert [i.obj.key for i in sorted(items, key=ct.ORDER_KEYS["oldest"])] == ["b", "d", "a", "c"]
+    assert [i.obj.key for i in sorted(items, key=ct.ORDER_KEYS["newest"])] == ["a", "c", "d", "b"]

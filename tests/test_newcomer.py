@@ -125,3 +125,65 @@ def test_sign_in_without_a_browser_prints_the_url_and_the_ssh_line_and_a_signal_
     assert process.returncode == 130
     assert "no web browser found here" in err and "ssh -L " in err and "the consent URL is printed" not in err
     assert "Traceback" not in err
+
+
+def test_a_missing_bucket_names_where_the_name_came_from_and_the_lowercase_rule(env):
+    variables = {k: v for k, v in env.vars.items() if k != "S3_BUCKET_NAME"}
+    (env.cwd / ".env").write_text("S3_BUCKET_NAME=My-Photos\n")
+    from_file = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], cwd=env.cwd, capture_output=True,
+                               text=True, timeout=60, env={**variables, "PATH": os.environ["PATH"]})
+    assert from_file.returncode == 2
+    line = one_line_error(from_file)
+    assert "'My-Photos' (from S3_BUCKET_NAME in .env) does not exist at " + env.vars["AWS_ENDPOINT_URL"] in line
+    assert "S3 bucket names are lowercase: did you mean 'my-photos'?" in line
+    from_flag = env.run("--dry-run", "--bucket", "no-such-photos")
+    assert "'no-such-photos' (from --bucket) does not exist" in one_line_error(from_flag)
+    assert "lowercase" not in from_flag.stderr
+
+
+def test_an_unreachable_s3_is_named_and_said_while_retrying_then_exit_7(env):
+    import socket
+
+    with socket.socket() as closed:   # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    result = env.run("--dry-run", env={"AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "3",
+                                       "CLOUD_TRANSFER_BACKOFF_CAP_S": "0.1"})
+    assert result.returncode == 7
+    assert f"cannot reach S3 at {endpoint} (EndpointConnectionError): retrying" in result.stderr
+    assert f"error: cannot reach S3 at {endpoint}: EndpointConnectionError" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_check_says_ok_for_each_precondition_and_writes_nothing(env):
+    env.put("a/1.jpg", photo_bytes("1", 5000))
+    env.put("a/2.jpg", photo_bytes("2", 7000))
+    result = env.run("--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "ok    settings", "ok    S3", "ok    Google sign-in", "ok    Drive folder", "ok    temp dir",
+        "ok    Drive storage", "ok    daily budget"]
+    assert "2 objects, 2 to copy (11.7 KiB)" in result.stdout
+    assert "signed in as emulated.user@example.com" in result.stdout
+    assert "will be created in My Drive" in result.stdout
+    assert env.drive.list_files() == [] and not env.checkpoint.exists()
+    assert env.run().returncode == 0
+    again = env.run("--check")
+    assert again.returncode == 0 and "0 to copy" in again.stdout and "of earlier runs is usable" in again.stdout
+
+
+def test_check_fails_with_the_first_failures_exit_code_and_says_why_on_each_line(env):
+    from tests.drive_emulator import Faults
+
+    env.put("a/1.jpg", photo_bytes("1", 50_000))
+    env.drive.faults = Faults(storage_quota_bytes=10_000)
+    full = env.run("--check", "--daily-limit", "off")
+    assert full.returncode == 5
+    assert "FAIL  Drive storage: Google Drive has 9.8 KiB free and the copy needs 48.8 KiB more" in full.stdout
+    assert "ok    daily budget: off" in full.stdout
+    (env.cwd / "token.json").unlink()
+    signed_out = env.run("--check")
+    assert signed_out.returncode == 3
+    assert "FAIL  Google sign-in: no Google token" in signed_out.stdout
+    assert "Drive storage" not in signed_out.stdout and "ok    temp dir" in signed_out.stdout
