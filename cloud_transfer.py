@@ -299,6 +299,7 @@ class Verdict:
     retry_after_s: float | None = None  # server's Retry-After, if it sent one
     rate_limited: bool = False          # slow every worker down, not just this one
     daily_cap: bool = False             # maybe the daily upload cap: stops the run if it persists
+    unreachable: bool = False           # no answer at all (connection refused, DNS, timeout)
     stop_error: type[CloudTransferError] | None = None  # for STOP: the error to raise
 
     RETRY = "retry"
@@ -466,7 +467,7 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
         return Verdict(Verdict.STOP, "Google's TLS certificate could not be verified (a proxy intercepting "
                        "HTTPS?); verification stays on: fix the system's trusted certificates", stop_error=CloudTransferError)
     if isinstance(exc, TRANSIENT_NETWORK_ERRORS):
-        return Verdict(Verdict.RETRY, f"network error talking to Drive: {type(exc).__name__}")
+        return Verdict(Verdict.RETRY, f"network error talking to Drive: {type(exc).__name__}", unreachable=True)
     if isinstance(exc, GoogleAuthError):
         return Verdict(Verdict.STOP, f"Google authentication failed: {exc}", stop_error=AuthError)
     return Verdict(Verdict.FAIL, f"unexpected error talking to Drive: {type(exc).__name__}: {exc}")
@@ -547,6 +548,8 @@ class Config:
     date_from: str = "auto"              # where each file's original date comes from (DATE_SOURCES)
     timezone: dt.tzinfo | None = None    # EXIF times without an offset are read in it; None: local
     full_scope: bool = False             # ask for the whole-Drive scope instead of drive.file
+    service_account_path: Path | None = None   # a service-account key instead of token.json (--service-account)
+    impersonate: str | None = None       # the Workspace user a service account acts for (--impersonate)
     no_browser: bool = False             # auth: print the consent URL instead of opening a browser
     oauth_port: int = 0                  # auth: local redirect port (0 = any free port)
     quiet: bool = False
@@ -653,6 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
     dest.add_argument("--token", dest="token_path", metavar="PATH", help=f"stored token (default {DEFAULT_TOKEN})")
     dest.add_argument("--full-scope", action="store_true",
                       help="ask for access to all of Drive (needed for a --folder-id the tool did not create)")
+    dest.add_argument("--service-account", metavar="FILE",
+                      help="sign in with this service-account key instead of token.json, e.g. on a server "
+                           "(default: $GOOGLE_APPLICATION_CREDENTIALS when it is one)")
+    dest.add_argument("--impersonate", metavar="EMAIL",
+                      help="with a service account: act for this Workspace user (domain-wide delegation), "
+                           "into their My Drive (default: $DRIVE_IMPERSONATE)")
     dest.add_argument("--no-browser", action="store_true", help="auth: print the consent URL instead of opening it")
     dest.add_argument("--oauth-port", type=int, default=0, metavar="PORT",
                       help="auth: local port for the consent redirect, e.g. for ssh -L (default: any)")
@@ -743,7 +752,7 @@ KNOWN_SETTINGS = (
     "S3_SSE_C_KEY", "DRIVE_FOLDER_NAME", "DRIVE_FOLDER_ID", "DRIVE_ENDPOINT_URL", "CLOUD_TRANSFER_BACKOFF_BASE_S",
     "CLOUD_TRANSFER_BACKOFF_CAP_S", "CLOUD_TRANSFER_OUTAGE_S", "CLOUD_TRANSFER_DATE_FROM", "CLOUD_TRANSFER_TIMEZONE",
     "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT", "CLOUD_TRANSFER_PROGRESS_S", "CLOUD_TRANSFER_ORDER",
-    "CLOUD_TRANSFER_BWLIMIT",
+    "CLOUD_TRANSFER_BWLIMIT", "DRIVE_IMPERSONATE",
 )
 
 
@@ -956,6 +965,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
         timezone=parse_timezone(setting(args.timezone, "CLOUD_TRANSFER_TIMEZONE")),
         no_browser=args.no_browser, oauth_port=args.oauth_port,
+        service_account_path=service_account_path(args.service_account, env),
+        impersonate=setting(args.impersonate, "DRIVE_IMPERSONATE"),
         quiet=args.quiet, verbose=args.verbose,
         log_file=Path(args.log_file) if args.log_file else None,
         report_path=Path(args.report_path) if args.report_path else None,
@@ -995,6 +1006,19 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
     return config
 
 
+def service_account_path(flag: str | None, environ: dict[str, str]) -> Path | None:
+    """--service-account, else GOOGLE_APPLICATION_CREDENTIALS when it names a service-account key
+    (gcloud points it at a user's own credentials too: those are not ours to use)."""
+    if flag:
+        return Path(flag)
+    named = environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    if named:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(Path(named).read_text(encoding="utf-8")).get("type") == "service_account":
+                return Path(named)
+    return None
+
+
 def split_bucket(bucket: str, prefix: str) -> tuple[str, str]:
     """`s3://name/prefix` (as the AWS CLI writes it) → (name, prefix); a plain name is kept."""
     if not bucket.lower().startswith("s3://"):
@@ -1027,6 +1051,13 @@ def validate_config(config: Config) -> None:
         raise UsageError(f"--prefix must not start with '/': S3 keys have no leading slash ({config.prefix!r})")
     if config.reset_checkpoint and (config.command != "transfer" or config.dry_run):
         raise UsageError("--reset-checkpoint only applies to a transfer (not a dry run)")
+    if config.impersonate and config.service_account_path is None:
+        raise UsageError("--impersonate needs a service account (--service-account or GOOGLE_APPLICATION_CREDENTIALS)")
+    if config.service_account_path and not (config.impersonate or config.folder_id) and config.command == "transfer" \
+            and not config.dry_run:
+        raise UsageError("a service account has no Drive storage of its own (Google: \"Service Accounts do not have "
+                         "storage quota\"): pass --impersonate EMAIL (domain-wide delegation) or --folder-id of a "
+                         "folder in a shared drive it is a member of")
     if config.check and (config.command != "transfer" or config.dry_run):
         raise UsageError("--check is a transfer's pre-flight: use it without --dry-run")
     if config.recheck and config.command != "transfer":
@@ -2318,8 +2349,42 @@ def run_consent(config: Config) -> Credentials:
     return creds
 
 
+def load_service_account(config: Config) -> Any:
+    """A service-account key → credentials with a token already fetched, so that a wrong key or a
+    delegation the Workspace admin has not granted fails here, in words, before any Drive request."""
+    from google.oauth2 import service_account
+
+    path = config.service_account_path
+    assert path is not None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if info.get("type") != "service_account":
+            raise ValueError(info.get("type"))
+        creds = service_account.Credentials.from_service_account_info(info, scopes=config.scopes,
+                                                                       subject=config.impersonate)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError(f"{path} is not a service-account key (a JSON key from Google Cloud Console > IAM > "
+                         "Service accounts > Keys)") from None
+    SECRETS.add(info.get("private_key_id"))
+    if config.drive_endpoint_url:
+        creds = creds.with_token_uri(f"{config.drive_endpoint_url}/token")
+    try:
+        refresh_credentials(creds)
+    except AuthError as exc:
+        if config.impersonate:
+            raise AuthError(f"service account {creds.service_account_email} may not act for {config.impersonate}: "
+                            f"a Workspace admin must allow its client ID {info.get('client_id')} the scope "
+                            f"{config.scopes[0]} (Admin console > Security > API controls > Domain-wide "
+                            "delegation)") from None
+        raise AuthError(f"the service-account key {path} was refused ({exc}): it may be deleted or disabled") from None
+    return creds
+
+
 def load_credentials(config: Config, *, interactive: bool) -> Credentials:
-    """token.json → valid Credentials, refreshing (and saving) as needed; consent only on a terminal."""
+    """token.json → valid Credentials, refreshing (and saving) as needed; consent only on a terminal.
+    With a service account: its key, no token.json and no consent."""
+    if config.service_account_path is not None:
+        return load_service_account(config)
     if not config.token_path.exists():
         load_client_config(config.credentials_path)   # name a missing/bad client file first
         if not interactive:
@@ -2358,7 +2423,8 @@ def refresh_credentials(creds: Credentials) -> None:
         verdict = classify_drive_error(exc)
         if verdict.action == Verdict.RETRY:
             raise UnavailableError(f"{verdict.reason}: try again later (token.json is fine)") from None
-        raise AuthError(verdict.reason) from None
+        raise AuthError(verdict.reason if isinstance(creds, Credentials) else str(exc.args[0] if exc.args else exc)) \
+            from None
     except TransportError as exc:
         raise UnavailableError(f"cannot reach Google's token endpoint: {type(exc).__name__}") from None
     SECRETS.add(creds.token)
@@ -2474,6 +2540,8 @@ class DriveApi:
         self.list_options: dict[str, Any] = {"supportsAllDrives": True, "includeItemsFromAllDrives": True}
         self._ids: list[str] = []
         self._ids_lock = threading.Lock()
+        self.endpoint = "https://www.googleapis.com"   # for messages only
+        self._said_unreachable = 0.0
 
     def _service(self) -> Any:
         service = getattr(self._local, "service", None)
@@ -2517,6 +2585,10 @@ class DriveApi:
             # thousands of listings must neither start pacing nor pile up global pauses).
             self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
         else:
+            if verdict.unreachable and time.monotonic() - self._said_unreachable >= RETRY_NOTICE_S:
+                self._said_unreachable = time.monotonic()
+                log.warning("%s: retrying", verdict.reason if verdict.reason.startswith("cannot reach")
+                            else f"cannot reach Google Drive at {self.endpoint} ({verdict.reason})")
             self.outage.failed(self._service_name(upload), verdict.reason)
             self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
 
@@ -2539,6 +2611,9 @@ class DriveApi:
                     self.succeeded(write=write, sent_at=sent_at)
                     return None
                 verdict = classify_drive_error(exc, upload=upload)
+                if verdict.unreachable:
+                    verdict = dataclasses.replace(verdict, reason=f"cannot reach Google Drive at {self.endpoint} "
+                                                                  f"({verdict.reason})")
                 if verdict.action != Verdict.RETRY or attempt == MAX_REQUEST_ATTEMPTS:
                     raise_for(verdict)
                 self.after_error(verdict, attempt, upload, sent_at, write=write or upload)
@@ -4534,6 +4609,7 @@ def make_drive(config: Config, runtime: Runtime, stats: Stats, outage: OutageWat
     backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
     api = DriveApi(make_drive_service_factory(config, creds, stats), pacer=Pacer(backoff), backoff=backoff,
                    sleep=runtime.stop.wait, stop=runtime.stop, stats=stats, outage=outage)
+    api.endpoint = config.drive_endpoint_url or api.endpoint
     folders = DriveFolders(api)
     if checkpoint is not None:
         def record(path: tuple[str, ...], folder_id: str) -> None:
@@ -4548,9 +4624,14 @@ def make_drive(config: Config, runtime: Runtime, stats: Stats, outage: OutageWat
 
 
 def _save_refreshed_token(creds: Credentials, token_before: str | None, config: Config) -> None:
-    if creds.token and creds.token != token_before:
+    if isinstance(creds, Credentials) and creds.token and creds.token != token_before:   # not a service account's
         with contextlib.suppress(OSError):
             save_token(creds, config.token_path)
+
+
+def client_id_of(creds: Any) -> str:
+    """Who Drive's drive.file scope ties files to: the OAuth client, or the service account."""
+    return getattr(creds, "client_id", None) or getattr(creds, "service_account_email", None) or ""
 
 
 def describe_identity(identity: dict[str, str]) -> str:
@@ -4669,7 +4750,7 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
             if not config.ignore_quota and not config.folder_id:   # a shared drive's space is not the user's
                 check_storage(config, drive.api, checkpoint, source)
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
-            open_root(config, drive, checkpoint, creds.client_id or "", run_id)
+            open_root(config, drive, checkpoint, client_id_of(creds), run_id)
             return _run_transfer(config, runtime, Transfer(
                 source, drive, checkpoint, stats, bucket=config.bucket, run_id=run_id,
                 temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
@@ -4933,6 +5014,8 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
         nonlocal drive
         drive, _ = make_drive(config, dataclasses.replace(runtime, interactive=False), Stats())
         who = drive.api.account()
+        if config.service_account_path is not None:
+            return f"service account key {config.service_account_path} works: acting as {who['account'] or who['account_id']}"
         return f"{config.token_path} is valid: signed in as {who['account'] or who['account_id']}"
 
     def destination() -> str:
@@ -5364,7 +5447,13 @@ def copy_outlook(runs: list[dict[str, Any]], done_bytes: int, daily_limit: int |
 
 
 def cmd_auth(config: Config, runtime: Runtime) -> ExitCode:
-    """Browser consent, then token.json (0600)."""
+    """Browser consent, then token.json (0600); with a service account, only a check of its key."""
+    if config.service_account_path is not None:
+        creds = load_service_account(config)
+        acting = f", acting for {config.impersonate}" if config.impersonate else ""
+        print(f"service account {creds.service_account_email} works{acting}: no token.json is needed",
+              file=runtime.out)
+        return ExitCode.OK
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)   # the URL must show now, even through a pipe or tee
     run_consent(config)

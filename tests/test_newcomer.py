@@ -187,3 +187,19 @@ def test_check_fails_with_the_first_failures_exit_code_and_says_why_on_each_line
     assert signed_out.returncode == 3
     assert "FAIL  Google sign-in: no Google token" in signed_out.stdout
     assert "Drive storage" not in signed_out.stdout and "ok    temp dir" in signed_out.stdout
+
+
+def test_an_unreachable_drive_is_named_and_said_while_retrying_then_exit_7(env):
+    import socket
+
+    env.put("a/1.jpg")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    result = env.run(env={"DRIVE_ENDPOINT_URL": endpoint, "CLOUD_TRANSFER_BACKOFF_CAP_S": "0.05",
+                          "CLOUD_TRANSFER_BACKOFF_BASE_S": "0.01"})
+    assert result.returncode == 7, result.stderr
+    assert f"cannot reach Google Drive at {endpoint} (network error talking to Drive: " in result.stderr
+    assert ": retrying" in result.stderr and "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: cannot reach Google Drive at {endpoint}")
