@@ -2371,7 +2371,7 @@ def load_service_account(config: Config) -> Any:
     try:
         refresh_credentials(creds)
     except AuthError as exc:
-        if config.impersonate:
+        if config.impersonate and "unauthorized_client" in str(exc):
             raise AuthError(f"service account {creds.service_account_email} may not act for {config.impersonate}: "
                             f"a Workspace admin must allow its client ID {info.get('client_id')} the scope "
                             f"{config.scopes[0]} (Admin console > Security > API controls > Domain-wide "

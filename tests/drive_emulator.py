@@ -32,6 +32,18 @@ that makes tests harder to write but catches real bugs:
 * ``reused_id_answer`` — what a create with an id that exists answers (409, or
   a success that creates nothing).
 
+One switch is on by default, because it concerns service-account callers only:
+``service_account_no_quota`` — a service account owns nothing in a My Drive
+(403 ``storageQuotaExceeded``), only in shared drives.
+
+Service accounts: ``register_service_account(email, public_key_pem)`` makes /token
+accept the JWT-bearer grant google-auth's ``service_account.Credentials`` sends
+(RS256, checked with the standard library); the token speaks for the service
+account itself, or for the ``sub`` user once ``allow_delegation`` granted the
+scopes.  ``tests/service_accounts.py`` writes a key file and registers it.  Every
+API request records the user it spoke for (``requests[i]["user"]``,
+``requests_by_user``).
+
 Always on, because real Drive does it: ``name = '...'`` in ``q`` ignores case;
 shared drives (``add_shared_drive``) need ``supportsAllDrives`` and the
 ``corpora``/``driveId``/``includeItemsFromAllDrives`` rules; ``orderBy`` sorts.
@@ -47,10 +59,12 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import collections
 import copy
 import dataclasses
 import email.message
 import hashlib
+import hmac
 import importlib.util
 import json
 import quopri
@@ -145,6 +159,40 @@ AUTH_HELP = (
 )
 DAILY_CAP_MESSAGE = "User rate limit exceeded."
 QUOTA_MESSAGE = "The user's Drive storage quota has been exceeded."
+# Verbatim as Drive answers a service account that creates an item in a My Drive (since
+# April 2025: Google's notice quoted in opnsense/core issue #8343; the text as reported in
+# Jumbo810/Upload_Github_Artifacts_TO_GDrive issue #22, reason storageQuotaExceeded in
+# bskim45/fastlane-plugin-google_drive issue #44).  Some 2026 reports (burnash/gspread
+# issue #1592) got QUOTA_MESSAGE instead for the same situation.
+SERVICE_ACCOUNT_QUOTA_MESSAGE = (
+    "Service Accounts do not have storage quota. Leverage shared drives "
+    "(https://developers.google.com/workspace/drive/api/guides/about-shareddrives), or use OAuth "
+    "delegation (http://support.google.com/a/answer/7281227) instead."
+)
+
+# -- the service-account (JWT bearer, RFC 7523) grant at /token --
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: What google-auth puts in `aud` whatever token URI it posts to
+#: (google/oauth2/service_account.py: _GOOGLE_OAUTH2_TOKEN_ENDPOINT).
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+MAX_ASSERTION_LIFETIME_S = 3600  # exp - iat; google-auth signs exactly this
+ASSERTION_CLOCK_SKEW_S = 300  # guess: how far in the future iat may be
+# Google's texts, as reported: googleapis/google-cloud-python issue #10004 (a key that does
+# not sign for the account); googleapis/google-cloud-php issue #3622 (a deleted or disabled
+# account); google/oauth2l issue #130 (aud); GoogleCloudPlatform/gce-rescue issue #42 (no
+# scope).  The window text is the one many client projects quote for skewed clocks.
+JWT_BAD_SIGNATURE = "Invalid JWT Signature."
+JWT_NO_ACCOUNT = "Invalid grant: account not found"
+JWT_BAD_AUDIENCE = "Invalid JWT: Failed audience check."
+JWT_BAD_WINDOW = ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable "
+                  "timeframe. Check your iat and exp values in the JWT claim.")
+JWT_BAD_SCOPE = "Invalid OAuth scope or ID token audience provided."
+# A `sub` the account may not speak for (no domain-wide delegation for these scopes): status
+# and text as n8n's docs quote Google (n8n-io/n8n-docs, gmail common-issues.md, "401 -
+# {...}").  Older answers end after "this method."; Google's OAuth guide words it
+# "Unauthorized client or scope in request." (not verified against a live answer).
+DELEGATION_DENIED = ("Client is unauthorized to retrieve access tokens using this method, or client "
+                     "not authorized for any of the scopes requested.")
 USER_RATE_MESSAGE = (
     "User rate limit exceeded for quota metric 'Write requests' and limit "
     "'Write requests per minute per user' of service 'drive.googleapis.com' for "
@@ -238,6 +286,12 @@ def not_writable(message: str = "The resource body includes fields which are not
 
 def storage_quota_error() -> ApiError:
     return ApiError(403, "storageQuotaExceeded", QUOTA_MESSAGE, domain="usageLimits")
+
+
+def service_account_quota_error() -> ApiError:
+    # guess: the domain; the 403 and the reason are reported (see SERVICE_ACCOUNT_QUOTA_MESSAGE),
+    # and gspread issue #1592 saw usageLimits on the older-worded answer to the same create.
+    return ApiError(403, "storageQuotaExceeded", SERVICE_ACCOUNT_QUOTA_MESSAGE, domain="usageLimits")
 
 
 def generic_error(code: int) -> ApiError:
@@ -771,13 +825,102 @@ def parse_multipart_related(content_type: str, body: bytes) -> list[tuple[dict[s
 
 
 # ---------------------------------------------------------------------------
+# Service-account assertions: RS256 JWTs, checked with the standard library
+# ---------------------------------------------------------------------------
+
+#: DER prefix of a SHA-256 DigestInfo (RFC 8017, section 9.2, note 1).
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+_RSA_ENCRYPTION_OID = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1
+
+
+def _der(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
+    """The content of the DER element of type `tag` at `pos`, and where the next one starts."""
+    if pos + 2 > len(data) or data[pos] != tag:
+        raise ValueError("unexpected DER element")
+    length, pos = data[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise ValueError("bad DER length")
+        length, pos = int.from_bytes(data[pos : pos + count], "big"), pos + count
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return data[pos : pos + length], pos + length
+
+
+def rsa_public_key(pem: str | bytes) -> tuple[int, int]:
+    """(n, e) of an RSA public key in PEM: SubjectPublicKeyInfo ("PUBLIC KEY", what
+    `cryptography` writes) or PKCS#1 ("RSA PUBLIC KEY").  ValueError for anything else."""
+    text = pem.decode("ascii") if isinstance(pem, bytes) else pem
+    m = re.search(r"-----BEGIN (RSA )?PUBLIC KEY-----(.*?)-----END (?:RSA )?PUBLIC KEY-----", text, re.S)
+    if not m:
+        raise ValueError("not a PEM public key")
+    try:
+        der = base64.b64decode("".join(m.group(2).split()), validate=True)
+    except binascii.Error:
+        raise ValueError("bad base64 in PEM") from None
+    if not m.group(1):  # SubjectPublicKeyInfo: the RSAPublicKey sits in its BIT STRING
+        spki, _ = _der(der, 0, 0x30)
+        algorithm, pos = _der(spki, 0, 0x30)
+        if _der(algorithm, 0, 0x06)[0] != _RSA_ENCRYPTION_OID:
+            raise ValueError("not an RSA key")
+        bits, _ = _der(spki, pos, 0x03)
+        if not bits or bits[0] != 0:
+            raise ValueError("bad BIT STRING")
+        der = bits[1:]
+    seq, _ = _der(der, 0, 0x30)
+    n, pos = _der(seq, 0, 0x02)
+    e, _ = _der(seq, pos, 0x02)
+    return int.from_bytes(n, "big"), int.from_bytes(e, "big")
+
+
+def rs256_valid(key: tuple[int, int], signed: bytes, signature: bytes) -> bool:
+    """RSASSA-PKCS1-v1_5 verification with SHA-256 (RFC 8017, section 8.2.2), which is
+    what JWS calls RS256 (RFC 7518, section 3.3)."""
+    n, e = key
+    k = (n.bit_length() + 7) // 8
+    digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(signed).digest()
+    if len(signature) != k or k < len(digest_info) + 11:
+        return False
+    s = int.from_bytes(signature, "big")
+    if s >= n:
+        return False
+    expected = b"\x00\x01" + b"\xff" * (k - len(digest_info) - 3) + b"\x00" + digest_info
+    return hmac.compare_digest(pow(s, e, n).to_bytes(k, "big"), expected)
+
+
+def _b64url(segment: str) -> bytes:
+    """Unpadded base64url (RFC 7515, section 2), strictly: other characters are an error."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", segment):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def decode_jwt(assertion: str) -> tuple[dict, dict, bytes, bytes]:
+    """(header, claims, signed bytes, signature) of a compact JWS; ValueError if malformed.
+    Nothing is verified here."""
+    parts = assertion.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a compact JWS")
+    try:
+        header, claims = json.loads(_b64url(parts[0])), json.loads(_b64url(parts[1]))
+        signature = _b64url(parts[2])
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("bad JWS segment") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise ValueError("JWS segments must be JSON objects")
+    return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
+
+
+# ---------------------------------------------------------------------------
 # Faults and upload sessions
 # ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Faults:
-    """Switches for Drive's failure modes; all off by default.
+    """Switches for Drive's failure modes; all off by default except
+    `service_account_no_quota`, which only service-account callers meet.
 
     Tests mutate these fields while the server runs.  Random choices come from
     `random.Random(seed)`, re-seeded whenever `seed` changes or a new Faults
@@ -836,6 +979,18 @@ class Faults:
     # A create with an id that already exists: "409" (fileIdInUse), or "success": 200 with
     # the EXISTING file's resource and nothing created, as some clients report.
     reused_id_answer: str = "409"
+    # On by default: real Drive does it, and only service-account callers meet it.  Service
+    # accounts have no storage quota: "New service accounts will not be able to own any Drive
+    # items" (Google's notice for accounts created from April 15, 2025, quoted in opnsense/core
+    # issue #8343; older accounts kept 15 GB, but reports from July 2025 on, e.g.
+    # jsmaskeen/sa-drive issue #31, show old ones refused too).  So a service account (its own
+    # token, not one impersonating a user) creating anything whose home is a My Drive -- its
+    # own, or a user's folder it can reach -- gets 403 storageQuotaExceeded with
+    # SERVICE_ACCOUNT_QUOTA_MESSAGE, folders and Google types included ("any Drive items";
+    # mcp-google-sheets issue #40 for a spreadsheet), uploads at initiation; in a shared drive
+    # the drive owns the item, and creating there works.  about.get shows it a quota
+    # `limit` of "0".  Counted as "service_account_quota".
+    service_account_no_quota: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -852,6 +1007,18 @@ class Caller:
     @property
     def sees_all(self) -> bool:
         return bool(set(self.scope.split()) & WIDE_SCOPES)
+
+
+@dataclasses.dataclass
+class ServiceAccount:
+    """A service account /token knows: its address, its OAuth client id (the "app" its
+    tokens act as), its public keys, and the scopes a Workspace admin let it use for
+    domain-wide delegation (None: no delegation at all)."""
+
+    client_email: str
+    client_id: str
+    keys: list[tuple[str | None, tuple[int, int]]]  # (private_key_id or None: any kid, (n, e))
+    delegated_scopes: frozenset[str] | None = None
 
 
 def user_resource(email: str, me: bool) -> dict:
@@ -993,6 +1160,9 @@ class DriveEmulator:
         self._refresh_grants: dict[str, Caller] = {}  # refresh tokens registered for a user
         self._revoked_refresh: set[str] = set()
         self._auth_codes: dict[str, tuple[str, str]] = {}  # code -> (user, scope)
+        self._service_accounts: dict[str, ServiceAccount] = {}  # client_email -> account
+        # Access tokens /token minted from a refresh token or a service account's JWT (both are
+        # what google-auth calls a refresh).
         self.token_refreshes = 0
         self.files: dict[str, dict] = {}
         self.shared_drives: dict[str, dict] = {}  # driveId -> {"name", "createdTime"}
@@ -1105,6 +1275,48 @@ class DriveEmulator:
         with self.lock:
             self._auth_codes[code] = (user_email, scope)
         return code
+
+    def register_service_account(self, client_email: str, public_key_pem: str | bytes, *,
+                                 client_id: str | None = None, key_id: str | None = None) -> str:
+        """Let /token accept JWTs that `client_email` signs with this key (an RSA public key
+        in PEM).  `key_id` is the key file's private_key_id, which google-auth sends as the
+        JWT's `kid` (None: the key answers any kid).  Registering again adds a key, as a
+        second key of the same account does on Google.  `client_id` is the account's OAuth
+        client id (21 digits on Google; derived from the address if not given), the "app"
+        its tokens act as.  Returns the client id."""
+        key = rsa_public_key(public_key_pem)
+        derived = str(int(hashlib.sha256(client_email.encode()).hexdigest(), 16))[:21]
+        with self.lock:
+            account = self._service_accounts.get(client_email)
+            if account is None:
+                account = ServiceAccount(client_email, client_id or derived, [])
+                self._service_accounts[client_email] = account
+            elif client_id is not None and client_id != account.client_id:
+                raise ValueError(f"{client_email} is registered with client id {account.client_id}")
+            account.keys.append((key_id, key))
+            return account.client_id
+
+    def allow_delegation(self, client_email: str, scopes: str | list[str] | tuple[str, ...]) -> None:
+        """Domain-wide delegation, as a Workspace admin grants it to the account's client
+        id: from now on its JWTs may name a user in `sub` when they ask for no scope beyond
+        `scopes` (a list, or space-separated).  Granting again replaces the scopes."""
+        granted = frozenset(scopes.split() if isinstance(scopes, str) else scopes)
+        with self.lock:
+            if client_email not in self._service_accounts:
+                raise KeyError(f"no service account {client_email} (register_service_account first)")
+            self._service_accounts[client_email].delegated_scopes = granted
+
+    def _is_service_account(self, email: str) -> bool:
+        """A registered service account, or any address in Google's domain for them (so a
+        token from issue_token(user_email=...) can stand for one too)."""
+        return email in self._service_accounts or email.endswith(".gserviceaccount.com")
+
+    @property
+    def requests_by_user(self) -> collections.Counter:
+        """How many API requests spoke for each user (the `user` of `requests`): the
+        service account itself, or the user it impersonates.  Refused tokens count nowhere."""
+        with self.lock:
+            return collections.Counter(r["user"] for r in self.requests if r.get("user"))
 
     def revoke_refresh_token(self, refresh_token: str) -> None:
         """/token answers invalid_grant for it from now on, and the access tokens
@@ -1228,6 +1440,10 @@ class DriveEmulator:
             "status": None,
             "host": handler.headers.get("Host", ""),
             "content_range": handler.headers.get("Content-Range"),  # shows resumable status queries
+            # Who an API request spoke for, once its token was accepted (the user; the OAuth
+            # client the token belongs to): None for /token and for refused requests.
+            "user": None,
+            "client_id": None,
         }
         with self.lock:
             self.requests.append(record)
@@ -1242,7 +1458,7 @@ class DriveEmulator:
         if self.on_request is not None:
             self.on_request(record)
         try:
-            reply = self._respond(handler, path, split.query, query, body, is_api)
+            reply = self._respond(handler, record, path, split.query, query, body, is_api)
         except _Drop:
             handler.close_connection = True
             return
@@ -1252,13 +1468,13 @@ class DriveEmulator:
             self.before_reply(record, reply)
         self._send(handler, reply)
 
-    def _respond(self, handler: _Handler, path: str, raw_query: str, query: dict, body: bytes,
-                 is_api: bool) -> Reply:
+    def _respond(self, handler: _Handler, record: dict, path: str, raw_query: str, query: dict,
+                 body: bytes, is_api: bool) -> Reply:
         if is_api and self._chance("drop_rate"):
             self._count("drop")
             raise _Drop
         try:
-            reply = self._faulted_or_routed(handler, path, raw_query, query, body, is_api)
+            reply = self._faulted_or_routed(handler, record, path, raw_query, query, body, is_api)
         except ApiError as err:
             reply = Reply.error(err)
         except Exception:  # an emulator bug: answer like Drive would, but keep the evidence
@@ -1277,13 +1493,15 @@ class DriveEmulator:
                 time.sleep(latency)
         return reply
 
-    def _faulted_or_routed(self, handler: _Handler, path: str, raw_query: str, query: dict,
+    def _faulted_or_routed(self, handler: _Handler, record: dict, path: str, raw_query: str, query: dict,
                            body: bytes, is_api: bool) -> Reply:
         target = path + ("?" + raw_query if raw_query else "")
         caller = Caller()
         if is_api:
             self._apply_expire_switch()
             caller = self._check_auth(handler.headers.get("Authorization"), query)
+            with self.lock:
+                record["user"], record["client_id"] = caller.user_email, caller.client_id
         for pattern, status in list(self.faults.fail_paths.items()):
             if re.search(pattern, target):
                 self._count("fail_path")
@@ -1433,7 +1651,7 @@ class DriveEmulator:
         if path == "/token":
             if method != "POST":
                 raise generic_error(404)
-            return self._token(body)
+            return self._token(body, headers.get("Host"))
         if path == "/drive/v3/about" and method == "GET":
             return self._about(query, caller)
         if path == "/drive/v3/files":
@@ -1466,15 +1684,18 @@ class DriveEmulator:
 
     # -- OAuth token endpoint ------------------------------------------------
 
-    def _token(self, body: bytes) -> Reply:
-        """The refresh-token grant as google-auth sends it (form-encoded), and the authorization-code
-        grant the installed-app flow ends with (codes from issue_auth_code(), single use)."""
+    def _token(self, body: bytes, host: str | None) -> Reply:
+        """The refresh-token grant as google-auth sends it (form-encoded), the authorization-code
+        grant the installed-app flow ends with (codes from issue_auth_code(), single use), and
+        the service-account JWT grant (`_jwt_grant`)."""
         form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
         def oauth_error(status: int, error: str, description: str) -> Reply:
             return Reply.json(status, {"error": error, "error_description": description})
 
         grant = form.get("grant_type")
+        if grant == JWT_BEARER_GRANT:
+            return self._jwt_grant(form.get("assertion") or "", host)
         if grant == "authorization_code":
             with self.lock:
                 if form.get("code") not in self._auth_codes:
@@ -1514,6 +1735,68 @@ class DriveEmulator:
             answer["scope"] = scope
         return Reply.json(200, answer)
 
+    def _jwt_grant(self, assertion: str, host: str | None) -> Reply:
+        """The JWT-bearer grant (RFC 7523) as google-auth's service_account.Credentials sends
+        it: `assertion` is an RS256 JWT with iss (the account), aud, iat, exp, scope and, for
+        domain-wide delegation, sub (the user to act as).  Refusals carry Google's texts (the
+        JWT_* constants); the order of the checks (account, signature, aud, times, scope,
+        delegation) is a guess."""
+
+        def refused(status: int, error: str, description: str) -> Reply:
+            return Reply.json(status, {"error": error, "error_description": description})
+
+        if not assertion:
+            # guess at the text: the RFC's error for a missing parameter
+            return refused(400, "invalid_request", "Missing required parameter: assertion")
+        try:
+            header, claims, signed, signature = decode_jwt(assertion)
+        except ValueError:
+            return refused(400, "invalid_grant", JWT_BAD_SIGNATURE)  # guess: what a mangled JWT gets
+        iss = claims.get("iss")
+        with self.lock:
+            account = self._service_accounts.get(iss) if isinstance(iss, str) else None
+            keys = list(account.keys) if account else []
+        if account is None:
+            return refused(400, "invalid_grant", JWT_NO_ACCOUNT)
+        kid = header.get("kid")
+        # A key answers for its own private_key_id; google-auth always sends the kid.
+        candidates = [key for key_id, key in keys if key_id is None or kid is None or key_id == kid]
+        if header.get("alg") != "RS256" or not any(rs256_valid(k, signed, signature) for k in candidates):
+            return refused(400, "invalid_grant", JWT_BAD_SIGNATURE)
+        # google-auth always names Google's endpoint, also when it posts elsewhere (with_token_uri);
+        # the emulator's own /token URL is accepted too, for clients that name the URI they use.
+        audiences = {GOOGLE_TOKEN_URI, self.url + "/token"} | ({f"http://{host}/token"} if host else set())
+        if claims.get("aud") not in audiences:
+            return refused(400, "invalid_grant", JWT_BAD_AUDIENCE)
+        iat, exp, now = claims.get("iat"), claims.get("exp"), time.time()
+        in_window = (isinstance(iat, (int, float)) and isinstance(exp, (int, float))
+                     and not isinstance(iat, bool) and not isinstance(exp, bool)
+                     and 0 < exp - iat <= MAX_ASSERTION_LIFETIME_S
+                     and exp > now and iat <= now + ASSERTION_CLOCK_SKEW_S)
+        if not in_window:
+            return refused(400, "invalid_grant", JWT_BAD_WINDOW)
+        scope = claims.get("scope")
+        scopes = scope.split() if isinstance(scope, str) else []
+        if not scopes:
+            return refused(400, "invalid_scope", JWT_BAD_SCOPE)
+        user = account.client_email
+        sub = claims.get("sub")
+        # guess: a sub naming the account itself is no impersonation (old samples send it)
+        if isinstance(sub, str) and sub and sub != account.client_email:
+            granted = account.delegated_scopes
+            # Delegation is granted per client id and scope list; asking for a scope beyond
+            # the list is refused as a whole (guess: Google's text says "any of the scopes").
+            if granted is None or not set(scopes) <= granted:
+                return refused(401, "unauthorized_client", DELEGATION_DENIED)
+            user = sub
+        caller = Caller(account.client_id, user, " ".join(scopes))
+        token = "ya29.emu-" + secrets.token_urlsafe(24)
+        with self.lock:
+            self._access_tokens[token] = (None, caller)
+            self.token_refreshes += 1
+        # Google's answer to this grant has no refresh_token and no scope.
+        return Reply.json(200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
+
     # -- about & generateIds -----------------------------------------------
 
     def _about(self, query: dict, caller: Caller) -> Reply:
@@ -1527,6 +1810,14 @@ class DriveEmulator:
             quota = {"usage": str(usage), "usageInDrive": str(usage), "usageInDriveTrash": str(trash)}
             if self.faults.storage_quota_bytes is not None:
                 quota["limit"] = str(self.faults.storage_quota_bytes)
+            if self.faults.service_account_no_quota and self._is_service_account(caller.user_email):
+                # guess: "no storage quota" shown as a limit of 0 (never verified on a live
+                # about.get); what the account still owns in a My Drive is its usage.
+                own = [f for f in self.files.values()
+                       if f["_owner"] == caller.user_email and f.get("driveId") is None]
+                used = sum(len(f["content"]) for f in own)
+                quota = {"limit": "0", "usage": str(used), "usageInDrive": str(used),
+                         "usageInDriveTrash": str(sum(len(f["content"]) for f in own if f["trashed"]))}
         about = {
             "kind": "drive#about",
             "user": user_resource(caller.user_email, True),
@@ -1954,6 +2245,12 @@ class DriveEmulator:
         if len(parents) > 1:
             raise ApiError(403, "cannotAddParent", "Increasing the number of parents is not allowed")
         norm["parents"] = [self._check_parent(parents[0], caller, all_drives)] if parents else [ROOT_FOLDER_ID]
+        if (caller is not None and self.faults.service_account_no_quota
+                and self._is_service_account(origin.user_email) and self._drive_of(norm["parents"][0]) is None):
+            # The item would be the service account's, in a My Drive (see Faults).  The Python
+            # helpers (caller None) may still make such files: accounts from before 2025 have them.
+            self._count("service_account_quota")
+            raise service_account_quota_error()
         for field in ("appProperties", "properties"):
             if meta.get(field) is not None:
                 props = self._check_properties(field, meta[field], None)

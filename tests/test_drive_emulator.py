@@ -22,7 +22,10 @@ from urllib.parse import urlencode, urlsplit
 
 import httplib2
 import pytest
+from google.auth import crypt
+from google.auth import jwt as google_jwt
 from google.auth.exceptions import RefreshError
+from google.oauth2 import service_account
 from google.oauth2.credentials import Credentials
 from google_auth_httplib2 import AuthorizedHttp
 from googleapiclient.discovery import build_from_document
@@ -33,15 +36,27 @@ from tests.drive_emulator import (
     DAILY_CAP_MESSAGE,
     DEFAULT_CLIENT_ID,
     DEFAULT_USER_EMAIL,
+    DELEGATION_DENIED,
     FOLDER_MIME,
+    GOOGLE_TOKEN_URI,
+    JWT_BAD_AUDIENCE,
+    JWT_BAD_SCOPE,
+    JWT_BAD_SIGNATURE,
+    JWT_BAD_WINDOW,
+    JWT_BEARER_GRANT,
+    JWT_NO_ACCOUNT,
     QUOTA_MESSAGE,
     ROOT_FOLDER_ID,
     SCOPE_DRIVE,
+    SCOPE_DRIVE_FILE,
+    SERVICE_ACCOUNT_QUOTA_MESSAGE,
     DriveEmulator,
     Faults,
     parse_fields,
+    rsa_public_key,
     select_fields,
 )
+from tests.service_accounts import DEFAULT_SERVICE_ACCOUNT, make_service_account, service_account_info
 
 CHUNK = 256 * 1024
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException, httplib2.HttpLib2Error)
@@ -1293,3 +1308,204 @@ def test_reused_id_can_answer_success_with_the_existing_file(emu):
     with pytest.raises(HttpError) as err:
         create_in(other, {"id": folder_id, "name": "x", "mimeType": FOLDER_MIME})
     assert err.value.status_code == 409
+
+
+# ---------------------------------------------------------------------------
+# Service accounts: the JWT grant at /token, domain-wide delegation, and no
+# storage quota of their own
+# ---------------------------------------------------------------------------
+
+SA = DEFAULT_SERVICE_ACCOUNT
+ALICE = "alice@example.com"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def sa_service(emu: DriveEmulator, key_file: Path, subject: str | None = None, scopes=(SCOPE_DRIVE,)):
+    """A Drive service on service-account credentials, built the way cloud_transfer builds them."""
+    creds = service_account.Credentials.from_service_account_file(
+        str(key_file), scopes=list(scopes), subject=subject).with_token_uri(emu.url + "/token")
+    return build_from_document(emu.discovery_document(), http=AuthorizedHttp(creds, http=build_http()))
+
+
+def assertion(key_file: Path, key_id: str | None = None, **claims) -> str:
+    """A JWT signed with the key file's key like google-auth's, with `claims` changed (None drops one)."""
+    info = json.loads(key_file.read_text())
+    now = int(time.time())
+    payload = {"iat": now, "exp": now + 3600, "iss": info["client_email"], "aud": GOOGLE_TOKEN_URI,
+               "scope": SCOPE_DRIVE}
+    payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return google_jwt.encode(crypt.RSASigner.from_service_account_info(info), payload, key_id=key_id).decode()
+
+
+def jwt_grant(emu: DriveEmulator, jwt: str) -> tuple[int, dict]:
+    status, _, body = raw(emu, "POST", "/token", urlencode({"grant_type": JWT_BEARER_GRANT, "assertion": jwt}),
+                          FORM, token=None)
+    return status, body
+
+
+def test_service_account_token_speaks_for_the_account_and_its_client(emu, tmp_path):
+    emu.faults.app_visibility = True
+    key_file = make_service_account(tmp_path, emu)
+    client_id = json.loads(key_file.read_text())["client_id"]
+    emu.add_file("users.jpg", b"u")  # in the default user's My Drive
+    drive_id = emu.add_shared_drive("Team")
+    svc = sa_service(emu, key_file)
+    assert svc.about().get(fields="user(emailAddress)").execute() == {"user": {"emailAddress": SA}}
+    assert listed(svc) == []  # its own, empty My Drive: not the user's
+    made = create_in(svc, {"name": "team.jpg", "parents": [drive_id]}, b"t", supportsAllDrives=True)
+    assert [f["id"] for f in emu.files_of_app(client_id)] == [made["id"]]  # its client id is the "app"
+    assert emu.token_refreshes == 1  # one token, reused for every request
+    assert emu.requests[0]["path"] == "/token" and emu.requests[0]["user"] is None
+    assert emu.requests_by_user == {SA: len(emu.requests) - 1}
+    assert {r["client_id"] for r in emu.requests[1:]} == {client_id}
+    # The hour is up: the 401 makes google-auth sign a new JWT.
+    emu.expire_access_tokens()
+    assert listed(svc) == []
+    assert emu.token_refreshes == 2
+    # Google's answer to this grant, exactly (no refresh token, no scope).
+    status, body = jwt_grant(emu, assertion(key_file))
+    assert status == 200 and set(body) == {"access_token", "expires_in", "token_type"}
+    assert (body["expires_in"], body["token_type"]) == (3599, "Bearer")
+    assert raw(emu, "GET", "/drive/v3/files", token=body["access_token"])[0] == 200
+
+
+def test_service_account_with_delegation_acts_as_the_subject(emu, tmp_path):
+    emu.faults.app_visibility = True
+    key_file = make_service_account(tmp_path, emu, delegation=True)
+    client_id = json.loads(key_file.read_text())["client_id"]
+    emu.add_file("alice.jpg", b"a", owner=ALICE)
+    emu.add_file("users.jpg", b"u")
+    alice = sa_service(emu, key_file, subject=ALICE)
+    assert alice.about().get(fields="user(emailAddress)").execute() == {"user": {"emailAddress": ALICE}}
+    assert listed(alice) == ["alice.jpg"]
+    # Her My Drive, her quota: no refusal for the service account's lack of one.
+    made = upload(alice, b"new", "new.jpg", fields="id,ownedByMe,owners(emailAddress)")
+    assert made["ownedByMe"] is True and made["owners"] == [{"emailAddress": ALICE}]
+    assert "service_account_quota" not in emu.fault_counts
+    assert [f["name"] for f in emu.files_of_app(client_id)] == ["new.jpg"]
+    # drive.file: only what this service account's client made, of her files.
+    assert listed(sa_service(emu, key_file, subject=ALICE, scopes=(SCOPE_DRIVE_FILE,))) == ["new.jpg"]
+    assert SA not in emu.requests_by_user and emu.requests_by_user[ALICE] == len(
+        [r for r in emu.requests if r["path"] != "/token"])
+
+
+def test_subject_without_delegation_is_unauthorized_client(emu, tmp_path):
+    key_file = make_service_account(tmp_path, emu)
+    with pytest.raises(RefreshError) as err:
+        sa_service(emu, key_file, subject=ALICE).files().list().execute()
+    assert err.value.args[0] == "unauthorized_client: " + DELEGATION_DENIED
+    status, body = jwt_grant(emu, assertion(key_file, sub=ALICE))
+    assert (status, body) == (401, {"error": "unauthorized_client", "error_description": DELEGATION_DENIED})
+    # Delegation covers the scopes the admin listed for the client, and no more.
+    emu.allow_delegation(SA, [SCOPE_DRIVE_FILE])
+    assert jwt_grant(emu, assertion(key_file, sub=ALICE, scope=SCOPE_DRIVE))[0] == 401
+    assert jwt_grant(emu, assertion(key_file, sub=ALICE, scope=SCOPE_DRIVE_FILE))[0] == 200
+    assert emu.requests_by_user == {}  # nothing reached the API
+
+
+def test_jwt_not_signed_by_a_registered_key_is_invalid_grant(emu, tmp_path):
+    key_file = make_service_account(tmp_path, emu)  # registered with key 0
+    rogue = make_service_account(tmp_path, emu, key_index=1, register=False)  # same account, unknown key
+    with pytest.raises(RefreshError) as err:
+        sa_service(emu, rogue).files().list().execute()
+    assert err.value.args[0] == "invalid_grant: " + JWT_BAD_SIGNATURE
+    # The signature itself is checked, not only the key id: key 1 claiming to be key 0...
+    kid = json.loads(key_file.read_text())["private_key_id"]
+    assert jwt_grant(emu, assertion(rogue, key_id=kid)) == (
+        400, {"error": "invalid_grant", "error_description": JWT_BAD_SIGNATURE})
+    # ...and a genuine JWT whose claims were changed after signing.
+    head, _, signature = assertion(key_file).split(".")
+    forged = assertion(key_file, sub=ALICE).split(".")[1]
+    assert jwt_grant(emu, f"{head}.{forged}.{signature}")[1]["error_description"] == JWT_BAD_SIGNATURE
+    assert jwt_grant(emu, "not-a-jwt")[1]["error_description"] == JWT_BAD_SIGNATURE
+    # An account Google does not know at all.
+    ghost = make_service_account(tmp_path, emu, "ghost@proj.iam.gserviceaccount.com", register=False)
+    with pytest.raises(RefreshError) as err:
+        sa_service(emu, ghost).files().list().execute()
+    assert err.value.args[0] == "invalid_grant: " + JWT_NO_ACCOUNT
+    assert jwt_grant(emu, assertion(key_file))[0] == 200  # the real key still works
+    assert emu.requests_by_user == {}
+
+
+def test_jwt_claims_are_checked(emu, tmp_path):
+    key_file = make_service_account(tmp_path, emu)
+    now = int(time.time())
+    refused = [
+        ({"aud": "https://www.googleapis.com/oauth2/v4/token"}, "invalid_grant", JWT_BAD_AUDIENCE),
+        ({"aud": None}, "invalid_grant", JWT_BAD_AUDIENCE),
+        ({"iat": now, "exp": now + 3601}, "invalid_grant", JWT_BAD_WINDOW),  # longer than an hour
+        ({"iat": now - 7200, "exp": now - 3600}, "invalid_grant", JWT_BAD_WINDOW),  # expired
+        ({"iat": now + 900, "exp": now + 4500}, "invalid_grant", JWT_BAD_WINDOW),  # from the future
+        ({"iat": None}, "invalid_grant", JWT_BAD_WINDOW),
+        ({"scope": None}, "invalid_scope", JWT_BAD_SCOPE),
+        ({"scope": " "}, "invalid_scope", JWT_BAD_SCOPE),
+    ]
+    for claims, error, description in refused:
+        assert jwt_grant(emu, assertion(key_file, **claims)) == (
+            400, {"error": error, "error_description": description}), claims
+    # The emulator's own token URI is an audience too; a sub naming the account itself is no delegation.
+    assert jwt_grant(emu, assertion(key_file, aud=emu.url + "/token"))[0] == 200
+    assert jwt_grant(emu, assertion(key_file, sub=SA))[0] == 200
+    status, _, body = raw(emu, "POST", "/token", urlencode({"grant_type": JWT_BEARER_GRANT}), FORM, token=None)
+    assert status == 400 and body["error"] == "invalid_request"
+
+
+def test_service_account_owns_nothing_in_a_my_drive(emu, tmp_path):
+    key_file = make_service_account(tmp_path, emu)
+    svc = sa_service(emu, key_file)
+    user_folder = emu.add_folder("Shared with the robot")["id"]  # a user's folder it can reach
+    attempts = [({"name": "F", "mimeType": FOLDER_MIME}, None, False),
+                ({"name": "Doc", "mimeType": "application/vnd.google-apps.document"}, None, False),
+                ({"name": "a.jpg"}, b"a", False), ({"name": "b.jpg"}, b"b", True),
+                ({"name": "c.jpg", "parents": [user_folder]}, b"c", True)]
+    for body, data, resumable in attempts:
+        with pytest.raises(HttpError) as err:
+            create_in(svc, body, data, resumable)
+        assert (err.value.status_code, http_reason(err.value)) == (403, "storageQuotaExceeded"), body
+        assert err.value.reason == SERVICE_ACCOUNT_QUOTA_MESSAGE
+    assert emu.fault_counts == {"service_account_quota": len(attempts)}
+    assert [f["name"] for f in emu.list_files()] == ["Shared with the robot"]
+    assert emu.upload_sessions == {}  # resumable uploads are refused at initiation
+    assert svc.about().get(fields="storageQuota(limit,usage)").execute() == {
+        "storageQuota": {"limit": "0", "usage": "0"}}
+    # A token issued directly for a service-account address is one too.
+    robot = service(emu, token=emu.issue_token(user_email="robot@other.iam.gserviceaccount.com"))
+    with pytest.raises(HttpError) as err:
+        robot.files().create(body={"name": "x"}).execute()
+    assert err.value.status_code == 403
+    # Switched off: the service accounts of before April 2025, with their 15 GB.
+    emu.faults.service_account_no_quota = False
+    assert create_in(svc, {"name": "old.jpg"}, b"o")["name"] == "old.jpg"
+    assert "limit" not in svc.about().get(fields="storageQuota").execute()["storageQuota"]
+
+
+def test_service_account_creates_in_a_shared_drive(emu, tmp_path):
+    emu.faults.app_visibility = True
+    svc = sa_service(emu, make_service_account(tmp_path, emu))
+    drive_id = emu.add_shared_drive("Team")
+    folder = create_in(svc, {"name": "Photos", "mimeType": FOLDER_MIME, "parents": [drive_id]},
+                       supportsAllDrives=True)
+    assert folder["driveId"] == drive_id
+    for resumable in (False, True):
+        made = create_in(svc, {"name": f"p{int(resumable)}.jpg", "parents": [folder["id"]]}, b"photo",
+                         resumable, supportsAllDrives=True)
+        assert made["driveId"] == drive_id and made["md5Checksum"] == hashlib.md5(b"photo").hexdigest()
+    assert "service_account_quota" not in emu.fault_counts
+    assert sorted(emu.path_of(f["id"]) for f in emu.list_files()) == ["Photos", "Photos/p0.jpg", "Photos/p1.jpg"]
+    # A member with full Drive scope sees what the service account put there.
+    member = service(emu, token=emu.issue_token(scope=SCOPE_DRIVE))
+    assert listed(member, corpora="drive", driveId=drive_id, includeItemsFromAllDrives=True,
+                  supportsAllDrives=True) == ["Photos", "p0.jpg", "p1.jpg"]
+
+
+def test_rsa_public_key_reads_both_pem_forms():
+    from cryptography.hazmat.primitives import serialization
+
+    info = service_account_info()
+    key = serialization.load_pem_private_key(info["private_key"].encode(), None).public_key()
+    numbers = key.public_numbers()
+    for fmt in (serialization.PublicFormat.SubjectPublicKeyInfo, serialization.PublicFormat.PKCS1):
+        assert rsa_public_key(key.public_bytes(serialization.Encoding.PEM, fmt)) == (numbers.n, numbers.e)
+    with pytest.raises(ValueError):
+        rsa_public_key(info["private_key"])  # a private key is no public key
