@@ -1444,12 +1444,14 @@ class DriveEmulator:
             # client the token belongs to): None for /token and for refused requests.
             "user": None,
             "client_id": None,
+            "at": time.monotonic(),   # when the request line arrived; "body_at": its body's last byte
         }
         with self.lock:
             self.requests.append(record)
         try:
             body = self._read_body(handler)
             record["body_bytes"] = len(body)
+            record["body_at"] = time.monotonic()
         except (TimeoutError, OSError, ValueError):
             self._count("incomplete_body")  # stalled past body_timeout_s, or cut off
             handler.close_connection = True
