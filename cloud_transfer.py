@@ -163,7 +163,7 @@ MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
 BUDGET_GRACE_MAX_S = 900.0  #: past --max-duration, in-flight uploads get a tenth of it (1-15 min) to finish
 DAILY_WINDOW_S = 24 * 3600  #: Google's upload cap is per rolling 24 hours
-DEFAULT_DAILY_LIMIT = "740G"   #: under Google's ~750 GB a day, so the cap itself is not provoked
+DEFAULT_DAILY_LIMIT = "740GB"  #: 740 x 10^9 bytes: under Google's 750 GB a day whether Google counts GB or GiB
 STOP_GRACE_S = 5.0         #: after SIGINT/SIGTERM, how long in-flight work may take to reach a stopping point
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 64.0
@@ -503,11 +503,14 @@ examples:
   python cloud_transfer.py rollback --run last       # trash what the last run uploaded
 
 environment (.env is read from the current directory; real environment variables win):
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE,
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION (or AWS_DEFAULT_REGION), AWS_PROFILE,
   AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (S3-compatible stores), S3_BUCKET_NAME, S3_PREFIX,
   AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION, AWS_MAX_ATTEMPTS,
   S3_SSE_C_KEY (base64 of the 256-bit key of objects encrypted with SSE-C),
   DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests),
+  GOOGLE_APPLICATION_CREDENTIALS (a service-account key), DRIVE_IMPERSONATE,
+  CLOUD_TRANSFER_LAYOUT, CLOUD_TRANSFER_DATE_FROM, CLOUD_TRANSFER_TIMEZONE, CLOUD_TRANSFER_DAILY_LIMIT,
+  CLOUD_TRANSFER_ORDER, CLOUD_TRANSFER_BWLIMIT (defaults of the flags that name them),
   CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s),
   CLOUD_TRANSFER_OUTAGE_S (a service failing every request this long stops the run, exit 7; default 600),
   CLOUD_TRANSFER_PROGRESS_S (a progress line in the log this often; default 30)
@@ -1621,7 +1624,7 @@ def make_private_temp_dir(parent: Path | None) -> Path:
 # The only code that touches boto3. Pure helpers about keys live in the transfer engine.
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class SourceObject:
     """One S3 object as listed (rclone's ObjectInfo)."""
     key: str
@@ -4095,7 +4098,7 @@ ORDER_KEYS: dict[str, Callable[[WorkItem], Any]] = {   # --order; ties in key or
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkItem:
     obj: SourceObject
     check_type: bool = False   # extension says nothing: ask S3 for the Content-Type first

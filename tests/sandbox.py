@@ -4,10 +4,16 @@ Starts a local S3 (moto server) and the project's Drive emulator on 127.0.0.1, p
 photos and videos in a bucket, runs a real transfer with ``cloud_transfer.py`` as a subprocess, and
 prints where every file landed in the emulated Drive plus the tool's own summary. A second run
 shows that nothing is uploaded twice. Needs requirements-dev.txt installed.
+
+With ``--keep`` the servers stay up after the runs, and the sandbox prints the lines to paste into
+another terminal (``cd``, ``export``, example commands) to explore it with ``status``, ``verify``
+and ``rollback``, until Enter is pressed (or stdin ends).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +30,8 @@ SAMPLES = {
     "2020/": 0,                     # a folder marker: not copied
     "notes/shopping-list.txt": 120,  # not a photo: not copied
 }
+#: Printed before the wait for Enter; tests read the output up to this line.
+KEEP_PROMPT = "Servers still running; press Enter (or Ctrl-D) to stop them."
 
 
 def run_tool(workdir: Path, env: dict[str, str], *args: str) -> int:
@@ -32,10 +40,35 @@ def run_tool(workdir: Path, env: dict[str, str], *args: str) -> int:
     return subprocess.run(command, cwd=workdir, env=env).returncode
 
 
+def explore_text(workdir: Path, env: dict[str, str]) -> str:
+    """What a user pastes into another terminal to use the running sandbox: cd and the variables
+    that point the tool at the local servers (fake credentials only), then example commands.
+    No shell comments among them: zsh does not accept them when typed or pasted."""
+    changed = {name: value for name, value in env.items() if os.environ.get(name) != value}
+    tool = f"{shlex.quote(sys.executable)} {shlex.quote(str(PROJECT / 'cloud_transfer.py'))}"
+    setup = [f"cd {shlex.quote(str(workdir))}",
+             *(f"export {name}={shlex.quote(value)}" for name, value in sorted(changed.items()))]
+    examples = [f"{tool} status", f"{tool} verify", f"{tool} rollback --run last"]
+    return ("\nTo explore the sandbox while it runs, paste these lines into another terminal:\n\n"
+            + "\n".join(setup) + "\n\nthen try, for example:\n\n" + "\n".join(examples))
+
+
+def wait_for_enter() -> None:
+    print(f"\n{KEEP_PROMPT}", flush=True)
+    try:
+        input()
+    except (EOFError, KeyboardInterrupt):   # stdin closed (Ctrl-D, a pipe) or Ctrl-C: stop all the same
+        print()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="keep the servers running until Enter is pressed")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the servers running, print how to use them from another terminal, "
+                             "and wait for Enter")
     options = parser.parse_args(argv)
+    # The tool's own output goes straight to this file descriptor: keep ours in order with it.
+    sys.stdout.reconfigure(line_buffering=True)
     with local_cloud("sandbox-photos") as cloud:
         for key, size in SAMPLES.items():
             cloud.s3.put_object(Bucket=cloud.bucket, Key=key, Body=photo_bytes(key, size))
@@ -52,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         second = run_tool(cloud.workdir, env)
         verified = run_tool(cloud.workdir, env, "verify")
         if options.keep:
-            input("\nServers still running; press Enter to stop them. ")
+            print(explore_text(cloud.workdir, env))
+            wait_for_enter()
         return first or second or verified
 
 
