@@ -5424,7 +5424,7 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
                      + (f"; observed rate {format_bytes(outlook['rate_bytes_per_s'])}/s while running"
                         if outlook["rate_bytes_per_s"] else "")
                      + (f"; about {outlook['days_left']:.1f} days at the daily budget of "
-                        f"{format_bytes(config.daily_limit or 0)}" if outlook["days_left"] is not None else ""))
+                        f"{format_bytes(config.daily_limit or 0)}" if outlook["days_left"] else ""))
     for run in checkpoint.runs[-10:]:
         lines.append(f"  run {run['id']}: {run.get('started', '?')} → {run.get('ended', '(did not finish)')} "
                      f"{run.get('outcome', '')}")

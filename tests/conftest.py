@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from tests.drive_emulator import DriveEmulator
-from tests.local_cloud import DRIVE_FILE_SCOPE, photo_bytes  # noqa: F401  (re-exported for the tests)
+from tests.local_cloud import DRIVE_FILE_SCOPE, jpeg_with_exif, photo_bytes  # noqa: F401  (re-exported for the tests)
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)   # moto server's per-request access log
 
@@ -67,24 +66,6 @@ def bucket(s3):
 def drive():
     with DriveEmulator() as emulator:
         yield emulator
-
-
-def jpeg_with_exif(date: str, offset: str | None = None, body: bytes = b"\x00" * 100) -> bytes:
-    """A minimal JPEG whose EXIF holds DateTimeOriginal (tag 0x9003) and OffsetTimeOriginal (0x9011)."""
-    entries = [(0x9003, date.encode() + b"\x00")] + ([(0x9011, offset.encode() + b"\x00")] if offset else [])
-    ifd0_at = 8
-    exif_ifd_at = ifd0_at + 2 + 12 + 4
-    data_at = exif_ifd_at + 2 + 12 * len(entries) + 4
-    tiff = bytearray(b"II*\x00" + struct.pack("<I", ifd0_at))
-    tiff += struct.pack("<H", 1) + struct.pack("<HHII", 0x8769, 4, 1, exif_ifd_at) + struct.pack("<I", 0)
-    tiff += struct.pack("<H", len(entries))
-    values = b""
-    for tag, value in entries:
-        tiff += struct.pack("<HHII", tag, 2, len(value), data_at + len(values))
-        values += value
-    tiff += struct.pack("<I", 0) + values
-    app1 = b"Exif\x00\x00" + bytes(tiff)
-    return b"\xff\xd8\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + b"\xff\xda" + body + b"\xff\xd9"
 
 
 @dataclass

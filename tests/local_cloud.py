@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,24 @@ def photo_bytes(seed: str, size: int = 2048) -> bytes:
         block = hashlib.sha256(block).digest()
         out += block
     return bytes(out[:size])
+
+
+def jpeg_with_exif(date: str, offset: str | None = None, body: bytes = b"\x00" * 100) -> bytes:
+    """A minimal JPEG whose EXIF holds DateTimeOriginal (tag 0x9003) and OffsetTimeOriginal (0x9011)."""
+    entries = [(0x9003, date.encode() + b"\x00")] + ([(0x9011, offset.encode() + b"\x00")] if offset else [])
+    ifd0_at = 8
+    exif_ifd_at = ifd0_at + 2 + 12 + 4
+    data_at = exif_ifd_at + 2 + 12 * len(entries) + 4
+    tiff = bytearray(b"II*\x00" + struct.pack("<I", ifd0_at))
+    tiff += struct.pack("<H", 1) + struct.pack("<HHII", 0x8769, 4, 1, exif_ifd_at) + struct.pack("<I", 0)
+    tiff += struct.pack("<H", len(entries))
+    values = b""
+    for tag, value in entries:
+        tiff += struct.pack("<HHII", tag, 2, len(value), data_at + len(values))
+        values += value
+    tiff += struct.pack("<I", 0) + values
+    app1 = b"Exif\x00\x00" + bytes(tiff)
+    return b"\xff\xd8\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + b"\xff\xda" + body + b"\xff\xd9"
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.local_cloud import local_cloud, photo_bytes
+from tests.local_cloud import jpeg_with_exif, local_cloud, photo_bytes
 
 PROJECT = Path(__file__).resolve().parent.parent
 SAMPLES = {
@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)
     with local_cloud("sandbox-photos") as cloud:
         for key, size in SAMPLES.items():
-            cloud.s3.put_object(Bucket=cloud.bucket, Key=key, Body=photo_bytes(key, size))
+            body = photo_bytes(key, size)
+            if key.endswith(".jpg"):   # taken in Lisbon on 4 May 2019: Drive shows that date, not the upload's
+                body = jpeg_with_exif("2019:05:04 18:30:00", "+01:00", body)
+            cloud.s3.put_object(Bucket=cloud.bucket, Key=key, Body=body)
         print(f"local S3 (moto):    {cloud.moto_url}  bucket {cloud.bucket}, {len(SAMPLES)} objects")
         print(f"Drive emulator:     {cloud.drive.url}")
         print(f"working directory:  {cloud.workdir}")
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         drive = cloud.drive
         for item in sorted(drive.list_files(), key=lambda f: drive.path_of(f["id"])):
             if item.get("mimeType") != "application/vnd.google-apps.folder":
-                print(f"  {drive.path_of(item['id'])}  ({item['size']} bytes, md5 {item['md5Checksum']})")
+                print(f"  {drive.path_of(item['id'])}  ({item['size']} bytes, dated {item['modifiedTime'][:10]}, "
+                      f"md5 {item['md5Checksum']})")
         second = run_tool(cloud.workdir, env)
         verified = run_tool(cloud.workdir, env, "verify")
         if options.keep:

@@ -417,6 +417,7 @@ def test_sandbox_shows_a_real_transfer():
                             timeout=180)
     assert result.returncode == 0, result.stderr
     assert "Amazon Photos Transfer/2020/O'Brien's party.jpg" in result.stdout
+    assert "dated 2019-05-04" in result.stdout   # its EXIF date, not the day it was uploaded
     assert "already done           5" in result.stdout
     assert "missing 0, duplicated 0, mismatched 0" in result.stdout
 
