@@ -420,6 +420,10 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
     if isinstance(exc, HttpError):
         status, reason, message = drive_error_details(exc)
         retry_after = _retry_after_s(exc.resp)
+        if reason == "storageQuotaExceeded" and "Service Accounts do not have storage quota" in message:
+            return Verdict(Verdict.STOP, "a service account cannot own files in a My Drive (Google: \"Service "
+                           "Accounts do not have storage quota\"): use --impersonate, or --folder-id of a folder in "
+                           "a shared drive", stop_error=UsageError)
         if reason in ("storageQuotaExceeded", "quotaExceeded"):
             return Verdict(Verdict.STOP, "Google Drive storage is full: free space or buy more, then re-run",
                            stop_error=QuotaExceededError)
@@ -467,7 +471,10 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
         return Verdict(Verdict.STOP, "Google's TLS certificate could not be verified (a proxy intercepting "
                        "HTTPS?); verification stays on: fix the system's trusted certificates", stop_error=CloudTransferError)
     if isinstance(exc, TRANSIENT_NETWORK_ERRORS):
-        return Verdict(Verdict.RETRY, f"network error talking to Drive: {type(exc).__name__}", unreachable=True)
+        # Only "no answer at all" is called unreachable; a cut-off answer did reach Google.
+        unreachable = isinstance(exc, (ConnectionRefusedError, socket.gaierror, httplib2.ServerNotFoundError)) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH))
+        return Verdict(Verdict.RETRY, f"network error talking to Drive: {type(exc).__name__}", unreachable=unreachable)
     if isinstance(exc, GoogleAuthError):
         return Verdict(Verdict.STOP, f"Google authentication failed: {exc}", stop_error=AuthError)
     return Verdict(Verdict.FAIL, f"unexpected error talking to Drive: {type(exc).__name__}: {exc}")
@@ -661,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ask for access to all of Drive (needed for a --folder-id the tool did not create)")
     dest.add_argument("--service-account", metavar="FILE",
                       help="sign in with this service-account key instead of token.json, e.g. on a server "
-                           "(default: $GOOGLE_APPLICATION_CREDENTIALS when it is one)")
+                           "(default: $GOOGLE_APPLICATION_CREDENTIALS when it is one and there is no token.json "
+                           "or --impersonate is given)")
     dest.add_argument("--impersonate", metavar="EMAIL",
                       help="with a service account: act for this Workspace user (domain-wide delegation), "
                            "into their My Drive (default: $DRIVE_IMPERSONATE)")
@@ -842,13 +850,17 @@ def parse_moment(value: str, name: str) -> dt.datetime:
 
 def parse_bwlimit(value: str) -> tuple[tuple[int, int | None], ...]:
     """'4M' → ((0, 4 MiB),); rclone's timetable '08:00,1M 19:00,4M 23:00,off' → one entry per time
-    (minute of the day, bytes/s or None for off), sorted; 'off' → ()."""
+    (minute of the day, bytes/s or None for off), sorted; 'off' → (). As in rclone, a bare number
+    is KiB/s."""
+    def rate_of(text: str) -> int | None:
+        return parse_size(text + "k" if re.fullmatch(r"\d+(\.\d+)?", text) else text, "--bwlimit", allow_off=True)
+
     usage = (f"--bwlimit must be a rate such as 4M or off, or a timetable such as \"08:00,1M 19:00,4M 23:00,off\", "
              f"not {value!r}")
     parts = str(value).split()
     try:
         if len(parts) == 1 and "," not in parts[0]:
-            rate = parse_size(parts[0], "--bwlimit", allow_off=True)
+            rate = rate_of(parts[0])
             return () if rate is None else ((0, rate),)
         table = {}
         for part in parts:
@@ -857,7 +869,7 @@ def parse_bwlimit(value: str) -> tuple[tuple[int, int | None], ...]:
             minute = int(match[1]) * 60 + int(match[2]) if match else -1
             if not 0 <= minute < 24 * 60 or int(match[2]) > 59 or minute in table:
                 raise UsageError(usage)
-            table[minute] = parse_size(rate_text, "--bwlimit", allow_off=True)
+            table[minute] = rate_of(rate_text)
     except UsageError:
         raise UsageError(usage) from None
     return tuple(sorted(table.items()))
@@ -968,7 +980,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
         timezone=parse_timezone(setting(args.timezone, "CLOUD_TRANSFER_TIMEZONE")),
         no_browser=args.no_browser, oauth_port=args.oauth_port,
-        service_account_path=service_account_path(args.service_account, env),
+        service_account_path=service_account_path(args.service_account, env, Path(args.token_path or DEFAULT_TOKEN),
+                                                   args.command, bool(setting(args.impersonate, "DRIVE_IMPERSONATE"))),
         impersonate=setting(args.impersonate, "DRIVE_IMPERSONATE"),
         quiet=args.quiet, verbose=args.verbose,
         log_file=Path(args.log_file) if args.log_file else None,
@@ -1009,13 +1022,16 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
     return config
 
 
-def service_account_path(flag: str | None, environ: dict[str, str]) -> Path | None:
-    """--service-account, else GOOGLE_APPLICATION_CREDENTIALS when it names a service-account key
-    (gcloud points it at a user's own credentials too: those are not ours to use)."""
-    if flag:
-        return Path(flag)
+def service_account_path(flag: str | None, environ: dict[str, str], token_path: Path, command: str,
+                         impersonate: bool) -> Path | None:
+    """--service-account (`--service-account ""`: none), else GOOGLE_APPLICATION_CREDENTIALS when it
+    names a service-account key and either --impersonate asks for one or there is no token.json:
+    servers set that variable for other Google tools, and it must not take over a working sign-in
+    (nor `auth`, which makes one)."""
+    if flag is not None:
+        return Path(flag) if flag.strip() else None
     named = environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
-    if named:
+    if named and (impersonate or command != "auth" and not token_path.exists()):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             if json.loads(Path(named).read_text(encoding="utf-8")).get("type") == "service_account":
                 return Path(named)
@@ -1052,8 +1068,8 @@ def validate_config(config: Config) -> None:
         raise UsageError("--quiet and --verbose exclude each other")
     if config.prefix.startswith("/"):
         raise UsageError(f"--prefix must not start with '/': S3 keys have no leading slash ({config.prefix!r})")
-    if config.reset_checkpoint and (config.command != "transfer" or config.dry_run):
-        raise UsageError("--reset-checkpoint only applies to a transfer (not a dry run)")
+    if config.reset_checkpoint and (config.command != "transfer" or config.dry_run or config.check):
+        raise UsageError("--reset-checkpoint only applies to a transfer (not a dry run or --check)")
     if config.impersonate and config.service_account_path is None:
         raise UsageError("--impersonate needs a service account (--service-account or GOOGLE_APPLICATION_CREDENTIALS)")
     if config.service_account_path and not (config.impersonate or config.folder_id) and config.command == "transfer" \
@@ -1520,9 +1536,6 @@ class BandwidthLimit:
                 current = value
         return current
 
-    def lowest_rate(self) -> int | None:
-        return min((value for _, value in self.timetable if value), default=None)
-
     def take(self, size: int) -> None:
         rate = self.rate()
         if not rate or size <= 0:
@@ -1759,7 +1772,7 @@ class S3Source:
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("NoSuchBucket", "InvalidBucketName"):
-                hint = (f"; S3 bucket names are lowercase: did you mean {self.bucket.lower()!r}?"
+                hint = (f"; bucket names on AWS are lowercase: did you mean {self.bucket.lower()!r}?"
                         if self.bucket != self.bucket.lower() else "")
                 raise UsageError(f"S3 bucket {self.bucket!r} (from {self.bucket_origin}) does not exist at "
                                  f"{self.client.meta.endpoint_url}{hint}") from None
@@ -2378,7 +2391,7 @@ def load_service_account(config: Config) -> Any:
             raise AuthError(f"service account {creds.service_account_email} may not act for {config.impersonate}: "
                             f"a Workspace admin must allow its client ID {info.get('client_id')} the scope "
                             f"{config.scopes[0]} (Admin console > Security > API controls > Domain-wide "
-                            "delegation)") from None
+                            "delegation; a new grant can take hours to apply)") from None
         raise AuthError(f"the service-account key {path} was refused ({exc}): it may be deleted or disabled") from None
     return creds
 
@@ -2609,6 +2622,8 @@ class DriveApi:
                 result = make_request(self._service()).execute(num_retries=0)
                 self.succeeded(upload, write, sent_at)
                 return result
+            except CloudTransferError:
+                raise   # from the bytes' side (a stop during a --bwlimit wait, a failed download), not Drive's
             except Exception as exc:  # classified: nothing is swallowed
                 if missing_ok and isinstance(exc, HttpError) and exc.resp.status == 404:
                     self.succeeded(write=write, sent_at=sent_at)
@@ -2838,11 +2853,15 @@ class DriveUploader:
     def __init__(self, api: DriveApi, chunk_size_bytes: int = CHUNK_QUANTUM_BYTES * 32,
                  bandwidth: BandwidthLimit | None = None):
         self.api, self.chunk_size_bytes, self.bandwidth = api, chunk_size_bytes, bandwidth
-        # A chunk is read, then sent at full speed: under --bwlimit chunks of about two seconds'
-        # worth at the lowest rate keep the bursts short.
-        lowest = bandwidth.lowest_rate() if bandwidth else None
-        self.session_chunk_bytes = chunk_size_bytes if not lowest else max(
-            CHUNK_QUANTUM_BYTES, min(chunk_size_bytes, lowest * 2 // CHUNK_QUANTUM_BYTES * CHUNK_QUANTUM_BYTES))
+
+    def session_chunk_bytes(self) -> int:
+        """Under --bwlimit a session's chunk is about ten seconds' worth at the rate of the moment
+        (Google: keep chunks as large as possible; http.client sends a chunk in blocks, each read
+        waiting its turn, so the rate is smooth whatever the chunk's size)."""
+        rate = self.bandwidth.rate() if self.bandwidth else None
+        if not rate:
+            return self.chunk_size_bytes
+        return max(CHUNK_QUANTUM_BYTES, min(self.chunk_size_bytes, rate * 10 // CHUNK_QUANTUM_BYTES * CHUNK_QUANTUM_BYTES))
 
     def upload(self, path: Path, size: int, metadata: dict[str, Any], mimetype: str, *, file_id: str,
                update: bool = False, progress: Callable[[int], None] | None = None,
@@ -2896,7 +2915,7 @@ class DriveUploader:
 
         def new_session() -> Any:
             stream.seek(0)
-            media = MediaIoBaseUpload(stream, mimetype, chunksize=self.session_chunk_bytes, resumable=True)
+            media = MediaIoBaseUpload(stream, mimetype, chunksize=self.session_chunk_bytes(), resumable=True)
             return self._request(api._service(), media, metadata, file_id, update)
 
         request, attempt, restarts, sent_at = new_session(), 0, 0, None
@@ -4221,6 +4240,7 @@ class Transfer:
                             return
             self.stats.add("listing_complete")
             if held:
+                self.stats.listing_done = True   # totals are known: progress lines get their ETA
                 held.sort(key=ORDER_KEYS[self.order])
                 for item in held:
                     if not self._put(item):
@@ -4674,6 +4694,9 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
                              "drive.file scope the tool sees only folders it created; use --full-scope")
         if folder.trashed:
             raise UsageError(f"--folder-id {config.folder_id} is in the Drive trash: restore it, or choose another")
+        if config.service_account_path and not config.impersonate and not folder.drive_id:
+            raise UsageError(f"--folder-id {config.folder_id} is in a My Drive, where a service account cannot own "
+                             "files: use a folder in a shared drive, or --impersonate its owner")
         api.use_shared_drive(folder.drive_id)
         root_id = folder.id
     else:
@@ -4984,9 +5007,14 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
                     left["bytes"] += obj.size
                     left["objects"] += 1
                     heapq.heappushpop(left["largest"], obj.size)
-                    first = first or obj
-        if first is not None and first.size:
-            source.read_range(first, 0, 1)   # s3:GetObject, not only ListBucket
+                    if first is None and obj.size and obj.storage_class not in ARCHIVED_STORAGE_CLASSES:
+                        first = obj
+        if first is not None:
+            try:
+                source.read_range(first, 0, 1)   # s3:GetObject, not only ListBucket
+            except ObjectError as exc:
+                if exc.verdict.action != Verdict.SKIP:   # a skipped object (SSE-C, deleted) is a run's business
+                    raise
         return (f"s3://{config.bucket}/{config.prefix} at {source.client.meta.endpoint_url} is readable: "
                 f"{listed} objects, {left['objects']} to copy ({format_bytes(left['bytes'])})")
 
@@ -5028,12 +5056,19 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
             if folder is None or not folder.is_folder or folder.trashed:
                 raise UsageError(f"--folder-id {config.folder_id} is not a folder this sign-in can use "
                                  "(missing, trashed, or hidden by the drive.file scope: try --full-scope)")
+            if config.service_account_path and not config.impersonate and not folder.drive_id:
+                raise UsageError(f"--folder-id {config.folder_id} is in a My Drive, where a service account cannot "
+                                 "own files: use a folder in a shared drive, or --impersonate its owner")
             return f"folder {config.folder_id} ({folder.name!r}) is usable"
         remembered = drive.api.get(checkpoint.root_folder_id) if checkpoint and checkpoint.root_folder_id else None
         if remembered is not None and remembered.is_folder and not remembered.trashed:
             return f"folder {config.folder_name!r} of earlier runs is usable ({remembered.id})"
         if remembered is not None:
             raise UsageError(f"the folder earlier runs filled ({remembered.id}) is in the trash: restore it")
+        if checkpoint and checkpoint.root_folder_id and not config.new_root:
+            raise AuthError(f"the folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
+                            "sign-in: deleted, or made with another credentials.json or account; a run explains "
+                            "which, or pass --new-root to start a new copy")
         found = drive.folders.find_root(config.folder_name)
         return f"folder {config.folder_name!r} " + (f"exists ({found})" if found else "will be created in My Drive")
 

@@ -170,6 +170,7 @@ def test_bwlimit_timetable_changes_the_rate_at_each_time_and_wraps_past_midnight
     moment[0] = moment[0].replace(hour=22, minute=59)
     assert limit.rate() == 4 * 1024 ** 2
     assert ct.parse_bwlimit("off") == () and ct.parse_bwlimit("512k") == ((0, 512 * 1024),)
+    assert ct.parse_bwlimit("512") == ((0, 512 * 1024),)   # a bare number is KiB/s, as in rclone
     assert ct.format_bwlimit(table) == "08:00,1.0 MiB/s 19:00,4.0 MiB/s 23:00,off"
 
 
@@ -214,3 +215,13 @@ def test_order_by_date_goes_by_last_modified_then_key():
              for key, offset in [("a", 2), ("b", 0), ("c", 2), ("d", 1)]]
     assert [i.obj.key for i in sorted(items, key=ct.ORDER_KEYS["oldest"])] == ["b", "d", "a", "c"]
     assert [i.obj.key for i in sorted(items, key=ct.ORDER_KEYS["newest"])] == ["a", "c", "d", "b"]
+
+
+def test_a_stop_during_a_bwlimit_wait_is_a_stop_not_a_failed_file():
+    api = ct.DriveApi(lambda: None)
+
+    def paced_request(service):
+        raise ct.InterruptedRun("interrupted")   # what BandwidthLimit.take raises when stopped
+
+    with pytest.raises(ct.InterruptedRun):
+        api.call(paced_request, upload=True, write=True)

@@ -100,21 +100,22 @@ def test_kill_9_during_download_then_rerun_completes(fenv):
 
 
 def kill_at_chunk(fenv, n):
-    """Run with 0.25 MiB chunks and kill -9 it when the n-th resumable chunk reaches Drive."""
-    chunks, reached = [], threading.Event()
+    """Run with 0.25 MiB chunks and kill -9 it once Drive has stored the n-th resumable chunk, before
+    its answer leaves: killed from the server's thread, so no later chunk can follow however busy
+    the machine is."""
+    chunks, process = [], []
 
-    def on_request(record):
+    def before_reply(record, reply):
         if record["method"] == "PUT" and "upload_id" in record["query"]:
             chunks.append(record)
             if len(chunks) == n:
-                reached.set()
+                process[0].kill()
 
-    fenv.drive.on_request = on_request
-    process = start(fenv, "--chunk-size", "0.25", "--workers", "1")
-    assert reached.wait(HOOK_TIMEOUT_S)
-    process.kill()
-    process.wait()
-    fenv.drive.on_request = None
+    fenv.drive.before_reply = before_reply
+    process.append(start(fenv, "--chunk-size", "0.25", "--workers", "1"))
+    process[0].wait(timeout=HOOK_TIMEOUT_S)
+    fenv.drive.before_reply = None
+    assert process[0].returncode == -signal.SIGKILL and len(chunks) == n
 
 
 def test_kill_9_mid_upload_then_rerun_sends_only_the_rest_of_the_session(fenv):

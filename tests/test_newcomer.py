@@ -135,7 +135,7 @@ def test_a_missing_bucket_names_where_the_name_came_from_and_the_lowercase_rule(
     assert from_file.returncode == 2
     line = one_line_error(from_file)
     assert "'My-Photos' (from S3_BUCKET_NAME in .env) does not exist at " + env.vars["AWS_ENDPOINT_URL"] in line
-    assert "S3 bucket names are lowercase: did you mean 'my-photos'?" in line
+    assert "bucket names on AWS are lowercase: did you mean 'my-photos'?" in line
     from_flag = env.run("--dry-run", "--bucket", "no-such-photos")
     assert "'no-such-photos' (from --bucket) does not exist" in one_line_error(from_flag)
     assert "lowercase" not in from_flag.stderr
@@ -169,6 +169,8 @@ def test_check_says_ok_for_each_precondition_and_writes_nothing(env):
     assert "will be created in My Drive" in result.stdout
     assert env.drive.list_files() == [] and not env.checkpoint.exists()
     assert env.run().returncode == 0
+    refused = env.run("--check", "--reset-checkpoint")   # a check never moves the checkpoint aside
+    assert refused.returncode == 2 and "--reset-checkpoint only applies" in one_line_error(refused)
     again = env.run("--check")
     assert again.returncode == 0 and "0 to copy" in again.stdout and "of earlier runs is usable" in again.stdout
 

@@ -35,8 +35,13 @@ def test_the_environment_variable_names_the_key_and_a_user_file_in_it_is_not_tak
     key = make_service_account(tmp_path, env.drive, delegation=True)
     env.put("a/1.jpg")
     variables = {"GOOGLE_APPLICATION_CREDENTIALS": str(key), "DRIVE_IMPERSONATE": USER}
-    assert env.run(env=variables).returncode == 0
+    assert env.run(env=variables).returncode == 0   # asked to impersonate: the variable's key
     assert set(env.drive.requests_by_user) == {USER}
+    env.put("a/2.jpg")
+    env.drive.requests.clear()
+    set_for_other_tools = {"GOOGLE_APPLICATION_CREDENTIALS": str(key)}
+    assert env.run("--checkpoint", "mine.json", env=set_for_other_tools).returncode == 0
+    assert set(env.drive.requests_by_user) == {"emulated.user@example.com"}   # token.json keeps signing in
     user_file = tmp_path / "adc.json"   # gcloud's application-default credentials: a user's, not ours
     user_file.write_text('{"type": "authorized_user", "client_id": "x", "client_secret": "y", "refresh_token": "z"}')
     result = env.run(env={"GOOGLE_APPLICATION_CREDENTIALS": str(user_file)})
@@ -64,6 +69,10 @@ def test_without_impersonation_a_service_account_needs_a_shared_drive(env, tmp_p
     shared = env.drive.add_shared_drive("Team photos")
     result = env.run("--service-account", str(key), "--folder-id", shared, "--full-scope")
     assert result.returncode == 0, result.stderr
+    my_drive_folder = env.drive.add_folder("shared with the robot")["id"]
+    in_my_drive = env.run("--service-account", str(key), "--folder-id", my_drive_folder, "--full-scope",
+                          "--checkpoint", "other.json")
+    assert in_my_drive.returncode == 2 and "is in a My Drive" in one_line_error(in_my_drive)
     copied = [f for f in env.drive.list_files() if f["name"] == "1.jpg"]
     assert len(copied) == 1 and copied[0]["driveId"] == shared
     assert set(env.drive.requests_by_user) == {DEFAULT_SERVICE_ACCOUNT}
