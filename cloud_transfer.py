@@ -283,11 +283,12 @@ class InterruptedRun(CloudTransferError):
 
 class ObjectError(CloudTransferError):
     """One object (or request) could not be done now; `verdict` says whether to retry, skip or fail it.
-    Outside the per-object loop (root folder, verify, rollback) it ends the command with exit 1."""
+    Outside the per-object loop (root folder, verify, rollback) it ends the command with exit 1.
+    `date`: the original date that put it outside --newer-than/--older-than (kept in the checkpoint)."""
 
-    def __init__(self, verdict: Verdict):
+    def __init__(self, verdict: Verdict, date: dt.datetime | None = None):
         super().__init__(verdict.reason)
-        self.verdict = verdict
+        self.verdict, self.date = verdict, date
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2994,6 +2995,7 @@ class CheckpointEntry:
     reason: str | None = None     # why it failed or was skipped
     at: str = ""                  # UTC time of the outcome
     name: str | None = None       # the Drive name, when a clash made it differ from the key's own
+    date: str | None = None       # skipped by --newer-than/--older-than: the original date it was judged by
 
     def to_json(self) -> dict[str, Any]:
         # The ETag is kept whatever it is: some S3-compatible stores send an empty one.
@@ -4293,6 +4295,8 @@ class Transfer:
         entry = self.checkpoint.get(obj.key)
         attempts = entry.attempts if entry and entry.etag == obj.version and entry.status == STATUS_FAILED else 0
         with self._staging() as staging, self.budget.spending(obj.size, staging):   # kept across attempts
+            if self._outside_dates_as_recorded(entry, obj):
+                return
             for attempt in range(1, MAX_OBJECT_ATTEMPTS + 1):
                 try:
                     if item.check_type:
@@ -4317,7 +4321,7 @@ class Transfer:
                     self.checkpoint.record(obj.key, CheckpointEntry(
                         status=status, etag=obj.version, size=obj.size, attempts=attempts + attempt,
                         run=self.run_id, reason=verdict.reason, drive_id=latest.drive_id if latest else None,
-                        name=self._renamed.get(obj.key)))
+                        name=self._renamed.get(obj.key), date=exc.date.isoformat() if exc.date else None))
                     if status == STATUS_SKIPPED:
                         self.stats.skip(verdict.reason)
                         log.warning("skipped %s: %s", obj.key, verdict.reason)
@@ -4325,6 +4329,17 @@ class Transfer:
                         self.stats.fail(obj.key, verdict.reason)
                         log.warning("failed %s: %s", obj.key, verdict.reason)
                     return
+
+    def _outside_dates_as_recorded(self, entry: CheckpointEntry | None, obj: SourceObject) -> bool:
+        """A version an earlier run read and found outside --newer-than/--older-than is judged by the
+        date it recorded: a nightly run with a date filter must not download the rest again."""
+        if not (entry and entry.date and entry.status == STATUS_SKIPPED and entry.etag == obj.version
+                and self.filter.by_date):
+            return False
+        if self.filter.admits_date(dt.datetime.fromisoformat(entry.date)):
+            return False   # the filter changed: copy it now
+        self.stats.skip(SKIP_DATE_FILTERED)
+        return True
 
     def _copies(self, obj: SourceObject, folder_id: str) -> list[DriveFile]:
         """This version's copies in the folder: the one the checkpoint's id points at, asked with
@@ -4351,7 +4366,7 @@ class Transfer:
         if self.layout.startswith("date:") or self.filter.by_date:   # the folder or the filter needs it first
             date = self._date_before_upload(obj, staging)
             if not self.filter.admits_date(date.moment):
-                raise ObjectError(Verdict(Verdict.SKIP, SKIP_DATE_FILTERED))
+                raise ObjectError(Verdict(Verdict.SKIP, SKIP_DATE_FILTERED), date=date.moment)
         if self.layout.startswith("date:"):
             assert date is not None
             folder_path = date_folders(date, self.layout, self.dates.zone)

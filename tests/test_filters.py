@@ -54,3 +54,22 @@ def test_date_filters_use_the_original_date_and_verify_agrees(env):
 def test_malformed_globs_are_usage_errors(env, pattern):
     result = env.run("--include", pattern)
     assert result.returncode == 2 and "filter" in result.stderr
+
+
+def test_a_nightly_run_with_a_date_filter_does_not_download_what_it_already_judged(env, moto_url):
+    from tests.s3_fault_proxy import S3FaultProxy
+
+    env.put("p/2015.jpg", media.jpeg("2015:05:05 10:00:00", "+00:00"))
+    env.put("p/2019.jpg", media.jpeg("2019:05:05 10:00:00", "+00:00"))
+    newer = ("--newer-than", "2018-01-01")
+    with S3FaultProxy(moto_url) as proxy:
+        env.vars["AWS_ENDPOINT_URL"] = proxy.url
+        gets: list[str] = []
+        proxy.on_object_get = gets.append
+        assert env.main(*newer) == 0 and keys_in_drive(env) == {"p/2019.jpg"}
+        assert sorted(gets) == ["p/2015.jpg", "p/2019.jpg"]   # read once to learn its date
+        gets.clear()
+        assert env.main(*newer) == 0
+        assert gets == []                                      # judged by the date recorded then
+        assert env.main("--newer-than", "2010-01-01") == 0     # a wider window: now it is copied
+        assert gets == ["p/2015.jpg"] and keys_in_drive(env) == {"p/2015.jpg", "p/2019.jpg"}
