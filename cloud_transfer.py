@@ -2761,6 +2761,13 @@ class DriveFolders:
         with self._lock:
             self._ids[()] = root_id
 
+    def known(self, parts: tuple[str, ...]) -> str | None:
+        """The folder's id if this run or the checkpoint knows it; asks Drive nothing, creates nothing."""
+        with self._lock:
+            if parts in self._ids:
+                return self._ids[parts]
+        return self.recorded(parts)
+
     def find_root(self, name: str) -> str | None:
         """A folder of exactly this name at the top of My Drive (the oldest), if any."""
         query = (f"name = {drive_query_literal(name)} and mimeType = '{FOLDER_MIME}' and "
@@ -4330,6 +4337,20 @@ class Transfer:
                         log.warning("failed %s: %s", obj.key, verdict.reason)
                     return
 
+    def _recorded_copy_is_intact(self, obj: SourceObject, folder_path: tuple[str, ...] | None, attempts: int) -> bool:
+        """The checkpoint's copy of this version, intact in its folder (`folder_path` None: anywhere,
+        as in a date layout): adopted without reading the object for its date."""
+        entry = self.checkpoint.get(obj.key)
+        folder_id = None if folder_path is None else self.drive.folders.known(folder_path)
+        if not (entry and entry.drive_id and (folder_path is None or folder_id)):
+            return False
+        found = self.drive.api.get(entry.drive_id)
+        if not (usable_copy(found, folder_id) and found is not None and is_intact_copy(found, obj)):
+            return False
+        self._record_done(obj, found, attempts, adopted=True)
+        self.stats.add("adopted")
+        return True
+
     def _outside_dates_as_recorded(self, entry: CheckpointEntry | None, obj: SourceObject) -> bool:
         """A version an earlier run read and found outside --newer-than/--older-than is judged by the
         date it recorded: a nightly run with a date filter must not download the rest again."""
@@ -4362,16 +4383,18 @@ class Transfer:
     def _copy(self, obj: SourceObject, attempts: int, staging: Staging) -> None:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
         name = self._renamed.get(obj.key) or drive_path_for(obj.key)[-1]
+        dated_layout = self.layout.startswith("date:")
+        folder_path = None if dated_layout else () if self.layout == LAYOUT_FLAT else drive_path_for(obj.key)[:-1]
         date = None
-        if self.layout.startswith("date:") or self.filter.by_date:   # the folder or the filter needs it first
+        if dated_layout or self.filter.by_date:   # the folder or the filter needs it first: a download
+            if self._recorded_copy_is_intact(obj, folder_path, attempts):   # unless the copy is known (--recheck)
+                return
             date = self._date_before_upload(obj, staging)
             if not self.filter.admits_date(date.moment):
                 raise ObjectError(Verdict(Verdict.SKIP, SKIP_DATE_FILTERED), date=date.moment)
-        if self.layout.startswith("date:"):
+        if folder_path is None:
             assert date is not None
             folder_path = date_folders(date, self.layout, self.dates.zone)
-        else:
-            folder_path = () if self.layout == LAYOUT_FLAT else drive_path_for(obj.key)[:-1]
         folder_id = self.drive.folders.ensure(folder_path)
         copies = self._copies(obj, folder_id)
         intact = [copy for copy in copies if is_intact_copy(copy, obj)]

@@ -145,3 +145,25 @@ def test_a_failed_object_keeps_the_name_it_was_given(env, monkeypatch):
     env.put("c/IMG.jpg", media.jpeg(None))
     assert env.main("--layout", "flat") == 0
     assert copied(env) == {"IMG.jpg": "a/IMG.jpg", "IMG (2).jpg": "b/IMG.jpg", "IMG (3).jpg": "c/IMG.jpg"}
+
+
+def test_recheck_in_a_date_layout_finds_intact_copies_without_reading_the_photos_again(env, moto_url):
+    from tests import media_samples as media
+    from tests.s3_fault_proxy import S3FaultProxy
+
+    for n in range(3):
+        env.put(f"p/{n}.jpg", media.jpeg(f"201{n}:05:05 10:00:00", "+00:00"))
+    with S3FaultProxy(moto_url) as proxy:
+        env.vars["AWS_ENDPOINT_URL"] = proxy.url
+        gets: list[str] = []
+        proxy.on_object_get = gets.append
+        assert env.main("--layout", "date") == 0 and len(gets) == 3
+        gets.clear()
+        report = env.cwd / "report.json"
+        assert env.main("--layout", "date", "--recheck", "--report", str(report)) == 0
+        assert gets == []   # each recorded copy was asked for by id, intact: no download for its date
+        assert __import__("json").loads(report.read_text())["found_in_drive"] == 3
+        trashed = next(f for f in env.drive.list_files() if f["name"] == "1.jpg")
+        env.drive.files[trashed["id"]]["trashed"] = True
+        assert env.main("--layout", "date", "--recheck") == 0
+        assert gets == ["p/1.jpg"] and len(env.drive_files()) == 3   # the trashed one is read and sent again
