@@ -590,6 +590,11 @@ def test_reporter_logs_a_progress_line_per_interval_without_a_terminal(caplog, m
     reporter.tick()
     lines = [r.getMessage() for r in caplog.records if "progress" in r.getMessage()]
     assert lines == ["progress: 3/10+ files, 3.0 MiB at 102.4 KiB/s, 0 failed"]
+    limited = ct.Reporter(stats, enabled=True, use_bars=False, clock=clock, interval_s=30,
+                          bandwidth=ct.BandwidthLimit(((0, 4 * 1024 ** 2),), threading.Event()))
+    clock.now += 30
+    limited.tick()
+    assert "at 102.4 KiB/s (--bwlimit 4.0 MiB/s), 0 failed" in caplog.records[-1].getMessage()
 
 
 def test_summary_table_counts_and_request_cost():
