@@ -669,8 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ask for access to all of Drive (needed for a --folder-id the tool did not create)")
     dest.add_argument("--service-account", metavar="FILE",
                       help="sign in with this service-account key instead of token.json, e.g. on a server "
-                           "(default: $GOOGLE_APPLICATION_CREDENTIALS when it is one and there is no token.json "
-                           "or --impersonate is given)")
+                           "(default with --impersonate: $GOOGLE_APPLICATION_CREDENTIALS)")
     dest.add_argument("--impersonate", metavar="EMAIL",
                       help="with a service account: act for this Workspace user (domain-wide delegation), "
                            "into their My Drive (default: $DRIVE_IMPERSONATE)")
@@ -722,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     safety.add_argument("--permanent", action="store_true", help="rollback: delete instead of moving to trash")
     safety.add_argument("--yes", dest="assume_yes", action="store_true", help="rollback: do not ask")
     output = parser.add_argument_group("output")
-    output.add_argument("--quiet", "-q", action="store_true", help="only errors (and the exit code)")
+    output.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors (and the exit code)")
     output.add_argument("--verbose", "-v", action="store_true", help="debug logging, tracebacks on internal errors")
     output.add_argument("--log-file", metavar="PATH", help="also write the full log here")
     output.add_argument("--report", dest="report_path", metavar="PATH",
@@ -981,8 +980,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
         timezone=parse_timezone(setting(args.timezone, "CLOUD_TRANSFER_TIMEZONE")),
         no_browser=args.no_browser, oauth_port=args.oauth_port,
-        service_account_path=service_account_path(args.service_account, env, Path(args.token_path or DEFAULT_TOKEN),
-                                                   args.command, bool(setting(args.impersonate, "DRIVE_IMPERSONATE"))),
+        service_account_path=service_account_path(args.service_account, env,
+                                                   bool(setting(args.impersonate, "DRIVE_IMPERSONATE"))),
         impersonate=setting(args.impersonate, "DRIVE_IMPERSONATE"),
         quiet=args.quiet, verbose=args.verbose,
         log_file=Path(args.log_file) if args.log_file else None,
@@ -1023,16 +1022,14 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
     return config
 
 
-def service_account_path(flag: str | None, environ: dict[str, str], token_path: Path, command: str,
-                         impersonate: bool) -> Path | None:
+def service_account_path(flag: str | None, environ: dict[str, str], impersonate: bool) -> Path | None:
     """--service-account (`--service-account ""`: none), else GOOGLE_APPLICATION_CREDENTIALS when it
-    names a service-account key and either --impersonate asks for one or there is no token.json:
-    servers set that variable for other Google tools, and it must not take over a working sign-in
-    (nor `auth`, which makes one)."""
+    names a service-account key and --impersonate (or DRIVE_IMPERSONATE) asks for one: servers set
+    that variable for other Google tools, and it must never take the place of token.json unasked."""
     if flag is not None:
         return Path(flag) if flag.strip() else None
     named = environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
-    if named and (impersonate or command != "auth" and not token_path.exists()):
+    if named and impersonate:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             if json.loads(Path(named).read_text(encoding="utf-8")).get("type") == "service_account":
                 return Path(named)
@@ -2197,6 +2194,11 @@ class OriginalDates:
                  stats: Stats | None = None):
         self.source, self.date_from, self.zone, self.stats = source, date_from, zone, stats or Stats()
 
+    @property
+    def basis(self) -> str:
+        """What a date depends on besides the file: another --date-from or --timezone may give another."""
+        return f"{self.date_from} {self.zone or 'local'}"
+
     def _read_range(self, obj: SourceObject, offset: int, length: int) -> bytes:
         data = self.source.read_range(obj, offset, length)
         self.stats.add("date_header_bytes", len(data))
@@ -2760,13 +2762,6 @@ class DriveFolders:
     def set_root(self, root_id: str) -> None:
         with self._lock:
             self._ids[()] = root_id
-
-    def known(self, parts: tuple[str, ...]) -> str | None:
-        """The folder's id if this run or the checkpoint knows it; asks Drive nothing, creates nothing."""
-        with self._lock:
-            if parts in self._ids:
-                return self._ids[parts]
-        return self.recorded(parts)
 
     def find_root(self, name: str) -> str | None:
         """A folder of exactly this name at the top of My Drive (the oldest), if any."""
@@ -4230,6 +4225,8 @@ class Transfer:
                     done = done_run is not None and not self.recheck and (
                         self.trusted_runs is None or done_run in self.trusted_runs)
                     action, reason = plan_object(obj, done, self.all_files)
+                    if action in (PLAN_COPY, PLAN_CHECK_TYPE) and self.filter.by_date and self._outside_dates_as_recorded(obj):
+                        action, reason = PLAN_SKIP, SKIP_DATE_FILTERED
                     if action == PLAN_SKIP:
                         self.stats.skip(reason or "")
                         continue
@@ -4302,8 +4299,6 @@ class Transfer:
         entry = self.checkpoint.get(obj.key)
         attempts = entry.attempts if entry and entry.etag == obj.version and entry.status == STATUS_FAILED else 0
         with self._staging() as staging, self.budget.spending(obj.size, staging):   # kept across attempts
-            if self._outside_dates_as_recorded(entry, obj):
-                return
             for attempt in range(1, MAX_OBJECT_ATTEMPTS + 1):
                 try:
                     if item.check_type:
@@ -4328,7 +4323,8 @@ class Transfer:
                     self.checkpoint.record(obj.key, CheckpointEntry(
                         status=status, etag=obj.version, size=obj.size, attempts=attempts + attempt,
                         run=self.run_id, reason=verdict.reason, drive_id=latest.drive_id if latest else None,
-                        name=self._renamed.get(obj.key), date=exc.date.isoformat() if exc.date else None))
+                        name=self._renamed.get(obj.key),
+                        date=f"{exc.date.isoformat()} {self.dates.basis}" if exc.date else None))
                     if status == STATUS_SKIPPED:
                         self.stats.skip(verdict.reason)
                         log.warning("skipped %s: %s", obj.key, verdict.reason)
@@ -4341,9 +4337,9 @@ class Transfer:
         """The checkpoint's copy of this version, intact in its folder (`folder_path` None: anywhere,
         as in a date layout): adopted without reading the object for its date."""
         entry = self.checkpoint.get(obj.key)
-        folder_id = None if folder_path is None else self.drive.folders.known(folder_path)
-        if not (entry and entry.drive_id and (folder_path is None or folder_id)):
-            return False
+        if not (entry and entry.drive_id and entry.etag == obj.version and entry.status in (STATUS_DONE, STATUS_SENDING)):
+            return False   # nothing recorded for this version: _copies looks, once
+        folder_id = None if folder_path is None else self.drive.folders.ensure(folder_path)
         found = self.drive.api.get(entry.drive_id)
         if not (usable_copy(found, folder_id) and found is not None and is_intact_copy(found, obj)):
             return False
@@ -4351,16 +4347,15 @@ class Transfer:
         self.stats.add("adopted")
         return True
 
-    def _outside_dates_as_recorded(self, entry: CheckpointEntry | None, obj: SourceObject) -> bool:
+    def _outside_dates_as_recorded(self, obj: SourceObject) -> bool:
         """A version an earlier run read and found outside --newer-than/--older-than is judged by the
-        date it recorded: a nightly run with a date filter must not download the rest again."""
-        if not (entry and entry.date and entry.status == STATUS_SKIPPED and entry.etag == obj.version
-                and self.filter.by_date):
+        date it recorded, while --date-from and --timezone are as they were: a nightly run with a
+        date filter must not download the rest again (and it reserves nothing of the budgets)."""
+        entry = self.checkpoint.get(obj.key)
+        if not (entry and entry.date and entry.status == STATUS_SKIPPED and entry.etag == obj.version):
             return False
-        if self.filter.admits_date(dt.datetime.fromisoformat(entry.date)):
-            return False   # the filter changed: copy it now
-        self.stats.skip(SKIP_DATE_FILTERED)
-        return True
+        moment, _, basis = entry.date.partition(" ")
+        return basis == self.dates.basis and not self.filter.admits_date(dt.datetime.fromisoformat(moment))
 
     def _copies(self, obj: SourceObject, folder_id: str) -> list[DriveFile]:
         """This version's copies in the folder: the one the checkpoint's id points at, asked with

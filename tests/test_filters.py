@@ -73,3 +73,19 @@ def test_a_nightly_run_with_a_date_filter_does_not_download_what_it_already_judg
         assert gets == []                                      # judged by the date recorded then
         assert env.main("--newer-than", "2010-01-01") == 0     # a wider window: now it is copied
         assert gets == ["p/2015.jpg"] and keys_in_drive(env) == {"p/2015.jpg", "p/2019.jpg"}
+
+
+def test_a_recorded_date_is_not_trusted_once_date_from_or_timezone_changed(env, moto_url):
+    from tests.s3_fault_proxy import S3FaultProxy
+
+    env.put("p/2015.jpg", media.jpeg("2015:05:05 10:00:00", "+00:00"))   # S3's date: today
+    older = ("--older-than", "2018-01-01")
+    with S3FaultProxy(moto_url) as proxy:
+        env.vars["AWS_ENDPOINT_URL"] = proxy.url
+        gets: list[str] = []
+        proxy.on_object_get = gets.append
+        assert env.main("--date-from", "s3", *older) == 0 and keys_in_drive(env) == set()
+        gets.clear()
+        assert env.main(*older) == 0                     # auto reads EXIF: 2015, inside the window
+        assert gets == ["p/2015.jpg"] and keys_in_drive(env) == {"p/2015.jpg"}
+        assert env.main("verify", *older) == 0
