@@ -300,7 +300,7 @@ class Verdict:
     retry_after_s: float | None = None  # server's Retry-After, if it sent one
     rate_limited: bool = False          # slow every worker down, not just this one
     daily_cap: bool = False             # maybe the daily upload cap: stops the run if it persists
-    unreachable: bool = False           # no answer at all (connection refused, DNS, timeout)
+    unreachable: bool = False           # no answer at all (connection refused, unknown host, no route)
     stop_error: type[CloudTransferError] | None = None  # for STOP: the error to raise
 
     RETRY = "retry"
@@ -1732,9 +1732,9 @@ class S3Source:
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE,
                  stop: threading.Event | None = None, outage: OutageWatch | None = None, sse_c_key: bytes | None = None,
-                 other_store: bool = False):
+                 other_store: bool = False, bucket_origin: str = "S3_BUCKET_NAME"):
         self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
-        self.bucket_origin = "S3_BUCKET_NAME"   # where the name came from, for the not-found message
+        self.bucket_origin = bucket_origin   # where the name came from, for the not-found message
         # On AWS a general-purpose bucket's MD5-shaped ETag is the MD5 unless GET says KMS or SSE-C; a
         # directory bucket's (name ending --x-s3) never is; other stores may send any 32 hex digits.
         self.opaque_etags = other_store
@@ -2606,14 +2606,16 @@ class DriveApi:
         else:
             if verdict.unreachable and time.monotonic() - self._said_unreachable >= RETRY_NOTICE_S:
                 self._said_unreachable = time.monotonic()
-                log.warning("%s: retrying", verdict.reason if verdict.reason.startswith("cannot reach")
-                            else f"cannot reach Google Drive at {self.endpoint} ({verdict.reason})")
+                log.warning("%s: retrying", self.unreachable(verdict))
             self.outage.failed(self._service_name(upload), verdict.reason)
             self.pause(self.backoff.delay(attempt, verdict.retry_after_s))
 
     def succeeded(self, upload: bool = False, write: bool = False, sent_at: float | None = None) -> None:
         self.pacer.succeeded(upload, write=write or upload, sent_at=sent_at)
         self.outage.ok(self._service_name(upload))
+
+    def unreachable(self, verdict: Verdict) -> str:
+        return f"cannot reach Google Drive at {self.endpoint} ({verdict.reason})"
 
     def call(self, make_request: Callable[[Any], Any], *, missing_ok: bool = False, upload: bool = False,
              write: bool = False) -> Any:
@@ -2632,11 +2634,9 @@ class DriveApi:
                     self.succeeded(write=write, sent_at=sent_at)
                     return None
                 verdict = classify_drive_error(exc, upload=upload)
-                if verdict.unreachable:
-                    verdict = dataclasses.replace(verdict, reason=f"cannot reach Google Drive at {self.endpoint} "
-                                                                  f"({verdict.reason})")
                 if verdict.action != Verdict.RETRY or attempt == MAX_REQUEST_ATTEMPTS:
-                    raise_for(verdict)
+                    raise_for(dataclasses.replace(verdict, reason=self.unreachable(verdict)) if verdict.unreachable
+                              else verdict)
                 self.after_error(verdict, attempt, upload, sent_at, write=write or upload)
         raise AssertionError("unreachable")
 
@@ -2997,7 +2997,7 @@ class CheckpointEntry:
     reason: str | None = None     # why it failed or was skipped
     at: str = ""                  # UTC time of the outcome
     name: str | None = None       # the Drive name, when a clash made it differ from the key's own
-    date: str | None = None       # skipped by --newer-than/--older-than: the original date it was judged by
+    date: str | None = None       # skipped by --newer-than/--older-than: "<ISO date> <OriginalDates.basis>"
 
     def to_json(self) -> dict[str, Any]:
         # The ETag is kept whatever it is: some S3-compatible stores send an empty one.
@@ -4645,10 +4645,8 @@ def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
 
 
 def make_source(config: Config, runtime: Runtime, outage: OutageWatch | None = None) -> S3Source:
-    source = S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage,
-                      config.sse_c_key, other_store=bool(config.s3_endpoint_url))
-    source.bucket_origin = config.bucket_origin
-    return source
+    return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage,
+                    config.sse_c_key, other_store=bool(config.s3_endpoint_url), bucket_origin=config.bucket_origin)
 
 
 @dataclasses.dataclass
@@ -4721,15 +4719,7 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
         return {"client_id": client_id, **api.account()}
 
     if config.folder_id:
-        folder = api.get(config.folder_id)
-        if folder is None or not folder.is_folder:
-            raise UsageError(f"--folder-id {config.folder_id} is not a folder this app can see: with the default "
-                             "drive.file scope the tool sees only folders it created; use --full-scope")
-        if folder.trashed:
-            raise UsageError(f"--folder-id {config.folder_id} is in the Drive trash: restore it, or choose another")
-        if config.service_account_path and not config.impersonate and not folder.drive_id:
-            raise UsageError(f"--folder-id {config.folder_id} is in a My Drive, where a service account cannot own "
-                             "files: use a folder in a shared drive, or --impersonate its owner")
+        folder = chosen_folder(config, api)
         api.use_shared_drive(folder.drive_id)
         root_id = folder.id
     else:
@@ -4776,6 +4766,20 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
     checkpoint.set_root(root_id)
     drive.folders.set_root(root_id)
     return root_id
+
+
+def chosen_folder(config: Config, api: DriveApi) -> DriveFile:
+    """--folder-id's folder, or a one-line reason it cannot take the copy."""
+    folder = api.get(config.folder_id or "")
+    if folder is None or not folder.is_folder:
+        raise UsageError(f"--folder-id {config.folder_id} is not a folder this app can see: with the default "
+                         "drive.file scope the tool sees only folders it created; use --full-scope")
+    if folder.trashed:
+        raise UsageError(f"--folder-id {config.folder_id} is in the Drive trash: restore it, or choose another")
+    if config.service_account_path and not config.impersonate and not folder.drive_id:
+        raise UsageError(f"--folder-id {config.folder_id} is in a My Drive, where a service account cannot own "
+                         "files: use a folder in a shared drive, or --impersonate its owner")
+    return folder
 
 
 def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
@@ -5085,14 +5089,7 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
     def destination() -> str:
         assert drive is not None
         if config.folder_id:
-            folder = drive.api.get(config.folder_id)
-            if folder is None or not folder.is_folder or folder.trashed:
-                raise UsageError(f"--folder-id {config.folder_id} is not a folder this sign-in can use "
-                                 "(missing, trashed, or hidden by the drive.file scope: try --full-scope)")
-            if config.service_account_path and not config.impersonate and not folder.drive_id:
-                raise UsageError(f"--folder-id {config.folder_id} is in a My Drive, where a service account cannot "
-                                 "own files: use a folder in a shared drive, or --impersonate its owner")
-            return f"folder {config.folder_id} ({folder.name!r}) is usable"
+            return f"folder {config.folder_id} ({chosen_folder(config, drive.api).name!r}) is usable"
         remembered = drive.api.get(checkpoint.root_folder_id) if checkpoint and checkpoint.root_folder_id else None
         if remembered is not None and remembered.is_folder and not remembered.trashed:
             return f"folder {config.folder_name!r} of earlier runs is usable ({remembered.id})"
