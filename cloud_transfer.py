@@ -4804,7 +4804,7 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
     source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
     with RunLock(lock_path_for(config)) as lock:
         checkpoint = open_checkpoint(config)
-        budget = run_budget(config, checkpoint)   # a spent daily budget stops here: no Drive request made
+        budget = run_budget(config, checkpoint.runs)   # a spent daily budget stops here: no Drive request made
         stats = Stats()
         run_id = new_run_id()
         drive, creds = make_drive(config, runtime, stats, outage, checkpoint, run_id)
@@ -4892,9 +4892,13 @@ def check_storage(config: Config, api: DriveApi, checkpoint: Checkpoint, source:
             needed += sum(obj.size for obj in page if object_filter.admits(obj) and
                           plan_object(obj, False, config.all_files)[0] == PLAN_COPY)
     if needed is not None and needed > free:
-        raise QuotaExceededError(f"Google Drive has {format_bytes(free)} free and the copy needs {format_bytes(needed)} "
-                                 "more: free space or buy storage, copy a part (--prefix, --include), or pass "
-                                 "--ignore-quota to copy what fits")
+        raise storage_shortfall(free, needed)
+
+
+def storage_shortfall(free: int, needed: int) -> QuotaExceededError:
+    return QuotaExceededError(f"Google Drive has {format_bytes(free)} free and the copy needs {format_bytes(needed)} "
+                              "more: free space or buy storage, copy a part (--prefix, --include), or pass "
+                              "--ignore-quota to copy what fits")
 
 
 def checkpoint_done_bytes(checkpoint: Checkpoint) -> int:
@@ -4935,11 +4939,11 @@ def daily_budget_message(spent: int, limit: int, resume_at: dt.datetime | None) 
             + (resume_at.astimezone().strftime("%Y-%m-%d %H:%M %Z") if resume_at else "tomorrow"))
 
 
-def run_budget(config: Config, checkpoint: Checkpoint) -> RunBudget:
-    """This run's budget; exit 5 at once when the last 24 hours spent the daily limit."""
+def run_budget(config: Config, runs: list[dict[str, Any]]) -> RunBudget:
+    """This run's budget (`runs`: the checkpoint's); exit 5 at once when the last 24 hours spent the daily limit."""
     left = None
     if config.daily_limit is not None:
-        spent, resume_at = daily_usage(checkpoint.runs, config.daily_limit, dt.datetime.now(dt.timezone.utc))
+        spent, resume_at = daily_usage(runs, config.daily_limit, dt.datetime.now(dt.timezone.utc))
         if resume_at is not None:
             raise DailyCapError(daily_budget_message(spent, config.daily_limit, resume_at))
         left = config.daily_limit - spent
@@ -5067,11 +5071,8 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
     def daily_budget() -> str:
         if config.daily_limit is None:
             return "off"
-        spent, resume_at = daily_usage(checkpoint.runs if checkpoint else [], config.daily_limit,
-                                       dt.datetime.now(dt.timezone.utc))
-        if resume_at is not None:
-            raise DailyCapError(daily_budget_message(spent, config.daily_limit, resume_at))
-        return f"{format_bytes(spent)} of {format_bytes(config.daily_limit)} used in the last 24 hours"
+        left = run_budget(config, checkpoint.runs if checkpoint else []).daily_left or 0
+        return f"{format_bytes(config.daily_limit - left)} of {format_bytes(config.daily_limit)} used in the last 24 hours"
 
     check("settings", lambda: f"bucket {config.bucket!r} from {config.bucket_origin}, layout {config.layout}, "
                               f"{config.workers} workers")
@@ -5110,8 +5111,7 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
         if free is None:
             return "no limit"
         if left["bytes"] > free:
-            raise QuotaExceededError(f"Google Drive has {format_bytes(free)} free and the copy needs "
-                                     f"{format_bytes(left['bytes'])} more")
+            raise storage_shortfall(free, left["bytes"])
         return f"{format_bytes(free)} free, {format_bytes(left['bytes'])} left to copy"
 
     signed_in = check("Google sign-in", sign_in)
