@@ -340,10 +340,40 @@ _S3_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                   "TokenRefreshRequired", "AccountProblem"}
 
 
-def classify_s3_error(exc: BaseException) -> Verdict:
-    """Map a boto3/botocore error (or a local check) to a Verdict."""
+#: botocore's ways of saying a sign-in (SSO, an MFA role session, credential_process, a container or
+#: instance role) expired or failed. They are BotoCoreErrors like a network outage, yet waiting never
+#: helps: the user must sign in again.
+AWS_SIGNIN_ERRORS = (
+    botocore.exceptions.SSOError,   # UnauthorizedSSOTokenError, SSOTokenLoadError
+    botocore.exceptions.TokenRetrievalError, botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.RefreshWithMFAUnsupportedError, botocore.exceptions.PartialCredentialsError,
+)
+
+
+def aws_signin_problem(exc: BaseException, profile: str | None = None) -> str:
+    """One line for a failed AWS sign-in: what failed and how to sign in again (never botocore's
+    message, which may quote a credential process's output)."""
+    login = f"aws sso login --profile {profile}" if profile else "aws sso login (with --profile NAME if you use one)"
+    if isinstance(exc, (botocore.exceptions.SSOError, botocore.exceptions.TokenRetrievalError)):
+        how = f"the AWS SSO sign-in expired or is missing: run `{login}`, then start again"
+    elif isinstance(exc, botocore.exceptions.RefreshWithMFAUnsupportedError):
+        how = ("the AWS role session that needed an MFA code expired and cannot renew itself: start again "
+               "to enter a new code, or use a role without MFA or longer sessions for unattended runs")
+    elif isinstance(exc, botocore.exceptions.PartialCredentialsError):
+        how = "the AWS credentials are incomplete (a key without its secret?): check .env and ~/.aws"
+    else:
+        how = ("the AWS credential source (credential_process, SSO, container or instance role) gave no "
+               f"credentials: run it by hand to see why (for SSO: `{login}`), then start again")
+    return f"AWS sign-in failed ({type(exc).__name__}): {how}"
+
+
+def classify_s3_error(exc: BaseException, profile: str | None = None) -> Verdict:
+    """Map a boto3/botocore error (or a local check) to a Verdict; `profile` names the AWS profile
+    in sign-in advice."""
     if isinstance(exc, ObjectError):
         return exc.verdict
+    if isinstance(exc, AWS_SIGNIN_ERRORS):
+        return Verdict(Verdict.STOP, aws_signin_problem(exc, profile), stop_error=AuthError)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return Verdict(Verdict.STOP, "no AWS credentials found: set AWS_ACCESS_KEY_ID and "
                        "AWS_SECRET_ACCESS_KEY in .env, or use a profile or role", stop_error=AuthError)
@@ -1694,8 +1724,11 @@ def make_s3_client(config: Config) -> Any:
         max_pool_connections=max(10, config.workers * 3),
         connect_timeout=20, read_timeout=120,
         user_agent_extra=f"cloud_transfer/{__version__}", **checksum_options)
-    client = session.client("s3", endpoint_url=config.s3_endpoint_url, config=boto_config,
-                            verify=config.aws_ca_bundle or None)
+    try:   # a credential_process runs here, SSO and role sessions at the first request
+        client = session.client("s3", endpoint_url=config.s3_endpoint_url, config=boto_config,
+                                verify=config.aws_ca_bundle or None)
+    except AWS_SIGNIN_ERRORS as exc:
+        raise AuthError(aws_signin_problem(exc, config.aws_profile)) from None
     said = [0.0]
 
     def say_retrying(attempts: int, caught_exception: BaseException | None = None, **_: Any) -> None:
@@ -1732,8 +1765,9 @@ class S3Source:
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", page_size: int = DEFAULT_PAGE_SIZE,
                  stop: threading.Event | None = None, outage: OutageWatch | None = None, sse_c_key: bytes | None = None,
-                 other_store: bool = False, bucket_origin: str = "S3_BUCKET_NAME"):
+                 other_store: bool = False, bucket_origin: str = "S3_BUCKET_NAME", profile: str | None = None):
         self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
+        self.profile = profile   # AWS_PROFILE, for sign-in advice
         self.bucket_origin = bucket_origin   # where the name came from, for the not-found message
         # On AWS a general-purpose bucket's MD5-shaped ETag is the MD5 unless GET says KMS or SSE-C; a
         # directory bucket's (name ending --x-s3) never is; other stores may send any 32 hex digits.
@@ -1780,8 +1814,8 @@ class S3Source:
             if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"):
                 raise UsageError(f"S3 bucket {self.bucket!r} is in another region: set AWS_REGION") from None
             raise UnavailableError(f"S3 ListObjectsV2 on {self.bucket!r} failed: {code}") from None
-        except botocore.exceptions.NoCredentialsError:
-            raise AuthError(classify_s3_error(botocore.exceptions.NoCredentialsError()).reason) from None
+        except (botocore.exceptions.NoCredentialsError, *AWS_SIGNIN_ERRORS) as exc:
+            raise AuthError(classify_s3_error(exc, self.profile).reason) from None
         except (botocore.exceptions.BotoCoreError, *TRANSIENT_NETWORK_ERRORS) as exc:
             raise UnavailableError(f"cannot reach S3 at {self.client.meta.endpoint_url}: {type(exc).__name__}; "
                                    "check the network, AWS_REGION and AWS_ENDPOINT_URL") from None
@@ -1798,10 +1832,13 @@ class S3Source:
                                     last_modified=item["LastModified"],
                                     storage_class=item.get("StorageClass") or "STANDARD")
                        for item in page.get("Contents", [])]
+        except AWS_SIGNIN_ERRORS as exc:
+            raise AuthError(f"listing s3://{self.bucket}/{self.prefix} failed: "
+                            f"{aws_signin_problem(exc, self.profile)}") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise UnavailableError(f"listing s3://{self.bucket}/{self.prefix} failed: {type(exc).__name__}") from None
         except botocore.exceptions.ClientError as exc:
-            verdict = classify_s3_error(exc)
+            verdict = classify_s3_error(exc, self.profile)
             error = verdict.stop_error or UnavailableError
             raise error(f"listing s3://{self.bucket}/{self.prefix} failed: {verdict.reason}") from None
 
@@ -1809,7 +1846,7 @@ class S3Source:
         try:
             return self._read(self.client.head_object, Key=key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise_for(classify_s3_error(exc))
+            raise_for(classify_s3_error(exc, self.profile))
             raise   # unreachable: raise_for always raises
 
     def headers_of(self, obj: SourceObject) -> Download:
@@ -1838,7 +1875,7 @@ class S3Source:
             result = self._streamed_get(obj, writer, on_response)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError,
                 *TRANSIENT_NETWORK_ERRORS) as exc:
-            verdict = classify_s3_error(exc)
+            verdict = classify_s3_error(exc, self.profile)
             if verdict.action == Verdict.RETRY:
                 self.outage.failed("S3", verdict.reason)
             raise_for(verdict)
@@ -1916,7 +1953,7 @@ class S3Source:
         try:
             answer = self._read(self.client.get_object, Key=obj.key, Range=f"bytes={offset}-{end}", **self._pinned(obj))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise_for(classify_s3_error(exc))
+            raise_for(classify_s3_error(exc, self.profile))
             raise   # unreachable: raise_for always raises
         body = answer["Body"]
         try:
@@ -3899,11 +3936,16 @@ def rfc3339(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+# RFC 6838 section 4.2: type "/" subtype, each a restricted-name.
+MEDIA_TYPE_SYNTAX = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
+
 def guess_mimetype(key: str, content_type: str | None) -> str:
     """S3's Content-Type unless it is generic; then the extension's (photo and video types first:
     Python's `mimetypes` lacks HEIC, most RAW formats and several video containers)."""
     given = (content_type or "").split(";")[0].strip().lower()
-    if given not in GENERIC_CONTENT_TYPES:
+    # Upload scripts set headers such as `jpg`; googleapiclient fails on a type without a slash.
+    if given not in GENERIC_CONTENT_TYPES and MEDIA_TYPE_SYNTAX.fullmatch(given):
         return {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}.get(given, given)
     name = key.rsplit("/", 1)[-1]
     extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
@@ -4646,7 +4688,8 @@ def open_checkpoint(config: Config, *, create: bool = True) -> Checkpoint:
 
 def make_source(config: Config, runtime: Runtime, outage: OutageWatch | None = None) -> S3Source:
     return S3Source(make_s3_client(config), config.bucket, config.prefix, config.page_size, runtime.stop, outage,
-                    config.sse_c_key, other_store=bool(config.s3_endpoint_url), bucket_origin=config.bucket_origin)
+                    config.sse_c_key, other_store=bool(config.s3_endpoint_url), bucket_origin=config.bucket_origin,
+                    profile=config.aws_profile)
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ NOT_OURS = {
     "--subprocesses": "py-spy record --subprocesses",
     "--idle": "py-spy record --idle",
     "--x-s3": "the name suffix of S3 Express directory buckets",
+    "--profile": "aws sso login --profile NAME",
     "--frobnicate": "the unknown flag of the bad-input table",
 }
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")

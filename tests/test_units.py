@@ -680,6 +680,8 @@ def test_properties_keep_at_most_30_entries():
     ("a/photo.jpg", "Image/JPEG; charset=binary", "image/jpeg"),
     ("a/notes.txt", "binary/octet-stream", "text/plain"),
     ("a/unknown", None, "application/octet-stream"),
+    ("a/photo.jpg", "jpg", "image/jpeg"),              # not type/subtype: the extension decides
+    ("a/clip.mp4", "video/", "video/mp4"),
 ])
 def test_mime_type_from_s3_unless_generic_then_from_the_extension(key, content_type, expected):
     assert ct.guess_mimetype(key, content_type) == expected
