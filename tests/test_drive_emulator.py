@@ -37,6 +37,7 @@ from tests.drive_emulator import (
     DEFAULT_CLIENT_ID,
     DEFAULT_USER_EMAIL,
     DELEGATION_DENIED,
+    FOLDER_LIMIT_MESSAGE,
     FOLDER_MIME,
     GOOGLE_TOKEN_URI,
     JWT_BAD_AUDIENCE,
@@ -45,7 +46,11 @@ from tests.drive_emulator import (
     JWT_BAD_WINDOW,
     JWT_BEARER_GRANT,
     JWT_NO_ACCOUNT,
+    KEEP_FOREVER_OFF_MESSAGE,
+    MAX_KEEP_FOREVER_REVISIONS,
+    MAX_PURGEABLE_REVISIONS,
     QUOTA_MESSAGE,
+    REVISION_DOWNLOAD_MESSAGE,
     ROOT_FOLDER_ID,
     SCOPE_DRIVE,
     SCOPE_DRIVE_FILE,
@@ -1509,3 +1514,468 @@ def test_rsa_public_key_reads_both_pem_forms():
         assert rsa_public_key(key.public_bytes(serialization.Encoding.PEM, fmt)) == (numbers.n, numbers.e)
     with pytest.raises(ValueError):
         rsa_public_key(info["private_key"])  # a private key is no public key
+
+
+# ---------------------------------------------------------------------------
+# The changes feed
+# ---------------------------------------------------------------------------
+
+CHANGE_FIELDS = ("nextPageToken,newStartPageToken,"
+                 "changes(fileId,removed,file(id,name,parents,trashed,appProperties,md5Checksum,size))")
+
+
+def all_changes(svc, token: str, **params) -> tuple[list[dict], str, int]:
+    """Every change since `token`, page by page: (changes, newStartPageToken, pages)."""
+    params.setdefault("fields", CHANGE_FIELDS)
+    out, pages = [], 0
+    while True:
+        page = svc.changes().list(pageToken=token, **params).execute()
+        pages += 1
+        out += page["changes"]
+        if "nextPageToken" in page:
+            assert "newStartPageToken" not in page
+            token = page["nextPageToken"]
+            continue
+        return out, page["newStartPageToken"], pages
+
+
+def test_changes_feed_start_token_and_one_entry_per_file(emu):
+    svc = service(emu)
+    emu.add_file("before.jpg", b"b")  # before the token: never listed
+    answer = svc.changes().getStartPageToken().execute()
+    assert set(answer) == {"kind", "startPageToken"} and answer["kind"] == "drive#startPageToken"
+    token = answer["startPageToken"]
+    assert token == emu.start_page_token()
+    # An unchanged Drive costs one request and gives the same token back.
+    page = svc.changes().list(pageToken=token).execute()
+    assert page == {"kind": "drive#changeList", "changes": [], "newStartPageToken": token}
+    folder = svc.files().create(body={"name": "Trip", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    photo = upload(svc, b"v1", "a.jpg", [folder], appProperties={"src": "s3://b/a.jpg"})["id"]
+    svc.files().update(fileId=photo, body={"name": "b.jpg"}).execute()
+    run_upload(svc.files().update(fileId=photo, media_body=media(b"v2")))
+    changes, new_token, pages = all_changes(svc, token)
+    assert pages == 1
+    # One entry per file, in its latest state, ordered by its latest change.
+    assert changes == [
+        {"fileId": folder, "removed": False,
+         "file": {"id": folder, "name": "Trip", "parents": [ROOT_FOLDER_ID], "trashed": False}},
+        {"fileId": photo, "removed": False,
+         "file": {"id": photo, "name": "b.jpg", "parents": [folder], "trashed": False,
+                  "appProperties": {"src": "s3://b/a.jpg"}, "md5Checksum": hashlib.md5(b"v2").hexdigest(),
+                  "size": "2"}},
+    ]
+    assert int(new_token) > int(token)
+    assert all_changes(svc, new_token)[0] == []
+    # Without fields: the kinds, time, type and the file's default fields.
+    default = svc.changes().list(pageToken=token).execute()
+    first = default["changes"][0]
+    assert set(first) == {"kind", "type", "changeType", "time", "removed", "fileId", "file"}
+    assert (first["kind"], first["type"], first["changeType"]) == ("drive#change", "file", "file")
+    assert set(first["file"]) == {"kind", "id", "name", "mimeType"}
+    assert first["time"].endswith("Z")
+    with pytest.raises(HttpError) as err:
+        svc.changes().list(pageToken=token, fields="changes(file(nope))").execute()
+    assert err.value.status_code == 400 and http_reason(err.value) == "invalidParameter"
+
+
+def test_changes_feed_records_moves_trash_and_permanent_delete(emu):
+    svc = service(emu)
+    a, b = emu.add_folder("A")["id"], emu.add_folder("B")["id"]
+    x = emu.add_file("x.jpg", b"x", a, appProperties={"k": "v"})["id"]
+    y = emu.add_file("y.jpg", b"y", a)["id"]
+    token = svc.changes().getStartPageToken().execute()["startPageToken"]
+    svc.files().update(fileId=x, addParents=b, removeParents=a, body={"name": "x2.jpg"}).execute()
+    svc.files().update(fileId=a, body={"trashed": True}).execute()  # y goes to the trash with A
+    svc.files().delete(fileId=x).execute()
+    changes, _, _ = all_changes(svc, token)
+    assert changes == [
+        {"fileId": y, "removed": False, "file": {"id": y, "name": "y.jpg", "parents": [a], "trashed": True,
+                                                  "md5Checksum": hashlib.md5(b"y").hexdigest(), "size": "1"}},
+        {"fileId": a, "removed": False, "file": {"id": a, "name": "A", "parents": [ROOT_FOLDER_ID], "trashed": True}},
+        {"fileId": x, "removed": True},  # deleted for good: no file
+    ]
+    assert [c["fileId"] for c in all_changes(svc, token, includeRemoved=False)[0]] == [y, a]
+    # Untrash and a permanent delete of a folder: every descendant is its own removal.
+    token = emu.start_page_token()
+    svc.files().update(fileId=a, body={"trashed": False}).execute()
+    assert [(c["fileId"], c["file"]["trashed"]) for c in all_changes(svc, token)[0]] == [(y, False), (a, False)]
+    token = emu.start_page_token()
+    svc.files().delete(fileId=a).execute()
+    assert all_changes(svc, token)[0] == [{"fileId": a, "removed": True}, {"fileId": y, "removed": True}]
+    # A move is recorded with the new parents, and appProperties stay.
+    token = emu.start_page_token()
+    z = emu.add_file("z.jpg", b"z", b, appProperties={"s3key": "k/z.jpg"})["id"]
+    svc.files().update(fileId=z, addParents="root", removeParents=b).execute()
+    assert all_changes(svc, token)[0] == [{"fileId": z, "removed": False, "file": {
+        "id": z, "name": "z.jpg", "parents": [ROOT_FOLDER_ID], "trashed": False,
+        "appProperties": {"s3key": "k/z.jpg"}, "md5Checksum": hashlib.md5(b"z").hexdigest(), "size": "1"}}]
+
+
+def test_changes_feed_pages(emu):
+    svc = service(emu)
+    token = emu.start_page_token()
+    ids = [emu.add_file(f"f{i}.jpg", b"x")["id"] for i in range(5)]
+    pages = []
+    page_token = token
+    while True:
+        page = svc.changes().list(pageToken=page_token, pageSize=2, fields="nextPageToken,newStartPageToken,"
+                                  "changes(fileId)").execute()
+        pages.append([c["fileId"] for c in page["changes"]])
+        if "nextPageToken" not in page:
+            assert page["newStartPageToken"] == emu.start_page_token()
+            break
+        assert "newStartPageToken" not in page
+        page_token = page["nextPageToken"]
+    assert pages == [ids[:2], ids[2:4], ids[4:]]
+    # pageSize above 1000 is coerced, not refused ("values above 1000 will be coerced to 1000").
+    assert len(svc.changes().list(pageToken=token, pageSize=5000).execute()["changes"]) == 5
+    with pytest.raises(HttpError) as err:
+        svc.changes().list(pageToken=token, pageSize=0).execute()
+    assert err.value.status_code == 400
+
+
+def test_changes_tokens_invalid_and_expired(emu):
+    svc = service(emu)
+    old = svc.changes().getStartPageToken().execute()["startPageToken"]
+    emu.add_file("a.jpg", b"a")
+    future = str(int(emu.start_page_token()) + 5)
+    for bad in ("abc", "0", future):
+        with pytest.raises(HttpError) as err:
+            svc.changes().list(pageToken=bad).execute()
+        assert err.value.status_code == 400
+        assert err.value.error_details[0] == {"message": "Invalid Value", "domain": "global", "reason": "invalid",
+                                              "location": "pageToken", "locationType": "parameter"}
+    assert len(svc.changes().list(pageToken=old).execute()["changes"]) == 1
+    emu.expire_change_tokens()
+    with pytest.raises(HttpError) as err:
+        svc.changes().list(pageToken=old).execute()
+    assert err.value.status_code == 400 and http_reason(err.value) == "invalid"
+    assert emu.fault_counts["expired_change_token"] == 1
+    fresh = svc.changes().getStartPageToken().execute()["startPageToken"]
+    emu.add_file("b.jpg", b"b")
+    assert [c["file"]["name"] for c in svc.changes().list(pageToken=fresh).execute()["changes"]] == ["b.jpg"]
+
+
+def test_changes_feed_shows_only_what_the_caller_may_see(emu):
+    emu.faults.app_visibility = True
+    ours = service(emu)
+    theirs = service(emu, token=emu.issue_token(client_id=OTHER_APP))
+    wide = service(emu, token=emu.issue_token(client_id=OTHER_APP, scope=SCOPE_DRIVE))
+    token = emu.start_page_token()
+    mine = upload(ours, b"m", "mine.jpg", appProperties={"src": "ours"})["id"]
+    other = upload(theirs, b"o", "other.jpg")["id"]
+    users = emu.add_file("holiday.jpg", b"u")["id"]  # the web UI: no app
+    theirs.files().delete(fileId=other).execute()
+    assert [(c["fileId"], c["removed"]) for c in all_changes(ours, token)[0]] == [(mine, False)]
+    assert [(c["fileId"], c["removed"]) for c in all_changes(theirs, token)[0]] == [(other, True)]
+    # A wide scope sees every file of the user, still with only its own app's appProperties.
+    seen = all_changes(wide, token)[0]
+    assert [(c["fileId"], c["removed"]) for c in seen] == [(mine, False), (users, False), (other, True)]
+    assert "appProperties" not in seen[0]["file"]
+    # Shared drives: only with includeItemsFromAllDrives, or one drive with driveId.
+    drive_id = emu.add_shared_drive("Team")
+    token = emu.start_page_token()
+    team = emu.add_file("team.jpg", b"t", drive_id, app=DEFAULT_CLIENT_ID)["id"]
+    own = emu.add_file("own.jpg", b"o", app=DEFAULT_CLIENT_ID)["id"]
+    every = {"includeItemsFromAllDrives": True, "supportsAllDrives": True}
+    assert [c["fileId"] for c in all_changes(ours, token)[0]] == [own]
+    assert [c["fileId"] for c in all_changes(ours, token, **every)[0]] == [team, own]
+    assert [c["fileId"] for c in all_changes(ours, token, restrictToMyDrive=True, **every)[0]] == [own]
+    in_drive = all_changes(ours, token, driveId=drive_id, fields="changes(fileId,driveId),newStartPageToken",
+                           **every)[0]
+    assert in_drive == [{"fileId": team, "driveId": drive_id}]
+    assert all_changes(ours, token, spaces="appDataFolder")[0] == []
+    with pytest.raises(HttpError) as err:
+        ours.changes().list(pageToken=token, spaces="photos").execute()
+    assert err.value.status_code == 400
+
+
+# ---------------------------------------------------------------------------
+# Per-folder item limit
+# ---------------------------------------------------------------------------
+
+
+def assert_folder_full(request) -> None:
+    with pytest.raises(HttpError) as err:
+        run_upload(request) if getattr(request, "resumable", None) else request.execute()
+    assert err.value.status_code == 403
+    assert err.value.error_details == [{"message": FOLDER_LIMIT_MESSAGE, "domain": "global",
+                                        "reason": "numChildrenInNonRootLimitExceeded"}]
+    assert err.value.reason == FOLDER_LIMIT_MESSAGE
+
+
+def test_folder_item_limit_on_create_and_move(emu):
+    emu.faults.folder_item_limit = 3
+    svc = service(emu)
+    full = emu.add_folder("Full")["id"]
+    sub = emu.add_folder("Sub", full)["id"]
+    for i in range(2):
+        emu.add_file(f"in{i}.jpg", b"x", full)
+    for i in range(5):  # what subfolders hold does not count
+        emu.add_file(f"deep{i}.jpg", b"d", sub)
+    for request in (svc.files().create(body={"name": "n", "mimeType": FOLDER_MIME, "parents": [full]}),
+                    svc.files().create(body={"name": "n.jpg", "parents": [full]}, media_body=media(b"n", resumable=False)),
+                    svc.files().create(body={"name": "n.jpg", "parents": [full]}, media_body=media(b"n"))):
+        assert_folder_full(request)
+    assert emu.fault_counts["folder_item_limit"] == 3
+    # My Drive's root has no limit.
+    for i in range(4):
+        svc.files().create(body={"name": f"top{i}.jpg"}).execute()
+    outside = emu.add_file("outside.jpg", b"o")["id"]
+    assert_folder_full(svc.files().update(fileId=outside, addParents=full, removeParents="root"))
+    # Renaming or updating what is already inside is no move in.
+    inside = emu.list_files()[2]["id"]
+    svc.files().update(fileId=inside, addParents=full, body={"name": "renamed.jpg"}).execute()
+    # Trashed children still count (the stricter guess) unless switched off.
+    svc.files().update(fileId=inside, body={"trashed": True}).execute()
+    assert_folder_full(svc.files().create(body={"name": "n", "parents": [full]}))
+    emu.faults.folder_limit_counts_trashed = False
+    svc.files().update(fileId=outside, addParents=full, removeParents="root").execute()
+    emu.faults.folder_limit_counts_trashed = True
+    # Deleting for good makes room: the trashed one, then one more.
+    svc.files().delete(fileId=inside).execute()
+    assert_folder_full(svc.files().create(body={"name": "n", "parents": [full]}))
+    svc.files().delete(fileId=outside).execute()
+    assert svc.files().create(body={"name": "fits", "parents": [full]}, fields="parents").execute() == {
+        "parents": [full]}
+
+
+def test_folder_item_limit_checked_again_when_a_resumable_upload_completes(emu):
+    emu.faults.folder_item_limit = 1
+    svc = service(emu)
+    folder = emu.add_folder("F")["id"]
+    request = svc.files().create(body={"name": "big.jpg", "parents": [folder]}, media_body=media(b"b" * (CHUNK + 1)))
+    status, response = request.next_chunk()
+    assert response is None and status.resumable_progress == CHUNK
+    emu.add_file("meanwhile.jpg", b"m", folder)  # the folder fills up meanwhile
+    assert_folder_full(request)
+    assert [f["name"] for f in emu.list_files()] == ["F", "meanwhile.jpg"]
+    assert emu.faults.folder_item_limit is not None and Faults().folder_item_limit is None  # default: Drive's 500,000
+
+
+# ---------------------------------------------------------------------------
+# Revisions
+# ---------------------------------------------------------------------------
+
+REV_FIELDS = "revisions(id,keepForever,md5Checksum,size,mimeType,originalFilename,modifiedTime)"
+
+
+def media_update(emu: DriveEmulator, file_id: str, data: bytes, keep: bool = False, mime: str = "image/jpeg"):
+    query = "uploadType=media" + ("&keepRevisionForever=true" if keep else "")
+    status, _, body = raw(emu, "PATCH", f"/upload/drive/v3/files/{file_id}?{query}", data, {"Content-Type": mime})
+    return status, body
+
+
+def download(request) -> bytes:
+    buf = io.BytesIO()
+    downloader = MediaIoBaseDownload(buf, request)
+    done = False
+    while not done:
+        _, done = downloader.next_chunk()
+    return buf.getvalue()
+
+
+def test_uploads_make_revisions_that_can_be_listed_pinned_and_downloaded(emu):
+    svc = service(emu)
+    made = upload(svc, b"one", "photo.jpg", fields="id,headRevisionId")
+    file_id = made["id"]
+    listing = svc.revisions().list(fileId=file_id).execute()
+    assert listing["kind"] == "drive#revisionList"
+    assert [set(r) for r in listing["revisions"]] == [{"kind", "id", "mimeType", "modifiedTime"}]
+    assert listing["revisions"][0]["id"] == made["headRevisionId"]
+    second = run_upload(svc.files().update(fileId=file_id, media_body=media(b"two two"), keepRevisionForever=True,
+                                           fields="headRevisionId,md5Checksum,quotaBytesUsed"))
+    third = svc.files().update(fileId=file_id, body={"originalFilename": "IMG_3.jpg"},
+                               media_body=media(b"three", "image/png", resumable=False),
+                               fields="headRevisionId,quotaBytesUsed,mimeType").execute()
+    revs = svc.revisions().list(fileId=file_id, fields=REV_FIELDS).execute()["revisions"]
+    assert [r["keepForever"] for r in revs] == [False, True, False]
+    assert [r["md5Checksum"] for r in revs] == [hashlib.md5(d).hexdigest() for d in (b"one", b"two two", b"three")]
+    assert [r["size"] for r in revs] == ["3", "7", "5"]
+    assert [r["mimeType"] for r in revs] == ["image/jpeg", "image/jpeg", "image/png"]
+    assert [r["originalFilename"] for r in revs] == ["photo.jpg", "photo.jpg", "IMG_3.jpg"]
+    assert [r["id"] for r in revs][1:] == [second["headRevisionId"], third["headRevisionId"]]
+    # quotaBytesUsed: the head and the kept revisions, not the purgeable one.
+    assert second["quotaBytesUsed"] == "7" and third["quotaBytesUsed"] == str(5 + 7)
+    assert svc.about().get(fields="storageQuota(usage)").execute()["storageQuota"]["usage"] == "12"
+    # The emulator's own view, bytes included.
+    state = emu.revisions_of(file_id)
+    assert [(r["content"], r["keepForever"], r["head"]) for r in state] == [
+        (b"one", False, False), (b"two two", True, False), (b"three", False, True)]
+    # Only revisions kept forever can be downloaded (documented), the head included (guess).
+    assert download(svc.revisions().get_media(fileId=file_id, revisionId=revs[1]["id"])) == b"two two"
+    for rev in (revs[0], revs[2]):
+        with pytest.raises(HttpError) as err:
+            svc.revisions().get_media(fileId=file_id, revisionId=rev["id"]).execute()
+        assert err.value.status_code == 403 and err.value.error_details == [
+            {"message": REVISION_DOWNLOAD_MESSAGE, "domain": "global", "reason": "download_restricted_for_revision"}]
+    assert svc.files().get_media(fileId=file_id).execute() == b"three"  # files.get always has the head
+    emu.faults.revision_download_needs_keep_forever = False
+    assert svc.revisions().get_media(fileId=file_id, revisionId=revs[0]["id"]).execute() == b"one"
+    status, headers, body = raw(emu, "GET", f"/drive/v3/files/{file_id}/revisions/{revs[1]['id']}?alt=media",
+                                headers={"Range": "bytes=4-"})
+    assert status == 206 and body == b"two" and headers["content-range"] == "bytes 4-6/7"
+    # revisions.get without alt=media: metadata, default or chosen fields.
+    got = svc.revisions().get(fileId=file_id, revisionId=revs[0]["id"]).execute()
+    assert set(got) == {"kind", "id", "mimeType", "modifiedTime"} and got["kind"] == "drive#revision"
+    who = svc.revisions().get(fileId=file_id, revisionId=revs[0]["id"], fields="lastModifyingUser(me)").execute()
+    assert who == {"lastModifyingUser": {"me": True}}
+
+
+def test_keep_forever_can_be_set_but_not_unset(emu):
+    svc = service(emu)
+    file_id = upload(svc, b"one", "p.jpg")["id"]
+    media_update(emu, file_id, b"two")
+    first = emu.revisions_of(file_id)[0]["id"]
+    pinned = svc.revisions().update(fileId=file_id, revisionId=first, body={"keepForever": True},
+                                    fields="id,keepForever").execute()
+    assert pinned == {"id": first, "keepForever": True}
+    with pytest.raises(HttpError) as err:
+        svc.revisions().update(fileId=file_id, revisionId=first, body={"keepForever": False}).execute()
+    assert err.value.status_code == 400 and err.value.error_details == [
+        {"message": KEEP_FOREVER_OFF_MESSAGE, "domain": "global", "reason": "illegalKeepForeverModification"}]
+    assert err.value.reason == KEEP_FOREVER_OFF_MESSAGE
+    with pytest.raises(HttpError) as err:  # output-only fields
+        svc.revisions().update(fileId=file_id, revisionId=first, body={"md5Checksum": "0" * 32}).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "fieldNotWritable"
+    # Pinning an old revision makes its bytes count against the quota again.
+    emu.faults.storage_quota_bytes = 3 + 3
+    second = emu.revisions_of(file_id)[1]["id"]
+    media_update(emu, file_id, b"333")
+    with pytest.raises(HttpError) as err:
+        svc.revisions().update(fileId=file_id, revisionId=second, body={"keepForever": True}).execute()
+    assert http_reason(err.value) == "storageQuotaExceeded"
+    # Unknown revisions and revision-less files.
+    with pytest.raises(HttpError) as err:
+        svc.revisions().get(fileId=file_id, revisionId="nope").execute()
+    assert err.value.status_code == 404 and err.value.reason == "Revision not found: nope."
+    folder = emu.add_folder("F")["id"]
+    with pytest.raises(HttpError) as err:
+        svc.revisions().list(fileId=folder).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "revisionsNotSupported"
+    not_found_error(svc.revisions().list(fileId="missing"))
+
+
+def test_at_most_200_revisions_kept_forever(emu):
+    svc = service(emu)
+    file_id = upload(svc, b"0", "p.bin", fields="id")["id"]
+    for n in range(MAX_KEEP_FOREVER_REVISIONS):
+        assert media_update(emu, file_id, str(n + 1).encode(), keep=True)[0] == 200
+    status, body = media_update(emu, file_id, b"too many", keep=True)
+    assert status == 403 and reason_of(body) == "keepForeverRevisionLimitExceeded"
+    assert emu.content(file_id) == str(MAX_KEEP_FOREVER_REVISIONS).encode()  # nothing stored
+    with pytest.raises(HttpError) as err:  # the resumable path refuses at initiation
+        run_upload(svc.files().update(fileId=file_id, media_body=media(b"r"), keepRevisionForever=True))
+    assert http_reason(err.value) == "keepForeverRevisionLimitExceeded"
+    assert media_update(emu, file_id, b"plain")[0] == 200  # a revision not kept forever is fine
+    revs = emu.revisions_of(file_id)
+    assert len(revs) == MAX_KEEP_FOREVER_REVISIONS + 2
+    with pytest.raises(HttpError) as err:
+        svc.revisions().update(fileId=file_id, revisionId=revs[0]["id"], body={"keepForever": True}).execute()
+    assert http_reason(err.value) == "keepForeverRevisionLimitExceeded"
+    # Deleting a pinned revision makes room ("try deleting pinned revisions").
+    svc.revisions().delete(fileId=file_id, revisionId=revs[1]["id"]).execute()
+    assert media_update(emu, file_id, b"fits", keep=True)[0] == 200
+
+
+def test_purgeable_revisions_are_capped_and_purged(emu):
+    svc = service(emu)
+    file_id = upload(svc, b"r0", "p.bin", fields="id")["id"]
+    for n in range(1, MAX_PURGEABLE_REVISIONS + 1):
+        assert media_update(emu, file_id, f"r{n}".encode())[0] == 200
+    revs = emu.revisions_of(file_id)
+    assert len(revs) == MAX_PURGEABLE_REVISIONS and revs[0]["content"] == b"r1"  # the oldest went early
+    assert emu.fault_counts["revision_purged"] == 1
+    # Drive's ~30-day purge, at once: all but the head and what is kept forever.
+    svc.revisions().update(fileId=file_id, revisionId=revs[5]["id"], body={"keepForever": True}).execute()
+    token = emu.start_page_token()
+    assert emu.purge_old_revisions() == MAX_PURGEABLE_REVISIONS - 2
+    assert [r["content"] for r in emu.revisions_of(file_id)] == [b"r6", f"r{MAX_PURGEABLE_REVISIONS}".encode()]
+    assert svc.changes().list(pageToken=token).execute()["changes"] == []  # purging changes no file
+    assert emu.purge_old_revisions(file_id) == 0
+
+
+def test_revision_delete_rules(emu):
+    svc = service(emu)
+    file_id = upload(svc, b"one", "p.jpg")["id"]
+    media_update(emu, file_id, b"two", keep=True)
+    media_update(emu, file_id, b"three")
+    r1, r2, r3 = (r["id"] for r in emu.revisions_of(file_id))
+    with pytest.raises(HttpError) as err:
+        svc.revisions().delete(fileId=file_id, revisionId=r3).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "cannotDeleteHeadRevision"
+    assert svc.revisions().delete(fileId=file_id, revisionId=r1).execute() == ""
+    assert svc.revisions().delete(fileId=file_id, revisionId=r2).execute() == ""  # kept forever: deletable
+    with pytest.raises(HttpError) as err:
+        svc.revisions().delete(fileId=file_id, revisionId=r1).execute()
+    assert err.value.status_code == 404
+    with pytest.raises(HttpError) as err:
+        svc.revisions().delete(fileId=file_id, revisionId=r3).execute()
+    assert err.value.status_code == 403 and http_reason(err.value) == "cannotDeleteOnlyRevision"
+    # With the switch on, deleting the head brings the previous revision back as the file.
+    emu.faults.head_revision_deletable = True
+    media_update(emu, file_id, b"four")
+    head = emu.revisions_of(file_id)[-1]["id"]
+    token = emu.start_page_token()
+    svc.revisions().delete(fileId=file_id, revisionId=head).execute()
+    got = svc.files().get(fileId=file_id, fields="md5Checksum,size,headRevisionId").execute()
+    assert got == {"md5Checksum": hashlib.md5(b"three").hexdigest(), "size": "5", "headRevisionId": r3}
+    assert emu.content(file_id) == b"three"
+    assert [c["fileId"] for c in svc.changes().list(pageToken=token).execute()["changes"]] == [file_id]
+    with pytest.raises(HttpError) as err:
+        svc.revisions().delete(fileId=file_id, revisionId=r3).execute()
+    assert http_reason(err.value) == "cannotDeleteOnlyRevision"
+
+
+# ---------------------------------------------------------------------------
+# appProperties searches anywhere; moves and renames
+# ---------------------------------------------------------------------------
+
+
+def test_app_properties_has_finds_files_anywhere(emu):
+    svc = service(emu)
+    top = emu.add_folder("2019")["id"]
+    deep = emu.add_folder("Trip", top, appProperties={"s3key": "photos/"})["id"]
+    hit_top = upload(svc, b"1", "a.jpg", appProperties={"s3key": "photos/a.jpg", "run": "r1"})["id"]
+    hit_deep = upload(svc, b"2", "A.JPG", [deep], appProperties={"s3key": "photos/a.jpg"})["id"]
+    trashed = upload(svc, b"3", "a.jpg", [top], appProperties={"s3key": "photos/a.jpg"})["id"]
+    svc.files().update(fileId=trashed, body={"trashed": True}).execute()
+    upload(svc, b"4", "b.png", [deep], appProperties={"s3key": "photos/b.png"}, mimeType="image/png")
+
+    def ids(q: str) -> list[str]:
+        return [f["id"] for f in svc.files().list(q=q, fields="files(id)").execute()["files"]]
+
+    has = "appProperties has { key='s3key' and value='photos/a.jpg' }"
+    assert ids(has) == [hit_top, hit_deep, trashed]
+    assert ids(f"{has} and trashed = false") == [hit_top, hit_deep]
+    assert ids(f"trashed = false and {has} and mimeType = 'image/jpeg'") == [hit_top, hit_deep]
+    assert ids(f"{has} and name = 'a.jpg' and trashed = false") == [hit_top, hit_deep]  # name = ignores case
+    assert ids(f"{has} and appProperties has {{ key='run' and value='r1' }}") == [hit_top]
+    assert ids(f"{has} and mimeType != '{FOLDER_MIME}' and '{deep}' in parents") == [hit_deep]
+    assert ids(f"appProperties has {{ key='s3key' and value='photos/' }} and mimeType = '{FOLDER_MIME}'") == [deep]
+    assert ids("appProperties has { key='s3key' and value='photos/A.jpg' }") == []  # values match exactly
+    # Per app: another app's identical property is not ours to find.
+    emu.faults.app_visibility = True
+    theirs = service(emu, token=emu.issue_token(client_id=OTHER_APP, scope=SCOPE_DRIVE))
+    upload(theirs, b"5", "c.jpg", appProperties={"s3key": "photos/a.jpg"})
+    assert ids(f"{has} and trashed = false") == [hit_top, hit_deep]
+
+
+def test_move_and_rename_in_one_update(emu):
+    svc = service(emu)
+    a = svc.files().create(body={"name": "A", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    b = svc.files().create(body={"name": "B", "mimeType": FOLDER_MIME}, fields="id").execute()["id"]
+    f = upload(svc, b"x", "x.jpg", [a], appProperties={"s3key": "k/x.jpg"})["id"]
+    token = svc.changes().getStartPageToken().execute()["startPageToken"]
+    moved = svc.files().update(fileId=f, addParents=b, removeParents=a, body={"name": "y.jpg"},
+                               fields="id,name,parents,appProperties,md5Checksum").execute()
+    assert moved == {"id": f, "name": "y.jpg", "parents": [b], "appProperties": {"s3key": "k/x.jpg"},
+                     "md5Checksum": hashlib.md5(b"x").hexdigest()}
+    assert emu.path_of(f) == "B/y.jpg" and emu.content(f) == b"x"
+    assert len(emu.revisions_of(f)) == 1  # metadata changes make no revision
+    # A folder moves with what it holds.
+    svc.files().update(fileId=b, addParents=a, removeParents="root", body={"name": "B2"}).execute()
+    assert emu.path_of(f) == "A/B2/y.jpg"
+    changes = all_changes(svc, token)[0]
+    assert [(c["fileId"], c["file"]["name"], c["file"]["parents"]) for c in changes] == [
+        (f, "y.jpg", [b]), (b, "B2", [a])]
