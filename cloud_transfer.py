@@ -62,6 +62,7 @@ import os
 import queue
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -216,7 +217,13 @@ DRIVE_PROPERTY_BYTES = 124      #: Drive: key + value of one property, in UTF-8
 DRIVE_PROPERTIES_PER_APP = 30   #: Drive: public properties one app may set on a file
 #: Zero-byte objects that S3 tools (console, s3fs, Hadoop) write to pretend a folder exists.
 FOLDER_PLACEHOLDER_SUFFIXES = ("_$folder$",)
-ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})   # readable only once restored
+#: Its Archive Access and Deep Archive Access tiers are readable only once restored too; only a HEAD
+#: (x-amz-archive-status) tells an object in them from the others.
+TIERED_STORAGE_CLASS = "INTELLIGENT_TIERING"
+#: What an object's archive says: readable now, waiting for a restore, being restored, or only a
+#: HEAD can tell (a store whose listing says nothing of restores).
+READABLE, ARCHIVED, RESTORING, ASK_S3 = "readable", "archived", "restoring", "ask"
 
 #######################################################################
 # Errors and exit codes ###############################################
@@ -333,6 +340,7 @@ TRANSIENT_NETWORK_ERRORS = (
 )
 
 SKIP_DELETED = "deleted from S3 since it was listed"
+SKIP_ARCHIVED, SKIP_RESTORING = "archived: waits for a restore", "archived: being restored"
 SKIP_SSE_C = "encrypted with a customer-provided key (SSE-C): set S3_SSE_C_KEY to copy it"
 _S3_RETRY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
@@ -386,7 +394,7 @@ def classify_s3_error(exc: BaseException, profile: str | None = None) -> Verdict
         if code == "InvalidRequest" and "Server Side Encryption" in str(error.get("Message", "")):
             return Verdict(Verdict.SKIP, SKIP_SSE_C)
         if code == "InvalidObjectState":
-            return Verdict(Verdict.SKIP, "archived in Glacier/Deep Archive: restore it first")
+            return Verdict(Verdict.SKIP, SKIP_ARCHIVED)
         if code == "PreconditionFailed" or status == 412:
             return Verdict(Verdict.FAIL, "changed in S3 during the transfer: the next run copies it")
         if code in _S3_AUTH_CODES:
@@ -1139,7 +1147,7 @@ class Stats:
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
               "verified", "etag_checked", "checksum_mismatches", "retries", "rate_limited", "drive_requests", "internal_errors",
               "date_exif", "date_video", "date_metadata", "date_s3", "date_header_reads", "date_header_bytes",
-              "listing_complete", "bwlimit_wait_ms")
+              "listing_complete", "bwlimit_wait_ms", "archived", "archived_bytes", "restoring")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -1147,6 +1155,7 @@ class Stats:
         self.skipped: Counter[str] = Counter()
         self.failures: list[tuple[str, str]] = []   # (key, reason), first few kept for the summary
         self.failure_reasons: Counter[str] = Counter()
+        self.archived_example: str | None = None   # a key for the restore command the summary shows
         self.listing_done = False
 
     def add(self, name: str, n: int = 1) -> None:
@@ -1156,6 +1165,14 @@ class Stats:
     def skip(self, reason: str) -> None:
         with self._lock:
             self.skipped[reason] += 1
+
+    def archive(self, obj: SourceObject, reason: str) -> None:
+        """An object that waits for a restore (or is being restored): counted apart, not skipped."""
+        with self._lock:
+            self.counts["archived"] += 1
+            self.counts["archived_bytes"] += obj.size
+            self.counts["restoring"] += reason == SKIP_RESTORING
+            self.archived_example = self.archived_example or obj.key
 
     def fail(self, key: str, reason: str) -> None:
         with self._lock:
@@ -1174,6 +1191,7 @@ class Stats:
             result["skipped"] = dict(self.skipped)
             result["failures"] = [{"key": k, "reason": r} for k, r in self.failures]
             result["failure_reasons"] = dict(self.failure_reasons)
+            result["archived_example"] = self.archived_example
             return result
 
 
@@ -1314,6 +1332,9 @@ def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
         ("eligible", f"{stats['eligible']}  ({format_bytes(stats['eligible_bytes'])})"),
         ("skipped", f"{sum(skipped.values())}" + (f"  ({skipped_text})" if skipped_text else "")),
         ("already done", f"{stats['already_done']}"),
+        *([("waiting for restore", f"{stats['archived']}  ({format_bytes(stats['archived_bytes'])} archived in S3"
+            + (f", {stats['restoring']} being restored" if stats["restoring"] else "") + ")")]
+          if stats["archived"] else []),
         ("transferred", f"{stats['transferred']}  ({format_bytes(stats['transferred_bytes'])}, {rate})"
                         + (f", {stats['updated']} as new revisions" if stats["updated"] else "")),
         ("found intact in Drive", f"{stats['adopted']}"),
@@ -1673,6 +1694,7 @@ class SourceObject:
     etag: str                      # as sent, without quotes: maybe an MD5, maybe empty (see `version`)
     last_modified: dt.datetime     # S3 upload time (UTC)
     storage_class: str = "STANDARD"
+    restore: str | None = None     # what the listing says of a restore: RESTORING, READABLE or nothing
 
     @property
     def version(self) -> str:
@@ -1768,6 +1790,10 @@ class S3Source:
                  other_store: bool = False, bucket_origin: str = "S3_BUCKET_NAME", profile: str | None = None):
         self.client, self.bucket, self.prefix, self.page_size = client, bucket, prefix, page_size
         self.profile = profile   # AWS_PROFILE, for sign-in advice
+        # AWS lists a restore status only for objects restored or being restored ("If the object hasn't
+        # been restored, there is no header response", API_RestoreStatus): there, no status means
+        # archived. Another store may ignore the request: its archived objects get a HEAD.
+        self.restores_listed: bool | None = None if other_store else True
         self.bucket_origin = bucket_origin   # where the name came from, for the not-found message
         # On AWS a general-purpose bucket's MD5-shaped ETag is the MD5 unless GET says KMS or SSE-C; a
         # directory bucket's (name ending --x-s3) never is; other stores may send any 32 hex digits.
@@ -1821,17 +1847,32 @@ class S3Source:
                                    "check the network, AWS_REGION and AWS_ENDPOINT_URL") from None
 
     def iter_pages(self) -> Iterator[list[SourceObject]]:
-        """ListObjectsV2 page by page, so memory stays flat in bucket size."""
+        """ListObjectsV2 page by page, so memory stays flat in bucket size. Each object's restore
+        status comes with it (OptionalObjectAttributes); a store that refuses to say is listed
+        without, and its archived objects are asked about one HEAD each (`archive_state`)."""
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix,
-                                   PaginationConfig={"PageSize": self.page_size})
+        options = {"OptionalObjectAttributes": ["RestoreStatus"]} if self.restores_listed is not False else {}
+        first = True
         try:
-            for page in pages:
-                yield [SourceObject(key=item["Key"], size=int(item.get("Size", 0)),
-                                    etag=str(item.get("ETag", "")).strip('"'),
-                                    last_modified=item["LastModified"],
-                                    storage_class=item.get("StorageClass") or "STANDARD")
-                       for item in page.get("Contents", [])]
+            while True:
+                pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, **options,
+                                           PaginationConfig={"PageSize": self.page_size})
+                try:
+                    for page in pages:
+                        first = False
+                        yield [SourceObject(key=item["Key"], size=int(item.get("Size", 0)),
+                                            etag=str(item.get("ETag", "")).strip('"'),
+                                            last_modified=item["LastModified"],
+                                            storage_class=item.get("StorageClass") or "STANDARD",
+                                            restore=listed_restore(item.get("RestoreStatus")))
+                               for item in page.get("Contents", [])]
+                    return
+                except botocore.exceptions.ClientError as exc:
+                    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                    if not (first and options and status in (400, 403, 501)):
+                        raise
+                    log.debug("S3 refused OptionalObjectAttributes (%s): listing without restore status", status)
+                    options, self.restores_listed = {}, False
         except AWS_SIGNIN_ERRORS as exc:
             raise AuthError(f"listing s3://{self.bucket}/{self.prefix} failed: "
                             f"{aws_signin_problem(exc, self.profile)}") from None
@@ -1865,6 +1906,12 @@ class S3Source:
     def content_type(self, key: str) -> str | None:
         """HEAD for objects whose name does not tell what they are."""
         return self.head(key).get("ContentType")
+
+    def archive_state(self, obj: SourceObject) -> str:
+        """READABLE, ARCHIVED or RESTORING, as a HEAD of the object tells."""
+        head = self.head(obj.key)
+        return head_archive_state(head.get("StorageClass") or obj.storage_class, head.get("ArchiveStatus"),
+                                  head.get("Restore"))
 
     def download_to(self, obj: SourceObject, fileobj: Any,
                     on_response: Callable[[Download], None] = lambda headers: None) -> Download:
@@ -3812,7 +3859,7 @@ def is_media_content_type(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";")[0].strip().lower().startswith(("image/", "video/"))
 
 
-PLAN_SKIP, PLAN_DONE, PLAN_COPY, PLAN_CHECK_TYPE = "skip", "done", "copy", "check-type"
+PLAN_SKIP, PLAN_DONE, PLAN_COPY, PLAN_CHECK_TYPE, PLAN_ARCHIVED = "skip", "done", "copy", "check-type", "archived"
 SKIP_MARKER, SKIP_NOT_MEDIA = "folder marker", "not a photo or video"
 
 
@@ -3887,8 +3934,41 @@ class ObjectFilter:
         return (self.newer_than is None or moment > self.newer_than) and (self.older_than is None or moment < self.older_than)
 
 
-def plan_object(obj: SourceObject, done: bool, all_files: bool) -> tuple[str, str | None]:
-    """What to do with a listed object (`done`: the checkpoint has this version): (PLAN_*, skip reason)."""
+def listed_restore(status: dict[str, Any] | None) -> str | None:
+    """A listing's RestoreStatus: RESTORING, READABLE (restored) or None (not restored, or not said)."""
+    if not status:
+        return None
+    return RESTORING if status.get("IsRestoreInProgress") else READABLE
+
+
+def listed_archive_state(obj: SourceObject, archived_before: bool, restores_listed: bool | None) -> str:
+    """An object's archive as the listing (and an earlier run's look) tells: READABLE, ARCHIVED,
+    RESTORING, or ASK_S3 when only a HEAD can say. Intelligent-Tiering objects are asked unless an
+    earlier run found this version archived and the listing reports restores."""
+    tiered = obj.storage_class == TIERED_STORAGE_CLASS
+    if obj.storage_class not in ARCHIVED_STORAGE_CLASSES and not tiered:
+        return READABLE
+    if obj.restore is not None:
+        return obj.restore
+    if restores_listed and (not tiered or archived_before):
+        return ARCHIVED
+    return ASK_S3
+
+
+def head_archive_state(storage_class: str, archive_status: str | None, restore: str | None) -> str:
+    """A HEAD's x-amz-restore (`ongoing-request="false", expiry-date=...` once restored) and
+    x-amz-archive-status (an Intelligent-Tiering archive tier) as READABLE, ARCHIVED or RESTORING."""
+    restore = (restore or "").replace(" ", "")
+    if 'ongoing-request="false"' in restore:
+        return READABLE
+    if 'ongoing-request="true"' in restore:
+        return RESTORING
+    return ARCHIVED if storage_class in ARCHIVED_STORAGE_CLASSES or archive_status else READABLE
+
+
+def plan_object(obj: SourceObject, done: bool, all_files: bool, archive: str = READABLE) -> tuple[str, str | None]:
+    """What to do with a listed object (`done`: the checkpoint has this version; `archive`: its
+    listed_archive_state): (PLAN_*, why skipped or archived)."""
     if is_folder_marker(obj):
         return PLAN_SKIP, SKIP_MARKER
     kind = True if all_files else media_kind_for(obj.key)
@@ -3896,7 +3976,33 @@ def plan_object(obj: SourceObject, done: bool, all_files: bool) -> tuple[str, st
         return PLAN_SKIP, SKIP_NOT_MEDIA
     if done:
         return PLAN_DONE, None
+    if archive in (ARCHIVED, RESTORING):
+        return PLAN_ARCHIVED, SKIP_ARCHIVED if archive == ARCHIVED else SKIP_RESTORING
     return (PLAN_CHECK_TYPE if kind is None else PLAN_COPY), None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Planned:
+    """A listed object and what to do with it; `ask_archive`: a HEAD must tell if it is readable."""
+    obj: SourceObject
+    action: str
+    reason: str | None = None
+    ask_archive: bool = False
+
+
+def plan_listing(source: S3Source, object_filter: ObjectFilter, all_files: bool,
+                 done: Callable[[SourceObject], bool] = lambda obj: False,
+                 archived_before: Callable[[SourceObject], bool] = lambda obj: False) -> Iterator[Planned]:
+    """Every listed object with its plan: the one place where "filtered", "not media", "done" and
+    "archived" are decided, for the run, --check, the dry run and verify alike."""
+    for page in source.iter_pages():
+        for obj in page:
+            if not object_filter.admits(obj):
+                yield Planned(obj, PLAN_SKIP, SKIP_FILTERED)
+                continue
+            archive = listed_archive_state(obj, archived_before(obj), source.restores_listed)
+            action, reason = plan_object(obj, done(obj), all_files, archive)
+            yield Planned(obj, action, reason, ask_archive=archive == ASK_S3 and action in (PLAN_COPY, PLAN_CHECK_TYPE))
 
 
 def is_intact_copy(drive_file: DriveFile, obj: SourceObject) -> bool:
@@ -4166,7 +4272,8 @@ ORDER_KEYS: dict[str, Callable[[WorkItem], Any]] = {   # --order; ties in key or
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkItem:
     obj: SourceObject
-    check_type: bool = False   # extension says nothing: ask S3 for the Content-Type first
+    check_type: bool = False      # extension says nothing: ask S3 for the Content-Type first
+    check_archive: bool = False   # an archive storage class the listing says nothing of: ask S3 first
 
 
 class Transfer:
@@ -4254,38 +4361,33 @@ class Transfer:
     def _list(self) -> None:
         held: list[WorkItem] | None = None if self.order == "key" else []   # --order: all, then sorted
         try:
-            for page in self.source.iter_pages():
-                for obj in page:
-                    if self.stop.is_set() or self.draining.is_set():
+            for planned in plan_listing(self.source, self.filter, self.all_files, self._done, self._archived_before):
+                obj, action, reason = planned.obj, planned.action, planned.reason
+                if self.stop.is_set() or self.draining.is_set():
+                    return
+                self.stats.add("listed")
+                if action in (PLAN_COPY, PLAN_CHECK_TYPE) and self.filter.by_date and self._outside_dates_as_recorded(obj):
+                    action, reason = PLAN_SKIP, SKIP_DATE_FILTERED
+                if action == PLAN_SKIP:
+                    self.stats.skip(reason or "")
+                    continue
+                if action == PLAN_ARCHIVED:
+                    self.stats.archive(obj, reason or SKIP_ARCHIVED)
+                    continue
+                if action == PLAN_DONE or (action == PLAN_COPY and not planned.ask_archive):
+                    self._count_eligible(obj)
+                if action == PLAN_DONE:
+                    self.stats.add("already_done")
+                    self.stats.add("already_done_bytes", obj.size)
+                else:
+                    name = self.namer.name_for(obj.key)
+                    if name != drive_path_for(obj.key)[-1]:
+                        self._renamed[obj.key] = name
+                    item = WorkItem(obj, check_type=action == PLAN_CHECK_TYPE, check_archive=planned.ask_archive)
+                    if held is not None:
+                        held.append(item)
+                    elif not self._put(item):
                         return
-                    self.stats.add("listed")
-                    if not self.filter.admits(obj):
-                        self.stats.skip(SKIP_FILTERED)
-                        continue
-                    done_run = self.checkpoint.done_run(obj.key, obj.version, obj.size)
-                    # not trusted: look in Drive, "done" may point into a lost root
-                    done = done_run is not None and not self.recheck and (
-                        self.trusted_runs is None or done_run in self.trusted_runs)
-                    action, reason = plan_object(obj, done, self.all_files)
-                    if action in (PLAN_COPY, PLAN_CHECK_TYPE) and self.filter.by_date and self._outside_dates_as_recorded(obj):
-                        action, reason = PLAN_SKIP, SKIP_DATE_FILTERED
-                    if action == PLAN_SKIP:
-                        self.stats.skip(reason or "")
-                        continue
-                    if action != PLAN_CHECK_TYPE:
-                        self._count_eligible(obj)
-                    if action == PLAN_DONE:
-                        self.stats.add("already_done")
-                        self.stats.add("already_done_bytes", obj.size)
-                    else:
-                        name = self.namer.name_for(obj.key)
-                        if name != drive_path_for(obj.key)[-1]:
-                            self._renamed[obj.key] = name
-                        item = WorkItem(obj, check_type=action == PLAN_CHECK_TYPE)
-                        if held is not None:
-                            held.append(item)
-                        elif not self._put(item):
-                            return
             self.stats.add("listing_complete")
             if held:
                 self.stats.listing_done = True   # totals are known: progress lines get their ETA
@@ -4302,6 +4404,16 @@ class Transfer:
             self.stats.listing_done = True
             for _ in range(self.workers):
                 self._put(None)
+
+    def _done(self, obj: SourceObject) -> bool:
+        done_run = self.checkpoint.done_run(obj.key, obj.version, obj.size)
+        # not trusted: look in Drive, "done" may point into a lost root
+        return done_run is not None and not self.recheck and (self.trusted_runs is None or done_run in self.trusted_runs)
+
+    def _archived_before(self, obj: SourceObject) -> bool:
+        entry = self.checkpoint.get(obj.key)
+        return bool(entry and entry.status == STATUS_SKIPPED and entry.etag == obj.version
+                    and entry.reason in (SKIP_ARCHIVED, SKIP_RESTORING))
 
     def _count_eligible(self, obj: SourceObject) -> None:
         self.stats.add("eligible")
@@ -4343,6 +4455,13 @@ class Transfer:
         with self._staging() as staging, self.budget.spending(obj.size, staging):   # kept across attempts
             for attempt in range(1, MAX_OBJECT_ATTEMPTS + 1):
                 try:
+                    if item.check_archive:
+                        state = self.source.archive_state(obj)
+                        if state != READABLE:   # before any folder is made for it, or a GET
+                            raise ObjectError(Verdict(Verdict.SKIP, SKIP_ARCHIVED if state == ARCHIVED else SKIP_RESTORING))
+                        if not item.check_type:
+                            self._count_eligible(obj)
+                        item = WorkItem(obj, check_type=item.check_type)
                     if item.check_type:
                         if not is_media_content_type(self.source.content_type(obj.key)):
                             self.stats.skip(SKIP_NOT_MEDIA)
@@ -4362,6 +4481,9 @@ class Transfer:
                         continue
                     status = STATUS_SKIPPED if verdict.action == Verdict.SKIP else STATUS_FAILED
                     latest = self.checkpoint.get(obj.key)   # keeps an id a create may have used
+                    if verdict.reason in (SKIP_ARCHIVED, SKIP_RESTORING):
+                        self._archived(obj, verdict.reason, latest, counted=not item.check_archive)
+                        return
                     self.checkpoint.record(obj.key, CheckpointEntry(
                         status=status, etag=obj.version, size=obj.size, attempts=attempts + attempt,
                         run=self.run_id, reason=verdict.reason, drive_id=latest.drive_id if latest else None,
@@ -4374,6 +4496,19 @@ class Transfer:
                         self.stats.fail(obj.key, verdict.reason)
                         log.warning("failed %s: %s", obj.key, verdict.reason)
                     return
+
+    def _archived(self, obj: SourceObject, reason: str, entry: CheckpointEntry | None, counted: bool) -> None:
+        """Counted apart; recorded (once, not every run) so that a later run asks S3 no more than its
+        listing tells, and so that no GET is tried again before a restore."""
+        if counted:   # a GET refused what the listing did not call archived
+            self.stats.add("eligible", -1)
+            self.stats.add("eligible_bytes", -obj.size)
+        self.stats.archive(obj, reason)
+        if not (entry and entry.status == STATUS_SKIPPED and entry.reason == reason and entry.etag == obj.version):
+            self.checkpoint.record(obj.key, CheckpointEntry(status=STATUS_SKIPPED, etag=obj.version, size=obj.size,
+                                                            run=self.run_id, reason=reason,
+                                                            drive_id=entry.drive_id if entry else None))
+        log.info("waits for a restore in S3: %s", obj.key)
 
     def _recorded_copy_is_intact(self, obj: SourceObject, folder_path: tuple[str, ...] | None, attempts: int) -> bool:
         """The checkpoint's copy of this version, intact in its folder (`folder_path` None: anywhere,
@@ -4895,6 +5030,7 @@ def run_report(config: Config, run: dict[str, Any], exit_code: ExitCode, counts:
         "drive_requests": counts.get("drive_requests", 0),
         "errors_by_class": counts.get("failure_reasons") or {}, "failures": counts.get("failures") or [],
         "skipped_by_reason": skipped,
+        "waiting_for_restore": counts.get("archived", 0), "waiting_for_restore_bytes": counts.get("archived_bytes", 0),
         "date_sources": {source: counts.get(f"date_{source}", 0) for source in ("exif", "video", "metadata", "s3")},
         "stopped_at_budget": stopped_at or None,
         "bwlimit": format_bwlimit(config.bwlimit) if config.bwlimit else None,
@@ -4930,10 +5066,9 @@ def check_storage(config: Config, api: DriveApi, checkpoint: Checkpoint, source:
         free = api.free_space()
         if free is None:
             return
-        object_filter, needed = ObjectFilter(config), 0
-        for page in source.iter_pages():
-            needed += sum(obj.size for obj in page if object_filter.admits(obj) and
-                          plan_object(obj, False, config.all_files)[0] == PLAN_COPY)
+        needed = sum(planned.obj.size for planned in plan_listing(source, ObjectFilter(config), config.all_files)
+                     if planned.action == PLAN_COPY and not (planned.ask_archive and
+                                                             planned.obj.storage_class in ARCHIVED_STORAGE_CLASSES))
     if needed is not None and needed > free:
         raise storage_shortfall(free, needed)
 
@@ -5054,7 +5189,22 @@ def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitC
         log.info("done: everything eligible is in Drive and validated")
     else:
         log.warning("%d objects failed; re-run to retry them", counts["failed"])
+    if counts["archived"]:
+        log.warning("%s", restore_advice(config.bucket, counts))
     return exit_code
+
+
+def restore_advice(bucket: str, counts: dict[str, Any]) -> str:
+    """The line that says what waits for a restore, and how to start one."""
+    example = shlex.quote(counts.get("archived_example") or "KEY")
+    being = f" ({counts['restoring']} being restored)" if counts.get("restoring") else ""
+    n = counts["archived"]
+    return (f"{n} {'object' if n == 1 else 'objects'} ({format_bytes(counts['archived_bytes'])}) "
+            f"{'waits' if n == 1 else 'wait'} for a restore from "
+            f"an S3 archive{being}; the next run after a restore copies them. Restore one: aws s3api "
+            f"restore-object --bucket {shlex.quote(bucket)} --key {example} --restore-request "
+            "'{\"Days\":7,\"GlacierJobParameters\":{\"Tier\":\"Bulk\"}}' (Intelligent-Tiering: "
+            "--restore-request '{}'); many: S3 Batch Operations with a restore job")
 
 
 def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
@@ -5078,21 +5228,24 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
 
     source = make_source(config, runtime)
     checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
-    left = {"bytes": 0, "objects": 0, "largest": [0] * config.workers}   # a heap of the largest to copy
+    left = {"bytes": 0, "objects": 0, "archived": 0, "largest": [0] * config.workers}   # a heap of the largest
 
     def s3() -> str:
         source.check_access()
-        object_filter, listed, first = ObjectFilter(config), 0, None
-        for page in source.iter_pages():
-            for obj in page:
-                listed += 1
-                done = checkpoint is not None and checkpoint.done_run(obj.key, obj.version, obj.size) is not None
-                if object_filter.admits(obj) and plan_object(obj, done, config.all_files)[0] in (PLAN_COPY, PLAN_CHECK_TYPE):
-                    left["bytes"] += obj.size
-                    left["objects"] += 1
-                    heapq.heappushpop(left["largest"], obj.size)
-                    if first is None and obj.size and obj.storage_class not in ARCHIVED_STORAGE_CLASSES:
-                        first = obj
+        listed, first = 0, None
+        done = (lambda obj: checkpoint.done_run(obj.key, obj.version, obj.size) is not None) if checkpoint else \
+            (lambda obj: False)
+        for planned in plan_listing(source, ObjectFilter(config), config.all_files, done):
+            listed += 1
+            obj = planned.obj
+            if planned.action == PLAN_ARCHIVED:
+                left["archived"] += 1
+            elif planned.action in (PLAN_COPY, PLAN_CHECK_TYPE):
+                left["bytes"] += obj.size
+                left["objects"] += 1
+                heapq.heappushpop(left["largest"], obj.size)
+                if first is None and obj.size and not planned.ask_archive:
+                    first = obj
         if first is not None:
             try:
                 source.read_range(first, 0, 1)   # s3:GetObject, not only ListBucket
@@ -5100,7 +5253,8 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
                 if exc.verdict.action != Verdict.SKIP:   # a skipped object (SSE-C, deleted) is a run's business
                     raise
         return (f"s3://{config.bucket}/{config.prefix} at {source.client.meta.endpoint_url} is readable: "
-                f"{listed} objects, {left['objects']} to copy ({format_bytes(left['bytes'])})")
+                f"{listed} objects, {left['objects']} to copy ({format_bytes(left['bytes'])})"
+                + (f", {left['archived']} archived: they wait for a restore" if left["archived"] else ""))
 
     def temp_dir() -> str:
         staging = make_private_temp_dir(config.temp_dir)
@@ -5172,38 +5326,41 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     source = make_source(config, runtime)
     source.check_access()
     checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
-    stats, shown, unchecked = Stats(), 0, 0
-    object_filter = ObjectFilter(config)
-    for page in source.iter_pages():
-        for obj in page:
-            stats.add("listed")
-            if not object_filter.admits(obj):
-                stats.skip(SKIP_FILTERED)
-                continue
-            done = checkpoint is not None and checkpoint.done_run(obj.key, obj.version, obj.size) is not None
-            action, reason = plan_object(obj, done, config.all_files)
-            if action == PLAN_SKIP:
-                stats.skip(reason or "")
-            elif action == PLAN_DONE:
-                stats.add("already_done")
-            elif action == PLAN_CHECK_TYPE:   # a dry run asks S3 nothing per object
-                unchecked += 1
-                if shown < 20 or config.verbose:
-                    shown += 1
-                    log.info("would copy if S3 says it is a photo or video: %s (%s)", obj.key, format_bytes(obj.size))
-            else:
-                stats.add("eligible")
-                stats.add("eligible_bytes", obj.size)
-                if shown < 20 or config.verbose:
-                    shown += 1
-                    log.info("would copy: %s (%s)", obj.key, format_bytes(obj.size))
+    stats, shown, untyped, tiered = Stats(), 0, 0, 0
+    done = (lambda obj: checkpoint.done_run(obj.key, obj.version, obj.size) is not None) if checkpoint else \
+        (lambda obj: False)
+    for planned in plan_listing(source, ObjectFilter(config), config.all_files, done):
+        obj, action = planned.obj, planned.action
+        stats.add("listed")
+        if action == PLAN_SKIP:
+            stats.skip(planned.reason or "")
+        elif action == PLAN_ARCHIVED:
+            stats.archive(obj, planned.reason or SKIP_ARCHIVED)
+        elif action == PLAN_DONE:
+            stats.add("already_done")
+        elif action == PLAN_CHECK_TYPE or planned.ask_archive:   # a dry run asks S3 nothing per object
+            untyped += action == PLAN_CHECK_TYPE
+            tiered += action != PLAN_CHECK_TYPE
+            if shown < 20 or config.verbose:
+                shown += 1
+                log.info("would copy if S3 says it is %s: %s (%s)", "readable" if planned.ask_archive else
+                         "a photo or video", obj.key, format_bytes(obj.size))
+        else:
+            stats.add("eligible")
+            stats.add("eligible_bytes", obj.size)
+            if shown < 20 or config.verbose:
+                shown += 1
+                log.info("would copy: %s (%s)", obj.key, format_bytes(obj.size))
     counts = stats.as_dict()
     if not config.quiet:
         skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts["skipped"].items())) or "none"
         print(f"dry run: {counts['listed']} listed, {counts['eligible']} would be copied "
               f"({format_bytes(counts['eligible_bytes'])}), {counts['already_done']} already done"
-              + (f", {unchecked} more without an extension if S3 says they are photos or videos "
-                 "(not asked in a dry run)" if unchecked else "")
+              + (f", {untyped} more without an extension if S3 says they are photos or videos" if untyped else "")
+              + (f", {tiered} more if S3 says they are not in an archive" if tiered else "")
+              + (" (not asked in a dry run)" if untyped or tiered else "")
+              + (f", {counts['archived']} archived ({format_bytes(counts['archived_bytes'])}): they wait for a "
+                 "restore" if counts["archived"] else "")
               + f"; skipped: {skipped}. Nothing was written.", file=runtime.out)
     return ExitCode.OK
 
@@ -5327,7 +5484,7 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
     elif not config.quiet:
         print(f"verify: {checked} objects checked; missing {report['missing']}, duplicated {report['duplicated']}, "
               f"mismatched {report['mismatched']}, extra in Drive {report['extra']}"
-              + (f", {archived} archived in Glacier (restore them to copy)" if archived else ""), file=runtime.out)
+              + (f", {archived} archived in S3 (they wait for a restore)" if archived else ""), file=runtime.out)
         for name, items in {**problems, "extra": [{"key": path} for path in extra]}.items():
             for item in items[:5]:
                 print(f"  {name}: {item['key']}" + (f" ({item['problem']})" if "problem" in item else ""),
@@ -5350,32 +5507,37 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
 
     checked = archived = 0
     object_filter = ObjectFilter(config)
-    for page in source.iter_pages():
-        for obj in page:
-            if not object_filter.admits(obj):
-                continue
-            action, _ = plan_object(obj, False, config.all_files)
-            if action == PLAN_SKIP or (action == PLAN_CHECK_TYPE and not is_media_content_type(
-                    _head_content_type(source, obj.key))):
-                continue
-            checked += 1
-            located = copies_found.copies_of(source_id_for(config.bucket, obj.key), foreign_path(obj.key, config.layout))
-            copies = [drive_file for _, drive_file in located]
-            for position, _ in located:
-                copies_found.claimed[position] = 1
-            if not copies and object_filter.by_date and checkpoint and (entry := checkpoint.get(obj.key)) \
-                    and entry.status == STATUS_SKIPPED and entry.reason == SKIP_DATE_FILTERED:
-                checked -= 1   # read by a transfer and found outside the dates asked for
-            elif not copies and obj.storage_class in ARCHIVED_STORAGE_CLASSES:
-                archived += 1   # unreadable until restored: transfer skips it with that reason too
-            elif not copies:
-                report("missing", key=obj.key)
-            elif len(copies) > 1:
-                report("duplicated", key=obj.key, ids=[f.id for f in copies])
-            else:
-                problem = _compare_copy(obj, copies[0], checkpoint, source)
-                if problem:
-                    report("mismatched", key=obj.key, id=copies[0].id, problem=problem)
+
+    def archived_before(obj: SourceObject) -> bool:
+        entry = checkpoint.get(obj.key) if checkpoint else None
+        return bool(entry and entry.status == STATUS_SKIPPED and entry.etag == obj.version
+                    and entry.reason in (SKIP_ARCHIVED, SKIP_RESTORING))
+
+    for planned in plan_listing(source, object_filter, config.all_files, archived_before=archived_before):
+        obj, action = planned.obj, planned.action
+        if action == PLAN_SKIP or (action == PLAN_CHECK_TYPE and not is_media_content_type(
+                _head_content_type(source, obj.key))):
+            continue
+        checked += 1
+        located = copies_found.copies_of(source_id_for(config.bucket, obj.key), foreign_path(obj.key, config.layout))
+        copies = [drive_file for _, drive_file in located]
+        for position, _ in located:
+            copies_found.claimed[position] = 1
+        if not copies and object_filter.by_date and checkpoint and (entry := checkpoint.get(obj.key)) \
+                and entry.status == STATUS_SKIPPED and entry.reason == SKIP_DATE_FILTERED:
+            checked -= 1   # read by a transfer and found outside the dates asked for
+        elif not copies and (action == PLAN_ARCHIVED or planned.ask_archive and archived_before(obj)):
+            archived += 1   # unreadable until restored: transfer counts it so too
+        elif not copies and planned.ask_archive and _unreadable_archive(source, obj):
+            archived += 1
+        elif not copies:
+            report("missing", key=obj.key)
+        elif len(copies) > 1:
+            report("duplicated", key=obj.key, ids=[f.id for f in copies])
+        else:
+            problem = _compare_copy(obj, copies[0], checkpoint, source)
+            if problem:
+                report("mismatched", key=obj.key, id=copies[0].id, problem=problem)
     return counts, problems, checked, archived
 
 
@@ -5384,6 +5546,13 @@ def foreign_path(key: str, layout: str) -> tuple[str, ...] | None:
     root in the flat layout; in a date layout, nowhere knowable without reading the file."""
     path = drive_path_for(key)
     return path if layout == LAYOUT_MIRROR else path[-1:] if layout == LAYOUT_FLAT else None
+
+
+def _unreadable_archive(source: S3Source, obj: SourceObject) -> bool:
+    try:
+        return source.archive_state(obj) != READABLE
+    except ObjectError:
+        return False
 
 
 def _head_content_type(source: S3Source, key: str) -> str | None:
@@ -5515,6 +5684,8 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     outlook = copy_outlook(checkpoint.runs, done_bytes, config.daily_limit)
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
               "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),
+              "waiting_for_restore": next((run["counts"].get("archived", 0) for run in reversed(checkpoint.runs)
+                                           if (run.get("counts") or {}).get("listing_complete")), None),
               **outlook, "runs": checkpoint.runs}
     if config.json_output:
         print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
@@ -5527,6 +5698,9 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
              f"interrupted while sending {by_status[STATUS_SENDING]}; "
              f"pending {pending} (the next run retries them; objects no run has seen yet: see --dry-run)"]
     lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(10)]
+    listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("listing_complete")]
+    if listed and listed[-1].get("archived"):
+        lines.append(f"  as the last run listed S3: {restore_advice(binding.get('bucket') or '', listed[-1])}")
     if outlook["bytes_left"] is not None:
         lines.append(f"  left when the last run listed S3: {format_bytes(outlook['bytes_left'])}"
                      + (f"; observed rate {format_bytes(outlook['rate_bytes_per_s'])}/s while running"

@@ -27,6 +27,22 @@ PutObject answers, so a client sees one consistent object:
 - ``capitalise_metadata``: user metadata comes back as ``X-Amz-Meta-Mtime`` (MinIO, Go's
   canonical header case) instead of ``x-amz-meta-mtime``.
 
+``intelligent_tiering`` (key -> archive tier or None) makes those keys Intelligent-Tiering objects
+(AWS "Working with S3 Intelligent-Tiering"): listed and HEADed with StorageClass
+INTELLIGENT_TIERING; while the value is ``ARCHIVE_ACCESS`` or ``DEEP_ARCHIVE_ACCESS`` a HEAD carries
+``x-amz-archive-status`` and a GET gets 403 InvalidObjectState, as AWS answers for an object that
+must be restored first; None is the frequent tier (readable, as after a restore, which a
+RestoreObject through this proxy completes at once). Each object GET
+and HEAD is counted per key in ``gets`` and ``heads``.
+
+``restore_status_in_listing`` lists a ``RestoreStatus`` when the request asks for it
+(``x-amz-optional-object-attributes: RestoreStatus``), as AWS does and moto does not: only for
+objects restored (by a RestoreObject through this proxy; moto completes it at once) or being
+restored (keys in ``restoring``: their HEAD says ``ongoing-request="true"`` and a GET still gets
+403 InvalidObjectState). ``refuse_optional_attributes`` answers such a listing 400 InvalidArgument
+instead, as a store that does not know the header may. "If the object hasn't been restored, there is no header response"
+(AWS API_RestoreStatus), so an archived object without one is listed as moto lists it.
+
 If-Match on an object whose ETag was rewritten: the rewritten value is translated back to moto's
 before forwarding (so conditional GETs keep working, and an overwrite still gives 412); any other
 value, the true MD5 included, gets 412 PreconditionFailed as on AWS. With ``empty_etag`` the
@@ -55,12 +71,18 @@ SSE_C_KEY_MD5 = "ZmFrZS1jdXN0b21lci1rZXk="   # any base64: no customer key is ch
 SSE_C_KEY_MISSING_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code>'
                           b"<Message>The object was stored using a form of Server Side Encryption. The correct "
                           b"parameters must be provided to retrieve the object.</Message></Error>")
+ARCHIVED_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidObjectState</Code>'
+                 b"<Message>The operation is not valid for the object's access tier</Message>"
+                 b"<StorageClass>INTELLIGENT_TIERING</StorageClass><AccessTier>ARCHIVE_ACCESS</AccessTier></Error>")
+INVALID_ARGUMENT_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidArgument</Code>'
+                         b"<Message>Unknown header x-amz-optional-object-attributes</Message></Error>")
 SSE_HEADERS = {"x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id",
                "x-amz-server-side-encryption-customer-algorithm", "x-amz-server-side-encryption-customer-key-md5"}
 Switch = Union[bool, Callable[[str], bool]]
 _CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.S)
 _KEY = re.compile(rb"<Key>(.*?)</Key>", re.S)
 _ETAG = re.compile(rb"<ETag>(.*?)</ETag>", re.S)
+_STORAGE_CLASS = re.compile(rb"<StorageClass>(.*?)</StorageClass>", re.S)
 
 
 def _unquote_etag(value: str) -> str:
@@ -88,6 +110,13 @@ class S3FaultProxy:
         self.opaque_etag: Switch = False
         self.empty_etag: Switch = False
         self.capitalise_metadata: Switch = False
+        self.intelligent_tiering: dict[str, str | None] = {}
+        self.restore_status_in_listing = False
+        self.refuse_optional_attributes = False
+        self.restored: set[str] = set()
+        self.restoring: set[str] = set()
+        self.gets: Counter[str] = Counter()
+        self.heads: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self._origin: dict[tuple[str, str], str] = {}   # (key, ETag we sent) -> moto's ETag
         proxy = self
@@ -214,10 +243,18 @@ class S3FaultProxy:
                     ("x-amz-server-side-encryption-customer-key-MD5", SSE_C_KEY_MD5)]
         if encryption and switch != encryption:
             self._count(encryption)   # encrypted, but the ETag came from another switch
+        if key in self.intelligent_tiering:
+            out = [(n, v) for n, v in out if n.lower() != "x-amz-storage-class"]
+            out.append(("x-amz-storage-class", "INTELLIGENT_TIERING"))
+            if self.intelligent_tiering[key]:
+                out.append(("x-amz-archive-status", str(self.intelligent_tiering[key])))
+        if key in self.restoring:
+            out = [(n, v) for n, v in out if n.lower() != "x-amz-restore"]
+            out.append(("x-amz-restore", 'ongoing-request="true"'))
         return out
 
-    def _listing(self, payload: bytes) -> bytes:
-        """ListObjects(V2) XML with each entry's ETag rewritten for its key."""
+    def _listing(self, payload: bytes, restore_status: bool = False) -> bytes:
+        """ListObjects(V2) XML with each entry's ETag rewritten for its key (and its RestoreStatus)."""
         url_encoded = b"<EncodingType>url</EncodingType>" in payload
 
         def one(match: re.Match[bytes]) -> bytes:
@@ -227,6 +264,16 @@ class S3FaultProxy:
                 return entry
             key = html.unescape(key_match.group(1).decode())
             key = unquote(key) if url_encoded else key
+            if key in self.intelligent_tiering:
+                tier = b"<StorageClass>INTELLIGENT_TIERING</StorageClass>"
+                entry = _STORAGE_CLASS.sub(tier, entry) if _STORAGE_CLASS.search(entry) else \
+                    entry.replace(b"</Contents>", tier + b"</Contents>")
+            if restore_status and (key in self.restoring or key in self.restored):
+                status = (b"<RestoreStatus><IsRestoreInProgress>true</IsRestoreInProgress></RestoreStatus>"
+                          if key in self.restoring else
+                          b"<RestoreStatus><IsRestoreInProgress>false</IsRestoreInProgress>"
+                          b"<RestoreExpiryDate>2099-01-01T00:00:00.000Z</RestoreExpiryDate></RestoreStatus>")
+                entry = entry.replace(b"</Contents>", status + b"</Contents>")
             etag_match = _ETAG.search(entry)
             if etag_match is None or self._etag_switch(key) is None:
                 return entry
@@ -250,6 +297,27 @@ class S3FaultProxy:
         is_put_object = handler.command == "PUT" and is_object and not query.keys() & {"uploadId", "partNumber"} \
             and "x-amz-copy-source" not in {k.lower() for k in handler.headers}
         is_listing = handler.command == "GET" and not is_object and parts[0] != ""
+        if is_listing and self.refuse_optional_attributes and "x-amz-optional-object-attributes" in \
+                {k.lower() for k in handler.headers}:
+            self._count("optional_attributes_refused")
+            self._answer(handler, 400, "Bad Request", INVALID_ARGUMENT_BODY)
+            return
+        if is_object_read:
+            with self.lock:
+                (self.gets if is_object_get else self.heads)[key] += 1
+        if handler.command == "POST" and is_object and "restore" in query:
+            with self.lock:
+                self.restored.add(key)
+                tiered = key in self.intelligent_tiering
+                if tiered:   # moto has no archive tier to restore from; the object is back at once
+                    self.intelligent_tiering[key] = None
+            if tiered:
+                self._answer(handler, 202, "Accepted", b"")
+                return
+        if is_object_get and (self.intelligent_tiering.get(key) or key in self.restoring):
+            self._count("archived_get")
+            self._answer(handler, 403, "Forbidden", ARCHIVED_BODY)
+            return
         if is_object_get:
             if any(name.lower() == "range" for name in handler.headers):
                 self._count("ranged_get")
@@ -281,7 +349,8 @@ class S3FaultProxy:
         if response.status in (200, 206) and (is_object_read or is_put_object):
             answer_headers = self._object_headers(key, answer_headers)
         elif response.status == 200 and is_listing and b"<ListBucketResult" in payload[:512]:
-            payload = self._listing(payload)
+            asked = handler.headers.get("x-amz-optional-object-attributes", "")
+            payload = self._listing(payload, self.restore_status_in_listing and "RestoreStatus" in asked)
         truncate = is_object_get and response.status == 200 and len(payload) > 1 and self._take("truncate_count")
         handler.send_response(response.status, response.reason)
         for name, value in answer_headers:

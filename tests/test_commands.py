@@ -105,7 +105,8 @@ def test_status_reports_failures_with_reasons_and_runs(env):
     result = env.run("status")
     assert result.returncode == 0, result.stderr
     assert "done 1" in result.stdout and "skipped 1" in result.stdout and "pending 0" in result.stdout
-    assert "Glacier" in result.stdout
+    assert "1 object (2.0 KiB) waits for a restore" in result.stdout
+    assert "aws s3api restore-object" in result.stdout
     assert "run " in result.stdout and "ok" in result.stdout
 
 

@@ -3,10 +3,16 @@ Google's limits). Each test runs the real script against moto and the Drive emul
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 
+import boto3
+import pytest
+
 import cloud_transfer as ct
-from tests.conftest import assert_drive_matches, one_line_error, photo_bytes
+from tests.conftest import AWS_KEY_ID, AWS_SECRET, assert_drive_matches, one_line_error, photo_bytes
+from tests.drive_emulator import Faults
+from tests.s3_fault_proxy import S3FaultProxy
 
 ROOT = "Amazon Photos Transfer"
 
@@ -93,3 +99,126 @@ print(json.dumps({{"Version": 1, "AccessKeyId": "AKIAPROCESS0000001", "SecretAcc
 
     assert env.run().returncode == 0
     assert_drive_matches(env, bodies)
+
+
+# -- item 6: archived objects --------------------------------------------------------------------
+
+@pytest.fixture
+def penv(env, moto_url):
+    """`env` with S3 behind the fault proxy, which plays AWS's archive answers moto lacks."""
+    with S3FaultProxy(moto_url) as proxy:
+        env.vars["AWS_ENDPOINT_URL"] = proxy.url
+        env.proxy = proxy
+        env.proxy_s3 = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
+                                    aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET)
+        yield env
+
+
+def _archive_library(env) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """0.3 MiB readable, 4 MiB in GLACIER, DEEP_ARCHIVE and an Intelligent-Tiering archive tier."""
+    readable = {f"a/{n}.jpg": env.put(f"a/{n}.jpg", photo_bytes(f"a{n}", 100_000)) for n in range(3)}
+    archived = {"cold/glacier.jpg": env.put("cold/glacier.jpg", photo_bytes("g", 1_400_000), StorageClass="GLACIER"),
+                "cold/deep.mov": env.put("cold/deep.mov", photo_bytes("d", 1_400_000), StorageClass="DEEP_ARCHIVE"),
+                "tiered/old.jpg": env.put("tiered/old.jpg", photo_bytes("t", 1_400_000))}
+    env.proxy.intelligent_tiering["tiered/old.jpg"] = "ARCHIVE_ACCESS"
+    return readable, archived
+
+
+def test_archived_objects_wait_for_a_restore_without_blocking_the_copy(penv):
+    env = penv
+    readable, archived = _archive_library(env)
+    env.drive.faults = Faults(storage_quota_bytes=2 * 1024 * 1024)   # room for the readable ones only
+
+    first = env.run()
+
+    assert first.returncode == 0, first.stderr
+    output = first.stdout + first.stderr
+    assert "3 objects (4.0 MiB) wait for a restore" in output
+    assert f"aws s3api restore-object --bucket {env.bucket} --key " in output
+    folders = {f["name"] for f in env.drive.list_files(include_trashed=True)
+               if f["mimeType"] == "application/vnd.google-apps.folder"}
+    assert folders == {ROOT, "a"}   # none made for what could not be read
+    assert_drive_matches(env, readable)   # and verify calls none of them missing
+    assert sum(env.proxy.gets[key] for key in archived) == 0
+
+    second = env.run()
+
+    assert second.returncode == 0, second.stderr
+    assert "3 objects (4.0 MiB) wait for a restore" in second.stdout + second.stderr
+    assert sum(env.proxy.gets[key] for key in archived) == 0   # asked with a HEAD, never fetched
+    status = json.loads(env.run("status", "--json").stdout)
+    assert status["waiting_for_restore"] == 3
+
+    for key in archived:
+        env.proxy_s3.restore_object(Bucket=env.bucket, Key=key, RestoreRequest={} if key.startswith("tiered/")
+                                    else {"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}})
+    env.drive.faults = Faults()
+
+    third = env.run()
+
+    assert third.returncode == 0, third.stderr
+    assert "wait for a restore" not in third.stdout + third.stderr
+    assert_drive_matches(env, readable | archived)
+
+
+def test_on_aws_the_listing_tells_archived_restoring_and_restored_apart_without_a_head(penv):
+    # AWS lists RestoreStatus only for objects restored or being restored (API_RestoreStatus);
+    # moto lists none, so the proxy plays AWS here.
+    env = penv
+    env.proxy.restore_status_in_listing = True
+    env.put("a/standard.jpg")
+    for key in ("g/archived.jpg", "g/restored.jpg", "g/restoring.jpg"):
+        env.put(key, StorageClass="GLACIER")
+    env.proxy_s3.restore_object(Bucket=env.bucket, Key="g/restored.jpg", RestoreRequest={"Days": 1})
+    env.proxy.restoring.add("g/restoring.jpg")
+    env.put("t/archived.jpg")
+    env.put("t/frequent.jpg")
+    env.proxy.intelligent_tiering.update({"t/archived.jpg": "DEEP_ARCHIVE_ACCESS", "t/frequent.jpg": None})
+    source = ct.S3Source(env.proxy_s3, env.bucket, other_store=False)
+
+    plans = {p.obj.key: p for p in ct.plan_listing(source, ct.ObjectFilter(ct.Config()), all_files=False)}
+
+    assert env.proxy.heads == {}
+    assert {key: (p.action, p.reason, p.ask_archive) for key, p in plans.items()} == {
+        "a/standard.jpg": (ct.PLAN_COPY, None, False),
+        "g/archived.jpg": (ct.PLAN_ARCHIVED, ct.SKIP_ARCHIVED, False),
+        "g/restored.jpg": (ct.PLAN_COPY, None, False),
+        "g/restoring.jpg": (ct.PLAN_ARCHIVED, ct.SKIP_RESTORING, False),
+        # an Intelligent-Tiering object's tier is only in its HEAD
+        "t/archived.jpg": (ct.PLAN_COPY, None, True),
+        "t/frequent.jpg": (ct.PLAN_COPY, None, True)}
+    assert source.archive_state(plans["t/archived.jpg"].obj) == ct.ARCHIVED
+    assert source.archive_state(plans["t/frequent.jpg"].obj) == ct.READABLE
+    assert source.archive_state(plans["g/restoring.jpg"].obj) == ct.RESTORING
+    # an earlier run that found this version archived trusts the listing until it lists a restore
+    again = ct.plan_listing(source, ct.ObjectFilter(ct.Config()), all_files=False,
+                            archived_before=lambda obj: obj.key == "t/archived.jpg")
+    assert next(p for p in again if p.obj.key == "t/archived.jpg").action == ct.PLAN_ARCHIVED
+
+
+def test_a_store_that_refuses_the_restore_status_is_listed_without_it(penv):
+    env = penv
+    env.proxy.refuse_optional_attributes = True
+    env.put("a/1.jpg")
+    env.put("g/archived.jpg", StorageClass="GLACIER")
+    source = ct.S3Source(env.proxy_s3, env.bucket, other_store=False)
+
+    plans = {p.obj.key: p for p in ct.plan_listing(source, ct.ObjectFilter(ct.Config()), all_files=False)}
+
+    assert env.proxy.counts["optional_attributes_refused"] == 1
+    assert source.restores_listed is False
+    assert plans["a/1.jpg"].action == ct.PLAN_COPY
+    assert plans["g/archived.jpg"].ask_archive   # no status to trust: a HEAD tells
+    assert source.archive_state(plans["g/archived.jpg"].obj) == ct.ARCHIVED
+
+
+@pytest.mark.parametrize("headers, state", [
+    (("GLACIER", None, None), ct.ARCHIVED),
+    (("DEEP_ARCHIVE", None, 'ongoing-request="true"'), ct.RESTORING),
+    (("GLACIER", None, 'ongoing-request="false", expiry-date="Fri, 23 Dec 2012 00:00:00 GMT"'), ct.READABLE),
+    (("INTELLIGENT_TIERING", "ARCHIVE_ACCESS", None), ct.ARCHIVED),
+    (("INTELLIGENT_TIERING", None, None), ct.READABLE),
+    (("STANDARD", None, None), ct.READABLE),
+])
+def test_head_archive_state(headers, state):
+    assert ct.head_archive_state(*headers) == state

@@ -452,7 +452,9 @@ def test_glacier_object_is_skipped_with_reason(fenv):
     assert result.returncode == 0, result.stderr
     assert "archived" in result.stdout
     status = fenv.run("status", "--json")
-    assert any("Glacier" in reason for reason in json.loads(status.stdout)["reasons"])
+    report = json.loads(status.stdout)
+    assert report["waiting_for_restore"] == 1
+    assert any("waits for a restore" in reason for reason in report["reasons"])
     assert_drive_matches(fenv, bodies)
 
 
