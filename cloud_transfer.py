@@ -146,6 +146,7 @@ LAYOUT_PATTERNS = ("YYYY", "YYYY/MM", "YYYY/MM/DD")   #: folders of --layout dat
 PROP_SOURCE = "ctSrc"   # sha256(s3://bucket/key)[:32]: which object this file is a copy of
 PROP_ETAG = "ctEtag"    # the source ETag when copied: a changed object gets a new revision
 PROP_MD5 = "ctMd5"      # MD5 of the bytes sent: lets a later run check the file without the source
+PROP_ROOT = "ctRoot"    # on the root folder: sha256(the configured folder name)[:32], found wherever it is
 
 DRIVE_FILE_FIELDS = "id,name,mimeType,parents,size,md5Checksum,appProperties,createdTime,modifiedTime,trashed,driveId"
 DRIVE_LIST_FIELDS = f"nextPageToken,incompleteSearch,files({DRIVE_FILE_FIELDS})"
@@ -2365,6 +2366,27 @@ class DriveFile:
         return self.mime_type == FOLDER_MIME
 
 
+def root_marker(folder_name: str) -> str:
+    """The value of PROP_ROOT on the root folder of copies into `folder_name`."""
+    return hashlib.sha256(folder_name.encode("utf-8")).hexdigest()[:32]
+
+
+def drive_folder_url(folder_id: str) -> str:
+    return f"https://drive.google.com/drive/folders/{folder_id}"
+
+
+def root_location(root: DriveFile, folder_name: str, my_drive_id: str) -> str:
+    """How to name the root in messages: its name, and where it is when someone moved or renamed it."""
+    notes = []
+    if root.name != folder_name:
+        notes.append(f"renamed from {folder_name!r}")
+    if root.parent_id != my_drive_id:
+        notes.append("moved from the top of My Drive")
+    if not notes:
+        return repr(root.name)
+    return f"{root.name!r} ({', '.join(notes)}: used where it is, {drive_folder_url(root.id)})"
+
+
 def drive_query_literal(value: str) -> str:
     """Quote a value for a Drive `q` string: backslash first, then the apostrophe."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -2778,6 +2800,15 @@ class DriveApi:
         """Every non-trashed child of a folder."""
         return self.list(f"{drive_query_literal(folder_id)} in parents and trashed = false")
 
+    def set_app_properties(self, file_id: str, props: dict[str, str]) -> None:
+        """Add to a file's appProperties (Drive merges them key by key)."""
+        self.call(lambda service: service.files().update(
+            fileId=file_id, body={"appProperties": props}, fields="id", supportsAllDrives=True), write=True)
+
+    def my_drive_id(self) -> str:
+        """The id of My Drive's top folder (what `'root' in parents` means)."""
+        return str((self.get_resource("root", fields="id") or {}).get("id") or "")
+
     def trash(self, file_id: str) -> None:
         self.call(lambda service: service.files().update(
             fileId=file_id, body={"trashed": True}, fields="id", supportsAllDrives=True), missing_ok=True, write=True)
@@ -2842,28 +2873,38 @@ class DriveFolders:
         self._path_locks: defaultdict[Any, threading.Lock] = defaultdict(threading.Lock)
         self._ids: dict[tuple[str, ...], str] = {}
         self._listings: dict[str, FolderListing] = {}
+        self.my_drive_id = ""
 
     def set_root(self, root_id: str) -> None:
         with self._lock:
             self._ids[()] = root_id
 
-    def find_root(self, name: str) -> str | None:
-        """A folder of exactly this name at the top of My Drive (the oldest), if any."""
-        query = (f"name = {drive_query_literal(name)} and mimeType = '{FOLDER_MIME}' and "
-                 f"'root' in parents and trashed = false")
-        found = [f for f in self.api.list(query) if f.name == name]
-        if len(found) > 1:
-            log.warning("Drive holds %d folders named %r; using the oldest", len(found), name)
-        return min(found, key=lambda f: (f.created_time or "", f.id)).id if found else None
+    def find_root(self, name: str) -> DriveFile | None:
+        """The copy's root: the folder marked as this name's root wherever it is now (moved,
+        renamed; the trash too, for the caller to refuse), else one made by an older version that
+        left no mark, by exact name at the top of My Drive. The oldest of several. One request."""
+        marker = root_marker(name)
+        query = (f"mimeType = '{FOLDER_MIME}' and (appProperties has {{ key='{PROP_ROOT}' and value='{marker}' }}"
+                 f" or (name = {drive_query_literal(name)} and 'root' in parents and trashed = false))")
+        found = list(self.api.list(query))
+        marked = [f for f in found if f.app_properties.get(PROP_ROOT) == marker]
+        candidates = [f for f in marked if not f.trashed] or marked or [f for f in found if f.name == name]
+        if len([f for f in candidates if not f.trashed]) > 1:
+            log.warning("Drive holds %d folders that are the root of this copy; using the oldest", len(candidates))
+        return min(candidates, key=lambda f: (f.trashed, f.created_time or "", f.id)) if candidates else None
 
-    def create(self, name: str, parent_id: str, path: tuple[str, ...]) -> str:
+    def create(self, name: str, parent_id: str, path: tuple[str, ...],
+               app_properties: dict[str, str] | None = None) -> str:
         for _ in range(MAX_REQUEST_ATTEMPTS):
             folder_id = self.api.new_id()
             self.record(path, folder_id)   # before sending: the id is how a lost answer is found again
-            body = {"id": folder_id, "name": name, "mimeType": FOLDER_MIME, "parents": [parent_id]}
+            body = {"id": folder_id, "name": name, "mimeType": FOLDER_MIME, "parents": [parent_id],
+                    **({"appProperties": app_properties} if app_properties else {})}
             try:
-                self.api.create(lambda service: service.files().create(
-                    body=body, fields="id", supportsAllDrives=True), folder_id)
+                answer = self.api.create(lambda service: service.files().create(
+                    body=body, fields="id,parents", supportsAllDrives=True), folder_id)
+                if parent_id == "root":   # what 'root' stands for: a later run tells a moved root by it
+                    self.my_drive_id = (answer.get("parents") or [""])[0]
                 break
             except IdNotUsable:
                 continue
@@ -4879,8 +4920,11 @@ def same_identity(recorded: dict[str, str], current: dict[str, str]) -> bool:
     return bool(recorded.get(key)) and recorded.get(key) == current.get(key)
 
 
-def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, client_id: str, run_id: str) -> str:
-    """The root folder's id: --folder-id, else the one earlier runs filled, else a new copy's.
+def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, client_id: str,
+              run_id: str) -> tuple[str, str]:
+    """The root folder's (id, name for messages): --folder-id, else the one earlier runs filled,
+    else the one its mark names wherever it is (another checkpoint's, a moved or renamed one), else
+    a new copy's.
 
     Under drive.file a folder is visible only to the OAuth client's Google Cloud project and the
     account that made it: a remembered root that answers 404 may be deleted, or may be hidden from a
@@ -4896,17 +4940,25 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
             return dict(known)   # the root is visible: no need to ask Drive who we are on every run
         return {"client_id": client_id, **api.account()}
 
+    def my_drive_id() -> str:
+        known = checkpoint.identity.get("my_drive_id")
+        if not known:
+            known = api.my_drive_id()
+            checkpoint.set_identity({**checkpoint.identity, "my_drive_id": known})
+        return known
+
+    root: DriveFile | None = None
     if config.folder_id:
         folder = chosen_folder(config, api)
         api.use_shared_drive(folder.drive_id)
-        root_id = folder.id
+        root_id, label = folder.id, folder.id
     else:
         remembered = api.get(checkpoint.root_folder_id) if checkpoint.root_folder_id else None
         if remembered is not None and remembered.is_folder and not remembered.trashed:
             if config.new_root:   # left in a cron line it would start a new copy every night
                 raise UsageError("--new-root: the Drive folder earlier runs filled is visible and in use; "
                                  "run without --new-root")
-            root_id = remembered.id
+            root = remembered
         else:
             current = current_identity(ask=True)
             if config.new_root:
@@ -4937,13 +4989,27 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
             # Recorded before the root is created, so a run that dies creating it is not taken for
             # another sign-in next time.
             checkpoint.set_identity(current)
-            root_id = (None if config.new_root else drive.folders.find_root(config.folder_name)) \
-                or drive.folders.create(config.folder_name, "root", ())
+            root = None if config.new_root else drive.folders.find_root(config.folder_name)
+            if root is not None and root.trashed:
+                raise UsageError(f"the Drive folder of this copy ({root.id}, {root.name!r}) is in the trash: restore "
+                                 "it and re-run, or pass --new-root to start a new copy")
+        if root is None:
+            root_id, label = drive.folders.create(config.folder_name, "root", (), {PROP_ROOT: root_marker(
+                config.folder_name)}), repr(config.folder_name)
+            if drive.folders.my_drive_id:
+                checkpoint.set_identity({**checkpoint.identity, "my_drive_id": drive.folders.my_drive_id})
+        else:
+            root_id, label = root.id, root_location(root, config.folder_name, my_drive_id())
+            if label != repr(config.folder_name):
+                log.warning("the copy's Drive folder was moved or renamed: %s", label)
+            if root.app_properties.get(PROP_ROOT) != root_marker(config.folder_name):
+                # made by an older version: marked once, so that it is found again after a move
+                api.set_app_properties(root.id, {PROP_ROOT: root_marker(config.folder_name)})
     if not same_identity(checkpoint.identity, current := current_identity()):
         checkpoint.set_identity(current)   # e.g. a new client of the same project, which still sees the copy
     checkpoint.set_root(root_id)
     drive.folders.set_root(root_id)
-    return root_id
+    return root_id, label
 
 
 def chosen_folder(config: Config, api: DriveApi) -> DriveFile:
@@ -4991,8 +5057,8 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
             if not config.ignore_quota and not config.folder_id:   # a shared drive's space is not the user's
                 check_storage(config, drive.api, checkpoint, source)
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
-            open_root(config, drive, checkpoint, client_id_of(creds), run_id)
-            return _run_transfer(config, runtime, Transfer(
+            _, root_label = open_root(config, drive, checkpoint, client_id_of(creds), run_id)
+            return _run_transfer(config, runtime, root_label, Transfer(
                 source, drive, checkpoint, stats, bucket=config.bucket, run_id=run_id,
                 temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
                 all_files=config.all_files, recheck=config.recheck,
@@ -5128,13 +5194,13 @@ def run_budget(config: Config, runs: list[dict[str, Any]]) -> RunBudget:
     return RunBudget(config.max_transfer, config.max_duration_s, daily_bytes_left=left, daily_limit=config.daily_limit)
 
 
-def _run_transfer(config: Config, runtime: Runtime, transfer: Transfer) -> ExitCode:
+def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: Transfer) -> ExitCode:
     """Run a transfer between two records in the checkpoint; always flush, clean up and summarise."""
     checkpoint, stats = transfer.checkpoint, transfer.stats
     run = {"id": transfer.run_id, "started": utc_now_iso(), "outcome": "running"}
     checkpoint.save_run(run)
-    log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix,
-             config.folder_id or repr(config.folder_name), transfer.run_id)
+    log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix, root_label,
+             transfer.run_id)
     started = time.monotonic()
     reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars,
                         interval_s=config.progress_interval_s, bandwidth=transfer.drive.uploader.bandwidth)
@@ -5298,7 +5364,11 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
                             "sign-in: deleted, or made with another credentials.json or account; a run explains "
                             "which, or pass --new-root to start a new copy")
         found = drive.folders.find_root(config.folder_name)
-        return f"folder {config.folder_name!r} " + (f"exists ({found})" if found else "will be created in My Drive")
+        if found is not None and found.trashed:
+            raise UsageError(f"the Drive folder of this copy ({found.id}, {found.name!r}) is in the trash: restore it")
+        if found is None:
+            return f"folder {config.folder_name!r} will be created in My Drive"
+        return f"folder {root_location(found, config.folder_name, drive.api.my_drive_id())} exists ({found.id})"
 
     def storage() -> str:
         assert drive is not None
@@ -5465,7 +5535,8 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
             raise UsageError(f"--folder-id {config.folder_id} is not a folder this app can see")
         drive.api.use_shared_drive(folder.drive_id)
     if not root_id:
-        root_id = drive.folders.find_root(config.folder_name)
+        found = drive.folders.find_root(config.folder_name)
+        root_id = found.id if found is not None and not found.trashed else None
     copies_found = DriveCopies(config.temp_dir)
     try:
         if root_id:

@@ -1562,6 +1562,28 @@ class DriveEmulator:
             f = self._commit_create(norm, content, fields.get("mimeType") or "application/octet-stream")
             return self._snapshot(f)
 
+    def user_edit(self, file_id: str, *, name: str | None = None, move_to: str | None = None,
+                  trashed: bool | None = None) -> dict:
+        """What the user does in Drive's web UI (rename, move, trash/restore), through the same
+        checks and side effects as files.update (list lag, changes feed, descendants)."""
+        meta: dict[str, Any] = {}
+        query: dict[str, str] = {}
+        if name is not None:
+            meta["name"] = name
+        if trashed is not None:
+            meta["trashed"] = trashed
+        web_ui = Caller(None, DEFAULT_USER_EMAIL, SCOPE_DRIVE)
+        with self.lock:
+            f = self._lookup(file_id, web_ui, True)
+            if move_to is not None:
+                query = {"addParents": move_to, "removeParents": ",".join(f.get("parents") or [])}
+            self._apply_patch(f, self._validate_patch(f, meta, query, web_ui), None, None)
+            return self._snapshot(f)
+
+    def user_delete(self, file_id: str) -> None:
+        """Delete forever, as the user does by emptying the trash (descendants go too)."""
+        self._delete(file_id, {"supportsAllDrives": "true"}, Caller(None, DEFAULT_USER_EMAIL, SCOPE_DRIVE))
+
     def add_shared_drive(self, name: str) -> str:
         """Create a shared drive (every user is taken to be a member); returns its id,
         which is also the id of its top folder (the `parents` of what is made in it)."""

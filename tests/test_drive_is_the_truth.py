@@ -222,3 +222,64 @@ def test_a_store_that_refuses_the_restore_status_is_listed_without_it(penv):
 ])
 def test_head_archive_state(headers, state):
     assert ct.head_archive_state(*headers) == state
+
+
+# -- item 4: the root is found by its mark, wherever it is -----------------------------------------
+
+def _report(env, *args):
+    result = env.run("--report", str(env.cwd / "report.json"), *args)
+    assert result.returncode == 0, result.stderr
+    return result, json.loads((env.cwd / "report.json").read_text())
+
+
+def _root(env) -> dict:
+    return next(f for f in env.drive.list_files(include_trashed=True) if f["name"] == ROOT)
+
+
+def test_a_moved_and_renamed_root_is_used_where_it_is_after_the_checkpoint_is_lost(env):
+    bodies = {f"a/{n}.jpg": env.put(f"a/{n}.jpg", photo_bytes(str(n), 3000)) for n in range(10)}
+    assert env.run().returncode == 0
+    root = _root(env)
+    archive = env.drive.add_folder("Archive")   # made in the web UI: this app cannot see it
+    env.drive.user_edit(root["id"], name="Old photos", move_to=archive["id"])
+    (env.cwd / "cloud_transfer_checkpoint.json").unlink()   # a new machine, a cron line's other `cd`
+
+    result, report = _report(env)
+
+    assert (report["transferred"], report["found_in_drive"]) == (0, 10)
+    assert "'Old photos' (renamed from 'Amazon Photos Transfer', moved from the top of My Drive: used where " \
+           f"it is, https://drive.google.com/drive/folders/{root['id']})" in result.stdout + result.stderr
+    assert_drive_matches(env, bodies, root="Archive/Old photos")
+    assert [f for f in env.drive.list_files() if f["name"] == ROOT] == []   # no second root
+
+
+def test_a_root_made_by_an_older_version_is_marked_and_found_after_a_move(env):
+    bodies = {f"a/{n}.jpg": env.put(f"a/{n}.jpg", photo_bytes(str(n), 3000)) for n in range(3)}
+    assert env.run().returncode == 0
+    root = _root(env)
+    with env.drive.lock:   # as an older version made it: no mark
+        env.drive.files[root["id"]]["_app_props"] = {}
+    assert "appProperties" not in _root(env)
+
+    assert env.run().returncode == 0   # found by the checkpoint, and marked
+    assert _root(env)["appProperties"] == {ct.PROP_ROOT: ct.root_marker(ROOT)}
+    env.drive.user_edit(root["id"], move_to=env.drive.add_folder("Archive")["id"])
+    (env.cwd / "cloud_transfer_checkpoint.json").unlink()
+
+    _, report = _report(env)
+
+    assert (report["transferred"], report["found_in_drive"]) == (0, 3)
+    assert_drive_matches(env, bodies, root=f"Archive/{ROOT}")
+
+
+def test_a_root_in_the_trash_is_not_copied_again_without_the_checkpoint(env):
+    env.put("a/1.jpg")
+    assert env.run().returncode == 0
+    env.drive.user_edit(_root(env)["id"], trashed=True)
+    (env.cwd / "cloud_transfer_checkpoint.json").unlink()
+
+    result = env.run()
+
+    assert result.returncode == 2
+    assert "is in the trash: restore it" in one_line_error(result)
+    assert sorted(f["name"] for f in env.drive.list_files(include_trashed=True)) == ["1.jpg", ROOT, "a"]

@@ -27,24 +27,28 @@ def verify_report(env):
 
 
 def test_lost_create_plus_failing_lookup_does_not_duplicate(env):
-    """Drive made the file but the answer was lost, and the provenance look-up kept failing: the
-    object's next attempt must look at Drive again instead of a cached listing."""
+    """Drive made the file but the answer was lost, and the look-up of it by its pre-allocated id
+    failed a few times: the object's next attempt must look at Drive again, not create anew."""
     env.vars.update(FAST)
     env.put("album/IMG_001.jpg", photo_bytes("x", 3000))
-    creates = []
+    creates, failed_lookups = [], []
 
     def on_request(record):
         is_create = record["method"] == "POST" and record["path"] == "/upload/drive/v3/files"
         if is_create:
             creates.append(1)
         env.drive.faults.drop_response_rate = 1.0 if (is_create and len(creates) == 1) else 0.0
+        lookup = creates and record["method"] == "GET" and record["path"].startswith("/drive/v3/files/")
+        if lookup:
+            failed_lookups.append(1)
+        env.drive.faults.error_rate = 1.0 if lookup and len(failed_lookups) <= 3 else 0.0
 
     env.drive.on_request = on_request
-    env.drive.faults.fail_paths = {r"appProperties(\+|%20)has": 500}
     result = env.run("--workers", "1")
     env.drive.on_request = None
-    env.drive.faults.fail_paths = {}
+    env.drive.faults.error_rate = 0.0
     assert result.returncode == 0, result.stderr
+    assert len(failed_lookups) > 3   # the failures happened, and the run looked again
     assert len(env.drive_files()[f"{ROOT}/album/IMG_001.jpg"]) == 1
     assert verify_report(env)["duplicated"] == 0
 
