@@ -146,6 +146,7 @@ LAYOUT_PATTERNS = ("YYYY", "YYYY/MM", "YYYY/MM/DD")   #: folders of --layout dat
 PROP_SOURCE = "ctSrc"   # sha256(s3://bucket/key)[:32]: which object this file is a copy of
 PROP_ETAG = "ctEtag"    # the source ETag when copied: a changed object gets a new revision
 PROP_MD5 = "ctMd5"      # MD5 of the bytes sent: lets a later run check the file without the source
+PROP_RUN = "ctRun"      # the run that uploaded it: rollback takes only its own run's files
 PROP_ROOT = "ctRoot"    # on the root folder: sha256(the configured folder name)[:32], found wherever it is
 
 DRIVE_FILE_FIELDS = "id,name,mimeType,parents,size,md5Checksum,appProperties,createdTime,modifiedTime,trashed,driveId"
@@ -4100,7 +4101,7 @@ def guess_mimetype(key: str, content_type: str | None) -> str:
 
 
 def build_file_metadata(obj: SourceObject, name: str, bucket: str, parent_id: str, md5: str, download: Download,
-                        date: OriginalDate) -> dict[str, Any]:
+                        date: OriginalDate, run_id: str) -> dict[str, Any]:
     """The one place that builds a Drive create request's metadata (name, place, provenance, dates).
 
     createdTime (writable only at creation) and modifiedTime (Drive's "Last modified" column and
@@ -4112,7 +4113,8 @@ def build_file_metadata(obj: SourceObject, name: str, bucket: str, parent_id: st
         "createdTime": rfc3339(date.moment),
         "modifiedTime": rfc3339(date.moment),
         "description": f"Copied from s3://{bucket}/{obj.key} by cloud_transfer",
-        "appProperties": {PROP_SOURCE: source_id_for(bucket, obj.key), PROP_ETAG: obj.version, PROP_MD5: md5},
+        "appProperties": {PROP_SOURCE: source_id_for(bucket, obj.key), PROP_ETAG: obj.version, PROP_MD5: md5,
+                          PROP_RUN: run_id},
     }
     properties = drive_properties(download.metadata, obj.key)
     if properties:
@@ -4673,7 +4675,7 @@ class Transfer:
         else:
             download = self._staged(obj, staging)
             date = date or self.dates.date_of(obj, download, path)
-            metadata = build_file_metadata(obj, name, self.bucket, folder_id, download.md5, download, date)
+            metadata = build_file_metadata(obj, name, self.bucket, folder_id, download.md5, download, date, self.run_id)
             uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
         self.stats.add("transferred_bytes", obj.size - sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
@@ -4718,7 +4720,7 @@ class Transfer:
         try:
             headers = staged.headers()
             date = date or self.dates.date_of(obj, headers, None)
-            metadata = build_file_metadata(obj, name, self.bucket, folder_id, "", headers, date)
+            metadata = build_file_metadata(obj, name, self.bucket, folder_id, "", headers, date, self.run_id)
             # unknown until the last byte; a revision clears the old one (updates merge appProperties)
             if created:
                 del metadata["appProperties"][PROP_MD5]
@@ -5701,12 +5703,19 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         stats = Stats()
         api = make_drive(config, runtime, stats)[0].api
         bucket = checkpoint.binding["bucket"]
+        own_runs = {run["id"] for run in checkpoint.runs}
 
         def remove(key: str, entry: CheckpointEntry) -> str:
             drive_file = api.get(entry.drive_id or "")
             if drive_file and drive_file.app_properties.get(PROP_SOURCE) != source_id_for(bucket, key):
                 log.warning("not removing %s (%s): it does not carry this tool's provenance", key, entry.drive_id)
                 return "refused"
+            uploader = drive_file.app_properties.get(PROP_RUN, entry.run) if drive_file else entry.run
+            if uploader not in own_runs or (run_id is not None and uploader != run_id):
+                # adopted: another checkpoint (another directory, machine) or an earlier run uploaded it
+                log.info("keeping %s (%s): uploaded by run %s, not by %s", key, entry.drive_id, uploader,
+                         run_id or "this checkpoint's runs")
+                return "kept"
             # Recorded (and fsync'd) before the file goes: a rollback killed here leaves an entry a
             # later transfer checks against Drive, never a trashed photo the checkpoint calls done.
             checkpoint.record(key, dataclasses.replace(entry, status=STATUS_ROLLED_BACK, at=utc_now_iso(),
@@ -5727,10 +5736,12 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         finally:
             pool.shutdown(cancel_futures=True)   # an error or Ctrl-C stops what has not started
             checkpoint.finish()
-        removed, refused = outcomes["removed"], outcomes["refused"]
+        removed, refused, kept = outcomes["removed"], outcomes["refused"], outcomes["kept"]
         # NOTE: under drive.file the user's own files in our folders are invisible to the tool, and
         # trashing or deleting a folder takes everything in it: no folder is ever proven empty.
-        say(f"rollback: removed {removed} files; refused {refused} without our provenance. Folders are "
+        say(f"rollback: removed {removed} files; refused {refused} without our provenance"
+            + (f"; kept {kept} that another run or checkpoint uploaded (this one found them in Drive)" if kept else "")
+            + ". Folders are "
               "left in place: files you added to them are invisible to this tool, and removing a folder "
             "removes everything in it")
         return ExitCode.OK if not refused else ExitCode.PARTIAL

@@ -283,3 +283,24 @@ def test_a_root_in_the_trash_is_not_copied_again_without_the_checkpoint(env):
     assert result.returncode == 2
     assert "is in the trash: restore it" in one_line_error(result)
     assert sorted(f["name"] for f in env.drive.list_files(include_trashed=True)) == ["1.jpg", ROOT, "a"]
+
+
+# -- item 2: rollback removes only what its own run uploaded ---------------------------------------
+
+def test_rollback_keeps_the_copies_its_run_found_in_drive_from_another_checkpoint(env):
+    first = {f"a/{n:02}.jpg": env.put(f"a/{n:02}.jpg", photo_bytes(str(n), 3000)) for n in range(12)}
+    assert env.run("--checkpoint", "cron.json").returncode == 0
+    later = {f"b/{n}.jpg": env.put(f"b/{n}.jpg", photo_bytes(f"b{n}", 3000)) for n in range(4)}
+    env.drive.settle()
+
+    _, report = _report(env, "--checkpoint", "by-hand.json")   # another directory's checkpoint
+    assert (report["found_in_drive"], report["transferred"]) == (12, 4)
+
+    result = env.run("rollback", "--run", "last", "--yes", "--checkpoint", "by-hand.json")
+
+    assert result.returncode == 0, result.stderr
+    assert "removed 4 files" in result.stdout and "kept 12 that another run or checkpoint uploaded" in result.stdout
+    assert sorted(path for path in env.drive_files()) == sorted(f"{ROOT}/{key}" for key in first)
+    assert env.run("--checkpoint", "cron.json").returncode == 0   # the 4 in the trash are copied again
+    files = env.drive_files()
+    assert {path: len(copies) for path, copies in files.items()} == {f"{ROOT}/{key}": 1 for key in first | later}

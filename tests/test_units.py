@@ -657,7 +657,7 @@ def test_metadata_carries_one_date_properties_and_provenance():
     download = ct.Download(md5="a" * 32, content_type="image/jpeg", source_mtime=None,
                            metadata={"camera": "x100", "mtime": "1577000000", "long": "v" * 200})
     taken = ct.OriginalDate(dt.datetime(2019, 12, 24, 19, 15, tzinfo=dt.timezone.utc), "exif")
-    metadata = ct.build_file_metadata(obj("x/y.jpg"), "y.jpg", "bkt", "parent", "a" * 32, download, taken)
+    metadata = ct.build_file_metadata(obj("x/y.jpg"), "y.jpg", "bkt", "parent", "a" * 32, download, taken, "run-1")
     assert metadata["name"] == "y.jpg" and metadata["parents"] == ["parent"]
     assert metadata["createdTime"] == metadata["modifiedTime"] == "2019-12-24T19:15:00.000Z"
     assert metadata["properties"] == {"camera": "x100", "mtime": "1577000000"}   # "long" does not fit
