@@ -147,6 +147,7 @@ PROP_SOURCE = "ctSrc"   # sha256(s3://bucket/key)[:32]: which object this file i
 PROP_ETAG = "ctEtag"    # the source ETag when copied: a changed object gets a new revision
 PROP_MD5 = "ctMd5"      # MD5 of the bytes sent: lets a later run check the file without the source
 PROP_RUN = "ctRun"      # the run that uploaded it: rollback takes only its own run's files
+PROP_LEASE = "ctLease"  # on the root: "<expiry epoch s> <run id> <pid> <host>" of the one run that writes
 PROP_ROOT = "ctRoot"    # on the root folder: sha256(the configured folder name)[:32], found wherever it is
 
 DRIVE_FILE_FIELDS = "id,name,mimeType,parents,size,md5Checksum,appProperties,createdTime,modifiedTime,trashed,driveId"
@@ -173,6 +174,10 @@ BACKOFF_CAP_S = 64.0
 #: A service that answers nothing but network errors or 5xx for this long (to every worker) is down:
 #: the run stops (exit 7) instead of grinding through every object's retries; cron tries later.
 OUTAGE_WINDOW_S = 600.0
+LEASE_S = 600.0          #: a run's hold on its Drive folder lasts this long unless renewed ...
+LEASE_RENEW_S = 120.0    #: ... which it is this often while the run lives
+LEASE_SETTLE_S = 2.0     #: wait between writing the lease and reading it back (see DriveLease)
+LEASE_TRIES = 10
 #: Pacing Drive's writes once it pushes back (see Pacer). Tuned in a simulation of 4 and 16 workers
 #: against token buckets of 1-20 writes/s and against 1-5% random refusals, then measured with
 #: `python -m tests.benchmark quota faults`.
@@ -561,6 +566,7 @@ environment (.env is read from the current directory; real environment variables
   CLOUD_TRANSFER_ORDER, CLOUD_TRANSFER_BWLIMIT (defaults of the flags that name them),
   CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s),
   CLOUD_TRANSFER_OUTAGE_S (a service failing every request this long stops the run, exit 7; default 600),
+  CLOUD_TRANSFER_LEASE_SETTLE_S (the wait in taking a Drive folder for one run; default 2),
   CLOUD_TRANSFER_PROGRESS_S (a progress line in the log this often; default 30)
 
 {EXIT_CODE_HELP}"""
@@ -615,6 +621,7 @@ class Config:
     permanent: bool = False              # rollback: delete instead of trash
     assume_yes: bool = False
     backoff_base_s: float = BACKOFF_BASE_S   # first retry waits up to this long (full jitter)
+    lease_settle_s: float = LEASE_SETTLE_S
     backoff_cap_s: float = BACKOFF_CAP_S     # no single wait is longer (except a server's Retry-After)
     outage_window_s: float = OUTAGE_WINDOW_S  # failing this long, a service is down: stop (exit 7)
     progress_interval_s: float = LOG_INTERVAL_S   # a progress line in logs this often
@@ -803,7 +810,7 @@ KNOWN_SETTINGS = (
     "S3_SSE_C_KEY", "DRIVE_FOLDER_NAME", "DRIVE_FOLDER_ID", "DRIVE_ENDPOINT_URL", "CLOUD_TRANSFER_BACKOFF_BASE_S",
     "CLOUD_TRANSFER_BACKOFF_CAP_S", "CLOUD_TRANSFER_OUTAGE_S", "CLOUD_TRANSFER_DATE_FROM", "CLOUD_TRANSFER_TIMEZONE",
     "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT", "CLOUD_TRANSFER_PROGRESS_S", "CLOUD_TRANSFER_ORDER",
-    "CLOUD_TRANSFER_BWLIMIT", "DRIVE_IMPERSONATE",
+    "CLOUD_TRANSFER_BWLIMIT", "DRIVE_IMPERSONATE", "CLOUD_TRANSFER_LEASE_SETTLE_S",
 )
 
 
@@ -1034,6 +1041,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
                                       "CLOUD_TRANSFER_BACKOFF_CAP_S"),
         outage_window_s=_positive_float(setting(None, "CLOUD_TRANSFER_OUTAGE_S", default=OUTAGE_WINDOW_S),
                                         "CLOUD_TRANSFER_OUTAGE_S"),
+        lease_settle_s=_positive_float(setting(None, "CLOUD_TRANSFER_LEASE_SETTLE_S", default=LEASE_SETTLE_S),
+                                       "CLOUD_TRANSFER_LEASE_SETTLE_S"),
         progress_interval_s=_positive_float(setting(None, "CLOUD_TRANSFER_PROGRESS_S", default=LOG_INTERVAL_S),
                                             "CLOUD_TRANSFER_PROGRESS_S"),
         new_root=args.new_root,
@@ -1575,7 +1584,7 @@ class BandwidthLimit:
                  local_now: Callable[[], dt.datetime] = dt.datetime.now):
         self.timetable, self.stop, self.stats, self.clock, self.local_now = timetable, stop, stats, clock, local_now
         self._lock = threading.Lock()
-        self._next = clock()   # nothing credited at the start: the run's average never exceeds the rate
+        self._next: float | None = None   # set by the first send: nothing is credited before it
 
     def rate(self) -> int | None:
         """Bytes/s now (None: no limit). Before the day's first entry, the day before's last holds."""
@@ -1593,7 +1602,7 @@ class BandwidthLimit:
             return
         with self._lock:
             now = self.clock()
-            self._next = max(self._next, now - 1.0) + size / rate
+            self._next = max(now if self._next is None else self._next, now - 1.0) + size / rate
             wait = self._next - now
         if wait > 0 and self.stats:
             self.stats.add("bwlimit_wait_ms", int(wait * 1000))
@@ -4331,8 +4340,10 @@ class Transfer:
                  all_files: bool = False, recheck: bool = False, trusted_runs: set[str] | None = None,
                  stop: threading.Event | None = None,
                  backoff: Backoff | None = None, dates: OriginalDates | None = None, layout: str = LAYOUT_MIRROR,
-                 budget: RunBudget | None = None, object_filter: ObjectFilter | None = None, order: str = "key"):
+                 budget: RunBudget | None = None, object_filter: ObjectFilter | None = None, order: str = "key",
+                 lease: DriveLease | None = None):
         self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
+        self.lease = lease   # taken before this run's first write to Drive
         self.dates = dates or OriginalDates(source, stats=stats)
         self.layout, self.order = layout, order
         self.namer = Namer(layout, checkpoint, source)
@@ -4511,6 +4522,8 @@ class Transfer:
                             return
                         self._count_eligible(obj)
                         item = WorkItem(obj)
+                    if self.lease is not None:
+                        self.lease.hold()
                     self._copy(obj, attempts + attempt, staging)
                     return
                 except ObjectError as exc:
@@ -4820,6 +4833,156 @@ class Transfer:
                 os.unlink(path)
 
 #######################################################################
+# Setup: one writer per Drive folder ##################################
+#######################################################################
+
+@dataclasses.dataclass(frozen=True)
+class LeaseHolder:
+    expires: float
+    run_id: str
+    pid: int
+    host: str
+
+    @classmethod
+    def parse(cls, value: str | None) -> LeaseHolder | None:
+        parts = (value or "").split(" ", 3)
+        try:
+            return cls(float(parts[0]), parts[1], int(parts[2]), parts[3]) if len(parts) == 4 else None
+        except ValueError:
+            return None
+
+    def value(self) -> str:
+        # appProperties: key + value <= 124 bytes in UTF-8; a long host name is cut
+        text = f"{int(self.expires)} {self.run_id} {self.pid} {self.host}"
+        return text.encode("utf-8")[:124 - len(PROP_LEASE)].decode("utf-8", "ignore")
+
+    def describe(self) -> str:
+        since = self.run_id.split("-")[0]
+        started = dt.datetime.strptime(since, "%Y%m%dT%H%M%SZ").strftime("%Y-%m-%d %H:%M UTC") \
+            if re.fullmatch(r"\d{8}T\d{6}Z", since) else "an unknown time"
+        until = dt.datetime.fromtimestamp(self.expires, dt.timezone.utc).strftime("%H:%M UTC")
+        return f"run {self.run_id} (pid {self.pid} on {self.host}, since {started}, holds it until {until} unless renewed)"
+
+
+def lease_is_live(holder: LeaseHolder | None, now: float, host: str, pid_alive: Callable[[int], bool]) -> bool:
+    """A lease another run may not take: unexpired, and not of a process on this host that is gone."""
+    if holder is None or holder.expires <= now:
+        return False
+    return holder.host != host or pid_alive(holder.pid)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # another user's process
+    return True
+
+
+class DriveLease:
+    """One writing run per Drive folder, across checkpoints, directories and machines.
+
+    The lease is an appProperty of the root folder. Drive has no compare-and-swap for metadata, so
+    taking it follows Fischer's timed mutual exclusion: read it; if no live run holds it, write
+    ours; wait `settle_s`; read it back. files.get sees a write at once, so two runs that both read
+    it free both see the last writer's value after the wait, and only that one goes on — as long as
+    each read-to-written step took less than the wait, which is checked (a slower one starts over;
+    if it overwrote a run that had already gone on, that run's next renewal sees it and stops).
+    Taken before the first write of a run (a re-run with nothing to do writes nothing and takes
+    nothing), renewed while the run lives, given back at its end. A killed run's lease lapses after
+    LEASE_S, at once for a process on the same host that is gone."""
+
+    def __init__(self, api: DriveApi, root_id: str, run_id: str, *, settle_s: float = LEASE_SETTLE_S,
+                 clock: Callable[[], float] = time.time, host: str | None = None):
+        self.api, self.root_id, self.run_id, self.settle_s, self.clock = api, root_id, run_id, settle_s, clock
+        self.host = host or socket.gethostname() or "unknown-host"
+        self.held = self._unsupported = False
+        self.lost: str | None = None   # why this run no longer holds it
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _mine(self) -> LeaseHolder:
+        return LeaseHolder(self.clock() + LEASE_S, self.run_id, os.getpid(), self.host)
+
+    def _read(self) -> LeaseHolder | None:
+        resource = self.api.get_resource(self.root_id, fields="appProperties") or {}
+        return LeaseHolder.parse((resource.get("appProperties") or {}).get(PROP_LEASE))
+
+    def _write(self, value: str | None) -> None:
+        self.api.set_app_properties(self.root_id, {PROP_LEASE: value})   # None deletes the key
+
+    def _refuse(self, holder: LeaseHolder) -> LockHeldError:
+        return LockHeldError(f"another run is copying into this Drive folder: {holder.describe()}; this run "
+                             "stops before writing anything (two writers would make duplicates)")
+
+    def hold(self) -> None:
+        """Return once this run holds the lease; LockHeldError when another live run does."""
+        with self._lock:
+            if self.lost:
+                raise LockHeldError(self.lost)
+            if self.held:
+                return
+            try:
+                self._take()
+            except ObjectError as exc:   # e.g. a shared drive's top folder, whose metadata no app may set
+                log.warning("this Drive folder cannot carry the mark that keeps a second run out (%s): runs "
+                            "from other checkpoints or machines are not stopped", exc.verdict.reason)
+                self.held, self._unsupported = True, True
+
+    def _take(self) -> None:
+        """Fischer's protocol (see the class); LockHeldError when a live run holds the lease."""
+        for _ in range(LEASE_TRIES):
+            started = time.monotonic()
+            holder = self._read()
+            if holder and holder.run_id != self.run_id and \
+                    lease_is_live(holder, self.clock(), self.host, pid_alive):
+                raise self._refuse(holder)
+            self._write(self._mine().value())
+            if time.monotonic() - started > self.settle_s:
+                continue   # slower than the wait: another run's read-back may have missed it
+            time.sleep(self.settle_s)   # the protocol's wait, not a poll
+            holder = self._read()
+            if holder is None or holder.run_id != self.run_id:
+                if holder is not None and lease_is_live(holder, self.clock(), self.host, pid_alive):
+                    raise self._refuse(holder)
+                continue
+            self.held = True
+            self._renewer = threading.Thread(target=self._renew, name="lease", daemon=True)
+            self._renewer.start()
+            return
+        raise UnavailableError("cannot take this run's hold on the Drive folder: Drive answered too slowly "
+                               f"{LEASE_TRIES} times in a row; try again later")
+
+    def _renew(self) -> None:
+        while not self._done.wait(LEASE_RENEW_S):
+            try:
+                holder = self._read()
+                if holder is None or holder.run_id != self.run_id:
+                    self.lost = (f"this run's hold on the Drive folder was taken by "
+                                 f"{holder.describe() if holder else 'nobody (it was removed)'}: stopping")
+                    log.error("%s", self.lost)
+                    return
+                self._write(self._mine().value())
+            except CloudTransferError as exc:   # retried in the next round; a lapse shows then
+                log.warning("could not renew this run's hold on the Drive folder: %s", exc)
+
+    def release(self) -> None:
+        self._done.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=30)
+        if not self.held or self.lost or self._unsupported:
+            return
+        with contextlib.suppress(CloudTransferError):
+            holder = self._read()
+            if holder is not None and holder.run_id == self.run_id:
+                self._write(None)
+        self.held = False
+
+
+#######################################################################
 # Commands ############################################################
 #######################################################################
 # cmd_x(config, runtime) -> ExitCode. They wire the parts together and render results;
@@ -5055,11 +5218,13 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
         run_id = new_run_id()
         drive, creds = make_drive(config, runtime, stats, outage, checkpoint, run_id)
         token_before = creds.token
+        lease: DriveLease | None = None
         try:
             if not config.ignore_quota and not config.folder_id:   # a shared drive's space is not the user's
                 check_storage(config, drive.api, checkpoint, source)
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
-            _, root_label = open_root(config, drive, checkpoint, client_id_of(creds), run_id)
+            root_id, root_label = open_root(config, drive, checkpoint, client_id_of(creds), run_id)
+            lease = DriveLease(drive.api, root_id, run_id, settle_s=config.lease_settle_s)
             return _run_transfer(config, runtime, root_label, Transfer(
                 source, drive, checkpoint, stats, bucket=config.bucket, run_id=run_id,
                 temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
@@ -5067,8 +5232,10 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
                 trusted_runs=checkpoint.runs_since_recheck(run_id) if checkpoint.recheck_from_run is not None else None,
                 stop=runtime.stop, backoff=drive.api.backoff,
                 dates=OriginalDates(source, config.date_from, config.timezone, stats), layout=config.layout,
-                budget=budget, object_filter=ObjectFilter(config), order=config.order))
+                budget=budget, object_filter=ObjectFilter(config), order=config.order, lease=lease))
         finally:
+            if lease is not None:
+                lease.release()
             _save_refreshed_token(creds, token_before, config)
             lock.hold_until_exit = runtime.abandoned_work
 

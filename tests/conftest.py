@@ -176,6 +176,10 @@ def write_client(path: Path, kind: str = "installed") -> None:
         "token_uri": "https://oauth2.googleapis.com/token", "redirect_uris": ["http://localhost"]}}))
 
 
+# The lease's wait (DriveLease) must outlast one request to Drive; loopback answers in milliseconds.
+FAST_LEASE = {"CLOUD_TRANSFER_LEASE_SETTLE_S": "0.2"}
+
+
 @pytest.fixture
 def env(tmp_path, moto_url, s3, bucket, drive) -> Env:
     cwd = tmp_path / "work"
@@ -185,6 +189,7 @@ def env(tmp_path, moto_url, s3, bucket, drive) -> Env:
     variables = {
         "AWS_ACCESS_KEY_ID": AWS_KEY_ID, "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": moto_url, "S3_BUCKET_NAME": bucket, "DRIVE_ENDPOINT_URL": drive.url,
+        **FAST_LEASE,
     }
     return Env(cwd=cwd, vars=variables, drive=drive, bucket=bucket, s3=s3)
 
@@ -336,5 +341,6 @@ def rclone_env(tmp_path, rclone_s3, drive) -> Env:
     variables = {
         "AWS_ACCESS_KEY_ID": AWS_KEY_ID, "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": rclone_s3.url, "S3_BUCKET_NAME": bucket, "DRIVE_ENDPOINT_URL": drive.url,
+        **FAST_LEASE,
     }
     return Env(cwd=cwd, vars=variables, drive=drive, bucket=bucket, s3=rclone_s3.client)

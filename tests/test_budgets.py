@@ -31,6 +31,7 @@ def test_max_duration_starts_nothing_new_after_it_and_the_next_run_finishes(env)
     for n in range(10):
         env.put(f"a/{n}.jpg", photo_bytes(str(n), 2000))
     env.drive.faults = Faults(latency_s=0.3)   # ten photos take several seconds
+    env.vars["CLOUD_TRANSFER_LEASE_SETTLE_S"] = "1.5"   # longer than a read and a write at that latency
     result = env.run("--max-duration", "1s", "--workers", "1")
     assert result.returncode == 6, result.stderr
     assert copied(env) < 10

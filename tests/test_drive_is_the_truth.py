@@ -304,3 +304,55 @@ def test_rollback_keeps_the_copies_its_run_found_in_drive_from_another_checkpoin
     assert env.run("--checkpoint", "cron.json").returncode == 0   # the 4 in the trash are copied again
     files = env.drive_files()
     assert {path: len(copies) for path, copies in files.items()} == {f"{ROOT}/{key}": 1 for key in first | later}
+
+
+# -- item 1: one writer per Drive folder, whichever checkpoint ------------------------------------
+
+def test_a_second_run_from_another_directory_stops_while_the_first_writes(env):
+    import os
+    import subprocess
+    import time
+
+    from tests.conftest import SCRIPT
+    env.put("a/000.jpg")
+    assert env.run().returncode == 0   # the cron run's copy exists
+    bodies = {f"a/{n:03}.jpg": env.put(f"a/{n:03}.jpg", photo_bytes(str(n), 3000)) for n in range(60)}
+    env.drive.faults = Faults(latency_s=0.05)   # the first run takes a few seconds
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env.cwd), **env.vars,
+                "CLOUD_TRANSFER_LEASE_SETTLE_S": "1.0"}
+    first = subprocess.Popen([sys.executable, str(SCRIPT), "--workers", "2"], cwd=env.cwd, env=full_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while ct.PROP_LEASE not in (_root(env).get("appProperties") or {}) and time.monotonic() < deadline:
+        time.sleep(0.05)   # waiting for a condition, bounded
+    other = env.cwd / "by-hand"
+    other.mkdir()
+    for name in ("token.json", "credentials.json"):
+        (other / name).write_bytes((env.cwd / name).read_bytes())
+
+    second = subprocess.run([sys.executable, str(SCRIPT)], cwd=other, env=full_env, capture_output=True,
+                            text=True, timeout=120)
+    out, err = first.communicate(timeout=120)
+
+    assert first.returncode == 0, err
+    assert second.returncode == 4, second.stderr
+    assert f"pid {first.pid} on " in second.stderr and "another run is copying into this Drive folder" in second.stderr
+    assert ct.PROP_LEASE not in (_root(env).get("appProperties") or {})   # given back at the end
+    env.drive.faults = Faults()
+    env.drive.settle()
+    assert subprocess.run([sys.executable, str(SCRIPT)], cwd=other, env=full_env, capture_output=True,
+                          text=True, timeout=120).returncode == 0
+    assert_drive_matches(env, bodies)
+
+
+def test_a_lease_is_live_until_it_expires_or_its_process_on_this_host_is_gone():
+    holder = ct.LeaseHolder.parse("1000 20261207T061308Z-f66939 4242 nas")
+    assert holder == ct.LeaseHolder(1000.0, "20261207T061308Z-f66939", 4242, "nas")
+    assert ct.LeaseHolder.parse(holder.value()) == holder
+    assert ct.lease_is_live(holder, 999, "laptop", lambda pid: False)       # another host: only time counts
+    assert not ct.lease_is_live(holder, 1000, "laptop", lambda pid: True)   # expired
+    assert not ct.lease_is_live(holder, 999, "nas", lambda pid: False)      # killed on this host
+    assert ct.lease_is_live(holder, 999, "nas", lambda pid: True)
+    assert ct.LeaseHolder.parse("garbage") is None and ct.LeaseHolder.parse(None) is None
+    long = ct.LeaseHolder(1e9, "r", 1, "h" * 300)
+    assert len((ct.PROP_LEASE + long.value()).encode()) <= 124
