@@ -152,6 +152,7 @@ PROP_ROOT = "ctRoot"    # on the root folder: sha256(the configured folder name)
 
 DRIVE_FILE_FIELDS = "id,name,mimeType,parents,size,md5Checksum,appProperties,createdTime,modifiedTime,trashed,driveId"
 DRIVE_LIST_FIELDS = f"nextPageToken,incompleteSearch,files({DRIVE_FILE_FIELDS})"
+DRIVE_CHANGES_FIELDS = "nextPageToken,newStartPageToken,changes(fileId,removed,file(id,mimeType,parents,trashed))"
 GENERATED_IDS_PER_CALL = 1000   #: files.generateIds' maximum: one request per 1,000 creates
 
 CHECKPOINT_VERSION = 1
@@ -349,6 +350,13 @@ TRANSIENT_NETWORK_ERRORS = (
 SKIP_DELETED = "deleted from S3 since it was listed"
 SKIP_ARCHIVED, SKIP_RESTORING = "archived: waits for a restore", "archived: being restored"
 SKIP_SSE_C = "encrypted with a customer-provided key (SSE-C): set S3_SSE_C_KEY to copy it"
+#: A copy gone from Drive (the user's hands, as Drive's changes feed or a walk tells): copied again,
+#: or with --removed-in-drive leave, left out. The entry's reason says how it went.
+SKIP_REMOVED = "removed in Drive"
+REMOVED_HOW = {"trashed": f"{SKIP_REMOVED}: trashed", "deleted": f"{SKIP_REMOVED}: deleted for good",
+               "moved": f"{SKIP_REMOVED}: moved out of the copy's folders", "missing": f"{SKIP_REMOVED}: not found"}
+SKIP_LEFT_OUT = f"{SKIP_REMOVED}, left out (--removed-in-drive leave)"
+REMOVED_COPY, REMOVED_LEAVE = "copy", "leave"
 _S3_RETRY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
 _S3_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
@@ -616,6 +624,7 @@ class Config:
     json_output: bool = False            # verify/status: machine-readable report on stdout
     reset_checkpoint: bool = False
     recheck: bool = False                # look in Drive for objects the checkpoint calls done
+    removed_in_drive: str | None = None  # copy | leave copies removed in Drive; None: as the checkpoint remembers
     new_root: bool = False               # start a new copy in a new root folder
     rollback_run: str | None = None      # rollback: "last" or a run id
     permanent: bool = False              # rollback: delete instead of trash
@@ -759,6 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--recheck", action="store_true",
                           help="do not trust the checkpoint's 'done': look in Drive for every object "
                                "(re-copies files deleted or trashed in Drive; uploads nothing that is intact)")
+    transfer.add_argument("--removed-in-drive", choices=(REMOVED_COPY, REMOVED_LEAVE),
+                          help="copies trashed, deleted or moved away in Drive: copy them again (the default) or "
+                               "leave them out; remembered by the checkpoint for later runs")
     safety = parser.add_argument_group("state and safety")
     safety.add_argument("--checkpoint", dest="checkpoint_path", metavar="PATH",
                         help=f"checkpoint file (default {DEFAULT_CHECKPOINT})")
@@ -1034,6 +1046,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         log_file=Path(args.log_file) if args.log_file else None,
         report_path=Path(args.report_path) if args.report_path else None,
         json_output=args.json_output, reset_checkpoint=args.reset_checkpoint, recheck=args.recheck,
+        removed_in_drive=args.removed_in_drive,
         rollback_run=args.rollback_run, permanent=args.permanent, assume_yes=args.assume_yes,
         backoff_base_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_BASE_S", default=BACKOFF_BASE_S),
                                        "CLOUD_TRANSFER_BACKOFF_BASE_S"),
@@ -1128,6 +1141,8 @@ def validate_config(config: Config) -> None:
         raise UsageError("--check is a transfer's pre-flight: use it without --dry-run")
     if config.recheck and config.command != "transfer":
         raise UsageError("--recheck only applies to transfer")
+    if config.removed_in_drive and config.command != "transfer":
+        raise UsageError("--removed-in-drive only applies to transfer")
     if config.new_root and (config.command != "transfer" or config.folder_id):
         raise UsageError("--new-root only applies to a transfer into a folder found by name (not --folder-id)")
     if config.permanent and config.command != "rollback":
@@ -1158,7 +1173,8 @@ class Stats:
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
               "verified", "etag_checked", "checksum_mismatches", "retries", "rate_limited", "drive_requests", "internal_errors",
               "date_exif", "date_video", "date_metadata", "date_s3", "date_header_reads", "date_header_bytes",
-              "listing_complete", "bwlimit_wait_ms", "archived", "archived_bytes", "restoring")
+              "listing_complete", "bwlimit_wait_ms", "archived", "archived_bytes", "restoring", "copied_again",
+              "adopted_bytes")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -1167,6 +1183,7 @@ class Stats:
         self.failures: list[tuple[str, str]] = []   # (key, reason), first few kept for the summary
         self.failure_reasons: Counter[str] = Counter()
         self.archived_example: str | None = None   # a key for the restore command the summary shows
+        self.again: list[tuple[str, str]] = []     # (key, how its copy left Drive), first few
         self.listing_done = False
 
     def add(self, name: str, n: int = 1) -> None:
@@ -1184,6 +1201,12 @@ class Stats:
             self.counts["archived_bytes"] += obj.size
             self.counts["restoring"] += reason == SKIP_RESTORING
             self.archived_example = self.archived_example or obj.key
+
+    def copied_again(self, key: str, why: str) -> None:
+        with self._lock:
+            self.counts["copied_again"] += 1
+            if len(self.again) < 20:
+                self.again.append((key, why))
 
     def fail(self, key: str, reason: str) -> None:
         with self._lock:
@@ -1203,6 +1226,7 @@ class Stats:
             result["failures"] = [{"key": k, "reason": r} for k, r in self.failures]
             result["failure_reasons"] = dict(self.failure_reasons)
             result["archived_example"] = self.archived_example
+            result["copied_again_examples"] = [{"key": k, "reason": r} for k, r in self.again]
             return result
 
 
@@ -1347,7 +1371,9 @@ def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
             + (f", {stats['restoring']} being restored" if stats["restoring"] else "") + ")")]
           if stats["archived"] else []),
         ("transferred", f"{stats['transferred']}  ({format_bytes(stats['transferred_bytes'])}, {rate})"
-                        + (f", {stats['updated']} as new revisions" if stats["updated"] else "")),
+                        + (f", {stats['updated']} as new revisions" if stats["updated"] else "")
+                        + (f", {stats['copied_again']} copied again (their copy had left Drive)"
+                           if stats["copied_again"] else "")),
         ("found intact in Drive", f"{stats['adopted']}"),
         ("failed", f"{stats['failed']}"),
         ("dates", f"{stats['date_exif']} from EXIF, {stats['date_video']} from video headers, "
@@ -2376,6 +2402,29 @@ class DriveFile:
         return self.mime_type == FOLDER_MIME
 
 
+def removals_in(changes: Iterable[dict[str, Any]], copy_folders: set[str], root_id: str,
+                files: dict[str, str], folders: dict[str, str]) -> None:
+    """Sort one page of Drive's changes into `files` and `folders` (file id → how it went:
+    "trashed", "deleted", "moved"): what left the copy's folder tree. A file renamed, or moved
+    between the copy's own folders, is still in the copy. Which ids are ours is for the caller to
+    say; the feed also names other copies' files, and this run's own folders and uploads."""
+    for change in changes:
+        file_id, resource = change.get("fileId"), change.get("file") or {}
+        if not file_id or file_id == root_id:   # the root is found by its mark wherever it goes
+            continue
+        is_folder = resource.get("mimeType") == FOLDER_MIME
+        if change.get("removed") or not resource:
+            how = "deleted"
+        elif resource.get("trashed"):
+            how = "trashed"
+        elif not set(resource.get("parents") or ()) & copy_folders:
+            how = "moved"
+        else:
+            (folders if is_folder else files).pop(file_id, None)   # back where it was (untrashed, moved back)
+            continue
+        (folders if is_folder or file_id in copy_folders else files)[file_id] = how
+
+
 def root_marker(folder_name: str) -> str:
     """The value of PROP_ROOT on the root folder of copies into `folder_name`."""
     return hashlib.sha256(folder_name.encode("utf-8")).hexdigest()[:32]
@@ -2840,6 +2889,32 @@ class DriveApi:
         about = self.call(lambda service: service.about().get(fields="user(emailAddress,permissionId)"))
         user = about.get("user") or {}
         return {"account_id": str(user.get("permissionId") or ""), "account": str(user.get("emailAddress") or "")}
+
+    def _feed_options(self) -> dict[str, Any]:
+        drive_id = self.list_options.get("driveId")
+        return {"driveId": drive_id, "supportsAllDrives": True} if drive_id else {}
+
+    def start_page_token(self) -> str:
+        """Where Drive's changes feed stands now: changes.list from it tells what changes after."""
+        answer = self.call(lambda service: service.changes().getStartPageToken(
+            fields="startPageToken", **self._feed_options()))
+        return str(answer["startPageToken"])
+
+    def changes(self, token: str) -> Iterator[list[dict[str, Any]] | str]:
+        """Drive's changes since `token`, a page at a time, then the token to keep for next time.
+        Under drive.file the feed holds only files this app can see (Drive API "Retrieve changes")."""
+        shared = {"includeItemsFromAllDrives": True} if self._feed_options() else {}
+        while True:
+            page = self.call(lambda service, token=token: service.changes().list(
+                pageToken=token, pageSize=1000, spaces="drive", fields=DRIVE_CHANGES_FIELDS,
+                **self._feed_options(), **shared))
+            yield page.get("changes") or []
+            if page.get("newStartPageToken"):
+                yield str(page["newStartPageToken"])
+                return
+            token = page.get("nextPageToken")
+            if not token:   # neither: the feed broke its contract; a walk is the safe answer
+                raise ObjectError(Verdict(Verdict.FAIL, "Drive's changes feed answered without a next token"))
 
     def use_shared_drive(self, drive_id: str | None) -> None:
         """List inside one shared drive (corpora=drive): allDrives may answer incompleteSearch."""
@@ -3376,6 +3451,8 @@ class Checkpoint:
         # The run that found the root lost: outcomes of earlier runs may point into it and are checked
         # again until a run finishes. None: nothing to check; "": all (older checkpoints: true/false).
         self.recheck_from_run: str | None = None
+        self.changes_token: str | None = None   # Drive's changes feed: where the next run reads from
+        self.removed_in_drive = REMOVED_COPY    # what runs do with copies removed in Drive (--removed-in-drive)
         self._pending: list[dict[str, Any]] = []
         self._journal_lines = 0       # in the journal file, replayed or appended
         self._changed = False         # anything but run records journaled since the snapshot
@@ -3424,7 +3501,8 @@ class Checkpoint:
         entries holds no second copy of them."""
         head = {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
                 "root_folder_id": self.root_folder_id, "identity": self.identity,
-                "recheck_from_run": self.recheck_from_run, "folders": self.folders, "runs": self.runs,
+                "recheck_from_run": self.recheck_from_run, "changes_token": self.changes_token,
+                "removed_in_drive": self.removed_in_drive, "folders": self.folders, "runs": self.runs,
                 "objects": {}}
         text = json.dumps(head, ensure_ascii=False, indent=1)
         assert text.endswith('"objects": {}\n}')
@@ -3462,9 +3540,15 @@ class Checkpoint:
             self.identity = dict(line["identity"])
         elif "recheck" in line:
             self.recheck_from_run = line["recheck"] if isinstance(line["recheck"], str) else "" if line["recheck"] else None
+        elif "changes" in line:
+            self.changes_token = line["changes"]
+        elif "removed_in_drive" in line:
+            self.removed_in_drive = line["removed_in_drive"]
         elif "forget_folders" in line:
             self.folders.clear()
             self.root_folder_id = None
+        elif "forget_folder" in line:
+            self.folders.pop(line["forget_folder"], None)
         elif "folder" in line:
             self.folders[line["folder"]] = {"id": line["id"], "run": line.get("run", "")}
         elif "run" in line:
@@ -3499,6 +3583,8 @@ class Checkpoint:
             checkpoint.root_folder_id = data.get("root_folder_id")
             checkpoint.identity = dict(data.get("identity") or {})
             checkpoint.recheck_from_run = data.get("recheck_from_run", "" if data.get("recheck_pending") else None)
+            checkpoint.changes_token = data.get("changes_token")
+            checkpoint.removed_in_drive = data.get("removed_in_drive") or REMOVED_COPY
             checkpoint.folders = dict(data.get("folders") or {})
             checkpoint.runs = list(data.get("runs") or [])
             # a snapshot of an older version, read whole: its objects count as new until compacted
@@ -3589,7 +3675,9 @@ class Checkpoint:
     def _journal(self, line: dict[str, Any]) -> None:
         with self._lock:
             self._pending.append(line)
-            self._changed = self._changed or line.keys() != {"run"}
+            # A run record and the feed's token change on every run: a re-run that copied nothing
+            # appends them and does not rewrite a snapshot of a million objects.
+            self._changed = self._changed or line.keys() not in ({"run"}, {"changes"})
             if len(self._pending) >= FLUSH_EVERY_N or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
                 self.flush()
 
@@ -3707,6 +3795,31 @@ class Checkpoint:
             if self.identity != identity:
                 self.identity = dict(identity)
                 self._journal({"identity": self.identity})
+
+    def set_changes_token(self, token: str | None) -> None:
+        with self._lock:
+            if self.changes_token != token:
+                self.changes_token = token
+                self._journal({"changes": token})
+
+    def set_removed_in_drive(self, policy: str) -> None:
+        with self._lock:
+            if self.removed_in_drive != policy:
+                self.removed_in_drive = policy
+                self._journal({"removed_in_drive": policy})
+
+    def forget_folders_under(self, paths: Iterable[str]) -> None:
+        """Folders gone from the copy in Drive (trashed, deleted, moved away): made or found again."""
+        with self._lock:
+            for path in list(paths):
+                for known in [k for k in self.folders if k == path or k.startswith(path + "/")]:
+                    del self.folders[known]
+                    self._journal({"forget_folder": known})
+
+    def folder_ids(self) -> set[str]:
+        """The ids of the copy's folders, its root included."""
+        with self._lock:
+            return {folder["id"] for folder in self.folders.values()} | ({self.root_folder_id} if self.root_folder_id else set())
 
     def folder_id(self, path: tuple[str, ...]) -> str | None:
         with self._lock:
@@ -4341,8 +4454,9 @@ class Transfer:
                  stop: threading.Event | None = None,
                  backoff: Backoff | None = None, dates: OriginalDates | None = None, layout: str = LAYOUT_MIRROR,
                  budget: RunBudget | None = None, object_filter: ObjectFilter | None = None, order: str = "key",
-                 lease: DriveLease | None = None):
+                 lease: DriveLease | None = None, leave_removed: bool = False):
         self.source, self.drive, self.checkpoint, self.stats = source, drive, checkpoint, stats
+        self.leave_removed = leave_removed   # copies removed in Drive stay removed (--removed-in-drive leave)
         self.lease = lease   # taken before this run's first write to Drive
         self.dates = dates or OriginalDates(source, stats=stats)
         self.layout, self.order = layout, order
@@ -4422,6 +4536,8 @@ class Transfer:
                 self.stats.add("listed")
                 if action in (PLAN_COPY, PLAN_CHECK_TYPE) and self.filter.by_date and self._outside_dates_as_recorded(obj):
                     action, reason = PLAN_SKIP, SKIP_DATE_FILTERED
+                if action in (PLAN_COPY, PLAN_CHECK_TYPE) and self.leave_removed and self._removed_in_drive(obj, done_counts=False):
+                    action, reason = PLAN_SKIP, SKIP_LEFT_OUT
                 if action == PLAN_SKIP:
                     self.stats.skip(reason or "")
                     continue
@@ -4463,6 +4579,16 @@ class Transfer:
         done_run = self.checkpoint.done_run(obj.key, obj.version, obj.size)
         # not trusted: look in Drive, "done" may point into a lost root
         return done_run is not None and not self.recheck and (self.trusted_runs is None or done_run in self.trusted_runs)
+
+    def _removed_in_drive(self, obj: SourceObject, done_counts: bool = True) -> str | None:
+        """How this version's copy left Drive: as the feed told, or (`done_counts`, once Drive has
+        been looked in) recorded done yet not found."""
+        entry = self.checkpoint.get(obj.key)
+        if not entry or entry.etag != obj.version:
+            return None
+        if entry.status == STATUS_SKIPPED and (entry.reason or "").startswith(SKIP_REMOVED):
+            return entry.reason
+        return REMOVED_HOW["missing"] if done_counts and entry.status == STATUS_DONE else None
 
     def _archived_before(self, obj: SourceObject) -> bool:
         entry = self.checkpoint.get(obj.key)
@@ -4599,8 +4725,10 @@ class Transfer:
         recorded_id = entry.drive_id if entry else None
         found = self.drive.api.get(recorded_id) if recorded_id else None
         # In a date layout the recorded file stays the copy even if the date now says another folder
-        # (a changed --timezone or photo): moving on would leave it behind as a second copy.
-        if usable_copy(found, None if self.layout.startswith("date:") else folder_id):
+        # (a changed --timezone or photo): moving on would leave it behind as a second copy. So does
+        # one the user moved to another of the copy's folders (as the changes feed sees it, and verify).
+        if usable_copy(found, None if self.layout.startswith("date:") else folder_id) or (
+                usable_copy(found, None) and found is not None and found.parent_id in self.checkpoint.folder_ids()):
             return [found]
         listed = self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
         if not recorded_id:
@@ -4640,6 +4768,9 @@ class Transfer:
             return
         # A stale copy (older version, or an upload that went wrong) gets new content, not a twin.
         update_id = copies[0].id if copies else None
+        removed = None if copies else self._removed_in_drive(obj)
+        if removed and self.leave_removed:   # a walk found it gone: left out like the feed's news
+            raise ObjectError(Verdict(Verdict.SKIP, removed))
         sent = 0
 
         def progress(done_bytes: int) -> None:
@@ -4708,6 +4839,8 @@ class Transfer:
         if update_id:
             self.stats.add("updated")
         self.stats.add(f"date_{date.source}")
+        if removed:
+            self.stats.copied_again(obj.key, removed)
         self._record_done(obj, uploaded, attempts)
 
     def _date_before_upload(self, obj: SourceObject, staging: Staging) -> OriginalDate:
@@ -4809,6 +4942,8 @@ class Transfer:
 
     def _record_done(self, obj: SourceObject, drive_file: DriveFile, attempts: int, adopted: bool = False) -> None:
         previous = self.checkpoint.get(obj.key)
+        if adopted:
+            self.stats.add("adopted_bytes", obj.size)
         # An adopted file keeps the run that uploaded it: `rollback --run last` must not take files a
         # --recheck merely found again.
         same_file = adopted and previous is not None and previous.drive_id == drive_file.id and previous.run
@@ -4980,6 +5115,78 @@ class DriveLease:
             if holder is not None and holder.run_id == self.run_id:
                 self._write(None)
         self.held = False
+
+
+@dataclasses.dataclass
+class DriveNews:
+    """What a run learnt about Drive before it starts: from the changes feed, or that it must walk."""
+    walk: str | None = None    # why every copy is looked for in Drive this run (None: the feed told all)
+    token: str | None = None   # the feed's position, kept once the walk has looked at everything
+    removed: Counter[str] = dataclasses.field(default_factory=Counter)   # how → copies of this checkpoint gone
+
+
+def read_drive_changes(api: DriveApi, checkpoint: Checkpoint, root_id: str, run_id: str) -> DriveNews:
+    """Which of this checkpoint's copies left Drive since the last run (trashed, deleted for good,
+    moved out of the copy's folders), for one request when nothing changed: their objects are
+    recorded as removed, to be copied again (or left out). A checkpoint that never read the feed,
+    a feed that cannot be read, or a folder of the copy gone, makes this run walk instead."""
+    if checkpoint.changes_token is None:
+        token = api.start_page_token()
+        if not checkpoint.runs:   # a first run: there is nothing it could have missed
+            checkpoint.set_changes_token(token)
+            return DriveNews()
+        return DriveNews(walk="this checkpoint has not read Drive's changes feed before", token=token)
+    files: dict[str, str] = {}
+    folders: dict[str, str] = {}
+    copy_folders = checkpoint.folder_ids() | {root_id}
+    token = checkpoint.changes_token
+    try:
+        for page in api.changes(token):
+            if isinstance(page, str):
+                token = page
+            else:
+                removals_in(page, copy_folders, root_id, files, folders)
+    except ObjectError as exc:
+        return DriveNews(walk=f"Drive's changes feed could not be read ({exc})", token=api.start_page_token())
+    news = DriveNews()
+    gone_folders = [path for path, folder in checkpoint.folders.items() if folder["id"] in folders]
+    if gone_folders:
+        # Whether Drive lists what such a folder held as changed too is not documented: look for it all.
+        checkpoint.forget_folders_under(gone_folders)
+        news = DriveNews(walk=f"{len(gone_folders)} of the copy's folders were trashed, deleted or moved away "
+                              "in Drive", token=token)
+    gone: list[tuple[str, dict[str, Any]]] = []
+    if files:   # one pass over the checkpoint, only when something left
+        gone = [(key, data) for key, data in checkpoint.entries(as_data=True)
+                if data["status"] == STATUS_DONE and data.get("drive_id") in files]
+    for key, data in gone:
+        how = files[data["drive_id"]]
+        news.removed[how] += 1
+        checkpoint.record(key, dataclasses.replace(entry_from_data(data), status=STATUS_SKIPPED, reason=REMOVED_HOW[how],
+                                                   run=run_id, at=""))
+    if news.walk is None:
+        checkpoint.set_changes_token(token)
+    checkpoint.flush()
+    return news
+
+
+def describe_removed(removed: Counter[str]) -> str:
+    return ", ".join(f"{n} {REMOVED_HOW[how].split(': ', 1)[1]}" for how, n in sorted(removed.items()))
+
+
+def say_drive_news(config: Config, checkpoint: Checkpoint, news: DriveNews) -> bool:
+    """Tell what the feed found (or why this run walks), and remember --removed-in-drive; True when
+    copies removed in Drive are left out."""
+    if config.removed_in_drive:
+        checkpoint.set_removed_in_drive(config.removed_in_drive)
+    leave = checkpoint.removed_in_drive == REMOVED_LEAVE
+    if news.removed:
+        log.warning("since the last run, %d copies left Drive (%s): %s", sum(news.removed.values()),
+                    describe_removed(news.removed), "left out (--removed-in-drive leave)" if leave
+                    else "copying them again (--removed-in-drive leave would leave them out)")
+    if news.walk:
+        log.warning("%s: looking for every copy in Drive this run (a walk)", news.walk)
+    return leave
 
 
 #######################################################################
@@ -5225,14 +5432,18 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
             root_id, root_label = open_root(config, drive, checkpoint, client_id_of(creds), run_id)
             lease = DriveLease(drive.api, root_id, run_id, settle_s=config.lease_settle_s)
+            news = read_drive_changes(drive.api, checkpoint, root_id, run_id)
+            leave_removed = say_drive_news(config, checkpoint, news)
+            lost_root = checkpoint.recheck_from_run is not None
             return _run_transfer(config, runtime, root_label, Transfer(
                 source, drive, checkpoint, stats, bucket=config.bucket, run_id=run_id,
                 temp_dir=make_private_temp_dir(config.temp_dir), workers=config.workers,
-                all_files=config.all_files, recheck=config.recheck,
-                trusted_runs=checkpoint.runs_since_recheck(run_id) if checkpoint.recheck_from_run is not None else None,
+                all_files=config.all_files, recheck=config.recheck or news.walk is not None,
+                leave_removed=leave_removed and not lost_root,
+                trusted_runs=checkpoint.runs_since_recheck(run_id) if lost_root else None,
                 stop=runtime.stop, backoff=drive.api.backoff,
                 dates=OriginalDates(source, config.date_from, config.timezone, stats), layout=config.layout,
-                budget=budget, object_filter=ObjectFilter(config), order=config.order, lease=lease))
+                budget=budget, object_filter=ObjectFilter(config), order=config.order, lease=lease), news)
         finally:
             if lease is not None:
                 lease.release()
@@ -5266,6 +5477,7 @@ def run_report(config: Config, run: dict[str, Any], exit_code: ExitCode, counts:
         "errors_by_class": counts.get("failure_reasons") or {}, "failures": counts.get("failures") or [],
         "skipped_by_reason": skipped,
         "waiting_for_restore": counts.get("archived", 0), "waiting_for_restore_bytes": counts.get("archived_bytes", 0),
+        "copied_again": counts.get("copied_again", 0), "copied_again_examples": counts.get("copied_again_examples") or [],
         "date_sources": {source: counts.get(f"date_{source}", 0) for source in ("exif", "video", "metadata", "s3")},
         "stopped_at_budget": stopped_at or None,
         "bwlimit": format_bwlimit(config.bwlimit) if config.bwlimit else None,
@@ -5285,12 +5497,13 @@ def write_report(config: Config, report: dict[str, Any]) -> None:
 def check_storage(config: Config, api: DriveApi, checkpoint: Checkpoint, source: S3Source) -> None:
     """Exit 5 before anything is uploaded when Drive's free space cannot hold what is left: known
     from the last run's listing, or on a first run from a listing of its own (sizes only). A
-    re-run with nothing left asks Drive nothing (the 1-request re-run stays one request)."""
+    re-run with nothing left asks Drive nothing here."""
     listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("listing_complete")]
     needed: int | None = None
     if listed:   # what the last run left, at most (files it found in Drive are counted as left): cheap
         counts = listed[-1]
-        at_most = counts["eligible_bytes"] - counts.get("already_done_bytes", 0) - counts.get("transferred_bytes", 0)
+        at_most = (counts["eligible_bytes"] - counts.get("already_done_bytes", 0) - counts.get("adopted_bytes", 0)
+                   - counts.get("transferred_bytes", 0))
         if at_most <= 0:
             return
         free = api.free_space()
@@ -5363,7 +5576,8 @@ def run_budget(config: Config, runs: list[dict[str, Any]]) -> RunBudget:
     return RunBudget(config.max_transfer, config.max_duration_s, daily_bytes_left=left, daily_limit=config.daily_limit)
 
 
-def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: Transfer) -> ExitCode:
+def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: Transfer,
+                  news: DriveNews | None = None) -> ExitCode:
     """Run a transfer between two records in the checkpoint; always flush, clean up and summarise."""
     checkpoint, stats = transfer.checkpoint, transfer.stats
     run = {"id": transfer.run_id, "started": utc_now_iso(), "outcome": "running"}
@@ -5377,8 +5591,10 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
     try:
         transfer.run(tick=reporter.tick)
         reached = transfer.budget.reached
-        if not reached:
-            checkpoint.set_recheck_from(None)   # every listed object has been looked at
+        if not reached:   # every listed object has been looked at
+            checkpoint.set_recheck_from(None)
+            if news is not None and news.token:
+                checkpoint.set_changes_token(news.token)   # a walk is done: the feed tells from here on
         exit_code = (ExitCode.INTERNAL if stats["internal_errors"] else ExitCode.QUOTA if reached == "daily"
                      else ExitCode.BUDGET if reached else ExitCode.PARTIAL if stats["failed"] else ExitCode.OK)
     except CloudTransferError as exc:
@@ -5400,12 +5616,20 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
         checkpoint.save_run({**{k: v for k, v in run.items() if v is not None},
                              "outcome": exit_code.name.lower(),
                              "exit_code": int(exit_code),
-                             "counts": {k: v for k, v in counts.items() if k not in ("failures", "failure_reasons")}})
+                             "counts": {k: v for k, v in counts.items()
+                                        if k not in ("failures", "failure_reasons", "copied_again_examples")}})
         checkpoint.finish()
         summary = summary_table(counts, time.monotonic() - started, transfer.run_id)
         file_log.info("%s", summary)   # the log keeps it even with --quiet
         if not config.quiet:
             print(summary, file=runtime.out, flush=True)
+    if counts["copied_again"]:   # named before any "validated": the user may have removed them on purpose
+        again = sorted(counts["copied_again_examples"], key=lambda e: e["key"])
+        named = "; ".join(f"{e['key']} ({e['reason'].split(': ', 1)[-1]})" for e in again)
+        more = counts["copied_again"] - len(counts["copied_again_examples"])
+        log.warning("copied again %d whose copy had left Drive: %s%s%s", counts["copied_again"], named,
+                    f"; and {more} more" if more > 0 else "",
+                    "" if transfer.leave_removed else "; to leave out what you remove in Drive: --removed-in-drive leave")
     reached = transfer.budget.reached
     if reached == "daily" and config.daily_limit is not None:
         now = dt.datetime.now(dt.timezone.utc)
@@ -5711,12 +5935,12 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
         if root_id:
             walk_drive_tree(drive.api, root_id, copies_found.add)
         copies_found.seal()
-        counts, problems, checked, archived = _verify_objects(config, source, checkpoint, copies_found)
+        counts, problems, checked, apart = _verify_objects(config, source, checkpoint, copies_found)
         extra_count, extra = copies_found.claimed.count(0), copies_found.unclaimed(VERIFY_DETAILS)
     finally:
         copies_found.close()
     report = {"checked": checked, **{name: counts[name] for name in problems}, "extra": extra_count,
-              "archived_not_copied": archived,
+              "archived_not_copied": apart["archived"], "left_out": apart["left_out"],
               "details": {**problems, "extra": extra}}
     clean = not counts
     if config.json_output:
@@ -5724,7 +5948,9 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
     elif not config.quiet:
         print(f"verify: {checked} objects checked; missing {report['missing']}, duplicated {report['duplicated']}, "
               f"mismatched {report['mismatched']}, extra in Drive {report['extra']}"
-              + (f", {archived} archived in S3 (they wait for a restore)" if archived else ""), file=runtime.out)
+              + (f", {apart['archived']} archived in S3 (they wait for a restore)" if apart["archived"] else "")
+              + (f", {apart['left_out']} removed in Drive and left out (--removed-in-drive leave)"
+                 if apart["left_out"] else ""), file=runtime.out)
         for name, items in {**problems, "extra": [{"key": path} for path in extra]}.items():
             for item in items[:5]:
                 print(f"  {name}: {item['key']}" + (f" ({item['problem']})" if "problem" in item else ""),
@@ -5733,10 +5959,10 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
 
 
 def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | None,
-                    copies_found: DriveCopies) -> tuple[Counter[str], dict[str, list[dict[str, Any]]], int, int]:
+                    copies_found: DriveCopies) -> tuple[Counter[str], dict[str, list[dict[str, Any]]], int, Counter[str]]:
     """Each eligible object against its copies in Drive: (problems by kind, the first
-    VERIFY_DETAILS of each kind, checked, archived). Counted, not listed: a verify half-way through
-    a million photos must not hold half a million "missing" records."""
+    VERIFY_DETAILS of each kind, checked, counted apart: archived, left_out). Counted, not listed:
+    a verify half-way through a million photos must not hold half a million "missing" records."""
     counts: Counter[str] = Counter()
     problems: dict[str, list[dict[str, Any]]] = {"missing": [], "duplicated": [], "mismatched": []}
 
@@ -5745,8 +5971,10 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
         if len(problems[kind]) < VERIFY_DETAILS:
             problems[kind].append(detail)
 
-    checked = archived = 0
+    checked = 0
+    apart: Counter[str] = Counter()
     object_filter = ObjectFilter(config)
+    leave = checkpoint is not None and checkpoint.removed_in_drive == REMOVED_LEAVE
 
     def archived_before(obj: SourceObject) -> bool:
         entry = checkpoint.get(obj.key) if checkpoint else None
@@ -5767,9 +5995,13 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
                 and entry.status == STATUS_SKIPPED and entry.reason == SKIP_DATE_FILTERED:
             checked -= 1   # read by a transfer and found outside the dates asked for
         elif not copies and (action == PLAN_ARCHIVED or planned.ask_archive and archived_before(obj)):
-            archived += 1   # unreadable until restored: transfer counts it so too
+            apart["archived"] += 1   # unreadable until restored: transfer counts it so too
         elif not copies and planned.ask_archive and _unreadable_archive(source, obj):
-            archived += 1
+            apart["archived"] += 1
+        elif not copies and leave and checkpoint is not None and (entry := checkpoint.get(obj.key)) \
+                and entry.status == STATUS_SKIPPED and (entry.reason or "").startswith(SKIP_REMOVED) \
+                and entry.etag == obj.version:
+            apart["left_out"] += 1   # the user removed it in Drive and asked for it to stay removed
         elif not copies:
             report("missing", key=obj.key)
         elif len(copies) > 1:
@@ -5778,7 +6010,7 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
             problem = _compare_copy(obj, copies[0], checkpoint, source)
             if problem:
                 report("mismatched", key=obj.key, id=copies[0].id, problem=problem)
-    return counts, problems, checked, archived
+    return counts, problems, checked, apart
 
 
 def foreign_path(key: str, layout: str) -> tuple[str, ...] | None:
@@ -5929,10 +6161,14 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
             done_bytes += entry["size"]
         elif status in (STATUS_FAILED, STATUS_SKIPPED) and entry.get("reason"):
             reasons[entry["reason"]] += 1
-    pending = by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + by_status[STATUS_SENDING]   # retried next
+    removed = sum(n for reason, n in reasons.items() if reason.startswith(SKIP_REMOVED))
+    leave = checkpoint.removed_in_drive == REMOVED_LEAVE
+    pending = (by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + by_status[STATUS_SENDING]   # retried next
+               + (0 if leave else removed))
     outlook = copy_outlook(checkpoint.runs, done_bytes, config.daily_limit)
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
               "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),
+              "removed_in_drive": checkpoint.removed_in_drive, "removed_in_drive_objects": removed,
               "waiting_for_restore": next((run["counts"].get("archived", 0) for run in reversed(checkpoint.runs)
                                            if (run.get("counts") or {}).get("listing_complete")), None),
               **outlook, "runs": checkpoint.runs}
@@ -5947,6 +6183,9 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
              f"interrupted while sending {by_status[STATUS_SENDING]}; "
              f"pending {pending} (the next run retries them; objects no run has seen yet: see --dry-run)"]
     lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(10)]
+    lines.append("  copies removed in Drive: " + (
+        f"left out ({removed} now; --removed-in-drive copy brings them back)" if leave else
+        f"copied again by the next run ({removed} now; --removed-in-drive leave leaves them out)"))
     listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("listing_complete")]
     if listed and listed[-1].get("archived"):
         lines.append(f"  as the last run listed S3: {restore_advice(binding.get('bucket') or '', listed[-1])}")

@@ -356,3 +356,157 @@ def test_a_lease_is_live_until_it_expires_or_its_process_on_this_host_is_gone():
     assert ct.LeaseHolder.parse("garbage") is None and ct.LeaseHolder.parse(None) is None
     long = ct.LeaseHolder(1e9, "r", 1, "h" * 300)
     assert len((ct.PROP_LEASE + long.value()).encode()) <= 124
+
+
+# -- item 3: re-runs learn what the user removed in Drive (the changes feed) -----------------------
+
+def _live_copies(env) -> dict[str, list[str]]:
+    """path → MD5 of each non-trashed copy."""
+    return {path: [f["md5Checksum"] for f in copies] for path, copies in env.drive_files().items()}
+
+
+def _library(env, n: int = 10) -> dict[str, bytes]:
+    bodies = {f"a/{i}.jpg": env.put(f"a/{i}.jpg", photo_bytes(str(i), 3000)) for i in range(n)}
+    assert env.run().returncode == 0
+    return bodies
+
+
+def _remove_five(env) -> list[str]:
+    """The user trashes 3 copies and deletes 2 for good, in the web UI."""
+    files = env.drive_files()
+    for i in range(3):
+        env.drive.user_edit(files[f"{ROOT}/a/{i}.jpg"][0]["id"], trashed=True)
+    for i in (3, 4):
+        env.drive.user_delete(files[f"{ROOT}/a/{i}.jpg"][0]["id"])
+    return [f"a/{i}.jpg" for i in range(5)]
+
+
+def test_copies_trashed_or_deleted_in_drive_are_copied_again_and_named_before_validated(env):
+    bodies = _library(env)
+    _, quiet = _report(env)
+    removed = _remove_five(env)
+
+    result, report = _report(env)
+
+    assert (report["copied_again"], report["transferred"], report["already_done"]) == (5, 5, 5)
+    assert sorted(e["key"] for e in report["copied_again_examples"]) == removed
+    err = result.stderr
+    assert "since the last run, 5 copies left Drive (2 deleted for good, 3 trashed): copying them again" in err
+    named = err.index("copied again 5 whose copy had left Drive: a/0.jpg (trashed); a/1.jpg (trashed); a/2.jpg "
+                      "(trashed); a/3.jpg (deleted for good); a/4.jpg (deleted for good)")
+    assert named < err.index("done: everything eligible is in Drive and validated")
+    assert _live_copies(env) == {f"{ROOT}/{key}": [md5(body)] for key, body in bodies.items()}
+    _, after = _report(env)
+    # what the feed costs: a re-run with nothing changed asks the root and one page of changes
+    assert (quiet["drive_requests"], after["drive_requests"], after["transferred"]) == (2, 2, 0)
+    print(f"requests per re-run: {quiet['drive_requests']} unchanged, {report['drive_requests']} with 5 removed")
+
+
+def test_copies_moved_out_of_the_copy_are_copied_again_renamed_ones_stay(env):
+    bodies = _library(env, 4)
+    files = env.drive_files()
+    favourites = env.drive.add_folder("Favourites")   # the user's own folder, outside the copy
+    env.drive.user_edit(files[f"{ROOT}/a/0.jpg"][0]["id"], move_to=favourites["id"])
+    env.drive.user_edit(files[f"{ROOT}/a/1.jpg"][0]["id"], name="best day.jpg")
+
+    _, report = _report(env)
+
+    assert (report["copied_again"], report["transferred"]) == (1, 1)
+    assert report["copied_again_examples"] == [{"key": "a/0.jpg", "reason": ct.REMOVED_HOW["moved"]}]
+    live = _live_copies(env)
+    assert live[f"{ROOT}/a/0.jpg"] == [md5(bodies["a/0.jpg"])] and "Favourites/a/0.jpg" not in live
+    assert live[f"{ROOT}/a/best day.jpg"] == [md5(bodies["a/1.jpg"])] and f"{ROOT}/a/1.jpg" not in live
+    # a walk agrees with the feed: a copy moved between the copy's own folders stays the copy
+    env.drive.user_edit(env.drive_files()[f"{ROOT}/a/2.jpg"][0]["id"], move_to=_root(env)["id"])
+    _, walked = _report(env, "--recheck")
+    assert (walked["transferred"], walked["found_in_drive"]) == (0, 4)
+    verify = json.loads(env.run("verify", "--json").stdout)
+    assert (verify["missing"], verify["duplicated"]) == (0, 0)
+
+
+def test_copies_removed_on_purpose_can_be_left_out_and_the_checkpoint_remembers(env):
+    bodies = _library(env, 6)
+    _remove_five(env)
+
+    result, report = _report(env, "--removed-in-drive", "leave")
+
+    assert (report["transferred"], report["copied_again"]) == (0, 0)
+    assert report["skipped_by_reason"] == {ct.SKIP_LEFT_OUT: 5}
+    assert "5 copies left Drive (2 deleted for good, 3 trashed): left out" in result.stderr
+    _, later = _report(env)   # cron's line has no flag: the choice holds
+    assert (later["transferred"], later["skipped_by_reason"]) == (0, {ct.SKIP_LEFT_OUT: 5})
+    status = env.run("status")
+    assert "copies removed in Drive: left out (5 now; --removed-in-drive copy brings them back)" in status.stdout
+    assert "3 × removed in Drive: trashed" in status.stdout
+    assert json.loads(env.run("status", "--json").stdout)["removed_in_drive"] == "leave"
+    verify = json.loads(env.run("verify", "--json").stdout)
+    assert (verify["missing"], verify["left_out"]) == (0, 5)
+
+    _, back = _report(env, "--removed-in-drive", "copy")
+
+    assert (back["transferred"], back["copied_again"]) == (5, 5)
+    assert _live_copies(env) == {f"{ROOT}/{key}": [md5(body)] for key, body in bodies.items()}
+
+
+def test_an_unusable_changes_token_makes_the_run_walk_drive_and_say_so(env):
+    bodies = _library(env, 6)
+    _remove_five(env)
+    env.drive.expire_change_tokens()
+
+    result, report = _report(env)
+
+    assert "Drive's changes feed could not be read" in result.stderr and "a walk" in result.stderr
+    assert (report["copied_again"], report["transferred"]) == (5, 5)
+    assert {e["reason"] for e in report["copied_again_examples"]} == {ct.REMOVED_HOW["missing"]}
+    assert _live_copies(env) == {f"{ROOT}/{key}": [md5(body)] for key, body in bodies.items()}
+    again, quiet = _report(env)   # the walk finished: the feed is read again, from a fresh token
+    assert "a walk" not in again.stderr and (quiet["drive_requests"], quiet["transferred"]) == (2, 0)
+
+
+def test_a_folder_of_the_copy_trashed_in_drive_is_made_again_with_everything_in_it(env):
+    bodies = {key: env.put(key, photo_bytes(key, 3000)) for key in ("a/1.jpg", "a/b/2.jpg", "c/3.jpg")}
+    assert env.run().returncode == 0
+    folder_a = next(f for f in env.drive.list_files() if f["name"] == "a")
+    env.drive.user_edit(folder_a["id"], trashed=True)
+
+    result, report = _report(env)
+
+    assert "of the copy's folders were trashed, deleted or moved away in Drive" in result.stderr
+    assert (report["transferred"], report["already_done"], report["copied_again"]) == (2, 0, 2)
+    assert _live_copies(env) == {f"{ROOT}/{key}": [md5(body)] for key, body in bodies.items()}
+    _, quiet = _report(env)
+    assert (quiet["drive_requests"], quiet["transferred"]) == (2, 0)
+
+
+def test_a_checkpoint_of_an_older_version_walks_once_then_reads_the_feed(env):
+    bodies = _library(env, 3)
+    data = json.loads(env.checkpoint.read_text())
+    data.pop("changes_token")   # as written before the feed was read
+    env.checkpoint.write_text(json.dumps(data))
+    env.drive.user_delete(env.drive_files()[f"{ROOT}/a/0.jpg"][0]["id"])
+
+    result, report = _report(env)
+
+    assert "this checkpoint has not read Drive's changes feed before" in result.stderr
+    assert (report["copied_again"], report["transferred"]) == (1, 1)
+    assert _live_copies(env) == {f"{ROOT}/{key}": [md5(body)] for key, body in bodies.items()}
+    env.drive.requests.clear()
+    _, quiet = _report(env)
+    assert quiet["drive_requests"] == 2, [(r["method"], r["path"]) for r in env.drive.requests]
+
+
+def test_removals_in_sorts_what_left_the_copy_from_what_stayed():
+    folders_of_copy = {"root", "f1"}
+    files: dict[str, str] = {}
+    folders: dict[str, str] = {}
+    ct.removals_in([
+        {"fileId": "root", "file": {"id": "root", "parents": ["elsewhere"]}},   # the root: found by its mark
+        {"fileId": "x1", "removed": True},
+        {"fileId": "x2", "file": {"trashed": True, "parents": ["f1"]}},
+        {"fileId": "x3", "file": {"parents": ["users-folder"]}},
+        {"fileId": "x4", "file": {"parents": ["f1"]}},                          # renamed, or this run's upload
+        {"fileId": "f1", "file": {"mimeType": ct.FOLDER_MIME, "trashed": True, "parents": ["root"]}},
+    ], folders_of_copy, "root", files, folders)
+    assert files == {"x1": "deleted", "x2": "trashed", "x3": "moved"} and folders == {"f1": "trashed"}
+    ct.removals_in([{"fileId": "x2", "file": {"parents": ["f1"]}}], folders_of_copy, "root", files, folders)
+    assert "x2" not in files   # restored from the trash before the next run
