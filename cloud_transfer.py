@@ -100,7 +100,7 @@ try:  # after the filter above, as the Google imports must be
     from googleapiclient.discovery import build_from_document
     from googleapiclient.discovery_cache import get_static_doc
     from googleapiclient.errors import HttpError
-    from googleapiclient.http import MediaIoBaseUpload, build_http
+    from googleapiclient.http import MediaIoBaseDownload, MediaIoBaseUpload, build_http
 except ImportError as missing:   # run outside its virtualenv: one line, exit 2 (ExitCode.USAGE)
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.stderr.write(f"error: the Python package {missing.name or missing} is missing for {sys.executable}: run "
@@ -150,8 +150,10 @@ PROP_RUN = "ctRun"      # the run that uploaded it: rollback takes only its own 
 PROP_LEASE = "ctLease"  # on the root: "<expiry epoch s> <run id> <pid> <host>" of the one run that writes
 PROP_ROOT = "ctRoot"    # on the root folder: sha256(the configured folder name)[:32], found wherever it is
 
-DRIVE_FILE_FIELDS = "id,name,mimeType,parents,size,md5Checksum,appProperties,createdTime,modifiedTime,trashed,driveId"
+DRIVE_FILE_FIELDS = ("id,name,mimeType,parents,size,md5Checksum,appProperties,createdTime,modifiedTime,trashed,driveId,"
+                     "headRevisionId")
 DRIVE_LIST_FIELDS = f"nextPageToken,incompleteSearch,files({DRIVE_FILE_FIELDS})"
+REVISION_CHUNK_BYTES = 32 * 1024 * 1024   # a rollback's download of an earlier revision, per request
 DRIVE_CHANGES_FIELDS = "nextPageToken,newStartPageToken,changes(fileId,removed,file(id,mimeType,parents,trashed))"
 GENERATED_IDS_PER_CALL = 1000   #: files.generateIds' maximum: one request per 1,000 creates
 
@@ -1666,6 +1668,14 @@ class _PacedReader(io.RawIOBase):
 # Atomic writes (token, checkpoint) and the private staging directory for downloads.
 
 
+def file_md5(stream: Any) -> str:
+    stream.seek(0)
+    digest = hashlib.md5()
+    while chunk := stream.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -2386,6 +2396,7 @@ class DriveFile:
     trashed: bool = False
     created_time: str | None = None
     drive_id: str | None = None      # the shared drive it lives in
+    head_revision: str | None = None  # the revision whose bytes it holds now (binary files)
 
     @classmethod
     def from_resource(cls, resource: dict[str, Any]) -> DriveFile:
@@ -2395,7 +2406,8 @@ class DriveFile:
                    parent_id=parents[0], size=int(size) if size is not None else None,
                    md5=resource.get("md5Checksum"), app_properties=dict(resource.get("appProperties") or {}),
                    modified_time=resource.get("modifiedTime"), trashed=bool(resource.get("trashed")),
-                   created_time=resource.get("createdTime"), drive_id=resource.get("driveId"))
+                   created_time=resource.get("createdTime"), drive_id=resource.get("driveId"),
+                   head_revision=resource.get("headRevisionId"))
 
     @property
     def is_folder(self) -> bool:
@@ -2868,6 +2880,25 @@ class DriveApi:
         """The id of My Drive's top folder (what `'root' in parents` means)."""
         return str((self.get_resource("root", fields="id") or {}).get("id") or "")
 
+    def keep_revision(self, file_id: str, revision_id: str) -> None:
+        """Keep a revision forever: Drive purges other non-head revisions after about 30 days, and
+        keeps at most 200 so marked per file (Drive API "Manage revisions")."""
+        self.call(lambda service: service.revisions().update(
+            fileId=file_id, revisionId=revision_id, body={"keepForever": True}, fields="id"), write=True)
+
+    def download_revision(self, file_id: str, revision_id: str, fileobj: Any) -> bool:
+        """A revision's bytes into `fileobj`, chunk by chunk, each chunk retried; False when Drive
+        no longer has that revision."""
+        downloader = MediaIoBaseDownload(fileobj, self._service().revisions().get_media(
+            fileId=file_id, revisionId=revision_id), chunksize=REVISION_CHUNK_BYTES)
+        done = False
+        while not done:
+            answer = self.call(lambda service: _Executes(downloader.next_chunk), missing_ok=True)
+            if answer is None:
+                return False
+            done = answer[1]
+        return True
+
     def trash(self, file_id: str) -> None:
         self.call(lambda service: service.files().update(
             fileId=file_id, body={"trashed": True}, fields="id", supportsAllDrives=True), missing_ok=True, write=True)
@@ -2920,6 +2951,15 @@ class DriveApi:
         """List inside one shared drive (corpora=drive): allDrives may answer incompleteSearch."""
         if drive_id:
             self.list_options.update(corpora="drive", driveId=drive_id)
+
+
+class _Executes:
+    """What DriveApi.call runs: one step of a library object (a download's next chunk) as a request."""
+    def __init__(self, step: Callable[[], Any]):
+        self.step = step
+
+    def execute(self, num_retries: int = 0) -> Any:
+        return self.step()
 
 
 @dataclasses.dataclass
@@ -3208,6 +3248,9 @@ class CheckpointEntry:
     at: str = ""                  # UTC time of the outcome
     name: str | None = None       # the Drive name, when a clash made it differ from the key's own
     date: str | None = None       # skipped by --newer-than/--older-than: "<ISO date> <OriginalDates.basis>"
+    # A new revision replaced an earlier version's copy: that revision (kept forever) and the
+    # copy's provenance then ("revision", "etag", "md5", "run", "modified"), for rollback.
+    replaced: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         # The ETag is kept whatever it is: some S3-compatible stores send an empty one.
@@ -4768,6 +4811,7 @@ class Transfer:
             return
         # A stale copy (older version, or an upload that went wrong) gets new content, not a twin.
         update_id = copies[0].id if copies else None
+        replaced = self._keep_earlier(obj, copies[0], attempts) if copies else None
         removed = None if copies else self._removed_in_drive(obj)
         if removed and self.leave_removed:   # a walk found it gone: left out like the feed's news
             raise ObjectError(Verdict(Verdict.SKIP, removed))
@@ -4841,7 +4885,7 @@ class Transfer:
         self.stats.add(f"date_{date.source}")
         if removed:
             self.stats.copied_again(obj.key, removed)
-        self._record_done(obj, uploaded, attempts)
+        self._record_done(obj, uploaded, attempts, replaced=replaced)
 
     def _date_before_upload(self, obj: SourceObject, staging: Staging) -> OriginalDate:
         """The date, before any upload starts: from the staged file, or for a video that will upload
@@ -4940,7 +4984,27 @@ class Transfer:
                 log.warning("trashing a duplicate Drive copy of %s (id %s)", obj.key, copy.id)
                 self.drive.api.trash(copy.id)
 
-    def _record_done(self, obj: SourceObject, drive_file: DriveFile, attempts: int, adopted: bool = False) -> None:
+    def _keep_earlier(self, obj: SourceObject, stale: DriveFile, attempts: int) -> dict[str, str] | None:
+        """Before a changed object's new content goes into its copy: the copy's current revision is
+        kept forever (else Drive purges it in about 30 days), and what rollback needs to bring it
+        back is on disk before the upload starts."""
+        entry = self.checkpoint.get(obj.key)
+        earlier = entry.replaced if entry and entry.etag == obj.version and entry.replaced else None
+        if stale.app_properties.get(PROP_ETAG) == obj.version or not stale.head_revision:
+            return earlier   # this version's own upload that went wrong: nothing of it to keep
+        if earlier and earlier["revision"] == stale.head_revision:
+            return earlier   # kept by an earlier attempt
+        self.drive.api.keep_revision(stale.id, stale.head_revision)
+        props = stale.app_properties
+        replaced = {"revision": stale.head_revision, "etag": props.get(PROP_ETAG, ""), "md5": props.get(PROP_MD5, ""),
+                    "run": props.get(PROP_RUN, ""), "modified": stale.modified_time or ""}
+        self.checkpoint.record(obj.key, CheckpointEntry(
+            status=STATUS_SENDING, etag=obj.version, size=obj.size, drive_id=stale.id, attempts=attempts,
+            run=self.run_id, name=self._renamed.get(obj.key), replaced=replaced), durable=True)
+        return replaced
+
+    def _record_done(self, obj: SourceObject, drive_file: DriveFile, attempts: int, adopted: bool = False,
+                     replaced: dict[str, str] | None = None) -> None:
         previous = self.checkpoint.get(obj.key)
         if adopted:
             self.stats.add("adopted_bytes", obj.size)
@@ -4951,7 +5015,8 @@ class Transfer:
         self.checkpoint.record(obj.key, CheckpointEntry(
             status=STATUS_DONE, etag=obj.version, size=obj.size, md5=drive_file.md5, drive_id=drive_file.id,
             attempts=attempts, run=previous.run if same_file else self.run_id,
-            name=name if name and name != drive_path_for(obj.key)[-1] else None))
+            name=name if name and name != drive_path_for(obj.key)[-1] else None,
+            replaced=previous.replaced if same_file and previous.etag == obj.version else replaced))
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[Staging]:
@@ -6089,7 +6154,7 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         say(f"rollback: {count} files to {verb}" + (f" (run {run_id})" if run_id else ""))
         if config.dry_run:
             for key, entry in targets():
-                say(f"  would remove: {key} ({entry.drive_id})")
+                say(f"  would {'restore the earlier content of' if entry.replaced else 'remove'}: {key} ({entry.drive_id})")
             return ExitCode.OK
         if not count:
             return ExitCode.OK
@@ -6100,9 +6165,44 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
                 say("rollback: nothing changed")
                 return ExitCode.OK
         stats = Stats()
-        api = make_drive(config, runtime, stats)[0].api
+        drive = make_drive(config, runtime, stats)[0]
+        api = drive.api
         bucket = checkpoint.binding["bucket"]
         own_runs = {run["id"] for run in checkpoint.runs}
+        rolled_back = own_runs if run_id is None else {run_id}
+        staging = make_private_temp_dir(config.temp_dir)
+
+        def restore(key: str, entry: CheckpointEntry, drive_file: DriveFile) -> str:
+            """A copy whose earlier content the run replaced gets that content back, as a new
+            revision with the provenance it had; the run's revision stays in the file's history."""
+            earlier = entry.replaced or {}
+            checkpoint.record(key, dataclasses.replace(entry, status=STATUS_ROLLED_BACK, at=utc_now_iso(),
+                                                       reason="rolled back: earlier content restored"), durable=True)
+            path = staging / f"{drive_file.id}.revision"
+            try:
+                with open(path, "w+b") as staged:
+                    if not api.download_revision(drive_file.id, earlier.get("revision", ""), staged):
+                        log.warning("cannot restore %s: Drive no longer has its earlier content (revision %s); "
+                                    "it keeps the new content", key, earlier.get("revision"))
+                        return "unrestorable"
+                    size, md5 = staged.tell(), file_md5(staged)
+                if earlier.get("md5") and md5 != earlier["md5"]:
+                    log.warning("cannot restore %s: Drive's earlier revision is not the content that was replaced "
+                                "(MD5 %s, expected %s); it keeps the new content", key, md5, earlier["md5"])
+                    return "unrestorable"
+                metadata: dict[str, Any] = {"appProperties": {PROP_ETAG: earlier.get("etag"), PROP_MD5: md5,
+                                                              PROP_RUN: earlier.get("run") or None}}
+                if earlier.get("modified"):
+                    metadata["modifiedTime"] = earlier["modified"]
+                restored = drive.uploader.upload(path, size, metadata, drive_file.mime_type, file_id=drive_file.id,
+                                                 update=True)
+            finally:
+                path.unlink(missing_ok=True)
+            if validate_upload(size, md5, restored):
+                log.warning("restoring %s: Drive holds other bytes than were sent: %s", key,
+                            validate_upload(size, md5, restored))
+                return "unrestorable"
+            return "restored"
 
         def remove(key: str, entry: CheckpointEntry) -> str:
             drive_file = api.get(entry.drive_id or "")
@@ -6115,6 +6215,8 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
                 log.info("keeping %s (%s): uploaded by run %s, not by %s", key, entry.drive_id, uploader,
                          run_id or "this checkpoint's runs")
                 return "kept"
+            if drive_file and entry.replaced and entry.replaced.get("run") not in rolled_back:
+                return restore(key, entry, drive_file)
             # Recorded (and fsync'd) before the file goes: a rollback killed here leaves an entry a
             # later transfer checks against Drive, never a trashed photo the checkpoint calls done.
             checkpoint.record(key, dataclasses.replace(entry, status=STATUS_ROLLED_BACK, at=utc_now_iso(),
@@ -6135,15 +6237,18 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         finally:
             pool.shutdown(cancel_futures=True)   # an error or Ctrl-C stops what has not started
             checkpoint.finish()
+            shutil.rmtree(staging, ignore_errors=True)
         removed, refused, kept = outcomes["removed"], outcomes["refused"], outcomes["kept"]
         # NOTE: under drive.file the user's own files in our folders are invisible to the tool, and
         # trashing or deleting a folder takes everything in it: no folder is ever proven empty.
         say(f"rollback: removed {removed} files; refused {refused} without our provenance"
             + (f"; kept {kept} that another run or checkpoint uploaded (this one found them in Drive)" if kept else "")
+            + (f"; restored {outcomes['restored']} to the content the run had replaced" if outcomes["restored"] else "")
+            + (f"; could not restore {outcomes['unrestorable']} (see the warnings)" if outcomes["unrestorable"] else "")
             + ". Folders are "
               "left in place: files you added to them are invisible to this tool, and removing a folder "
             "removes everything in it")
-        return ExitCode.OK if not refused else ExitCode.PARTIAL
+        return ExitCode.OK if not (refused or outcomes["unrestorable"]) else ExitCode.PARTIAL
 
 
 def cmd_status(config: Config, runtime: Runtime) -> ExitCode:

@@ -510,3 +510,35 @@ def test_removals_in_sorts_what_left_the_copy_from_what_stayed():
     assert files == {"x1": "deleted", "x2": "trashed", "x3": "moved"} and folders == {"f1": "trashed"}
     ct.removals_in([{"fileId": "x2", "file": {"parents": ["f1"]}}], folders_of_copy, "root", files, folders)
     assert "x2" not in files   # restored from the trash before the next run
+
+
+# -- item 7: a changed object's earlier content is kept, and rollback brings it back --------------
+
+def test_a_changed_photo_keeps_its_earlier_content_and_rollback_restores_it(env):
+    first = env.put("a/1.jpg", photo_bytes("first", 3000))
+    env.put("a/2.jpg", photo_bytes("other", 3000))
+    assert env.run().returncode == 0
+    copy = env.drive_files()[f"{ROOT}/a/1.jpg"][0]
+    second = env.put("a/1.jpg", photo_bytes("second", 3500))   # edited, and uploaded again to S3
+
+    _, report = _report(env)
+
+    assert (report["transferred"], report["updated"]) == (1, 1)
+    revisions = env.drive.revisions_of(copy["id"])
+    assert [(md5(r["content"]), r["keepForever"]) for r in revisions[:-1]] == [(md5(first), True)]
+    assert md5(revisions[-1]["content"]) == md5(second)
+    env.drive.purge_old_revisions()   # what Drive does about 30 days later
+    assert [md5(r["content"]) for r in env.drive.revisions_of(copy["id"])] == [md5(first), md5(second)]
+
+    result = env.run("rollback", "--run", "last", "--yes")
+
+    assert result.returncode == 0, result.stderr
+    assert "removed 0 files" in result.stdout and "restored 1 to the content the run had replaced" in result.stdout
+    now = env.drive_files()[f"{ROOT}/a/1.jpg"]
+    assert [(f["id"], f["md5Checksum"]) for f in now] == [(copy["id"], md5(first))]
+    assert now[0]["appProperties"][ct.PROP_ETAG] == copy["appProperties"][ct.PROP_ETAG]
+    assert now[0]["appProperties"][ct.PROP_RUN] == copy["appProperties"][ct.PROP_RUN]
+    assert now[0]["modifiedTime"] == copy["modifiedTime"]
+    _, again = _report(env)   # S3 still holds the second version: the next run puts it back, in place
+    assert (again["transferred"], again["updated"]) == (1, 1)
+    assert_drive_matches(env, {"a/1.jpg": second, "a/2.jpg": photo_bytes("other", 3000)})
