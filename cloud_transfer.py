@@ -6198,9 +6198,9 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
                                                  update=True)
             finally:
                 path.unlink(missing_ok=True)
-            if validate_upload(size, md5, restored):
-                log.warning("restoring %s: Drive holds other bytes than were sent: %s", key,
-                            validate_upload(size, md5, restored))
+            problem = validate_upload(size, md5, restored)
+            if problem:
+                log.warning("restoring %s: Drive holds other bytes than were sent: %s", key, problem)
                 return "unrestorable"
             return "restored"
 
