@@ -1710,7 +1710,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True   # another user's process
     return True
 
 
@@ -5071,16 +5071,6 @@ def lease_is_live(holder: LeaseHolder | None, now: float, host: str, pid_alive: 
     return holder.host != host or pid_alive(holder.pid)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True   # another user's process
-    return True
-
-
 class DriveLease:
     """One writing run per Drive folder, across checkpoints, directories and machines.
 
@@ -5138,7 +5128,7 @@ class DriveLease:
             started = time.monotonic()
             holder = self._read()
             if holder and holder.run_id != self.run_id and \
-                    lease_is_live(holder, self.clock(), self.host, pid_alive):
+                    lease_is_live(holder, self.clock(), self.host, _pid_alive):
                 raise self._refuse(holder)
             self._write(self._mine().value())
             if time.monotonic() - started > self.settle_s:
@@ -5146,7 +5136,7 @@ class DriveLease:
             time.sleep(self.settle_s)   # the protocol's wait, not a poll
             holder = self._read()
             if holder is None or holder.run_id != self.run_id:
-                if holder is not None and lease_is_live(holder, self.clock(), self.host, pid_alive):
+                if holder is not None and lease_is_live(holder, self.clock(), self.host, _pid_alive):
                     raise self._refuse(holder)
                 continue
             self.held = True
