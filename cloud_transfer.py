@@ -79,7 +79,7 @@ from array import array
 from collections import Counter, defaultdict, deque
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 # google-api-core warns on every import when the running Python nears or passes its end of life (3.10
 # today, 3.11 from mid-2027); the tool supports 3.10+, and the warning would break one-line errors.
@@ -149,6 +149,8 @@ PROP_MD5 = "ctMd5"      # MD5 of the bytes sent: lets a later run check the file
 PROP_RUN = "ctRun"      # the run that uploaded it: rollback takes only its own run's files
 PROP_LEASE = "ctLease"  # on the root: "<expiry epoch s> <run id> <pid> <host>" of the one run that writes
 PROP_ROOT = "ctRoot"    # on the root folder: sha256(the configured folder name)[:32], found wherever it is
+PROP_NEXT = "ctNext"    # on a folder Drive calls full: the folder beside it where its path continues
+PROP_MORE_OF = "ctMoreOf"   # on such a continuation: the id of the path's first folder
 
 DRIVE_FILE_FIELDS = ("id,name,mimeType,parents,size,md5Checksum,appProperties,createdTime,modifiedTime,trashed,driveId,"
                      "headRevisionId")
@@ -311,7 +313,8 @@ class ObjectError(CloudTransferError):
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """What to do about an error: RETRY it, RESTART an upload session, SKIP or FAIL the object, STOP the
-    run; EXISTS: a create's id is taken (the create had landed); NEW_ID: Drive will not take the id."""
+    run; EXISTS: a create's id is taken (the create had landed); NEW_ID: Drive will not take the id;
+    FOLDER_FULL: the parent holds Drive's 500,000 items (the path continues in a folder beside it)."""
     action: str                        # one of the names below
     reason: str                        # one line, no secrets
     retry_after_s: float | None = None  # server's Retry-After, if it sent one
@@ -327,6 +330,7 @@ class Verdict:
     STOP = "stop"
     EXISTS = "exists"
     NEW_ID = "new-id"
+    FOLDER_FULL = "folder-full"
 
 
 def raise_for(verdict: Verdict) -> None:
@@ -490,8 +494,7 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
             return Verdict(Verdict.STOP, "the shared drive holds its maximum number of items (500,000)",
                            stop_error=QuotaExceededError)
         if reason == "numChildrenInNonRootLimitExceeded":
-            return Verdict(Verdict.STOP, "a Drive folder holds its maximum number of items (500,000): copy that "
-                           "prefix with --prefix into another --folder", stop_error=QuotaExceededError)
+            return Verdict(Verdict.FOLDER_FULL, "a Drive folder holds its maximum number of items (500,000)")
         if reason == "activeItemCreationLimitExceeded":
             return Verdict(Verdict.STOP, "the Google account holds its maximum number of Drive items",
                            stop_error=QuotaExceededError)
@@ -2451,7 +2454,7 @@ def root_location(root: DriveFile, folder_name: str, my_drive_id: str) -> str:
     notes = []
     if root.name != folder_name:
         notes.append(f"renamed from {folder_name!r}")
-    if root.parent_id != my_drive_id:
+    if my_drive_id and root.parent_id != my_drive_id:   # unknown under drive.file where files.get('root') is 404
         notes.append("moved from the top of My Drive")
     if not notes:
         return repr(root.name)
@@ -2967,6 +2970,7 @@ class FolderListing:
     """What one Drive folder holds that matters to us; listed at most once per run."""
     folders: dict[str, str]                  # exact child folder name -> id (oldest wins)
     by_source: dict[str, list[DriveFile]]    # PROP_SOURCE value -> our files in the folder
+    next_of: dict[str, str] = dataclasses.field(default_factory=dict)   # child folder id -> its PROP_NEXT
 
 
 def folder_listing(items: Iterator[DriveFile]) -> FolderListing:
@@ -2975,10 +2979,28 @@ def folder_listing(items: Iterator[DriveFile]) -> FolderListing:
     # compared exactly in Python, never by Drive's case-insensitive `name =`.
     for item in sorted(items, key=lambda f: (f.created_time or "", f.id)):   # ties (EXIF dates): by id
         if item.is_folder:
-            listing.folders.setdefault(item.name, item.id)
+            if PROP_MORE_OF not in item.app_properties:   # "2019 (2)" continues "2019"; it is no prefix
+                listing.folders.setdefault(item.name, item.id)
+            if PROP_NEXT in item.app_properties:
+                listing.next_of[item.id] = item.app_properties[PROP_NEXT]
         elif PROP_SOURCE in item.app_properties:
             listing.by_source[item.app_properties[PROP_SOURCE]].append(item)
     return listing
+
+
+def folder_chain(api: DriveApi, first_id: str, next_id: str | None) -> list[str]:
+    """A path's folders: the first, then each one a full folder's PROP_NEXT names, while that one
+    says it continues this path (moved with it or not). A trashed link is passed over, not used."""
+    chain, live = [first_id], [first_id]
+    while next_id and next_id not in chain:
+        folder = api.get(next_id)
+        if not (folder and folder.is_folder and folder.app_properties.get(PROP_MORE_OF) == first_id):
+            break
+        chain.append(folder.id)
+        if not folder.trashed:
+            live.append(folder.id)
+        next_id = folder.app_properties.get(PROP_NEXT)
+    return live
 
 
 class DriveFolders:
@@ -2989,20 +3011,41 @@ class DriveFolders:
     else created with a pre-allocated id that is recorded (fsync'd) before the create is sent, so
     a lost answer or a killed run finds it again by id. Each path has its own lock: two workers
     never create the same folder.
+
+    Drive holds at most 500,000 items in a folder (numChildrenInNonRootLimitExceeded). A path whose
+    folder is full continues in a folder beside it, "Name (2)", marked as its continuation, and the
+    full one is marked with where it continues: the chain is found from Drive, without the
+    checkpoint. New items go to the chain's last folder; what a path holds is what all of them hold.
     """
 
     def __init__(self, api: DriveApi, *, recorded: Callable[[tuple[str, ...]], str | None] = lambda path: None,
-                 record: Callable[[tuple[str, ...], str], None] = lambda path, folder_id: None):
+                 record: Callable[[tuple[str, ...], str], None] = lambda path, folder_id: None,
+                 recorded_more: Callable[[tuple[str, ...]], list[str]] = lambda path: [],
+                 record_more: Callable[[tuple[str, ...], str], None] = lambda path, folder_id: None):
         self.api, self.recorded, self.record = api, recorded, record
+        self.recorded_more, self.record_more = recorded_more, record_more
         self._lock = threading.Lock()
         self._path_locks: defaultdict[Any, threading.Lock] = defaultdict(threading.Lock)
-        self._ids: dict[tuple[str, ...], str] = {}
+        self._ids: dict[tuple[str, ...], str] = {}            # path -> the folder new items go to
+        self._chains: dict[str, list[str]] = {}               # folder id -> its path's chain (one list per path)
+        self._paths: dict[str, tuple[str, ...]] = {}          # chain member id -> path
         self._listings: dict[str, FolderListing] = {}
         self.my_drive_id = ""
 
-    def set_root(self, root_id: str) -> None:
+    def set_root(self, root_id: str, next_id: str | None = None) -> None:
+        """The root, with the folders it continues in if Drive called it full (`next_id`: its PROP_NEXT)."""
+        self._use((), folder_chain(self.api, root_id, next_id) if next_id else [root_id])
+
+    def _use(self, path: tuple[str, ...], chain: list[str]) -> None:
         with self._lock:
-            self._ids[()] = root_id
+            for folder_id in chain:
+                self._chains[folder_id], self._paths[folder_id] = chain, path
+            self._ids[path] = chain[-1]
+
+    def chain(self, folder_id: str) -> list[str]:
+        """The folders of `folder_id`'s path, first to last (itself alone when it never filled up)."""
+        with self._lock:
+            return list(self._chains.get(folder_id, [folder_id]))
 
     def find_root(self, name: str) -> DriveFile | None:
         """The copy's root: the folder marked as this name's root wherever it is now (moved,
@@ -3019,10 +3062,14 @@ class DriveFolders:
         return min(candidates, key=lambda f: (f.trashed, f.created_time or "", f.id)) if candidates else None
 
     def create(self, name: str, parent_id: str, path: tuple[str, ...],
-               app_properties: dict[str, str] | None = None) -> str:
+               app_properties: dict[str, str] | None = None, *, folder_id: str | None = None,
+               record: Callable[[tuple[str, ...], str], None] | None = None) -> str:
+        """A new folder, with `folder_id` (one recorded before an earlier try) or a pre-allocated id
+        recorded by `record` before the create is sent."""
         for _ in range(MAX_REQUEST_ATTEMPTS):
-            folder_id = self.api.new_id()
-            self.record(path, folder_id)   # before sending: the id is how a lost answer is found again
+            if not folder_id:
+                folder_id = self.api.new_id()
+                (record or self.record)(path, folder_id)   # before sending: how a lost answer is found again
             body = {"id": folder_id, "name": name, "mimeType": FOLDER_MIME, "parents": [parent_id],
                     **({"appProperties": app_properties} if app_properties else {})}
             try:
@@ -3032,11 +3079,11 @@ class DriveFolders:
                     self.my_drive_id = (answer.get("parents") or [""])[0]
                 break
             except IdNotUsable:
-                continue
+                folder_id = None
         else:
             raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated folder id"))
         with self._lock:
-            self._listings[folder_id] = FolderListing({}, defaultdict(list))   # new: nothing to list
+            self._listings.setdefault(folder_id, FolderListing({}, defaultdict(list)))   # new: nothing to list
         return folder_id
 
     def listing(self, folder_id: str) -> FolderListing:
@@ -3054,46 +3101,112 @@ class DriveFolders:
                 self._listings[folder_id] = listing
             return listing
 
-    def _usable(self, folder_id: str, parent_id: str) -> bool:
+    def _usable(self, folder_id: str, parent_ids: list[str]) -> DriveFile | None:
         folder = self.api.get(folder_id)
-        return bool(folder and folder.is_folder and not folder.trashed and folder.parent_id == parent_id)
+        usable = folder and folder.is_folder and not folder.trashed and folder.parent_id in parent_ids
+        return folder if usable else None
+
+    def _child(self, parents: list[str], name: str) -> tuple[str, str | None]:
+        """The child folder `name` in any of a path's folders (the first found), and its PROP_NEXT."""
+        for parent_id in parents:
+            listing = self.listing(parent_id)
+            if name in listing.folders:
+                return listing.folders[name], listing.next_of.get(listing.folders[name])
+        return "", None
 
     def ensure(self, parts: tuple[str, ...]) -> str:
-        """The id of root/parts..., finding or creating each level once per run."""
+        """The id of the folder new items of root/parts... go to, finding or creating each level once per run."""
         for depth in range(1, len(parts) + 1):
             path = parts[:depth]
             with self._lock:
                 if path in self._ids:
                     continue
                 path_lock = self._path_locks[path]
-                parent_id = self._ids[path[:-1]]
+                parents = list(self._chains.get(self._ids[path[:-1]], [self._ids[path[:-1]]]))
             with path_lock:
                 with self._lock:
                     if path in self._ids:
                         continue
                 recorded = self.recorded(path)
-                if recorded and self._usable(recorded, parent_id):
-                    folder_id = recorded
+                found = self._usable(recorded, parents) if recorded else None
+                if found is not None:
+                    folder_id, next_id = found.id, found.app_properties.get(PROP_NEXT)
                 else:
-                    folder_id = self.listing(parent_id).folders.get(path[-1]) or ""
+                    folder_id, next_id = self._child(parents, path[-1])
                     # The recorded folder is trashed or gone; a lagging listing may not know yet.
-                    if folder_id and recorded and (folder_id == recorded or not self._usable(folder_id, parent_id)):
-                        folder_id = ""
+                    if folder_id and recorded and (folder_id == recorded or not self._usable(folder_id, parents)):
+                        folder_id, next_id = "", None
                     if folder_id:
                         self.record(path, folder_id)
                     else:
-                        folder_id = self.create(path[-1], parent_id, path)
-                        parent_listing = self.listing(parent_id)
+                        folder_id = self._create_in(path[-1], path[:-1], path)
+                        parent_listing = self.listing(self._ids[path[:-1]])
                         with self._lock:
                             parent_listing.folders[path[-1]] = folder_id
-                with self._lock:
-                    self._ids[path] = folder_id
+                self._use(path, folder_chain(self.api, folder_id, next_id) if next_id else [folder_id])
         with self._lock:
             return self._ids[parts]
 
+    def _create_in(self, name: str, parent_path: tuple[str, ...], path: tuple[str, ...]) -> str:
+        """A new folder in the last folder of `parent_path`, which continues beside itself when full."""
+        while True:
+            with self._lock:
+                parent_id = self._ids[parent_path]
+            try:
+                return self.create(name, parent_id, path)
+            except ObjectError as exc:
+                if exc.verdict.action != Verdict.FOLDER_FULL:
+                    raise
+                self.spill(parent_id)
+
+    def _recorded_continuation(self, path: tuple[str, ...], chain: list[str]) -> str | None:
+        """An id recorded for a continuation that a killed run may have created but not linked yet
+        (nothing goes into one before the link): its create is sent again, or it is used as it is."""
+        for more_id in self.recorded_more(path):
+            if more_id in chain:
+                continue
+            found = self.api.get(more_id)
+            if found is None or (found.is_folder and not found.trashed
+                                 and found.app_properties.get(PROP_MORE_OF) == chain[0]):
+                return more_id
+        return None
+
+    def _link(self, full_id: str, next_id: str) -> None:
+        self.api.set_app_properties(full_id, {PROP_NEXT: next_id})
+
+    def spill(self, full_id: str) -> str:
+        """Drive called `full_id` full: its path continues in a new folder beside the path's first,
+        "Name (N)". Idempotent: workers that met the same full folder share one continuation. The
+        new id is recorded before the create, and the full folder marked before anything goes in."""
+        with self._lock:
+            chain = self._chains.get(full_id, [full_id])
+            path = self._paths.get(full_id)
+            path_lock = self._path_locks[("\0spill", chain[0])]
+        if path is None:
+            raise ObjectError(Verdict(Verdict.FAIL, "a Drive folder outside the copy's tree is full"))
+        with path_lock:
+            with self._lock:
+                chain = self._chains.get(full_id, [full_id])
+                if chain[-1] != full_id:   # another worker did it
+                    return chain[-1]
+            first = self.api.get(chain[0])
+            if first is None or not first.parent_id:   # a shared drive's top: its own limit for all it holds
+                raise QuotaExceededError("a Drive folder holds its maximum number of items (500,000) and has no "
+                                         "parent folder to continue beside: copy part of it with --prefix into "
+                                         "another --folder-id")
+            more_id = self._recorded_continuation(path, chain)
+            more_id = self.create(f"{first.name} ({len(chain) + 1})", first.parent_id, path,
+                                  {PROP_MORE_OF: chain[0]}, folder_id=more_id, record=self.record_more)
+            self._link(full_id, more_id)
+            self._use(path, chain + [more_id])
+            log.warning("Drive folder %r is full (Drive's limit is 500,000 items): continuing in %r beside it",
+                        first.name, f"{first.name} ({len(chain) + 1})")
+            return more_id
+
     def files_for_source(self, folder_id: str, source_id: str) -> list[DriveFile]:
-        """Our files in `folder_id` that are copies of the given source object (cached listing)."""
-        return list(self.listing(folder_id).by_source.get(source_id, []))
+        """Our files in `folder_id`'s path (every folder of its chain) that are copies of the given
+        source object (cached listings)."""
+        return [found for member in self.chain(folder_id) for found in self.listing(member).by_source.get(source_id, [])]
 
 
 class DriveUploader:
@@ -3485,7 +3598,8 @@ class Checkpoint:
         self.journal_path = path.with_name(path.name + ".journal")
         self.root_folder_id: str | None = None
         self.identity: dict[str, str] = {}   # OAuth client_id and Google account the copy is made with
-        self.folders: dict[str, dict[str, str]] = {}       # "a/b" -> {"id", "run"}; "" is the root
+        # "a/b" -> {"id", "run", "more": ids of the folders it continues in when full}; "" is the root
+        self.folders: dict[str, dict[str, Any]] = {}
         self.runs: list[dict[str, Any]] = []
         self._index = SnapshotIndex()                     # what the snapshot holds, by key hash
         self._recent: dict[str, CheckpointEntry] = {}    # outcomes since the snapshot (journal, this run)
@@ -3592,8 +3706,10 @@ class Checkpoint:
             self.root_folder_id = None
         elif "forget_folder" in line:
             self.folders.pop(line["forget_folder"], None)
+        elif "folder_more" in line:
+            self.folders.setdefault(line["folder_more"], {"id": "", "run": ""}).setdefault("more", []).append(line["id"])
         elif "folder" in line:
-            self.folders[line["folder"]] = {"id": line["id"], "run": line.get("run", "")}
+            self._set_folder(line["folder"], line["id"], line.get("run", ""))
         elif "run" in line:
             runs = {run["id"]: i for i, run in enumerate(self.runs)}
             if line["run"]["id"] in runs:
@@ -3832,6 +3948,8 @@ class Checkpoint:
             if self.root_folder_id != folder_id:
                 self.root_folder_id = folder_id
                 self._journal({"root": folder_id})
+                if self.folders.pop("", None):   # what continued another root
+                    self._journal({"forget_folder": ""})
 
     def set_identity(self, identity: dict[str, str]) -> None:
         with self._lock:
@@ -3860,19 +3978,36 @@ class Checkpoint:
                     self._journal({"forget_folder": known})
 
     def folder_ids(self) -> set[str]:
-        """The ids of the copy's folders, its root included."""
+        """The ids of the copy's folders (those that continue a full one too), its root included."""
         with self._lock:
-            return {folder["id"] for folder in self.folders.values()} | ({self.root_folder_id} if self.root_folder_id else set())
+            return ({folder_id for folder in self.folders.values() for folder_id in [folder["id"], *folder.get("more", ())]}
+                    | ({self.root_folder_id} if self.root_folder_id else set())) - {""}
 
     def folder_id(self, path: tuple[str, ...]) -> str | None:
         with self._lock:
-            return (self.folders.get("/".join(path)) or {}).get("id")
+            return (self.folders.get("/".join(path)) or {}).get("id") or None
+
+    def folders_more(self, path: tuple[str, ...]) -> list[str]:
+        """The folders a full one of this path continues in, as recorded before each was created."""
+        with self._lock:
+            return list((self.folders.get("/".join(path)) or {}).get("more", ()))
+
+    def _set_folder(self, key: str, folder_id: str, run_id: str) -> None:
+        known = self.folders.get(key) or {}
+        more = known.get("more") if known.get("id") in (folder_id, "") else None   # another first folder: not its
+        self.folders[key] = {"id": folder_id, "run": run_id, **({"more": more} if more else {})}
 
     def add_folder(self, path: tuple[str, ...], folder_id: str, run_id: str) -> None:
         key = "/".join(path)
         with self._lock:
-            self.folders[key] = {"id": folder_id, "run": run_id}
+            self._set_folder(key, folder_id, run_id)
             self._journal({"folder": key, "id": folder_id, "run": run_id})
+
+    def add_folder_more(self, path: tuple[str, ...], folder_id: str) -> None:
+        key = "/".join(path)
+        with self._lock:
+            self.folders.setdefault(key, {"id": "", "run": ""}).setdefault("more", []).append(folder_id)
+            self._journal({"folder_more": key, "id": folder_id})
 
     def forget_folders(self) -> None:
         """Start a new copy: the folders of the old one are not used again."""
@@ -4230,10 +4365,10 @@ def copy_awaits_md5(drive_file: DriveFile, obj: SourceObject) -> bool:
             and drive_file.md5 is not None and not drive_file.trashed)
 
 
-def usable_copy(drive_file: DriveFile | None, folder_id: str | None) -> bool:
-    """A live file in this folder (`folder_id` None: in any folder)."""
+def usable_copy(drive_file: DriveFile | None, folder_ids: Collection[str] | None) -> bool:
+    """A live file in one of these folders (a path's chain; None: in any folder)."""
     return bool(drive_file and not drive_file.trashed and not drive_file.is_folder
-                and folder_id in (None, drive_file.parent_id))
+                and (folder_ids is None or drive_file.parent_id in folder_ids))
 
 
 def validate_upload(size: int, local_md5: str, drive_file: DriveFile) -> str | None:
@@ -4743,7 +4878,7 @@ class Transfer:
             return False   # nothing recorded for this version: _copies looks, once
         folder_id = None if folder_path is None else self.drive.folders.ensure(folder_path)
         found = self.drive.api.get(entry.drive_id)
-        if not (usable_copy(found, folder_id) and found is not None and is_intact_copy(found, obj)):
+        if not (usable_copy(found, None if folder_id is None else self.drive.folders.chain(folder_id)) and found is not None and is_intact_copy(found, obj)):
             return False
         self._record_done(obj, found, attempts, adopted=True)
         self.stats.add("adopted")
@@ -4770,14 +4905,15 @@ class Transfer:
         # In a date layout the recorded file stays the copy even if the date now says another folder
         # (a changed --timezone or photo): moving on would leave it behind as a second copy. So does
         # one the user moved to another of the copy's folders (as the changes feed sees it, and verify).
-        if usable_copy(found, None if self.layout.startswith("date:") else folder_id) or (
+        chain = self.drive.folders.chain(folder_id)
+        if usable_copy(found, None if self.layout.startswith("date:") else chain) or (
                 usable_copy(found, None) and found is not None and found.parent_id in self.checkpoint.folder_ids()):
             return [found]
         listed = self.drive.folders.files_for_source(folder_id, source_id_for(self.bucket, obj.key))
         if not recorded_id:
             return listed
         rechecked = (self.drive.api.get(copy.id) for copy in listed if copy.id != recorded_id)
-        return [copy for copy in rechecked if usable_copy(copy, folder_id)]
+        return [copy for copy in rechecked if usable_copy(copy, chain)]
 
     def _copy(self, obj: SourceObject, attempts: int, staging: Staging) -> None:
         """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
@@ -4855,16 +4991,24 @@ class Transfer:
             raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
 
         path = staging.path
-        if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
-            staging.stream.seek(0)
-            staging.stream.truncate()
-            uploaded, download, date = self._upload_while_downloading(obj, name, folder_id, staging, upload,
-                                                                      created=update_id is None, date=date)
-        else:
-            download = self._staged(obj, staging)
-            date = date or self.dates.date_of(obj, download, path)
-            metadata = build_file_metadata(obj, name, self.bucket, folder_id, download.md5, download, date, self.run_id)
-            uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
+        try:
+            if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
+                staging.stream.seek(0)
+                staging.stream.truncate()
+                uploaded, download, date = self._upload_while_downloading(obj, name, folder_id, staging, upload,
+                                                                          created=update_id is None, date=date)
+            else:
+                download = self._staged(obj, staging)
+                date = date or self.dates.date_of(obj, download, path)
+                metadata = build_file_metadata(obj, name, self.bucket, folder_id, download.md5, download, date,
+                                               self.run_id)
+                uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
+        except ObjectError as exc:
+            if exc.verdict.action != Verdict.FOLDER_FULL or update_id:
+                raise
+            self.drive.folders.spill(folder_id)
+            raise ObjectError(Verdict(Verdict.RETRY, "its Drive folder is full: sending it to the one that "
+                                                     "continues it")) from None
         self.stats.add("transferred_bytes", obj.size - sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
         if problem:
@@ -5204,7 +5348,8 @@ def read_drive_changes(api: DriveApi, checkpoint: Checkpoint, root_id: str, run_
     except ObjectError as exc:
         return DriveNews(walk=f"Drive's changes feed could not be read ({exc})", token=api.start_page_token())
     news = DriveNews()
-    gone_folders = [path for path, folder in checkpoint.folders.items() if folder["id"] in folders]
+    gone_folders = [path for path, folder in checkpoint.folders.items()
+                    if {folder["id"], *folder.get("more", ())} & folders.keys()]
     if gone_folders:
         # Whether Drive lists what such a folder held as changed too is not documented: look for it all.
         checkpoint.forget_folders_under(gone_folders)
@@ -5318,7 +5463,12 @@ def make_drive(config: Config, runtime: Runtime, stats: Stats, outage: OutageWat
             else:
                 checkpoint.set_root(folder_id)
             checkpoint.flush()   # on disk before a create is sent: a lost answer is found by this id
+
+        def record_more(path: tuple[str, ...], folder_id: str) -> None:
+            checkpoint.add_folder_more(path, folder_id)
+            checkpoint.flush()
         folders.recorded, folders.record = checkpoint.folder_id, record
+        folders.recorded_more, folders.record_more = checkpoint.folders_more, record_more
     bandwidth = BandwidthLimit(config.bwlimit, runtime.stop, stats=stats) if config.bwlimit else None
     return DriveDestination(api, folders, DriveUploader(api, config.chunk_size_bytes, bandwidth)), creds
 
@@ -5378,7 +5528,7 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
     if config.folder_id:
         folder = chosen_folder(config, api)
         api.use_shared_drive(folder.drive_id)
-        root_id, label = folder.id, folder.id
+        root_id, label, root = folder.id, folder.id, folder
     else:
         remembered = api.get(checkpoint.root_folder_id) if checkpoint.root_folder_id else None
         if remembered is not None and remembered.is_folder and not remembered.trashed:
@@ -5435,7 +5585,7 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
     if not same_identity(checkpoint.identity, current := current_identity()):
         checkpoint.set_identity(current)   # e.g. a new client of the same project, which still sees the copy
     checkpoint.set_root(root_id)
-    drive.folders.set_root(root_id)
+    drive.folders.set_root(root_id, root.app_properties.get(PROP_NEXT) if root is not None else None)
     return root_id, label
 
 
@@ -5943,11 +6093,12 @@ class DriveCopies(HashedLines):
         return paths
 
 
-def walk_drive_tree(api: DriveApi, root_id: str, on_file: Callable[[tuple[str, ...], DriveFile], None],
+def walk_drive_tree(api: DriveApi, root_ids: list[str], on_file: Callable[[tuple[str, ...], DriveFile], None],
                     workers: int = DRIVE_PARALLEL_REQUESTS) -> None:
-    """Every file under the root, with its path, to `on_file` (from the walk's threads): one listing
-    per folder, DRIVE_PARALLEL_REQUESTS at a time (one at a time, 10,000 folders at 150 ms a request
-    took 25 minutes; reads are not paced). Pages are handed on as they come, never held."""
+    """Every file under the root (and the folders it continues in), with its path, to `on_file`
+    (from the walk's threads): one listing per folder, DRIVE_PARALLEL_REQUESTS at a time (one at a
+    time, 10,000 folders at 150 ms a request took 25 minutes; reads are not paced). Pages are handed
+    on as they come, never held. A folder that continues a full one ("2019 (2)") is that one's path."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="walk") as pool:
         def listing(folder_id: str, path: tuple[str, ...]) -> concurrent.futures.Future[list[DriveFile]]:
             def subfolders() -> list[DriveFile]:
@@ -5960,13 +6111,16 @@ def walk_drive_tree(api: DriveApi, root_id: str, on_file: Callable[[tuple[str, .
                 return found
             return pool.submit(subfolders)
 
-        pending = {listing(root_id, ()): ()}
+        pending = {listing(root_id, ()): () for root_id in root_ids}
         while pending:
             done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 path = pending.pop(future)
-                for folder in future.result():
-                    pending[listing(folder.id, path + (folder.name,))] = path + (folder.name,)
+                folders = future.result()
+                names = {folder.id: folder.name for folder in folders}
+                for folder in folders:
+                    name = names.get(folder.app_properties.get(PROP_MORE_OF, ""), folder.name)
+                    pending[listing(folder.id, path + (name,))] = path + (name,)
 
 
 def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
@@ -5982,13 +6136,13 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
         if folder is None or not folder.is_folder:
             raise UsageError(f"--folder-id {config.folder_id} is not a folder this app can see")
         drive.api.use_shared_drive(folder.drive_id)
-    if not root_id:
-        found = drive.folders.find_root(config.folder_name)
-        root_id = found.id if found is not None and not found.trashed else None
+    root = (folder if config.folder_id else drive.api.get(root_id) if root_id
+            else drive.folders.find_root(config.folder_name))
     copies_found = DriveCopies(config.temp_dir)
     try:
-        if root_id:
-            walk_drive_tree(drive.api, root_id, copies_found.add)
+        if root is not None and root.is_folder and not root.trashed:
+            walk_drive_tree(drive.api, folder_chain(drive.api, root.id, root.app_properties.get(PROP_NEXT)),
+                            copies_found.add)
         copies_found.seal()
         counts, problems, checked, apart = _verify_objects(config, source, checkpoint, copies_found)
         extra_count, extra = copies_found.claimed.count(0), copies_found.unclaimed(VERIFY_DETAILS)
@@ -6261,12 +6415,13 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     pending = (by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + by_status[STATUS_SENDING]   # retried next
                + (0 if leave else removed))
     outlook = copy_outlook(checkpoint.runs, done_bytes, config.daily_limit)
+    full_folders = {path: len(folder["more"]) for path, folder in checkpoint.folders.items() if folder.get("more")}
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
               "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),
               "removed_in_drive": checkpoint.removed_in_drive, "removed_in_drive_objects": removed,
               "waiting_for_restore": next((run["counts"].get("archived", 0) for run in reversed(checkpoint.runs)
                                            if (run.get("counts") or {}).get("listing_complete")), None),
-              **outlook, "runs": checkpoint.runs}
+              "full_folders": full_folders, **outlook, "runs": checkpoint.runs}
     if config.json_output:
         print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
         return ExitCode.OK
@@ -6281,6 +6436,9 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     lines.append("  copies removed in Drive: " + (
         f"left out ({removed} now; --removed-in-drive copy brings them back)" if leave else
         f"copied again by the next run ({removed} now; --removed-in-drive leave leaves them out)"))
+    if full_folders:
+        lines.append("  Drive folders that reached Drive's 500,000 items and continue beside them: " + ", ".join(
+            f"{binding.get('folder') if not path else path} (+{n})" for path, n in sorted(full_folders.items())))
     listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("listing_complete")]
     if listed and listed[-1].get("archived"):
         lines.append(f"  as the last run listed S3: {restore_advice(binding.get('bucket') or '', listed[-1])}")

@@ -253,6 +253,20 @@ def test_a_moved_and_renamed_root_is_used_where_it_is_after_the_checkpoint_is_lo
     assert [f for f in env.drive.list_files() if f["name"] == ROOT] == []   # no second root
 
 
+def test_a_root_at_the_top_is_not_called_moved_when_drive_file_hides_my_drives_id(env):
+    # rclone saw files.get('root') answer 404 under drive.file; then where "the top" is is unknown
+    env.drive.faults.root_hidden_under_drive_file = True
+    bodies = {f"a/{n}.jpg": env.put(f"a/{n}.jpg", photo_bytes(str(n), 3000)) for n in range(3)}
+    assert env.run().returncode == 0
+    env.checkpoint.unlink()
+
+    result, report = _report(env)
+
+    assert (report["transferred"], report["found_in_drive"]) == (0, 3)
+    assert "moved" not in result.stdout + result.stderr
+    assert_drive_matches(env, bodies)
+
+
 def test_a_root_made_by_an_older_version_is_marked_and_found_after_a_move(env):
     bodies = {f"a/{n}.jpg": env.put(f"a/{n}.jpg", photo_bytes(str(n), 3000)) for n in range(3)}
     assert env.run().returncode == 0
@@ -542,3 +556,112 @@ def test_a_changed_photo_keeps_its_earlier_content_and_rollback_restores_it(env)
     _, again = _report(env)   # S3 still holds the second version: the next run puts it back, in place
     assert (again["transferred"], again["updated"]) == (1, 1)
     assert_drive_matches(env, {"a/1.jpg": second, "a/2.jpg": photo_bytes("other", 3000)})
+
+
+# -- item 5: a full Drive folder -----------------------------------------------------------------
+
+FOLDER = "application/vnd.google-apps.folder"
+
+
+def _logical_copies(env) -> dict[str, list[dict]]:
+    """Live copies by the path they stand for: a file in "a (2)", which continues "a", is under "a"."""
+    every = {f["id"]: f for f in env.drive.list_files(include_trashed=True)}
+    found: dict[str, list[dict]] = {}
+    for item in every.values():
+        if item["mimeType"] == FOLDER or item["trashed"]:
+            continue
+        parts, parent = [item["name"]], (item.get("parents") or [None])[0]
+        while parent in every:
+            folder = every[parent]
+            first = folder.get("appProperties", {}).get(ct.PROP_MORE_OF)
+            parts.append(every[first]["name"] if first in every else folder["name"])
+            parent = (folder.get("parents") or [None])[0]
+        found.setdefault("/".join(reversed(parts)), []).append(item)
+    return found
+
+
+def _folders_named(env, prefix: str) -> list[dict]:
+    return sorted((f for f in env.drive.list_files() if f["mimeType"] == FOLDER and f["name"].startswith(prefix)),
+                  key=lambda f: f["name"])
+
+
+def _assert_each_once(env, bodies: dict[str, bytes]) -> None:
+    copies = _logical_copies(env)
+    assert set(copies) == {f"{ROOT}/{key}" for key in bodies}
+    assert all(len(found) == 1 and found[0]["md5Checksum"] == md5(bodies[path.split("/", 1)[1]])
+               for path, found in copies.items())
+    every = env.drive.list_files(include_trashed=True)
+    assert len([f for f in every if f["mimeType"] != FOLDER]) == len(bodies), "a duplicate was created"
+
+
+def test_a_full_drive_folder_continues_beside_it_and_every_run_finds_what_it_holds(env):
+    env.drive.faults.folder_item_limit = 5   # Drive's is 500,000 (numChildrenInNonRootLimitExceeded)
+    bodies = {f"a/{n:02}.jpg": env.put(f"a/{n:02}.jpg", photo_bytes(str(n), 3000)) for n in range(12)}
+    bodies["b/1.jpg"] = env.put("b/1.jpg", photo_bytes("b", 3000))
+
+    result, report = _report(env, "--workers", "3")
+
+    # the old code stopped with exit 5 after 5 photos: "copy that prefix with --prefix into another --folder"
+    assert report["transferred"] == 13 and report["failed"] == 0
+    assert "is full" in result.stderr and "'a (2)'" in result.stderr
+    chain = _folders_named(env, "a")
+    assert [f["name"] for f in chain] == ["a", "a (2)", "a (3)"]
+    assert [len([g for g in env.drive.list_files() if chain[i]["id"] in g.get("parents", ())]) for i in range(3)] == [5, 5, 2]
+    assert chain[0]["appProperties"][ct.PROP_NEXT] == chain[1]["id"]
+    assert chain[1]["appProperties"] == {ct.PROP_MORE_OF: chain[0]["id"], ct.PROP_NEXT: chain[2]["id"]}
+    assert chain[2]["appProperties"] == {ct.PROP_MORE_OF: chain[0]["id"]}
+    _assert_each_once(env, bodies)
+    verify = env.run("verify", "--json")   # its walk takes "a (2)" for "a"
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    status = env.run("status")
+    assert "continue beside them: a (+2)" in status.stdout, status.stdout
+    _, again = _report(env)
+    assert again["transferred"] == 0 and again["found_in_drive"] == 0
+    env.checkpoint.unlink()   # a new machine: the chain is found from Drive's marks alone
+    _, fresh = _report(env)
+    assert (fresh["transferred"], fresh["found_in_drive"]) == (0, 13)
+    _assert_each_once(env, bodies)
+
+
+def test_a_full_root_continues_beside_it_in_my_drive_and_is_found_without_the_checkpoint(env):
+    env.drive.faults.folder_item_limit = 4
+    bodies = {f"{n}.jpg": env.put(f"{n}.jpg", photo_bytes(str(n), 3000)) for n in range(7)}
+
+    _, report = _report(env, "--workers", "1")
+
+    assert report["transferred"] == 7
+    roots = _folders_named(env, ROOT)
+    assert [f["name"] for f in roots] == [ROOT, f"{ROOT} (2)"]
+    assert roots[1]["parents"] == roots[0]["parents"]   # beside the root, at the top of My Drive
+    _assert_each_once(env, bodies)
+    assert env.run("verify").returncode == 0
+
+    env.checkpoint.unlink()
+    _, fresh = _report(env)
+    assert (fresh["transferred"], fresh["found_in_drive"]) == (0, 7)
+    assert len(_folders_named(env, ROOT)) == 2
+
+
+def test_a_continuation_made_by_a_run_killed_before_it_marked_the_full_folder_is_used(env):
+    # The order of writes: the continuation's id in the checkpoint, its create, the mark on the full
+    # folder, then uploads. A run that dies before the mark leaves an empty continuation that the
+    # next spill finds by the recorded id instead of making another.
+    env.drive.faults.folder_item_limit = 3
+    bodies = {f"a/{n}.jpg": env.put(f"a/{n}.jpg", photo_bytes(str(n), 3000)) for n in range(4)}
+    assert env.run("--workers", "1").returncode == 0
+    full, more = _folders_named(env, "a")
+    moved = [f for f in env.drive.list_files() if more["id"] in f.get("parents", ())]
+    assert len(moved) == 1
+    env.drive.user_delete(moved[0]["id"])   # as if the run had died before its upload...
+    for props in env.drive.files[full["id"]]["_app_props"].values():   # ...and before the mark
+        props.pop(ct.PROP_NEXT, None)
+    assert ct.PROP_NEXT not in _folders_named(env, "a")[0].get("appProperties", {})
+    bodies["a/new.jpg"] = env.put("a/new.jpg", photo_bytes("new", 3000))
+
+    _, report = _report(env, "--workers", "1")
+
+    assert report["transferred"] == 2   # the deleted one and the new one
+    assert [f["id"] for f in _folders_named(env, "a")] == [full["id"], more["id"]]
+    assert _folders_named(env, "a")[0]["appProperties"][ct.PROP_NEXT] == more["id"]
+    _assert_each_once(env, bodies)

@@ -150,7 +150,7 @@ def test_is_intact_copy():
     (503, "", "", "retry", None),
     (401, "authError", "", "stop", ct.AuthError),
     (403, "insufficientPermissions", "", "stop", ct.AuthError),
-    (403, "numChildrenInNonRootLimitExceeded", "", "stop", ct.QuotaExceededError),   # 500,000 in a folder
+    (403, "numChildrenInNonRootLimitExceeded", "", "folder-full", None),   # 500,000 in a folder: continue beside it
     (403, "activeItemCreationLimitExceeded", "", "stop", ct.QuotaExceededError),
     (404, "notFound", "File not found: x.", "fail", None),
     (400, "invalid", "Invalid Value", "fail", None),
