@@ -5324,6 +5324,21 @@ class DriveNews:
     removed: Counter[str] = dataclasses.field(default_factory=Counter)   # how → copies of this checkpoint gone
 
 
+def read_removals(api: DriveApi, checkpoint: Checkpoint, root_id: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Drive's changes since the checkpoint's token: (the new token, {file id: how it left the copy},
+    {folder id: how}); writes nothing. ObjectError when the feed cannot be read."""
+    files: dict[str, str] = {}
+    folders: dict[str, str] = {}
+    copy_folders = checkpoint.folder_ids() | {root_id}
+    token = checkpoint.changes_token or ""
+    for page in api.changes(token):
+        if isinstance(page, str):
+            token = page
+        else:
+            removals_in(page, copy_folders, root_id, files, folders)
+    return token, files, folders
+
+
 def read_drive_changes(api: DriveApi, checkpoint: Checkpoint, root_id: str, run_id: str) -> DriveNews:
     """Which of this checkpoint's copies left Drive since the last run (trashed, deleted for good,
     moved out of the copy's folders), for one request when nothing changed: their objects are
@@ -5335,16 +5350,8 @@ def read_drive_changes(api: DriveApi, checkpoint: Checkpoint, root_id: str, run_
             checkpoint.set_changes_token(token)
             return DriveNews()
         return DriveNews(walk="this checkpoint has not read Drive's changes feed before", token=token)
-    files: dict[str, str] = {}
-    folders: dict[str, str] = {}
-    copy_folders = checkpoint.folder_ids() | {root_id}
-    token = checkpoint.changes_token
     try:
-        for page in api.changes(token):
-            if isinstance(page, str):
-                token = page
-            else:
-                removals_in(page, copy_folders, root_id, files, folders)
+        token, files, folders = read_removals(api, checkpoint, root_id)
     except ObjectError as exc:
         return DriveNews(walk=f"Drive's changes feed could not be read ({exc})", token=api.start_page_token())
     news = DriveNews()
@@ -5989,14 +5996,37 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
     return failed[0] if failed else ExitCode.OK
 
 
+def removed_since_last_run(config: Config, runtime: Runtime, checkpoint: Checkpoint | None) -> tuple[set[str], str]:
+    """For a dry run: the keys whose copy left Drive since the last run, from the changes feed (read,
+    its position not kept), or why that is not known. Nothing when they are left out anyway."""
+    leave = (config.removed_in_drive or checkpoint and checkpoint.removed_in_drive) == REMOVED_LEAVE
+    if checkpoint is None or not checkpoint.changes_token or not checkpoint.root_folder_id or leave:
+        return set(), ""
+    try:
+        drive, _ = make_drive(config, dataclasses.replace(runtime, interactive=False), Stats())
+        if config.folder_id:
+            drive.api.use_shared_drive(chosen_folder(config, drive.api).drive_id)
+        _, files, folders = read_removals(drive.api, checkpoint, checkpoint.root_folder_id)
+    except CloudTransferError as exc:
+        return set(), f"copies removed in Drive since the last run are not counted (Drive could not be asked: {exc})"
+    if folders:
+        return set(), "a folder of the copy left Drive since the last run: the next run looks for every copy"
+    return {key for key, data in checkpoint.entries(as_data=True)
+            if data["status"] == STATUS_DONE and data.get("drive_id") in files}, ""
+
+
 def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
-    """List and plan only: no lock, no checkpoint written, Drive not contacted."""
+    """List and plan only: no lock, no checkpoint written; of Drive only its changes feed is read,
+    for the copies removed there since the last run."""
     source = make_source(config, runtime)
     source.check_access()
     checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
-    stats, shown, untyped, tiered = Stats(), 0, 0, 0
-    done = (lambda obj: checkpoint.done_run(obj.key, obj.version, obj.size) is not None) if checkpoint else \
-        (lambda obj: False)
+    stats, shown, untyped, tiered, again = Stats(), 0, 0, 0, 0
+    left_drive, unknown = removed_since_last_run(config, runtime, checkpoint)
+    if unknown:
+        log.warning("%s", unknown)
+    done = (lambda obj: obj.key not in left_drive and checkpoint.done_run(obj.key, obj.version, obj.size) is not None) \
+        if checkpoint else (lambda obj: False)
     for planned in plan_listing(source, ObjectFilter(config), config.all_files, done):
         obj, action = planned.obj, planned.action
         stats.add("listed")
@@ -6016,14 +6046,18 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
         else:
             stats.add("eligible")
             stats.add("eligible_bytes", obj.size)
+            again += obj.key in left_drive
             if shown < 20 or config.verbose:
                 shown += 1
-                log.info("would copy: %s (%s)", obj.key, format_bytes(obj.size))
+                log.info("would copy%s: %s (%s)", " again (its copy left Drive)" if obj.key in left_drive else "",
+                         obj.key, format_bytes(obj.size))
     counts = stats.as_dict()
     if not config.quiet:
         skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts["skipped"].items())) or "none"
         print(f"dry run: {counts['listed']} listed, {counts['eligible']} would be copied "
-              f"({format_bytes(counts['eligible_bytes'])}), {counts['already_done']} already done"
+              f"({format_bytes(counts['eligible_bytes'])}"
+              + (f"; {again} of them again, their copy left Drive since the last run" if again else "")
+              + f"), {counts['already_done']} already done"
               + (f", {untyped} more without an extension if S3 says they are photos or videos" if untyped else "")
               + (f", {tiered} more if S3 says they are not in an archive" if tiered else "")
               + (" (not asked in a dry run)" if untyped or tiered else "")

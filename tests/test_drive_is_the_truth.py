@@ -399,6 +399,10 @@ def test_copies_trashed_or_deleted_in_drive_are_copied_again_and_named_before_va
     bodies = _library(env)
     _, quiet = _report(env)
     removed = _remove_five(env)
+    dry = env.run("--dry-run")   # reads the feed too, without moving its position
+    assert dry.returncode == 0, dry.stderr
+    assert "10 listed, 5 would be copied" in dry.stdout and "5 of them again, their copy left Drive" in dry.stdout
+    assert "would copy again (its copy left Drive): a/0.jpg" in dry.stderr
 
     result, report = _report(env)
 
