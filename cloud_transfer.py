@@ -5177,8 +5177,129 @@ class Transfer:
                 os.unlink(path)
 
 #######################################################################
-# Setup: one writer per Drive folder ##################################
+# Setup: the copy's Drive folder ######################################
 #######################################################################
+# Before a run writes: which folder is the copy's root (wherever it is now), that no other run
+# writes there, and what changed in Drive since the last run.
+
+def describe_identity(identity: dict[str, str]) -> str:
+    return f"OAuth client {identity.get('client_id') or '?'} as {identity.get('account') or '?'}"
+
+
+def same_identity(recorded: dict[str, str], current: dict[str, str]) -> bool:
+    """Same OAuth client and same Google account; an account told by its permissionId when both have
+    one (an email address can change), else by email."""
+    if recorded.get("client_id") != current.get("client_id"):
+        return False
+    key = "account_id" if recorded.get("account_id") and current.get("account_id") else "account"
+    return bool(recorded.get(key)) and recorded.get(key) == current.get(key)
+
+
+def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, client_id: str,
+              run_id: str) -> tuple[str, str]:
+    """The root folder's (id, name for messages): --folder-id, else the one earlier runs filled,
+    else the one its mark names wherever it is (another checkpoint's, a moved or renamed one), else
+    a new copy's.
+
+    Under drive.file a folder is visible only to the OAuth client's Google Cloud project and the
+    account that made it: a remembered root that answers 404 may be deleted, or may be hidden from a
+    new credentials.json or another account. Only the first is a reason to copy again; the second
+    stops before any upload, naming both. A trashed root stops too: restoring it is one click,
+    copying everything again takes days under Google's daily cap.
+    """
+    api, recorded = drive.api, dict(checkpoint.identity)
+
+    def current_identity(ask: bool = False) -> dict[str, str]:
+        known = checkpoint.identity
+        if not ask and known.get("client_id") == client_id and known.get("account_id"):
+            return dict(known)   # the root is visible: no need to ask Drive who we are on every run
+        return {"client_id": client_id, **api.account()}
+
+    def my_drive_id() -> str:
+        known = checkpoint.identity.get("my_drive_id")
+        if not known:
+            known = api.my_drive_id()
+            checkpoint.set_identity({**checkpoint.identity, "my_drive_id": known})
+        return known
+
+    root: DriveFile | None = None
+    if config.folder_id:
+        folder = chosen_folder(config, api)
+        api.use_shared_drive(folder.drive_id)
+        root_id, label, root = folder.id, folder.id, folder
+    else:
+        remembered = api.get(checkpoint.root_folder_id) if checkpoint.root_folder_id else None
+        if remembered is not None and remembered.is_folder and not remembered.trashed:
+            if config.new_root:   # left in a cron line it would start a new copy every night
+                raise UsageError("--new-root: the Drive folder earlier runs filled is visible and in use; "
+                                 "run without --new-root")
+            root = remembered
+        else:
+            current = current_identity(ask=True)
+            if config.new_root:
+                log.warning("--new-root: starting a new copy in a new folder %r; an earlier copy stays as it is",
+                            config.folder_name)
+            elif remembered is not None:
+                raise UsageError(f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is in the "
+                                 "trash: restore it and re-run, or pass --new-root to start a new copy")
+            elif checkpoint.root_folder_id:
+                if not recorded:
+                    raise AuthError(
+                        f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
+                        f"sign-in ({describe_identity(current)}), and an older version did not record who made it: "
+                        "if it was deleted, pass --new-root; else use the original credentials.json and account")
+                if not same_identity(recorded, current):
+                    raise AuthError(
+                        f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
+                        f"sign-in: it was made with {describe_identity(recorded)}, this is {describe_identity(current)}. "
+                        "Use the original credentials.json and run 'auth' again, or pass --new-root to start a "
+                        "second, separate copy")
+                log.warning("the Drive folder earlier runs filled is gone (deleted permanently): "
+                            "copying everything again into a new folder")
+            if checkpoint.root_folder_id or config.new_root:
+                # What earlier runs copied is not here: every object is checked against Drive, in this
+                # run and any that resume it, until one finishes.
+                checkpoint.forget_folders()
+                checkpoint.set_recheck_from(run_id)
+            # Recorded before the root is created, so a run that dies creating it is not taken for
+            # another sign-in next time.
+            checkpoint.set_identity(current)
+            root = None if config.new_root else drive.folders.find_root(config.folder_name)
+            if root is not None and root.trashed:
+                raise UsageError(f"the Drive folder of this copy ({root.id}, {root.name!r}) is in the trash: restore "
+                                 "it and re-run, or pass --new-root to start a new copy")
+        if root is None:
+            root_id, label = drive.folders.create(config.folder_name, "root", (), {PROP_ROOT: root_marker(
+                config.folder_name)}), repr(config.folder_name)
+            if drive.folders.my_drive_id:
+                checkpoint.set_identity({**checkpoint.identity, "my_drive_id": drive.folders.my_drive_id})
+        else:
+            root_id, label = root.id, root_location(root, config.folder_name, my_drive_id())
+            if label != repr(config.folder_name):
+                log.warning("the copy's Drive folder was moved or renamed: %s", label)
+            if root.app_properties.get(PROP_ROOT) != root_marker(config.folder_name):
+                # made by an older version: marked once, so that it is found again after a move
+                api.set_app_properties(root.id, {PROP_ROOT: root_marker(config.folder_name)})
+    if not same_identity(checkpoint.identity, current := current_identity()):
+        checkpoint.set_identity(current)   # e.g. a new client of the same project, which still sees the copy
+    checkpoint.set_root(root_id)
+    drive.folders.set_root(root_id, root.app_properties.get(PROP_NEXT) if root is not None else None)
+    return root_id, label
+
+
+def chosen_folder(config: Config, api: DriveApi) -> DriveFile:
+    """--folder-id's folder, or a one-line reason it cannot take the copy."""
+    folder = api.get(config.folder_id or "")
+    if folder is None or not folder.is_folder:
+        raise UsageError(f"--folder-id {config.folder_id} is not a folder this app can see: with the default "
+                         "drive.file scope the tool sees only folders it created; use --full-scope")
+    if folder.trashed:
+        raise UsageError(f"--folder-id {config.folder_id} is in the Drive trash: restore it, or choose another")
+    if config.service_account_path and not config.impersonate and not folder.drive_id:
+        raise UsageError(f"--folder-id {config.folder_id} is in a My Drive, where a service account cannot own "
+                         "files: use a folder in a shared drive, or --impersonate its owner")
+    return folder
+
 
 @dataclasses.dataclass(frozen=True)
 class LeaseHolder:
@@ -5489,125 +5610,6 @@ def _save_refreshed_token(creds: Credentials, token_before: str | None, config: 
 def client_id_of(creds: Any) -> str:
     """Who Drive's drive.file scope ties files to: the OAuth client, or the service account."""
     return getattr(creds, "client_id", None) or getattr(creds, "service_account_email", None) or ""
-
-
-def describe_identity(identity: dict[str, str]) -> str:
-    return f"OAuth client {identity.get('client_id') or '?'} as {identity.get('account') or '?'}"
-
-
-def same_identity(recorded: dict[str, str], current: dict[str, str]) -> bool:
-    """Same OAuth client and same Google account; an account told by its permissionId when both have
-    one (an email address can change), else by email."""
-    if recorded.get("client_id") != current.get("client_id"):
-        return False
-    key = "account_id" if recorded.get("account_id") and current.get("account_id") else "account"
-    return bool(recorded.get(key)) and recorded.get(key) == current.get(key)
-
-
-def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, client_id: str,
-              run_id: str) -> tuple[str, str]:
-    """The root folder's (id, name for messages): --folder-id, else the one earlier runs filled,
-    else the one its mark names wherever it is (another checkpoint's, a moved or renamed one), else
-    a new copy's.
-
-    Under drive.file a folder is visible only to the OAuth client's Google Cloud project and the
-    account that made it: a remembered root that answers 404 may be deleted, or may be hidden from a
-    new credentials.json or another account. Only the first is a reason to copy again; the second
-    stops before any upload, naming both. A trashed root stops too: restoring it is one click,
-    copying everything again takes days under Google's daily cap.
-    """
-    api, recorded = drive.api, dict(checkpoint.identity)
-
-    def current_identity(ask: bool = False) -> dict[str, str]:
-        known = checkpoint.identity
-        if not ask and known.get("client_id") == client_id and known.get("account_id"):
-            return dict(known)   # the root is visible: no need to ask Drive who we are on every run
-        return {"client_id": client_id, **api.account()}
-
-    def my_drive_id() -> str:
-        known = checkpoint.identity.get("my_drive_id")
-        if not known:
-            known = api.my_drive_id()
-            checkpoint.set_identity({**checkpoint.identity, "my_drive_id": known})
-        return known
-
-    root: DriveFile | None = None
-    if config.folder_id:
-        folder = chosen_folder(config, api)
-        api.use_shared_drive(folder.drive_id)
-        root_id, label, root = folder.id, folder.id, folder
-    else:
-        remembered = api.get(checkpoint.root_folder_id) if checkpoint.root_folder_id else None
-        if remembered is not None and remembered.is_folder and not remembered.trashed:
-            if config.new_root:   # left in a cron line it would start a new copy every night
-                raise UsageError("--new-root: the Drive folder earlier runs filled is visible and in use; "
-                                 "run without --new-root")
-            root = remembered
-        else:
-            current = current_identity(ask=True)
-            if config.new_root:
-                log.warning("--new-root: starting a new copy in a new folder %r; an earlier copy stays as it is",
-                            config.folder_name)
-            elif remembered is not None:
-                raise UsageError(f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is in the "
-                                 "trash: restore it and re-run, or pass --new-root to start a new copy")
-            elif checkpoint.root_folder_id:
-                if not recorded:
-                    raise AuthError(
-                        f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
-                        f"sign-in ({describe_identity(current)}), and an older version did not record who made it: "
-                        "if it was deleted, pass --new-root; else use the original credentials.json and account")
-                if not same_identity(recorded, current):
-                    raise AuthError(
-                        f"the Drive folder earlier runs filled ({checkpoint.root_folder_id}) is not visible to this "
-                        f"sign-in: it was made with {describe_identity(recorded)}, this is {describe_identity(current)}. "
-                        "Use the original credentials.json and run 'auth' again, or pass --new-root to start a "
-                        "second, separate copy")
-                log.warning("the Drive folder earlier runs filled is gone (deleted permanently): "
-                            "copying everything again into a new folder")
-            if checkpoint.root_folder_id or config.new_root:
-                # What earlier runs copied is not here: every object is checked against Drive, in this
-                # run and any that resume it, until one finishes.
-                checkpoint.forget_folders()
-                checkpoint.set_recheck_from(run_id)
-            # Recorded before the root is created, so a run that dies creating it is not taken for
-            # another sign-in next time.
-            checkpoint.set_identity(current)
-            root = None if config.new_root else drive.folders.find_root(config.folder_name)
-            if root is not None and root.trashed:
-                raise UsageError(f"the Drive folder of this copy ({root.id}, {root.name!r}) is in the trash: restore "
-                                 "it and re-run, or pass --new-root to start a new copy")
-        if root is None:
-            root_id, label = drive.folders.create(config.folder_name, "root", (), {PROP_ROOT: root_marker(
-                config.folder_name)}), repr(config.folder_name)
-            if drive.folders.my_drive_id:
-                checkpoint.set_identity({**checkpoint.identity, "my_drive_id": drive.folders.my_drive_id})
-        else:
-            root_id, label = root.id, root_location(root, config.folder_name, my_drive_id())
-            if label != repr(config.folder_name):
-                log.warning("the copy's Drive folder was moved or renamed: %s", label)
-            if root.app_properties.get(PROP_ROOT) != root_marker(config.folder_name):
-                # made by an older version: marked once, so that it is found again after a move
-                api.set_app_properties(root.id, {PROP_ROOT: root_marker(config.folder_name)})
-    if not same_identity(checkpoint.identity, current := current_identity()):
-        checkpoint.set_identity(current)   # e.g. a new client of the same project, which still sees the copy
-    checkpoint.set_root(root_id)
-    drive.folders.set_root(root_id, root.app_properties.get(PROP_NEXT) if root is not None else None)
-    return root_id, label
-
-
-def chosen_folder(config: Config, api: DriveApi) -> DriveFile:
-    """--folder-id's folder, or a one-line reason it cannot take the copy."""
-    folder = api.get(config.folder_id or "")
-    if folder is None or not folder.is_folder:
-        raise UsageError(f"--folder-id {config.folder_id} is not a folder this app can see: with the default "
-                         "drive.file scope the tool sees only folders it created; use --full-scope")
-    if folder.trashed:
-        raise UsageError(f"--folder-id {config.folder_id} is in the Drive trash: restore it, or choose another")
-    if config.service_account_path and not config.impersonate and not folder.drive_id:
-        raise UsageError(f"--folder-id {config.folder_id} is in a My Drive, where a service account cannot own "
-                         "files: use a folder in a shared drive, or --impersonate its owner")
-    return folder
 
 
 def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
