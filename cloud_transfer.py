@@ -45,6 +45,7 @@ import bisect
 import contextlib
 import dataclasses
 import datetime as dt
+import difflib
 import email.errors
 import email.header
 import errno
@@ -674,11 +675,46 @@ class _FilterAction(argparse.Action):
         setattr(namespace, self.dest, rules)
 
 
+#: A unit typed apart from its number: "--daily-limit 740 GB", "--max-duration 6 hours".
+_UNIT_WORD = re.compile(r"(?i)([kmgtp]i?b?|bytes?|[smhd]|secs?|seconds?|mins?|minutes?|hours?|days?)")
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+_TIME_WORDS = {"sec", "second", "min", "minute", "hour", "day"}
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting,
+    names a mistyped option before anything else can misread it, and takes no abbreviations (a
+    `--dry` in a cron line must not start a real run when a `--dry-run-x` appears one day)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see --help)")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        tokens = list(sys.argv[1:] if args is None else args)
+        self._check_tokens(tokens[:tokens.index("--")] if "--" in tokens else tokens)
+        return super().parse_known_args(tokens, namespace)
+
+    def _check_tokens(self, tokens: list[str]) -> None:
+        known = self._option_string_actions
+        for i, token in enumerate(tokens):
+            name = token.split("=", 1)[0]
+            before = known.get(tokens[i - 1]) if i else None
+            is_value = before is not None and before.nargs is None   # the value of an option: --exclude -x.jpg
+            if (token.startswith("-") and len(token) > 1 and not is_value and not _NUMBER.fullmatch(token[1:])
+                    and name not in known):
+                close = difflib.get_close_matches(name, [o for o in known if o.startswith("--")], n=1, cutoff=0.6)
+                raise UsageError(f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else "")
+                                 + " (see --help)")
+            action = known.get(token)
+            if (action is not None and action.nargs is None and i + 2 < len(tokens)
+                    and _NUMBER.fullmatch(tokens[i + 1]) and _UNIT_WORD.fullmatch(tokens[i + 2])):
+                unit = tokens[i + 2]
+                unit = unit[0].lower() if unit.lower().rstrip("s") in _TIME_WORDS else unit
+                raise UsageError(f"{token} {tokens[i + 1]} {tokens[i + 2]}: write the value without a space, "
+                                 f"as {token} {tokens[i + 1]}{unit}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -763,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--ignore-quota", action="store_true",
                           help="start even when Drive's free space looks too small for what is left to copy")
     transfer.add_argument("--temp-dir", metavar="PATH", help="where downloads are staged (default: system temp)")
-    transfer.add_argument("--dry-run", action="store_true", help="list what would be copied; write nothing anywhere")
+    transfer.add_argument("--dry-run", "-n", action="store_true", help="list what would be copied; write nothing anywhere")
     transfer.add_argument("--check", action="store_true",
                           help="check S3, the Google sign-in, the Drive folder, the temp dir, Drive's free space "
                                "and today's budget, one line each; write nothing (exit 0 when all pass)")
@@ -835,8 +871,7 @@ def unknown_setting_notices(values: dict[str, str], env_file: Path) -> Iterator[
     """A typo in .env (S3_BUCKET instead of S3_BUCKET_NAME) would otherwise copy from the wrong
     place or with the wrong settings, silently. botocore reads many more AWS_ variables, so those
     are only questioned when they are close to one of ours."""
-    import difflib
-
+    
     for key in values:
         upper = key.upper()
         if key in KNOWN_SETTINGS or not upper.startswith(("AWS_", "S3_", "DRIVE_", "CLOUD_TRANSFER_")):
@@ -5030,6 +5065,8 @@ class Transfer:
         if removed:
             self.stats.copied_again(obj.key, removed)
         self._record_done(obj, uploaded, attempts, replaced=replaced)
+        log.debug("copied (%s): %s → %s (%s, date from %s)", "new revision" if update_id else "again" if removed
+                  else "new", obj.key, "/".join((*folder_path, name)), format_bytes(obj.size), date.source)
 
     def _date_before_upload(self, obj: SourceObject, staging: Staging) -> OriginalDate:
         """The date, before any upload starts: from the staged file, or for a video that will upload

@@ -53,7 +53,7 @@ CASES = {
                              3, "token.json is unreadable or corrupted"),
     "chunk size not 256 KiB multiple": (lambda e: ["--chunk-size", "0.3"], 2, "multiple of 0.25 MiB"),
     "zero workers": (lambda e: ["--workers", "0"], 2, "--workers must be between 1 and 64"),
-    "unknown flag": (lambda e: ["--frobnicate"], 2, "unrecognized arguments"),
+    "unknown flag": (lambda e: ["--frobnicate"], 2, "unknown option --frobnicate"),
     "checkpoint directory not writable": (lambda e: ((e.cwd / "plainfile").write_text("x"),
                                                      ["--checkpoint", str(e.cwd / "plainfile" / "cp.json")])[-1],
                                           2, "cannot create lock file"),

@@ -205,3 +205,24 @@ def test_an_unreachable_drive_is_named_and_said_while_retrying_then_exit_7(env):
     assert ": retrying" in result.stderr and "Traceback" not in result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.startswith(f"error: cannot reach Google Drive at {endpoint}")
+
+
+def test_verbose_logs_one_line_per_copied_object_on_screen_and_in_the_log_file(env):
+    # rclone -v logs "Copied (new)" per file; a plain run stays one line per run
+    env.put("2019/a.jpg", photo_bytes("a", 3000))
+    env.put("2019/b.mov", b"\0\0\0\x14ftypqt  " + bytes(3000))
+    log_file = env.cwd / "copy.log"
+
+    plain = env.run()
+    assert plain.returncode == 0 and "copied (" not in plain.stderr
+    env.put("2019/c.jpg", photo_bytes("c", 3000))
+    env.put("2019/a.jpg", photo_bytes("a2", 3100))   # changed in S3
+
+    result = env.run("-v", "--log-file", str(log_file))
+
+    assert result.returncode == 0, result.stderr
+    for text in (result.stderr, log_file.read_text()):
+        assert "copied (new): 2019/c.jpg → 2019/c.jpg (" in text and "date from " in text
+        assert "copied (new revision): 2019/a.jpg → 2019/a.jpg" in text
+        assert "2019/b.mov" not in [line.split(": ", 1)[-1].split(" ")[0] for line in text.splitlines()
+                                    if "copied (" in line]   # copied by the first run, not this one

@@ -31,6 +31,8 @@ NOT_OURS = {
     "--x-s3": "the name suffix of S3 Express directory buckets",
     "--profile": "aws sso login --profile NAME",
     "--frobnicate": "the unknown flag of the bad-input table",
+    "--bukcet": "a mistyped --bucket in the bad-input table",
+    "--dry": "an abbreviation the bad-input table says is not taken",
 }
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 

@@ -350,11 +350,32 @@ def test_config_precedence_flag_over_environment_over_dotenv(tmp_path):
     (["--prefix", "/abs"], "--prefix"),
     (["--permanent"], "--permanent"),
     (["bogus-command"], "invalid choice"),
-    (["--no-such-flag"], "unrecognized"),
+    (["--no-such-flag"], "unknown option --no-such-flag"),
 ])
 def test_bad_flags_are_usage_errors(argv, fragment):
     with pytest.raises(ct.UsageError, match=fragment.replace("-", r"\-")):
         ct.load_config(argv, {"S3_BUCKET_NAME": "b"})
+
+
+@pytest.mark.parametrize("argv, message", [
+    # argparse took "photos" for the command: "invalid choice: 'photos' (choose from 'transfer', ...)"
+    (["--bukcet", "photos"], "unknown option --bukcet (did you mean --bucket?)"),
+    (["--bukcet=photos"], "unknown option --bukcet (did you mean --bucket?)"),
+    (["status", "--jsn"], "unknown option --jsn (did you mean --json?)"),
+    (["--dry"], "unknown option --dry (did you mean --dry-run?)"),   # argparse's abbreviation ran a dry run
+    (["--daily-limit", "740", "GB"], "--daily-limit 740 GB: write the value without a space, as --daily-limit 740GB"),
+    (["--max-duration", "6", "hours"], "--max-duration 6 hours: write the value without a space, as --max-duration 6h"),
+    (["--bwlimit", "10", "MiB"], "as --bwlimit 10MiB"),
+])
+def test_a_mistyped_option_or_a_unit_apart_is_named_in_one_line(argv, message):
+    with pytest.raises(ct.UsageError) as raised:
+        ct.load_config(argv, {"S3_BUCKET_NAME": "b"})
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_rclones_short_dry_run_and_values_that_look_like_options_are_taken():
+    assert ct.load_config(["-n"], {"S3_BUCKET_NAME": "b"}).dry_run
+    assert ct.load_config(["--exclude=-draft*"], {"S3_BUCKET_NAME": "b"}).filters == (("-", "-draft*"),)
 
 
 def test_config_repr_hides_secrets():
