@@ -3644,6 +3644,7 @@ class Checkpoint:
         # again until a run finishes. None: nothing to check; "": all (older checkpoints: true/false).
         self.recheck_from_run: str | None = None
         self.changes_token: str | None = None   # Drive's changes feed: where the next run reads from
+        self.walk_reason: str | None = None     # without a token: why runs look in Drive for every copy
         self.removed_in_drive = REMOVED_COPY    # what runs do with copies removed in Drive (--removed-in-drive)
         self._pending: list[dict[str, Any]] = []
         self._journal_lines = 0       # in the journal file, replayed or appended
@@ -3694,6 +3695,7 @@ class Checkpoint:
         head = {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, "binding": self.binding,
                 "root_folder_id": self.root_folder_id, "identity": self.identity,
                 "recheck_from_run": self.recheck_from_run, "changes_token": self.changes_token,
+                **({"walk_reason": self.walk_reason} if self.walk_reason else {}),
                 "removed_in_drive": self.removed_in_drive, "folders": self.folders, "runs": self.runs,
                 "objects": {}}
         text = json.dumps(head, ensure_ascii=False, indent=1)
@@ -3733,7 +3735,7 @@ class Checkpoint:
         elif "recheck" in line:
             self.recheck_from_run = line["recheck"] if isinstance(line["recheck"], str) else "" if line["recheck"] else None
         elif "changes" in line:
-            self.changes_token = line["changes"]
+            self.changes_token, self.walk_reason = line["changes"], line.get("walk")
         elif "removed_in_drive" in line:
             self.removed_in_drive = line["removed_in_drive"]
         elif "forget_folders" in line:
@@ -3778,6 +3780,7 @@ class Checkpoint:
             checkpoint.identity = dict(data.get("identity") or {})
             checkpoint.recheck_from_run = data.get("recheck_from_run", "" if data.get("recheck_pending") else None)
             checkpoint.changes_token = data.get("changes_token")
+            checkpoint.walk_reason = data.get("walk_reason")
             checkpoint.removed_in_drive = data.get("removed_in_drive") or REMOVED_COPY
             checkpoint.folders = dict(data.get("folders") or {})
             checkpoint.runs = list(data.get("runs") or [])
@@ -3992,11 +3995,13 @@ class Checkpoint:
                 self.identity = dict(identity)
                 self._journal({"identity": self.identity})
 
-    def set_changes_token(self, token: str | None) -> None:
+    def set_changes_token(self, token: str | None, walk_reason: str | None = None) -> None:
+        """Where the next run reads the feed from; None with a reason: until a walk completes, every
+        run walks (a run that stops midway must not leave the rest unlooked-at)."""
         with self._lock:
-            if self.changes_token != token:
-                self.changes_token = token
-                self._journal({"changes": token})
+            if (self.changes_token, self.walk_reason) != (token, walk_reason):
+                self.changes_token, self.walk_reason = token, walk_reason
+                self._journal({"changes": token, **({"walk": walk_reason} if walk_reason else {})})
 
     def set_removed_in_drive(self, policy: str) -> None:
         with self._lock:
@@ -5507,7 +5512,8 @@ def read_drive_changes(api: DriveApi, checkpoint: Checkpoint, root_id: str, run_
         if not checkpoint.runs:   # a first run: there is nothing it could have missed
             checkpoint.set_changes_token(token)
             return DriveNews()
-        return DriveNews(walk="this checkpoint has not read Drive's changes feed before", token=token)
+        return DriveNews(walk=checkpoint.walk_reason or "this checkpoint has not read Drive's changes feed before",
+                         token=token)
     try:
         token, files, folders = read_removals(api, checkpoint, root_id)
     except ObjectError as exc:
@@ -5516,10 +5522,12 @@ def read_drive_changes(api: DriveApi, checkpoint: Checkpoint, root_id: str, run_
     gone_folders = [path for path, folder in checkpoint.folders.items()
                     if {folder["id"], *folder.get("more", ())} & folders.keys()]
     if gone_folders:
-        # Whether Drive lists what such a folder held as changed too is not documented: look for it all.
-        checkpoint.forget_folders_under(gone_folders)
+        # Whether Drive lists what such a folder held as changed too is not documented: look for it all,
+        # in this run and in every run after it until one has looked at everything.
         news = DriveNews(walk=f"{len(gone_folders)} of the copy's folders were trashed, deleted or moved away "
                               "in Drive", token=token)
+        checkpoint.set_changes_token(None, walk_reason=news.walk)
+        checkpoint.forget_folders_under(gone_folders)
     gone: list[tuple[str, dict[str, Any]]] = []
     if files:   # one pass over the checkpoint, only when something left
         gone = [(key, data) for key, data in checkpoint.entries(as_data=True)
@@ -6039,6 +6047,8 @@ def removed_since_last_run(config: Config, runtime: Runtime, checkpoint: Checkpo
     """For a dry run: the keys whose copy left Drive since the last run, from the changes feed (read,
     its position not kept), or why that is not known. Nothing when they are left out anyway."""
     leave = (config.removed_in_drive or checkpoint and checkpoint.removed_in_drive) == REMOVED_LEAVE
+    if checkpoint is not None and checkpoint.walk_reason:
+        return set(), f"{checkpoint.walk_reason}: the next run looks for every copy in Drive"
     if checkpoint is None or not checkpoint.changes_token or not checkpoint.root_folder_id or leave:
         return set(), ""
     try:

@@ -1066,6 +1066,12 @@ class Faults:
     # 1e423d21e, 2019: "With scope drive.files this fails with a 404"); whether it still
     # does is unknown, so the tool must cope with both answers.  Off: My Drive's top.
     root_hidden_under_drive_file: bool = False
+    # A folder trashed, moved or deleted is one change in the feed, for the folder alone,
+    # its descendants none (rclone PR #2606: "When moving a directory in drive, most of
+    # the time only a notification for the directory itself is created").  Whether Drive
+    # lists descendants is not documented.  Off: each descendant whose state changed is a
+    # change too.
+    folder_changes_only: bool = False
     # corpora=allDrives answers incompleteSearch: true and leaves out every second
     # matching item ("incomplete_search" counts the left-out ones).
     incomplete_search_all_drives: bool = False
@@ -2312,7 +2318,7 @@ class DriveEmulator:
                 gone = self.files.pop(fid, None)
                 self._list_lag.pop(fid, None)
                 if gone is not None:
-                    self._record_change(gone, removed=True)
+                    self._record_descendant_change(gone, fid != f["id"], removed=True)
         return Reply(204)
 
     # -- the changes feed ------------------------------------------------------------
@@ -2781,6 +2787,10 @@ class DriveEmulator:
             self._count("folder_item_limit")
             raise folder_full_error()
 
+    def _record_descendant_change(self, f: dict, descendant: bool, removed: bool = False) -> None:
+        if not (descendant and self.faults.folder_changes_only):
+            self._record_change(f, removed)
+
     def _record_change(self, f: dict, removed: bool = False) -> None:
         """One more change in the feed: f's latest state (or its permanent deletion) at a new seq."""
         self._change_seq += 1
@@ -2896,7 +2906,7 @@ class DriveEmulator:
                 if drive_id:
                     moved["driveId"] = drive_id
                 if moved is not f and drive_id != old_drive:
-                    self._record_change(moved)
+                    self._record_descendant_change(moved, True)
         for key in ("description", "properties"):
             if key in changes:
                 if changes[key]:
@@ -2941,7 +2951,7 @@ class DriveEmulator:
             if self._list_state(g) != old:
                 self._lag_lists(g, old)
                 if g is not f:  # f is recorded by _apply_patch; descendants changed state too
-                    self._record_change(g)
+                    self._record_descendant_change(g, True)
 
     def _parent_trashed(self, f: dict) -> bool:
         parent = self.files.get(f["parents"][0]) if f.get("parents") else None

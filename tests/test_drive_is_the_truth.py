@@ -496,6 +496,29 @@ def test_a_folder_of_the_copy_trashed_in_drive_is_made_again_with_everything_in_
     assert (quiet["drive_requests"], quiet["transferred"]) == (2, 0)
 
 
+def test_a_walk_that_stops_midway_goes_on_in_the_next_run_until_it_has_looked_at_everything(env):
+    # A trashed folder may be one change in the feed, its files none: the walk it starts must survive
+    # a run stopped by a budget (or the daily cap), or the rest of that folder stays "done" for ever.
+    env.drive.faults.folder_changes_only = True
+    bodies = {f"a/{n}.jpg": env.put(f"a/{n}.jpg", photo_bytes(str(n), 3000)) for n in range(6)}
+    assert env.run().returncode == 0
+    env.drive.user_edit(next(f for f in env.drive.list_files() if f["name"] == "a")["id"], trashed=True)
+
+    first = env.run("--report", str(env.cwd / "report.json"), "--max-transfer", "5K", "--workers", "1")
+    stopped = json.loads((env.cwd / "report.json").read_text())   # room for about one photo
+
+    assert "of the copy's folders were trashed" in first.stderr
+    assert 0 < stopped["transferred"] < 6
+    dry = env.run("--dry-run")
+    assert "the next run looks for every copy in Drive" in dry.stderr
+    second, rest = _report(env)
+    assert "of the copy's folders were trashed" in second.stderr and "looking for every copy" in second.stderr
+    assert stopped["transferred"] + rest["transferred"] == 6
+    assert _live_copies(env) == {f"{ROOT}/{key}": [md5(body)] for key, body in bodies.items()}
+    _, quiet = _report(env)   # the walk is complete: the feed again
+    assert (quiet["drive_requests"], quiet["transferred"]) == (2, 0)
+
+
 def test_a_checkpoint_of_an_older_version_walks_once_then_reads_the_feed(env):
     bodies = _library(env, 3)
     data = json.loads(env.checkpoint.read_text())
