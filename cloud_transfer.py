@@ -233,6 +233,9 @@ FOLDER_PLACEHOLDER_SUFFIXES = ("_$folder$",)
 ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})   # readable only once restored
 #: Its Archive Access and Deep Archive Access tiers are readable only once restored too; only a HEAD
 #: (x-amz-archive-status) tells an object in them from the others.
+#: How long an Intelligent-Tiering object found archived is believed so without a HEAD: its
+#: slowest restore (Deep Archive Access, bulk) takes up to 48 hours (AWS documentation).
+TIERED_RECHECK_S = 48 * 3600
 TIERED_STORAGE_CLASS = "INTELLIGENT_TIERING"
 #: What an object's archive says: readable now, waiting for a restore, being restored, or only a
 #: HEAD can tell (a store whose listing says nothing of restores).
@@ -3229,9 +3232,19 @@ class DriveFolders:
                 raise QuotaExceededError("a Drive folder holds its maximum number of items (500,000) and has no "
                                          "parent folder to continue beside: copy part of it with --prefix into "
                                          "another --folder-id")
+            parent_id = first.parent_id
+            if not path and not first.drive_id and (parent_id == self.my_drive_id or self.api.get(parent_id) is None):
+                # My Drive's top (under drive.file its own id may not be readable: the alias is what
+                # takes children), or a folder of the user's that the app may not write in
+                parent_id = "root"
             more_id = self._recorded_continuation(path, chain)
-            more_id = self.create(f"{first.name} ({len(chain) + 1})", first.parent_id, path,
-                                  {PROP_MORE_OF: chain[0]}, folder_id=more_id, record=self.record_more)
+            try:
+                more_id = self.create(f"{first.name} ({len(chain) + 1})", parent_id, path,
+                                      {PROP_MORE_OF: chain[0]}, folder_id=more_id, record=self.record_more)
+            except ObjectError as exc:
+                raise QuotaExceededError(f"Drive folder {first.name!r} holds its maximum number of items (500,000) "
+                                         f"and a folder beside it to continue in cannot be made ({exc}): copy "
+                                         "part of it with --prefix into another --folder-id") from None
             self._link(full_id, more_id)
             self._use(path, chain + [more_id])
             log.warning("Drive folder %r is full (Drive's limit is 500,000 items): continuing in %r beside it",
@@ -3633,7 +3646,8 @@ class Checkpoint:
         self.journal_path = path.with_name(path.name + ".journal")
         self.root_folder_id: str | None = None
         self.identity: dict[str, str] = {}   # OAuth client_id and Google account the copy is made with
-        # "a/b" -> {"id", "run", "more": ids of the folders it continues in when full}; "" is the root
+        # "a/b" -> {"id", "run", "more": the folders it continues in when full, "was": folders it had
+        # before (moved within the copy: they still hold copies)}; "" is the root
         self.folders: dict[str, dict[str, Any]] = {}
         self.runs: list[dict[str, Any]] = []
         self._index = SnapshotIndex()                     # what the snapshot holds, by key hash
@@ -4020,7 +4034,8 @@ class Checkpoint:
     def folder_ids(self) -> set[str]:
         """The ids of the copy's folders (those that continue a full one too), its root included."""
         with self._lock:
-            return ({folder_id for folder in self.folders.values() for folder_id in [folder["id"], *folder.get("more", ())]}
+            return ({folder_id for folder in self.folders.values()
+                     for folder_id in [folder["id"], *folder.get("more", ()), *folder.get("was", ())]}
                     | ({self.root_folder_id} if self.root_folder_id else set())) - {""}
 
     def folder_id(self, path: tuple[str, ...]) -> str | None:
@@ -4034,8 +4049,12 @@ class Checkpoint:
 
     def _set_folder(self, key: str, folder_id: str, run_id: str) -> None:
         known = self.folders.get(key) or {}
-        more = known.get("more") if known.get("id") in (folder_id, "") else None   # another first folder: not its
-        self.folders[key] = {"id": folder_id, "run": run_id, **({"more": more} if more else {})}
+        same = known.get("id") in (folder_id, "", None)
+        more = known.get("more") if same else None   # another first folder: not its continuations
+        # A folder replaced at this path (moved within the copy by the user) still holds copies of it
+        was = [*known.get("was", ()), *([] if same else [known["id"], *known.get("more", ())])]
+        self.folders[key] = {"id": folder_id, "run": run_id, **({"more": more} if more else {}),
+                             **({"was": was} if was else {})}
 
     def add_folder(self, path: tuple[str, ...], folder_id: str, run_id: str) -> None:
         key = "/".join(path)
@@ -4335,6 +4354,23 @@ def listed_archive_state(obj: SourceObject, archived_before: bool, restores_list
     if restores_listed and (not tiered or archived_before):
         return ARCHIVED
     return ASK_S3
+
+
+def recorded_as_archived(entry: CheckpointEntry | None, obj: SourceObject, now: dt.datetime | None = None) -> bool:
+    """An earlier run found this version archived (or being restored), recently enough to believe it
+    without a HEAD. For Intelligent-Tiering only for TIERED_RECHECK_S: its restore moves the object
+    back to a readable tier with no restored copy, which a listing's RestoreStatus is not documented
+    to show (AWS "Restoring an archived object"), so only a HEAD tells that it is back."""
+    if not (entry and entry.status == STATUS_SKIPPED and entry.etag == obj.version
+            and entry.reason in (SKIP_ARCHIVED, SKIP_RESTORING)):
+        return False
+    if obj.storage_class != TIERED_STORAGE_CLASS:
+        return True
+    try:
+        recorded = dt.datetime.fromisoformat(entry.at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return ((now or dt.datetime.now(dt.timezone.utc)) - recorded).total_seconds() < TIERED_RECHECK_S
 
 
 def head_archive_state(storage_class: str, archive_status: str | None, restore: str | None) -> str:
@@ -4809,9 +4845,7 @@ class Transfer:
         return REMOVED_HOW["missing"] if done_counts and entry.status == STATUS_DONE else None
 
     def _archived_before(self, obj: SourceObject) -> bool:
-        entry = self.checkpoint.get(obj.key)
-        return bool(entry and entry.status == STATUS_SKIPPED and entry.etag == obj.version
-                    and entry.reason in (SKIP_ARCHIVED, SKIP_RESTORING))
+        return recorded_as_archived(self.checkpoint.get(obj.key), obj)
 
     def _count_eligible(self, obj: SourceObject) -> None:
         self.stats.add("eligible")
@@ -4904,7 +4938,7 @@ class Transfer:
             self.stats.add("eligible", -1)
             self.stats.add("eligible_bytes", -obj.size)
         self.stats.archive(obj, reason)
-        if not (entry and entry.status == STATUS_SKIPPED and entry.reason == reason and entry.etag == obj.version):
+        if not (entry and entry.reason == reason and recorded_as_archived(entry, obj)):   # new, or due for a look
             self.checkpoint.record(obj.key, CheckpointEntry(status=STATUS_SKIPPED, etag=obj.version, size=obj.size,
                                                             run=self.run_id, reason=reason,
                                                             drive_id=entry.drive_id if entry else None))
@@ -5183,7 +5217,9 @@ class Transfer:
         self.drive.api.keep_revision(stale.id, stale.head_revision)
         props = stale.app_properties
         replaced = {"revision": stale.head_revision, "etag": props.get(PROP_ETAG, ""), "md5": props.get(PROP_MD5, ""),
-                    "run": props.get(PROP_RUN, ""), "modified": stale.modified_time or ""}
+                    # a copy made before ctRun existed: the run this checkpoint recorded for it
+                    "run": props.get(PROP_RUN) or (entry.run if entry and entry.drive_id == stale.id else ""),
+                    "modified": stale.modified_time or ""}
         self.checkpoint.record(obj.key, CheckpointEntry(
             status=STATUS_SENDING, etag=obj.version, size=obj.size, drive_id=stale.id, attempts=attempts,
             run=self.run_id, name=self._renamed.get(obj.key), replaced=replaced), durable=True)
@@ -5259,10 +5295,10 @@ def open_root(config: Config, drive: DriveDestination, checkpoint: Checkpoint, c
 
     def my_drive_id() -> str:
         known = checkpoint.identity.get("my_drive_id")
-        if not known:
-            known = api.my_drive_id()
+        if not known:   # "?": drive.file may not read it (files.get('root') is 404): asked once
+            known = api.my_drive_id() or "?"
             checkpoint.set_identity({**checkpoint.identity, "my_drive_id": known})
-        return known
+        return "" if known == "?" else known
 
     root: DriveFile | None = None
     if config.folder_id:
@@ -5375,7 +5411,8 @@ def lease_is_live(holder: LeaseHolder | None, now: float, host: str, pid_alive: 
     """A lease another run may not take: unexpired, and not of a process on this host that is gone."""
     if holder is None or holder.expires <= now:
         return False
-    return holder.host != host or pid_alive(holder.pid)
+    here = LeaseHolder.parse(dataclasses.replace(holder, host=host).value())   # cut as the mark cuts it
+    return holder.host != (here.host if here else host) or pid_alive(holder.pid)
 
 
 class DriveLease:
@@ -5383,7 +5420,8 @@ class DriveLease:
 
     The lease is an appProperty of the root folder. Drive has no compare-and-swap for metadata, so
     taking it follows Fischer's timed mutual exclusion: read it; if no live run holds it, write
-    ours; wait `settle_s`; read it back. files.get sees a write at once, so two runs that both read
+    ours; wait `settle_s`; read it back. files.get sees a write at once (observed, e.g. kopia #90; Google
+    documents no consistency model, files.list is known to lag), so two runs that both read
     it free both see the last writer's value after the wait, and only that one goes on — as long as
     each read-to-written step took less than the wait, which is checked (a slower one starts over;
     if it overwrote a run that had already gone on, that run's next renewal sees it and stops).
@@ -5392,10 +5430,10 @@ class DriveLease:
     LEASE_S, at once for a process on the same host that is gone."""
 
     def __init__(self, api: DriveApi, root_id: str, run_id: str, *, settle_s: float = LEASE_SETTLE_S,
-                 clock: Callable[[], float] = time.time, host: str | None = None):
+                 clock: Callable[[], float] = time.time, host: str | None = None, unsupported: bool = False):
         self.api, self.root_id, self.run_id, self.settle_s, self.clock = api, root_id, run_id, settle_s, clock
         self.host = host or socket.gethostname() or "unknown-host"
-        self.held = self._unsupported = False
+        self.held, self._unsupported = False, unsupported
         self.lost: str | None = None   # why this run no longer holds it
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -5422,12 +5460,14 @@ class DriveLease:
                 raise LockHeldError(self.lost)
             if self.held:
                 return
-            try:
-                self._take()
-            except ObjectError as exc:   # e.g. a shared drive's top folder, whose metadata no app may set
-                log.warning("this Drive folder cannot carry the mark that keeps a second run out (%s): runs "
-                            "from other checkpoints or machines are not stopped", exc.verdict.reason)
-                self.held, self._unsupported = True, True
+            if self._unsupported:
+                log.warning("the top folder of a shared drive cannot carry the mark that keeps a second run "
+                            "out: runs from other checkpoints or machines are not stopped (a folder inside "
+                            "the shared drive, as --folder-id, can)")
+                self.held = True
+                return
+            # Errors propagate: a Drive that fails now must not leave this run writing without the lease.
+            self._take()
 
     def _take(self) -> None:
         """Fischer's protocol (see the class); LockHeldError when a live run holds the lease."""
@@ -5520,7 +5560,7 @@ def read_drive_changes(api: DriveApi, checkpoint: Checkpoint, root_id: str, run_
         return DriveNews(walk=f"Drive's changes feed could not be read ({exc})", token=api.start_page_token())
     news = DriveNews()
     gone_folders = [path for path, folder in checkpoint.folders.items()
-                    if {folder["id"], *folder.get("more", ())} & folders.keys()]
+                    if {folder["id"], *folder.get("more", ()), *folder.get("was", ())} & folders.keys()]
     if gone_folders:
         # Whether Drive lists what such a folder held as changed too is not documented: look for it all,
         # in this run and in every run after it until one has looked at everything.
@@ -5690,7 +5730,8 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
                 check_storage(config, drive.api, checkpoint, source)
             # Before the run is recorded, so that a wrong --folder-id leaves the checkpoint as it was.
             root_id, root_label = open_root(config, drive, checkpoint, client_id_of(creds), run_id)
-            lease = DriveLease(drive.api, root_id, run_id, settle_s=config.lease_settle_s)
+            lease = DriveLease(drive.api, root_id, run_id, settle_s=config.lease_settle_s,
+                               unsupported=root_id == drive.api.list_options.get("driveId"))   # a shared drive's top
             news = read_drive_changes(drive.api, checkpoint, root_id, run_id)
             leave_removed = say_drive_news(config, checkpoint, news)
             lost_root = checkpoint.recheck_from_run is not None
@@ -6269,9 +6310,7 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
     leave = checkpoint is not None and checkpoint.removed_in_drive == REMOVED_LEAVE
 
     def archived_before(obj: SourceObject) -> bool:
-        entry = checkpoint.get(obj.key) if checkpoint else None
-        return bool(entry and entry.status == STATUS_SKIPPED and entry.etag == obj.version
-                    and entry.reason in (SKIP_ARCHIVED, SKIP_RESTORING))
+        return recorded_as_archived(checkpoint.get(obj.key) if checkpoint else None, obj)
 
     for planned in plan_listing(source, object_filter, config.all_files, archived_before=archived_before):
         obj, action = planned.obj, planned.action
@@ -6442,7 +6481,9 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
                 log.info("keeping %s (%s): uploaded by run %s, not by %s", key, entry.drive_id, uploader,
                          run_id or "this checkpoint's runs")
                 return "kept"
-            if drive_file and entry.replaced and entry.replaced.get("run") not in rolled_back:
+            earlier_run = entry.replaced.get("run") if entry.replaced else None
+            # rolling back every run: an earlier content of unknown origin went up from here too
+            if drive_file and entry.replaced and earlier_run not in rolled_back and (earlier_run or run_id is not None):
                 return restore(key, entry, drive_file)
             # Recorded (and fsync'd) before the file goes: a rollback killed here leaves an entry a
             # later transfer checks against Drive, never a trashed photo the checkpoint calls done.

@@ -2,6 +2,7 @@
 Google's limits). Each test runs the real script against moto and the Drive emulator."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -212,6 +213,26 @@ def test_a_store_that_refuses_the_restore_status_is_listed_without_it(penv):
     assert source.archive_state(plans["g/archived.jpg"].obj) == ct.ARCHIVED
 
 
+def test_an_intelligent_tiering_object_found_archived_is_asked_again_after_its_slowest_restore():
+    # Its restore moves it back to a readable tier with no restored copy: a listing may never say so,
+    # and believing the record for ever left it "waiting for a restore" after the user restored it.
+    import datetime as dt
+
+    when = dt.datetime(2026, 12, 7, 1, 0, tzinfo=dt.timezone.utc)
+    listed = dict(key="a/1.jpg", size=10, etag="e1", last_modified=when)
+    entry = ct.CheckpointEntry(status=ct.STATUS_SKIPPED, etag="e1", size=10, reason=ct.SKIP_ARCHIVED,
+                               at="2026-12-07T01:00:00Z")
+    tiered, glacier = ct.SourceObject(**listed, storage_class="INTELLIGENT_TIERING"), \
+        ct.SourceObject(**listed, storage_class="GLACIER")
+
+    assert ct.recorded_as_archived(entry, tiered, when + dt.timedelta(hours=47))
+    assert not ct.recorded_as_archived(entry, tiered, when + dt.timedelta(hours=49))
+    assert ct.recorded_as_archived(entry, glacier, when + dt.timedelta(days=30))   # the listing tells its restores
+    assert ct.listed_archive_state(tiered, ct.recorded_as_archived(entry, tiered, when + dt.timedelta(hours=49)),
+                                   restores_listed=True) == ct.ASK_S3
+    assert not ct.recorded_as_archived(dataclasses.replace(entry, etag="e2"), tiered, when)
+
+
 @pytest.mark.parametrize("headers, state", [
     (("GLACIER", None, None), ct.ARCHIVED),
     (("DEEP_ARCHIVE", None, 'ongoing-request="true"'), ct.RESTORING),
@@ -370,9 +391,33 @@ def test_a_lease_is_live_until_it_expires_or_its_process_on_this_host_is_gone():
     assert ct.LeaseHolder.parse("garbage") is None and ct.LeaseHolder.parse(None) is None
     long = ct.LeaseHolder(1e9, "r", 1, "h" * 300)
     assert len((ct.PROP_LEASE + long.value()).encode()) <= 124
+    marked = ct.LeaseHolder.parse(long.value())   # as read back from Drive: the host name cut
+    assert not ct.lease_is_live(marked, 999, "h" * 300, lambda pid: False)   # still this host: a dead pid frees it
 
 
 # -- item 3: re-runs learn what the user removed in Drive (the changes feed) -----------------------
+
+def test_a_drive_that_fails_while_the_lease_is_taken_stops_the_run_instead_of_writing_without_it(env):
+    # Before, any exhausted retry made the lease "unsupported" for the run: a burst of 503s was
+    # exactly when a second run could write too.
+    from google.oauth2.credentials import Credentials
+
+    root = env.drive.add_folder(ROOT)
+    config = ct.Config(bucket="b", drive_endpoint_url=env.drive.url)
+    api = ct.DriveApi(ct.make_drive_service_factory(config, Credentials(token=env.drive.issue_token())),
+                      backoff=ct.Backoff(0.001, 0.002))
+    lease = ct.DriveLease(api, root["id"], "run-1", settle_s=0.05)
+    env.drive.faults.error_rate = 1.0
+
+    with pytest.raises(ct.ObjectError):
+        lease.hold()
+    assert not lease.held
+    env.drive.faults.error_rate = 0.0
+    lease.hold()   # Drive is back: the lease is taken for real, and shows in Drive
+    mark = next(f for f in env.drive.list_files() if f["id"] == root["id"])["appProperties"][ct.PROP_LEASE]
+    assert lease.held and ct.LeaseHolder.parse(mark).run_id == "run-1"
+    lease.release()
+
 
 def _live_copies(env) -> dict[str, list[str]]:
     """path → MD5 of each non-trashed copy."""
@@ -440,6 +485,24 @@ def test_copies_moved_out_of_the_copy_are_copied_again_renamed_ones_stay(env):
     assert (walked["transferred"], walked["found_in_drive"]) == (0, 4)
     verify = json.loads(env.run("verify", "--json").stdout)
     assert (verify["missing"], verify["duplicated"]) == (0, 0)
+
+
+def test_a_folder_moved_within_the_copy_keeps_its_copies_when_its_path_gets_a_new_folder(env):
+    bodies = {key: env.put(key, photo_bytes(key, 3000)) for key in ("a/trip/1.jpg", "a/trip/2.jpg", "b/3.jpg")}
+    assert env.run().returncode == 0
+    folders = {f["name"]: f for f in env.drive.list_files() if f["mimeType"] == FOLDER}
+    env.drive.user_edit(folders["trip"]["id"], move_to=folders["b"]["id"])   # tidied up by hand
+    bodies["a/trip/new.jpg"] = env.put("a/trip/new.jpg", photo_bytes("new", 3000))
+    assert env.run().returncode == 0   # a new a/trip folder for the new photo
+    one = next(f for f in env.drive.list_files() if f["name"] == "1.jpg")
+    env.drive.user_edit(one["id"], name="1 (beach).jpg")   # and a rename in the moved folder
+
+    _, report = _report(env)
+
+    # before: the rename showed a copy outside the copy's folders, and it was uploaded a second time
+    assert (report["transferred"], report["copied_again"]) == (0, 0)
+    assert sorted(f["md5Checksum"] for f in env.drive.list_files() if f["mimeType"] != FOLDER) == \
+        sorted(md5(body) for body in bodies.values())
 
 
 def test_copies_removed_on_purpose_can_be_left_out_and_the_checkpoint_remembers(env):
@@ -653,6 +716,7 @@ def test_a_full_drive_folder_continues_beside_it_and_every_run_finds_what_it_hol
 
 def test_a_full_root_continues_beside_it_in_my_drive_and_is_found_without_the_checkpoint(env):
     env.drive.faults.folder_item_limit = 4
+    env.drive.faults.root_hidden_under_drive_file = True   # My Drive's id may be unreadable: 'root' takes children
     bodies = {f"{n}.jpg": env.put(f"{n}.jpg", photo_bytes(str(n), 3000)) for n in range(7)}
 
     _, report = _report(env, "--workers", "1")
