@@ -237,6 +237,7 @@ ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})   # readable o
 #: slowest restore (Deep Archive Access, bulk) takes up to 48 hours (AWS documentation).
 TIERED_RECHECK_S = 48 * 3600
 TIERED_STORAGE_CLASS = "INTELLIGENT_TIERING"
+DRIVE_FOLDER_ITEMS = 500_000   #: items directly in one Drive folder (403 numChildrenInNonRootLimitExceeded)
 #: What an object's archive says: readable now, waiting for a restore, being restored, or only a
 #: HEAD can tell (a store whose listing says nothing of restores).
 READABLE, ARCHIVED, RESTORING, ASK_S3 = "readable", "archived", "restoring", "ask"
@@ -4408,6 +4409,24 @@ class Planned:
     ask_archive: bool = False
 
 
+class FolderFill:
+    """How many files each Drive folder will hold, as far as the layout tells from keys alone (not
+    for a date layout), to warn before a folder passes Drive's 500,000 items."""
+
+    def __init__(self, layout: str, root_name: str):
+        self.layout, self.root_name = layout, root_name
+        self.counts: Counter[tuple[str, ...]] = Counter()
+
+    def add(self, planned: Planned) -> None:
+        if planned.action in (PLAN_COPY, PLAN_CHECK_TYPE, PLAN_DONE) and not self.layout.startswith("date:"):
+            self.counts[() if self.layout == LAYOUT_FLAT else drive_path_for(planned.obj.key)[:-1]] += 1
+
+    def warnings(self, limit: int = DRIVE_FOLDER_ITEMS) -> list[str]:
+        return [f"{'/'.join(path) or self.root_name}: {n:,} files for one Drive folder, more than Drive's "
+                f"{limit:,}: the rest go on in {(path[-1] if path else self.root_name) + ' (2)'!r} beside it "
+                "(--layout date keeps folders small)" for path, n in sorted(self.counts.items()) if n > limit]
+
+
 def plan_listing(source: S3Source, object_filter: ObjectFilter, all_files: bool,
                  done: Callable[[SourceObject], bool] = lambda obj: False,
                  archived_before: Callable[[SourceObject], bool] = lambda obj: False) -> Iterator[Planned]:
@@ -5994,8 +6013,10 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
         listed, first = 0, None
         done = (lambda obj: checkpoint.done_run(obj.key, obj.version, obj.size) is not None) if checkpoint else \
             (lambda obj: False)
+        fill = FolderFill(config.layout, config.folder_name)
         for planned in plan_listing(source, ObjectFilter(config), config.all_files, done):
             listed += 1
+            fill.add(planned)
             obj = planned.obj
             if planned.action == PLAN_ARCHIVED:
                 left["archived"] += 1
@@ -6011,6 +6032,8 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
             except ObjectError as exc:
                 if exc.verdict.action != Verdict.SKIP:   # a skipped object (SSE-C, deleted) is a run's business
                     raise
+        for warning in fill.warnings():
+            log.warning("%s", warning)
         return (f"s3://{config.bucket}/{config.prefix} at {source.client.meta.endpoint_url} is readable: "
                 f"{listed} objects, {left['objects']} to copy ({format_bytes(left['bytes'])})"
                 + (f", {left['archived']} archived: they wait for a restore" if left["archived"] else ""))
@@ -6117,9 +6140,11 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
         log.warning("%s", unknown)
     done = (lambda obj: obj.key not in left_drive and checkpoint.done_run(obj.key, obj.version, obj.size) is not None) \
         if checkpoint else (lambda obj: False)
+    fill = FolderFill(config.layout, config.folder_name)
     for planned in plan_listing(source, ObjectFilter(config), config.all_files, done):
         obj, action = planned.obj, planned.action
         stats.add("listed")
+        fill.add(planned)
         if action == PLAN_SKIP:
             stats.skip(planned.reason or "")
         elif action == PLAN_ARCHIVED:
@@ -6142,6 +6167,8 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
                 log.info("would copy%s: %s (%s)", " again (its copy left Drive)" if obj.key in left_drive else "",
                          obj.key, format_bytes(obj.size))
     counts = stats.as_dict()
+    for warning in fill.warnings():
+        log.warning("%s", warning)
     if not config.quiet:
         skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts["skipped"].items())) or "none"
         print(f"dry run: {counts['listed']} listed, {counts['eligible']} would be copied "

@@ -756,3 +756,23 @@ def test_a_continuation_made_by_a_run_killed_before_it_marked_the_full_folder_is
     assert [f["id"] for f in _folders_named(env, "a")] == [full["id"], more["id"]]
     assert _folders_named(env, "a")[0]["appProperties"][ct.PROP_NEXT] == more["id"]
     _assert_each_once(env, bodies)
+
+
+def test_the_dry_run_and_check_warn_of_a_prefix_that_fills_more_than_one_drive_folder():
+    import datetime as dt
+
+    def planned(key: str, action: str = ct.PLAN_COPY) -> ct.Planned:
+        return ct.Planned(ct.SourceObject(key, 1, "e", dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)), action, None)
+
+    keys = [f"camera/{n}.jpg" for n in range(4)] + ["camera/old.jpg", "other/1.jpg", "top.jpg"]
+    mirror, flat, dated = (ct.FolderFill(layout, ROOT) for layout in ("mirror", "flat", "date:YYYY/MM"))
+    for fill in (mirror, flat, dated):
+        for key in keys:
+            fill.add(planned(key, ct.PLAN_DONE if key.endswith("old.jpg") else ct.PLAN_COPY))
+        fill.add(planned("camera/notes.txt", ct.PLAN_SKIP))   # skipped: lands nowhere
+
+    assert mirror.warnings(limit=4) == ["camera: 5 files for one Drive folder, more than Drive's 4: the rest go on in "
+                                        "'camera (2)' beside it (--layout date keeps folders small)"]
+    assert flat.warnings(limit=4) == [f"{ROOT}: 7 files for one Drive folder, more than Drive's 4: the rest go on in "
+                                      f"'{ROOT} (2)' beside it (--layout date keeps folders small)"]
+    assert dated.warnings(limit=1) == [] and mirror.warnings() == []   # dates need the files; 500,000 by default
