@@ -3382,6 +3382,14 @@ class DriveUploader:
                 progress(status.resumable_progress)
 
 
+@dataclasses.dataclass
+class DriveDestination:
+    """The Drive side of a command: requests with retry (api), the folder tree, and uploads."""
+    api: DriveApi
+    folders: DriveFolders
+    uploader: DriveUploader
+
+
 #######################################################################
 # Checkpoint (state) ##################################################
 #######################################################################
@@ -4707,6 +4715,54 @@ ORDER_KEYS: dict[str, Callable[[WorkItem], Any]] = {   # --order; ties in key or
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where one object goes in Drive."""
+    name: str
+    folder_path: tuple[str, ...]
+    folder_id: str
+    date: OriginalDate | None   # known before the upload when the layout or a date filter needed it
+
+
+class Sending:
+    """One object's upload attempts: a pre-allocated id recorded before each create, a resumable
+    session recorded as it starts, and the bytes credited to the progress so far (taken back
+    when an attempt fails, since the next one sends them again)."""
+
+    def __init__(self, transfer: Transfer, obj: SourceObject, attempts: int, update_id: str | None,
+                 session: tuple[str, str] | None):
+        self.transfer, self.obj, self.attempts = transfer, obj, attempts
+        self.update_id, self.session = update_id, session
+        self.sent = 0
+
+    def progress(self, done_bytes: int) -> None:
+        self.transfer.stats.add("transferred_bytes", done_bytes - self.sent)
+        self.sent = done_bytes
+
+    def upload(self, path: Path, metadata: dict[str, Any], mimetype: str,
+               opener: Callable[[], Any] | None = None) -> DriveFile:
+        transfer, obj, update_id = self.transfer, self.obj, self.update_id
+        for _ in range(MAX_REQUEST_ATTEMPTS):
+            file_id, uri = self.session or (update_id or transfer.drive.api.new_id(), None)
+            self.session = None
+            if not update_id and not uri:
+                transfer._record_sending(obj, file_id, self.attempts)
+
+            def record_session(new_uri: str, file_id: str = file_id) -> None:
+                if not update_id:
+                    transfer._record_sending(obj, file_id, self.attempts, session=new_uri)
+            try:
+                return transfer.drive.uploader.upload(path, obj.size, metadata, mimetype, file_id=file_id,
+                                                      update=bool(update_id), progress=self.progress, opener=opener,
+                                                      session=uri, on_session=record_session)
+            except BaseException as exc:
+                transfer.stats.add("transferred_bytes", -self.sent)   # the next attempt sends it all again
+                self.sent = 0
+                if not isinstance(exc, IdNotUsable):   # Drive would not take the id: take another
+                    raise
+        raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkItem:
     obj: SourceObject
@@ -5009,48 +5065,55 @@ class Transfer:
         return [copy for copy in rechecked if usable_copy(copy, chain)]
 
     def _copy(self, obj: SourceObject, attempts: int, staging: Staging) -> None:
-        """One attempt: adopt an intact copy already in Drive, or download and upload, then validate."""
+        """One attempt, in steps: place it (its folder, and its date where that decides), adopt an
+        intact copy already in Drive, else send it; each step records what it did."""
+        place = self._place(obj, attempts, staging)
+        if place is None:
+            return
+        copies = self._copies(obj, place.folder_id)
+        if not self._adopt(obj, copies, attempts, staging):
+            self._send(obj, place, copies, attempts, staging)
+
+    def _place(self, obj: SourceObject, attempts: int, staging: Staging) -> Place | None:
+        """Where the object goes; None when the checkpoint's copy turned out intact (a --recheck of a
+        date layout or filter, which would otherwise read the object for its date)."""
         name = self._renamed.get(obj.key) or drive_path_for(obj.key)[-1]
         dated_layout = self.layout.startswith("date:")
         folder_path = None if dated_layout else () if self.layout == LAYOUT_FLAT else drive_path_for(obj.key)[:-1]
         date = None
         if dated_layout or self.filter.by_date:   # the folder or the filter needs it first: a download
-            if self._recorded_copy_is_intact(obj, folder_path, attempts):   # unless the copy is known (--recheck)
-                return
+            if self._recorded_copy_is_intact(obj, folder_path, attempts):
+                return None
             date = self._date_before_upload(obj, staging)
             if not self.filter.admits_date(date.moment):
                 raise ObjectError(Verdict(Verdict.SKIP, SKIP_DATE_FILTERED), date=date.moment)
         if folder_path is None:
             assert date is not None
             folder_path = date_folders(date, self.layout, self.dates.zone)
-        folder_id = self.drive.folders.ensure(folder_path)
-        copies = self._copies(obj, folder_id)
+        return Place(name, folder_path, self.drive.folders.ensure(folder_path), date)
+
+    def _adopt(self, obj: SourceObject, copies: list[DriveFile], attempts: int, staging: Staging) -> bool:
+        """An intact copy (or a complete one whose MD5 is still to be recorded) becomes the copy."""
         intact = [copy for copy in copies if is_intact_copy(copy, obj)]
-        if intact:
-            self._retire_extra_copies(obj, keep=intact[0], copies=copies)
-            self._record_done(obj, intact[0], attempts, adopted=True)
-            self.stats.add("adopted")
-            log.debug("already in Drive, intact: %s", obj.key)
-            return
         awaiting_md5 = [copy for copy in copies if copy_awaits_md5(copy, obj)]
-        if awaiting_md5 and self._finish_md5(obj, awaiting_md5[0], staging):
-            self._retire_extra_copies(obj, keep=awaiting_md5[0], copies=copies)
-            self._record_done(obj, awaiting_md5[0], attempts, adopted=True)
-            self.stats.add("adopted")
-            return
-        # A stale copy (older version, or an upload that went wrong) gets new content, not a twin.
+        keep = intact[0] if intact else awaiting_md5[0] if awaiting_md5 and self._finish_md5(
+            obj, awaiting_md5[0], staging) else None
+        if keep is None:
+            return False
+        self._retire_extra_copies(obj, keep=keep, copies=copies)
+        self._record_done(obj, keep, attempts, adopted=True)
+        self.stats.add("adopted")
+        log.debug("already in Drive, intact: %s", obj.key)
+        return True
+
+    def _send(self, obj: SourceObject, place: Place, copies: list[DriveFile], attempts: int,
+              staging: Staging) -> None:
+        """Download and upload (a stale copy gets new content, not a twin), validate, record."""
         update_id = copies[0].id if copies else None
         replaced = self._keep_earlier(obj, copies[0], attempts) if copies else None
         removed = None if copies else self._removed_in_drive(obj)
         if removed and self.leave_removed:   # a walk found it gone: left out like the feed's news
             raise ObjectError(Verdict(Verdict.SKIP, removed))
-        sent = 0
-
-        def progress(done_bytes: int) -> None:
-            nonlocal sent
-            self.stats.add("transferred_bytes", done_bytes - sent)
-            sent = done_bytes
-
         entry = self.checkpoint.get(obj.key)
         session = None
         if (not update_id and entry and entry.status == STATUS_SENDING and entry.session and entry.drive_id
@@ -5059,50 +5122,27 @@ class Transfer:
             # (once: a second try in this run starts afresh).
             self._sessions_tried.add(obj.key)
             session = (entry.drive_id, entry.session)
-
-        def upload(path: Path, metadata: dict[str, Any], mimetype: str,
-                   opener: Callable[[], Any] | None = None) -> DriveFile:
-            nonlocal sent, session
-            for _ in range(MAX_REQUEST_ATTEMPTS):
-                file_id, uri = session or (update_id or self.drive.api.new_id(), None)
-                session = None
-                if not update_id and not uri:
-                    self._record_sending(obj, file_id, attempts)
-
-                def record_session(new_uri: str, file_id: str = file_id) -> None:
-                    if not update_id:
-                        self._record_sending(obj, file_id, attempts, session=new_uri)
-                try:
-                    return self.drive.uploader.upload(path, obj.size, metadata, mimetype, file_id=file_id,
-                                                      update=bool(update_id), progress=progress, opener=opener,
-                                                      session=uri, on_session=record_session)
-                except BaseException as exc:
-                    self.stats.add("transferred_bytes", -sent)   # the next attempt sends it all again
-                    sent = 0
-                    if not isinstance(exc, IdNotUsable):   # Drive would not take the id: take another
-                        raise
-            raise ObjectError(Verdict(Verdict.RETRY, "Drive refused every pre-allocated file id"))
-
-        path = staging.path
+        sending = Sending(self, obj, attempts, update_id, session)
+        date, path = place.date, staging.path
         try:
             if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
                 staging.stream.seek(0)
                 staging.stream.truncate()
-                uploaded, download, date = self._upload_while_downloading(obj, name, folder_id, staging, upload,
-                                                                          created=update_id is None, date=date)
+                uploaded, download, date = self._upload_while_downloading(
+                    obj, place.name, place.folder_id, staging, sending.upload, created=update_id is None, date=date)
             else:
                 download = self._staged(obj, staging)
                 date = date or self.dates.date_of(obj, download, path)
-                metadata = build_file_metadata(obj, name, self.bucket, folder_id, download.md5, download, date,
-                                               self.run_id)
-                uploaded = upload(path, metadata, guess_mimetype(obj.key, download.content_type))
+                metadata = build_file_metadata(obj, place.name, self.bucket, place.folder_id, download.md5, download,
+                                               date, self.run_id)
+                uploaded = sending.upload(path, metadata, guess_mimetype(obj.key, download.content_type))
         except ObjectError as exc:
             if exc.verdict.action != Verdict.FOLDER_FULL or update_id:
                 raise
-            self.drive.folders.spill(folder_id)
+            self.drive.folders.spill(place.folder_id)
             raise ObjectError(Verdict(Verdict.RETRY, "its Drive folder is full: sending it to the one that "
                                                      "continues it")) from None
-        self.stats.add("transferred_bytes", obj.size - sent)
+        self.stats.add("transferred_bytes", obj.size - sending.sent)
         problem = validate_upload(obj.size, download.md5, uploaded)
         if problem:
             self.stats.add("transferred_bytes", -obj.size)
@@ -5113,18 +5153,15 @@ class Transfer:
             raise ObjectError(Verdict(Verdict.RETRY, f"corrupted on transfer: {problem}"))
         staging.uploaded = True
         self._retire_extra_copies(obj, keep=uploaded, copies=copies)
-        self.stats.add("verified")
-        if download.etag_checked:
-            self.stats.add("etag_checked")
-        self.stats.add("transferred")
-        if update_id:
-            self.stats.add("updated")
-        self.stats.add(f"date_{date.source}")
+        for counted, yes in (("verified", True), ("etag_checked", download.etag_checked), ("transferred", True),
+                             ("updated", bool(update_id)), (f"date_{date.source}", True)):
+            if yes:
+                self.stats.add(counted)
         if removed:
             self.stats.copied_again(obj.key, removed)
         self._record_done(obj, uploaded, attempts, replaced=replaced)
         log.debug("copied (%s): %s → %s (%s, date from %s)", "new revision" if update_id else "again" if removed
-                  else "new", obj.key, "/".join((*folder_path, name)), format_bytes(obj.size), date.source)
+                  else "new", obj.key, "/".join((*place.folder_path, place.name)), format_bytes(obj.size), date.source)
 
     def _date_before_upload(self, obj: SourceObject, staging: Staging) -> OriginalDate:
         """The date, before any upload starts: from the staged file, or for a video that will upload
@@ -5672,14 +5709,6 @@ def make_source(config: Config, runtime: Runtime, outage: OutageWatch | None = N
                     profile=config.aws_profile)
 
 
-@dataclasses.dataclass
-class DriveDestination:
-    """The Drive side of a command: requests with retry (api), the folder tree, and uploads."""
-    api: DriveApi
-    folders: DriveFolders
-    uploader: DriveUploader
-
-
 def make_drive(config: Config, runtime: Runtime, stats: Stats, outage: OutageWatch | None = None,
                checkpoint: Checkpoint | None = None, run_id: str = "") -> tuple[DriveDestination, Credentials]:
     creds = load_credentials(config, interactive=runtime.interactive)
@@ -5699,8 +5728,8 @@ def make_drive(config: Config, runtime: Runtime, stats: Stats, outage: OutageWat
         def record_more(path: tuple[str, ...], folder_id: str) -> None:
             checkpoint.add_folder_more(path, folder_id)
             checkpoint.flush()
-        folders.recorded, folders.record = checkpoint.folder_id, record
-        folders.recorded_more, folders.record_more = checkpoint.folders_more, record_more
+        folders = DriveFolders(api, recorded=checkpoint.folder_id, record=record,
+                               recorded_more=checkpoint.folders_more, record_more=record_more)
     bandwidth = BandwidthLimit(config.bwlimit, runtime.stop, stats=stats) if config.bwlimit else None
     return DriveDestination(api, folders, DriveUploader(api, config.chunk_size_bytes, bandwidth)), creds
 
