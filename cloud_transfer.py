@@ -2758,7 +2758,10 @@ def make_drive_service_factory(config: Config, creds: Credentials, stats: Stats 
 
 
 class DriveApi:
-    """Drive requests with the one retry loop: classify → back off (or pace every worker) → retry.
+    """Drive requests with the one loop that retries a request: classify → back off (or pace every
+    worker) → retry. The other loops repeat something else: a resumable session started afresh
+    (DriveUploader), a create with another id when Drive will not take one (DriveFolders.create,
+    Sending.upload), another attempt at a whole object (Transfer._copy_with_retries).
 
     Thread-safe: each thread gets its own service (httplib2 objects are not shared). Creates carry
     ids from `new_id()` (files.generateIds, 1,000 per call), so a create whose answer was lost is
