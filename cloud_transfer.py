@@ -707,8 +707,9 @@ class _Parser(argparse.ArgumentParser):
             name = token.split("=", 1)[0]
             before = known.get(tokens[i - 1]) if i else None
             is_value = before is not None and before.nargs is None   # the value of an option: --exclude -x.jpg
+            combined = re.fullmatch(r"-[a-zA-Z]{2,}", token) and all(f"-{c}" in known for c in token[1:])   # -vn
             if (token.startswith("-") and len(token) > 1 and not is_value and not _NUMBER.fullmatch(token[1:])
-                    and name not in known):
+                    and name not in known and not combined):
                 close = difflib.get_close_matches(name, [o for o in known if o.startswith("--")], n=1, cutoff=0.6)
                 raise UsageError(f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else "")
                                  + " (see --help)")
@@ -3246,6 +3247,8 @@ class DriveFolders:
                 more_id = self.create(f"{first.name} ({len(chain) + 1})", parent_id, path,
                                       {PROP_MORE_OF: chain[0]}, folder_id=more_id, record=self.record_more)
             except ObjectError as exc:
+                if exc.verdict.action == Verdict.RETRY:   # Drive unwell now: the object is tried again
+                    raise
                 raise QuotaExceededError(f"Drive folder {first.name!r} holds its maximum number of items (500,000) "
                                          f"and a folder beside it to continue in cannot be made ({exc}): copy "
                                          "part of it with --prefix into another --folder-id") from None

@@ -375,6 +375,7 @@ def test_a_mistyped_option_or_a_unit_apart_is_named_in_one_line(argv, message):
 
 def test_rclones_short_dry_run_and_values_that_look_like_options_are_taken():
     assert ct.load_config(["-n"], {"S3_BUCKET_NAME": "b"}).dry_run
+    assert ct.load_config(["-nv"], {"S3_BUCKET_NAME": "b"}).verbose   # short flags together, as argparse takes them
     assert ct.load_config(["--exclude=-draft*"], {"S3_BUCKET_NAME": "b"}).filters == (("-", "-draft*"),)
 
 
