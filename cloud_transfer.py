@@ -4423,6 +4423,11 @@ class Planned:
     ask_archive: bool = False
 
 
+def layout_folder(key: str, layout: str) -> tuple[str, ...] | None:
+    """The Drive folder path a key goes to when its name tells (None: a date layout, from the file)."""
+    return None if layout.startswith("date:") else () if layout == LAYOUT_FLAT else drive_path_for(key)[:-1]
+
+
 class FolderFill:
     """How many files each Drive folder will hold, as far as the layout tells from keys alone (not
     for a date layout), to warn before a folder passes Drive's 500,000 items."""
@@ -4432,8 +4437,9 @@ class FolderFill:
         self.counts: Counter[tuple[str, ...]] = Counter()
 
     def add(self, planned: Planned) -> None:
-        if planned.action in (PLAN_COPY, PLAN_CHECK_TYPE, PLAN_DONE) and not self.layout.startswith("date:"):
-            self.counts[() if self.layout == LAYOUT_FLAT else drive_path_for(planned.obj.key)[:-1]] += 1
+        folder = layout_folder(planned.obj.key, self.layout)
+        if planned.action in (PLAN_COPY, PLAN_CHECK_TYPE, PLAN_DONE) and folder is not None:
+            self.counts[folder] += 1
 
     def warnings(self, limit: int = DRIVE_FOLDER_ITEMS) -> list[str]:
         return [f"{'/'.join(path) or self.root_name}: {n:,} files for one Drive folder, more than Drive's "
@@ -5084,10 +5090,9 @@ class Transfer:
         """Where the object goes; None when the checkpoint's copy turned out intact (a --recheck of a
         date layout or filter, which would otherwise read the object for its date)."""
         name = self._renamed.get(obj.key) or drive_path_for(obj.key)[-1]
-        dated_layout = self.layout.startswith("date:")
-        folder_path = None if dated_layout else () if self.layout == LAYOUT_FLAT else drive_path_for(obj.key)[:-1]
+        folder_path = layout_folder(obj.key, self.layout)
         date = None
-        if dated_layout or self.filter.by_date:   # the folder or the filter needs it first: a download
+        if folder_path is None or self.filter.by_date:   # the folder or the filter needs it first: a download
             if self._recorded_copy_is_intact(obj, folder_path, attempts):
                 return None
             date = self._date_before_upload(obj, staging)
