@@ -173,6 +173,7 @@ MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
 BUDGET_GRACE_MAX_S = 900.0  #: past --max-duration, in-flight uploads get a tenth of it (1-15 min) to finish
 DAILY_WINDOW_S = 24 * 3600  #: Google's upload cap is per rolling 24 hours
+DAILY_WAIT_MAX_S = 15 * 60  #: a run waits this long at most for the bytes of a day ago to age out
 DEFAULT_DAILY_LIMIT = "740GB"  #: 740 x 10^9 bytes: under Google's 750 GB a day whether Google counts GB or GiB
 STOP_GRACE_S = 5.0         #: after SIGINT/SIGTERM, how long in-flight work may take to reach a stopping point
 BACKOFF_BASE_S = 1.0
@@ -293,6 +294,10 @@ class QuotaExceededError(CloudTransferError):
 
 class DailyCapError(QuotaExceededError):
     """Google's daily upload cap (or our --daily-limit under it): the next 24 hours decide."""
+
+
+class GoogleCapError(DailyCapError):
+    """Google itself refused new uploads with its daily cap (which counts every upload to the account)."""
 
 
 class UnavailableError(CloudTransferError):
@@ -617,6 +622,7 @@ class Config:
     max_transfer: int | None = None      # bytes this run may start uploading (--max-transfer)
     max_duration_s: float | None = None  # seconds after which no new upload starts (--max-duration)
     daily_limit: int | None = None       # bytes per rolling 24 h across runs (--daily-limit); None: off
+    daily_limit_text: str = DEFAULT_DAILY_LIMIT   # as the user wrote it: messages keep their units
     bwlimit: tuple[tuple[int, int | None], ...] = ()   # (minute of the day, upload bytes/s or None), sorted
     order: str = "key"                   # which objects go first (ORDERS)
     layout: str = LAYOUT_MIRROR          # where files go: mirror, flat, or date:<pattern> (LAYOUT_PATTERNS)
@@ -1052,6 +1058,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         return default
 
     chunk_mib = args.chunk_size if args.chunk_size is not None else DEFAULT_CHUNK_MIB
+    daily_limit_text = str(setting(args.daily_limit, "CLOUD_TRANSFER_DAILY_LIMIT", default=DEFAULT_DAILY_LIMIT))
     bucket, prefix = split_bucket(setting(args.bucket, "S3_BUCKET_NAME", default=""),
                                   setting(args.prefix, "S3_PREFIX", default=""))
     config = Config(
@@ -1076,8 +1083,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         ignore_quota=args.ignore_quota,
         max_transfer=parse_size(args.max_transfer, "--max-transfer") if args.max_transfer else None,
         max_duration_s=parse_duration(args.max_duration, "--max-duration") if args.max_duration else None,
-        daily_limit=parse_size(setting(args.daily_limit, "CLOUD_TRANSFER_DAILY_LIMIT", default=DEFAULT_DAILY_LIMIT),
-                               "--daily-limit", allow_off=True),
+        daily_limit=parse_size(daily_limit_text, "--daily-limit", allow_off=True), daily_limit_text=daily_limit_text,
         bwlimit=parse_bwlimit(setting(args.bwlimit, "CLOUD_TRANSFER_BWLIMIT", default="off")),
         order=parse_order(setting(args.order, "CLOUD_TRANSFER_ORDER", default="key")),
         layout=parse_layout(setting(args.layout, "CLOUD_TRANSFER_LAYOUT", default=LAYOUT_MIRROR)),
@@ -1502,6 +1508,7 @@ class Pacer:
         self._learnt: float | None = None           # the rate before pacing was judged needless
         self._first_write: float | None = None
         self._daily_cap: tuple[float, float, int] | None = None   # cap-like answers: (first, last, count)
+        self.probe = False   # Google refused at its cap in the last 24 hours: one refused upload stops the run
 
     def reserve(self, write: bool = False) -> float:
         with self._lock:
@@ -1523,6 +1530,8 @@ class Pacer:
         (rclone's drive backend, stop_on_upload_limit)."""
         with self._lock:
             now = self.clock()
+            if daily_cap and self.probe:
+                raise GoogleCapError("Google refused new uploads again")
             if daily_cap:
                 first, last, count = self._daily_cap or (now, now, 0)
                 # an old, lone answer (longer ago than a backoff and a paced slot): a new episode
@@ -1530,8 +1539,7 @@ class Pacer:
                     first, count = now, 0
                 self._daily_cap = (first, now, count + 1)
                 if count + 1 >= 3 and now - first >= self.backoff.cap_s:
-                    raise DailyCapError("Google's daily upload limit (about 750 GB a day) is reached: "
-                                        "re-run tomorrow to continue")
+                    raise GoogleCapError("Google refused new uploads with its daily limit")
             if retry_after_s is not None:
                 self._paused_until = max(self._paused_until, now + min(retry_after_s, 3600.0))
             self._outcomes.append((now, True))
@@ -1583,7 +1591,7 @@ class Pacer:
     def succeeded(self, upload: bool = False, write: bool = False, sent_at: float | None = None) -> None:
         with self._lock:
             if upload:
-                self._daily_cap = None
+                self._daily_cap, self.probe = None, False
             if not write:
                 return
             now = self.clock()
@@ -4673,49 +4681,130 @@ class _StagedReader(io.RawIOBase):
         super().close()
 
 
+class DailyWindow:
+    """--daily-limit as Google's cap is kept: a rolling 24 hours of bytes, each counted from the
+    minute its upload finished (this run's and earlier runs'), so a run's bytes age out as they
+    were sent, not all at once from its end. `limit` None: only recorded, for runs with a limit."""
+
+    def __init__(self, limit: int | None, sent: Iterable[tuple[int, int]] = (), clock: Callable[[], float] = time.time):
+        self.limit, self.clock = limit, clock
+        self.earlier: Counter[int] = Counter()   # epoch minute -> bytes
+        for minute, n in sent:
+            self.earlier[int(minute)] += int(n)
+        self.this_run: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def _live(self, now: float) -> list[tuple[int, int]]:
+        """(minute, bytes) still inside the window: a minute counts until a day after it ended."""
+        with self._lock:
+            both = self.earlier + self.this_run
+        return sorted((m, n) for m, n in both.items() if (m + 1) * 60 + DAILY_WINDOW_S > now)
+
+    def spent(self, now: float | None = None) -> int:
+        return sum(n for _, n in self._live(self.clock() if now is None else now))
+
+    def first_sent(self, now: float | None = None) -> float | None:
+        live = self._live(self.clock() if now is None else now)
+        return live[0][0] * 60.0 if live else None
+
+    def fits_at(self, needed: int, now: float | None = None) -> float:
+        """When `needed` more bytes fit under the limit: now, or once enough has aged out."""
+        now = self.clock() if now is None else now
+        live = self._live(now)
+        over = sum(n for _, n in live) + needed - (self.limit if self.limit is not None else math.inf)
+        for minute, n in live:
+            if over <= 0:
+                break
+            over -= n
+            now = (minute + 1) * 60.0 + DAILY_WINDOW_S
+        return now if over <= 0 else math.inf
+
+    def add(self, n: int, now: float | None = None) -> None:
+        with self._lock:
+            self.this_run[int((self.clock() if now is None else now) // 60)] += n
+
+    def record(self) -> list[list[int]]:
+        """This run's bytes by minute, for its run record."""
+        with self._lock:
+            return [[minute, n] for minute, n in sorted(self.this_run.items()) if n > 0]
+
+
+def sent_by_minute(runs: list[dict[str, Any]]) -> Iterator[tuple[int, int]]:
+    """What earlier runs uploaded, by minute; a run recorded before minutes were kept, all at its end."""
+    for run in runs:
+        if "sent" in run:
+            yield from ((int(minute), int(n)) for minute, n in run["sent"])
+        elif (ended := _run_end(run)) is not None:
+            yield int(ended.timestamp() // 60), int((run.get("counts") or {}).get("transferred_bytes", 0))
+
+
 class RunBudget:
-    """What a run may send: --max-transfer, --max-duration, and what --daily-limit leaves of the
-    last 24 hours. Once spent, no new object starts (each one reserves its size, so the budget is
-    never overshot: the first object of a run may be larger than it); objects in flight finish,
-    those past the duration's grace period are stopped and resume next run."""
+    """What a run may send: --max-transfer, --max-duration, and --daily-limit over the rolling 24
+    hours. Each object reserves its size before it starts, so no budget is overshot (the first
+    object of a run may be larger than a run budget; one larger than the whole daily limit goes
+    alone after a quiet day). When the day is full but bytes of a day ago age out within
+    DAILY_WAIT_MAX_S (and before the duration ends), the object waits for them; otherwise no new
+    object starts. Objects in flight finish; those past the duration's grace period stop and resume."""
 
     def __init__(self, max_bytes: int | None = None, max_seconds: float | None = None, *,
-                 daily_bytes_left: int | None = None, daily_limit: int | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.clock, self.max_bytes = clock, max_bytes
-        self.daily_left, self.daily_limit = daily_bytes_left, daily_limit
+                 daily: DailyWindow | None = None, clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[float], bool] = lambda seconds: True):
+        self.clock, self.max_bytes, self.daily, self.wait = clock, max_bytes, daily, wait
         self.deadline = clock() + max_seconds if max_seconds else None
         self.grace_s = min(BUDGET_GRACE_MAX_S, max(60.0, max_seconds / 10)) if max_seconds else 0.0
-        self._reserved = 0
+        self._reserved = 0    # this run's admitted bytes (given back when nothing was uploaded)
+        self._in_flight = 0   # admitted, not yet uploaded: counted as sent now
         self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)
         self.reached = ""   # "transfer" | "daily" | "duration" once spent
+        self.daily_frees_at: float | None = None   # when "daily": the epoch time the next object fits
+        # True while Google's answer to one upload is awaited (it refused at its cap in the last
+        # 24 hours): objects go one at a time, so that a refusal costs one request, not one per worker
+        self.probing: Callable[[], bool] = lambda: False
 
     def admit(self, size: int) -> bool:
-        with self._lock:
-            if not self.reached and self.deadline is not None and self.clock() >= self.deadline:
-                self.reached = "duration"
-            after = self._reserved + size
-            # The daily limit guards Google's cap: never crossed, except by an object larger than the
-            # whole limit, alone, after a quiet day. A run budget may be crossed by its first object.
-            if not self.reached and self.daily_left is not None and after > self.daily_left and not (
-                    self._reserved == 0 and self.daily_left == self.daily_limit):
-                self.reached = "daily"
-            if not self.reached and self.max_bytes is not None and self._reserved and after > self.max_bytes:
-                self.reached = "transfer"
-            if self.reached:
+        """True once `size` may be sent; `wait(seconds)` (True: the run is stopping) for the day to make room."""
+        while True:
+            with self._lock:
+                while self.probing() and self._in_flight and not self.reached:
+                    self._finished.wait(1.0)
+                    if self.wait(0):
+                        return False
+                if not self.reached and self.deadline is not None and self.clock() >= self.deadline:
+                    self.reached = "duration"
+                if not self.reached and self.max_bytes is not None and self._reserved and \
+                        self._reserved + size > self.max_bytes:
+                    self.reached = "transfer"
+                delay = 0.0
+                if not self.reached and self.daily is not None and self.daily.limit is not None:
+                    now = self.daily.clock()
+                    alone = self._in_flight == 0 and size > self.daily.limit and self.daily.spent(now) == 0
+                    delay = 0.0 if alone else self.daily.fits_at(self._in_flight + size, now) - now
+                    if delay > DAILY_WAIT_MAX_S or (self.deadline is not None and self.clock() + delay >= self.deadline):
+                        self.reached, self.daily_frees_at = "daily", now + delay
+                if self.reached:
+                    return False
+                if delay <= 0:
+                    self._reserved += size
+                    self._in_flight += size
+                    return True
+            if self.wait(delay):
                 return False
-            self._reserved += size
-            return True
 
     @contextlib.contextmanager
     def spending(self, size: int, staging: Staging) -> Iterator[None]:
-        """An admitted object's reservation, given back if nothing was uploaded (adopted, failed)."""
+        """An admitted object's reservation: counted in the day's minutes once uploaded, given back if
+        nothing was (adopted, failed)."""
         try:
             yield
         finally:
-            if not staging.uploaded:
-                with self._lock:
+            with self._lock:
+                self._in_flight -= size
+                if not staging.uploaded:
                     self._reserved -= size
+                self._finished.notify_all()
+            if staging.uploaded and self.daily is not None:
+                self.daily.add(size)
 
     def overdue(self) -> bool:
         return self.deadline is not None and self.clock() >= self.deadline + self.grace_s
@@ -5778,10 +5867,16 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
     source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
     with RunLock(lock_path_for(config)) as lock:
         checkpoint = open_checkpoint(config)
-        budget = run_budget(config, checkpoint.runs)   # a spent daily budget stops here: no Drive request made
+        # a spent daily budget stops here, no Drive request made
+        budget = run_budget(config, checkpoint.runs, wait=runtime.stop.wait)
         stats = Stats()
         run_id = new_run_id()
         drive, creds = make_drive(config, runtime, stats, outage, checkpoint, run_id)
+        if (refused_at := last_google_refusal(checkpoint.runs, time.time())) is not None:
+            drive.api.pacer.probe = True
+            budget.probing = lambda: drive.api.pacer.probe
+            log.info("Google refused new uploads at %s: one upload first tells whether it takes them again",
+                     local_time(refused_at))
         token_before = creds.token
         lease: DriveLease | None = None
         try:
@@ -5897,42 +5992,57 @@ def _run_end(run: dict[str, Any]) -> dt.datetime | None:
         return None
 
 
-def daily_usage(runs: list[dict[str, Any]], limit: int, now: dt.datetime) -> tuple[int, dt.datetime | None]:
-    """Bytes uploaded by the runs that ended in the last 24 hours (one that Google stopped at its
-    daily cap counts as the whole limit), and when enough of them will have aged out for the next
-    upload to fit (None: it fits now)."""
-    recent = []
-    for run in runs:
-        ended = _run_end(run)
-        if ended is not None and now - ended < dt.timedelta(seconds=DAILY_WINDOW_S):
-            sent = limit if run.get("daily_cap") else int((run.get("counts") or {}).get("transferred_bytes", 0))
-            recent.append((ended, sent))
-    recent.sort()
-    spent = remaining = sum(sent for _, sent in recent)
-    resume_at = None
-    for ended, sent in recent:
-        if remaining < limit:
-            break
-        remaining -= sent
-        resume_at = ended + dt.timedelta(seconds=DAILY_WINDOW_S)
-    return spent, resume_at
+def format_like(n: float, example: str) -> str:
+    """Bytes in the user's own units: decimal (GB) when they wrote the limit so, else binary (GiB)."""
+    if not re.search(r"(?i)\d\s*[kmgt]b$", example.strip()):
+        return format_bytes(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
-def daily_budget_message(spent: int, limit: int, resume_at: dt.datetime | None) -> str:
-    return (f"today's upload budget is spent: {format_bytes(spent)} sent in the last 24 hours (--daily-limit "
-            f"{format_bytes(limit)}, under Google's ~750 GB cap); the next run can upload from "
-            + (resume_at.astimezone().strftime("%Y-%m-%d %H:%M %Z") if resume_at else "tomorrow"))
+def local_time(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
-def run_budget(config: Config, runs: list[dict[str, Any]]) -> RunBudget:
-    """This run's budget (`runs`: the checkpoint's); exit 5 at once when the last 24 hours spent the daily limit."""
-    left = None
+def daily_budget_message(config: Config, daily: DailyWindow, frees_at: float) -> str:
+    first = daily.first_sent()
+    return (f"--daily-limit {config.daily_limit_text} is used: this tool sent "
+            f"{format_like(daily.spent(), config.daily_limit_text)} in the last 24 hours"
+            + (f" (since {local_time(first)})" if first is not None else "")
+            + "; the next run can upload from " + (local_time(frees_at) if math.isfinite(frees_at) else "tomorrow"))
+
+
+def google_refused_message(config: Config, daily: DailyWindow, refused_at: float) -> str:
+    first = daily.first_sent(refused_at)
+    return (f"Google refused new uploads at {local_time(refused_at)} (its daily cap of about 750 GB counts every upload to this "
+            f"account, not only this tool's); this tool sent "
+            f"{format_like(daily.spent(refused_at), config.daily_limit_text)}"
+            + (f" since {local_time(first)}" if first is not None else " in the last 24 hours")
+            + "; the next run tries one upload first and goes on if Google takes it")
+
+
+def last_google_refusal(runs: list[dict[str, Any]], now: float) -> float | None:
+    """When Google last refused at its cap, if within the last 24 hours."""
+    for run in reversed(runs):
+        with contextlib.suppress(KeyError, ValueError):
+            at = dt.datetime.fromisoformat(run["google_refused"].replace("Z", "+00:00")).timestamp()
+            return at if now - at < DAILY_WINDOW_S else None
+    return None
+
+
+def run_budget(config: Config, runs: list[dict[str, Any]], wait: Callable[[float], bool] = lambda s: True) -> RunBudget:
+    """This run's budget (`runs`: the checkpoint's); exit 5 at once when the last 24 hours spent the
+    daily limit for longer than a run waits."""
+    daily = DailyWindow(config.daily_limit, sent_by_minute(runs))
     if config.daily_limit is not None:
-        spent, resume_at = daily_usage(runs, config.daily_limit, dt.datetime.now(dt.timezone.utc))
-        if resume_at is not None:
-            raise DailyCapError(daily_budget_message(spent, config.daily_limit, resume_at))
-        left = config.daily_limit - spent
-    return RunBudget(config.max_transfer, config.max_duration_s, daily_bytes_left=left, daily_limit=config.daily_limit)
+        now = daily.clock()
+        frees_at = daily.fits_at(1, now)
+        if frees_at - now > DAILY_WAIT_MAX_S:
+            raise DailyCapError(daily_budget_message(config, daily, frees_at))
+    return RunBudget(config.max_transfer, config.max_duration_s, daily=daily, wait=wait)
 
 
 def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: Transfer,
@@ -5956,9 +6066,14 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
                 checkpoint.set_changes_token(news.token)   # a walk is done: the feed tells from here on
         exit_code = (ExitCode.INTERNAL if stats["internal_errors"] else ExitCode.QUOTA if reached == "daily"
                      else ExitCode.BUDGET if reached else ExitCode.PARTIAL if stats["failed"] else ExitCode.OK)
+    except GoogleCapError:
+        refused_at = time.time()
+        run["google_refused"] = utc_now_iso()
+        error = google_refused_message(config, transfer.budget.daily or DailyWindow(None), refused_at)
+        exit_code = ExitCode.QUOTA
+        raise GoogleCapError(error) from None
     except CloudTransferError as exc:
         exit_code, error = exc.exit_code, str(exc)
-        run["daily_cap"] = isinstance(exc, DailyCapError) or None
         raise
     except KeyboardInterrupt:
         exit_code = ExitCode.INTERRUPTED
@@ -5969,6 +6084,8 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
         shutil.rmtree(transfer.temp_dir, ignore_errors=True)
         counts = stats.as_dict()
         run["ended"] = utc_now_iso()
+        if transfer.budget.daily is not None and transfer.budget.daily.record():
+            run["sent"] = transfer.budget.daily.record()   # by minute: they age out as they were sent
         write_report(config, run_report(config, run, exit_code, counts, time.monotonic() - started,
                                         transfer.budget.reached, error))
         runtime.report_written = True
@@ -5990,13 +6107,9 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
                     f"; and {more} more" if more > 0 else "",
                     "" if transfer.leave_removed else "; to leave out what you remove in Drive: --removed-in-drive leave")
     reached = transfer.budget.reached
-    if reached == "daily" and config.daily_limit is not None:
-        now = dt.datetime.now(dt.timezone.utc)
-        spent = daily_usage(checkpoint.runs, config.daily_limit, now)[0]
-        in_window = [ended for ended in map(_run_end, checkpoint.runs)
-                     if ended is not None and now - ended < dt.timedelta(seconds=DAILY_WINDOW_S)]
-        frees_up = min(in_window, default=now) + dt.timedelta(seconds=DAILY_WINDOW_S)   # the oldest ages out
-        log.warning("stopped: %s", daily_budget_message(spent, config.daily_limit, frees_up))
+    if reached == "daily" and transfer.budget.daily is not None:
+        log.warning("stopped: %s", daily_budget_message(config, transfer.budget.daily,
+                                                        transfer.budget.daily_frees_at or math.inf))
     elif reached:
         limit = {"transfer": f"--max-transfer {format_bytes(config.max_transfer or 0)}",
                  "duration": "--max-duration"}[reached]
@@ -6088,10 +6201,15 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
         return f"{staging.parent} is writable, {format_bytes(free)} free ({format_bytes(needed)} needed at most)"
 
     def daily_budget() -> str:
+        runs = checkpoint.runs if checkpoint else []
+        refused_at = last_google_refusal(runs, time.time())
+        refused = (f"; Google refused new uploads at {local_time(refused_at)}: the run tries one upload first"
+                   if refused_at is not None else "")
         if config.daily_limit is None:
-            return "off"
-        left = run_budget(config, checkpoint.runs if checkpoint else []).daily_left or 0
-        return f"{format_bytes(config.daily_limit - left)} of {format_bytes(config.daily_limit)} used in the last 24 hours"
+            return "off" + refused
+        spent = DailyWindow(config.daily_limit, sent_by_minute(runs)).spent()
+        return (f"{format_like(spent, config.daily_limit_text)} of --daily-limit {config.daily_limit_text} used "
+                "in the last 24 hours" + refused)
 
     check("settings", lambda: f"bucket {config.bucket!r} from {config.bucket_origin}, layout {config.layout}, "
                               f"{config.workers} workers")

@@ -50,24 +50,35 @@ def test_daily_limit_stops_at_the_budget_then_refuses_at_once_naming_the_time(en
     second = env.run("--daily-limit", "200000B")
     assert second.returncode == 5
     message = one_line_error(second)
-    assert "upload budget is spent" in message and "can upload from" in message
+    assert "--daily-limit 200000B is used" in message and "195.3 KiB in the last 24 hours" in message
+    assert "can upload from" in message
     with env.drive.lock:
         assert len(env.drive.requests) == requests_before   # not one Drive request
     assert env.run("--daily-limit", "off").returncode == 0 and copied(env) == 6
 
 
-def test_daily_usage_rolls_over_24_hours_and_counts_a_google_cap_as_the_whole_limit():
-    now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
+def test_the_daily_window_counts_bytes_from_the_minute_they_were_sent_and_ages_them_out_so():
+    day = 24 * 3600
+    window = ct.DailyWindow(500, [(0, 300), (600 // 60, 100)], clock=lambda: 0.0)   # at 00:00 and 00:10
+    assert window.spent(60.0) == 400 and window.first_sent(60.0) == 0.0
+    assert window.fits_at(100, 60.0) == 60.0                        # 400 + 100 fit under 500
+    assert window.fits_at(101, 60.0) == 60 + day                    # once the 00:00 minute has aged out
+    assert window.fits_at(450, 60.0) == 660 + day                   # both minutes must go
+    assert window.fits_at(501, 60.0) == float("inf")                # never: larger than the limit
+    assert window.spent(61 + day) == 100 and window.spent(661 + day) == 0
+    window.add(50, now=7200.0)
+    assert window.record() == [[120, 50]] and window.spent(7200.0) == 450
 
-    def run(hours_ago: float, sent: int = 0, cap: bool = False) -> dict:
-        ended = (now - dt.timedelta(hours=hours_ago)).isoformat().replace("+00:00", "Z")
-        return {"ended": ended, "counts": {"transferred_bytes": sent}, **({"daily_cap": True} if cap else {})}
 
-    assert ct.daily_usage([run(30, 900), run(2, 100)], 500, now) == (100, None)
-    spent, resume = ct.daily_usage([run(20, 300), run(2, 300)], 500, now)
-    assert spent == 600 and resume == now + dt.timedelta(hours=4)     # when the 20-hour-old run ages out
-    spent, resume = ct.daily_usage([run(1, 10, cap=True)], 500, now)
-    assert spent == 500 and resume == now + dt.timedelta(hours=23)
+def test_runs_recorded_before_minutes_were_kept_count_at_their_end():
+    ended = dt.datetime(2026, 12, 1, 7, 0, tzinfo=dt.timezone.utc)
+    runs = [{"ended": ended.isoformat(), "counts": {"transferred_bytes": 900}},
+            {"sent": [[1, 10], [2, 20]], "ended": ended.isoformat(), "counts": {"transferred_bytes": 30}}]
+    assert list(ct.sent_by_minute(runs)) == [(int(ended.timestamp() // 60), 900), (1, 10), (2, 20)]
+
+
+class FakeStaging:
+    uploaded = True
 
 
 def test_run_budget_reserves_sizes_and_gives_a_grace_period_after_the_duration():
@@ -76,15 +87,101 @@ def test_run_budget_reserves_sizes_and_gives_a_grace_period_after_the_duration()
     assert budget.admit(100) and budget.admit(100) and not budget.admit(100) and budget.reached == "transfer"
     big = ct.RunBudget(max_bytes=50)
     assert big.admit(100) and not big.admit(1)   # the first object may be larger than a run budget
-    daily = ct.RunBudget(daily_bytes_left=50, daily_limit=500)
+    full = ct.DailyWindow(500, [(0, 450)], clock=lambda: 60.0)
+    daily = ct.RunBudget(daily=full)
     assert not daily.admit(100) and daily.reached == "daily"   # never over what the day has left
-    quiet_day = ct.RunBudget(daily_bytes_left=500, daily_limit=500)
+    assert daily.daily_frees_at == 60 + 24 * 3600
+    quiet_day = ct.RunBudget(daily=ct.DailyWindow(500, clock=lambda: 0.0))
     assert quiet_day.admit(900) and not quiet_day.admit(1)      # larger than a whole day: alone
     clock[0] = 600
     timed = ct.RunBudget(max_seconds=600, clock=lambda: clock[0] - 600)
     assert timed.grace_s == 60 and not timed.overdue()
     clock[0] = 600 + 600 + 61
     assert timed.overdue() and not timed.admit(1) and timed.reached == "duration"
+
+
+def test_a_run_waits_minutes_for_yesterdays_bytes_to_age_out_but_not_hours():
+    clock = [100.0]
+    waits = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        clock[0] += seconds
+        return False
+
+    window = ct.DailyWindow(500, [(0, 200), (10, 300)], clock=lambda: clock[0])   # 00:00 and 00:10
+    budget = ct.RunBudget(daily=window, clock=lambda: clock[0], wait=wait)
+    clock[0] = 24 * 3600 - 30.0                       # a day later, 30 s before the 00:00 minute ages out
+    assert budget.admit(150)                          # waited for it
+    assert waits == [90.0] and clock[0] == 24 * 3600 + 60
+    assert budget.admit(200)                          # with 150 in flight: waits for the 00:10 minute too
+    assert waits == [90.0, 600.0]
+    assert not budget.admit(200) and budget.reached == "daily"   # 350 in flight + 200: not today
+    hours = ct.RunBudget(daily=ct.DailyWindow(500, [(600, 500)], clock=lambda: 700 * 60.0),
+                         clock=lambda: clock[0], wait=wait)
+    waits.clear()
+    assert not hours.admit(1) and waits == [] and hours.reached == "daily"   # 23 hours away: stop
+
+
+GB = 10 ** 9
+
+
+def simulated_nights(link_bytes_per_s: float, nights: int = 7, limit: int = 740 * GB,
+                     others: dict[int, tuple[float, int]] | None = None) -> tuple[list[int], int]:
+    """Nightly cron runs from 01:00 with --max-duration 6h on a link of the given speed, each
+    building its budget from the run records the ones before it left, on an injected clock.
+    Returns the bytes each night sent and the most bytes any 24 hours held."""
+    size = 2 * GB                                      # a library of 2 GB videos, never running out
+    clock = [0.0]
+    runs: list[dict] = []
+    per_night = []
+
+    def wait(seconds: float) -> bool:
+        clock[0] += seconds
+        return False
+
+    for night in range(nights):
+        clock[0] = night * 24 * 3600 + 3600.0          # 01:00
+        window = ct.DailyWindow(limit, ct.sent_by_minute(runs), clock=lambda: clock[0])
+        budget = ct.RunBudget(max_seconds=6 * 3600, daily=window, clock=lambda: clock[0], wait=wait)
+        while budget.admit(size):
+            with budget.spending(size, FakeStaging()):
+                clock[0] += size / link_bytes_per_s
+        runs.append({"sent": window.record(), "ended": dt.datetime.fromtimestamp(clock[0], dt.timezone.utc)
+                     .isoformat()})
+        per_night.append(sum(n for _, n in window.record()))
+    minutes = ct.Counter()
+    for run in runs:
+        for minute, n in run["sent"]:
+            minutes[minute] += n
+    most = max(sum(n for m, n in minutes.items() if end - 1440 < m <= end) for end in minutes)
+    return per_night, most
+
+
+@pytest.mark.parametrize("mbit", [150, 1000])
+def test_a_simulated_week_of_nightly_six_hour_runs_uses_the_daily_limit_and_never_passes_it(mbit):
+    link = mbit * 10 ** 6 / 8
+    limit = 740 * GB
+    per_night, most = simulated_nights(link, limit=limit)
+    expected = min(link * 6 * 3600, limit)
+    print(f"{mbit} Mbit/s: " + ", ".join(f"{n / GB:.0f} GB" for n in per_night)
+          + f" per night; most in any 24 h {most / GB:.0f} GB of {limit / GB:.0f} GB")
+    assert all(n >= 0.95 * expected for n in per_night), per_night
+    assert most <= limit
+
+
+def test_a_cap_google_reached_through_other_uploads_costs_no_night_of_this_tool():
+    refused = dt.datetime(2026, 12, 1, 14, 2, tzinfo=dt.timezone.utc)
+    runs = [{"started": "2026-12-01T00:10:00Z", "ended": "2026-12-01T14:02:30Z", "sent": [
+        [int(refused.timestamp() // 60) - 800, 22 * 10 ** 6]], "google_refused": refused.isoformat()}]
+    config = ct.load_config(["--bucket", "b", "--daily-limit", "740GB"], {})
+    next_night = refused.timestamp() + 11 * 3600                     # 01:02
+    assert ct.last_google_refusal(runs, next_night) == refused.timestamp()   # so the run probes first
+    assert ct.last_google_refusal(runs, refused.timestamp() + 24 * 3600) is None
+    window = ct.DailyWindow(config.daily_limit, ct.sent_by_minute(runs), clock=lambda: next_night)
+    assert window.fits_at(700 * GB, next_night) == next_night        # the tool's own 22 MB leave room
+    message = ct.google_refused_message(config, window, refused.timestamp())
+    assert "22.0 MB" in message and "every upload to this account" in message and "GiB" not in message
 
 
 @pytest.mark.parametrize("text, expected", [("700G", 700 * 1024 ** 3), ("1.5T", int(1.5 * 1024 ** 4)),

@@ -41,5 +41,5 @@ def test_a_run_refused_before_it_starts_still_writes_its_report(env):
     result = env.run("--daily-limit", "100000B", "--report", "run.json")
     assert result.returncode == 5
     report = json.loads((env.cwd / "run.json").read_text())
-    assert report["exit_code"] == 5 and report["outcome"] == "quota" and "upload budget is spent" in report["error"]
+    assert report["exit_code"] == 5 and report["outcome"] == "quota" and "--daily-limit 100000B is used: this tool sent" in report["error"]
     assert all(report[key] == 0 for key in CONTRACT)
