@@ -6158,7 +6158,7 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
         return code is None
 
     source = make_source(config, runtime)
-    checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
+    checkpoint: Checkpoint | None = None
     left = {"bytes": 0, "objects": 0, "archived": 0, "largest": [0] * config.workers}   # a heap of the largest
 
     def s3() -> str:
@@ -6191,6 +6191,36 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
                 f"{listed} objects, {left['objects']} to copy ({format_bytes(left['bytes'])})"
                 + (f", {left['archived']} archived: they wait for a restore" if left["archived"] else ""))
 
+    def checkpoint_file() -> str:
+        """Where a run writes: the checkpoint's directory, its files and the lock, as a run would open them."""
+        nonlocal checkpoint
+        path = config.checkpoint_path.absolute()
+        if not path.parent.is_dir():
+            raise UsageError(f"the checkpoint's directory {path.parent} does not exist: create it, or use "
+                             "--checkpoint PATH")
+        try:
+            tempfile.TemporaryFile(dir=path.parent).close()
+        except OSError as exc:
+            raise UsageError(f"cannot write in the checkpoint's directory {path.parent} ({exc.strerror}): use "
+                             "--checkpoint PATH in a writable directory") from None
+        journal, lock = path.with_name(path.name + ".journal"), lock_path_for(config)
+        for existing in (path, journal, lock):
+            if existing.exists() and not os.access(existing, os.R_OK | os.W_OK):
+                raise UsageError(f"{existing} is not writable for this user: fix its owner or mode")
+        if lock.exists():
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)   # given back at once: never held across a run's start
+            except BlockingIOError:
+                raise LockHeldError(f"a cloud_transfer run holds the lock {lock} now: a second run would stop "
+                                    "with exit 4") from None
+            finally:
+                os.close(fd)
+        if path.exists():
+            checkpoint = open_checkpoint(config, create=False)
+            return f"{path} is writable: {len(checkpoint.runs)} earlier runs"
+        return f"{path} will be created (its directory is writable)"
+
     def temp_dir() -> str:
         staging = make_private_temp_dir(config.temp_dir)
         shutil.rmtree(staging, ignore_errors=True)
@@ -6213,6 +6243,7 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
 
     check("settings", lambda: f"bucket {config.bucket!r} from {config.bucket_origin}, layout {config.layout}, "
                               f"{config.workers} workers")
+    check("checkpoint", checkpoint_file)
     listed = check("S3", s3)
     drive: DriveDestination | None = None
 
@@ -6286,12 +6317,32 @@ def removed_since_last_run(config: Config, runtime: Runtime, checkpoint: Checkpo
             if data["status"] == STATUS_DONE and data.get("drive_id") in files}, ""
 
 
+def dry_run_checkpoint(config: Config) -> Checkpoint | None:
+    """What a dry run plans against. A look at another part of the bucket (another --prefix) uses
+    the checkpoint's records all the same, and says that a real run would refuse; a dry run never
+    refuses what it only reads."""
+    if not config.checkpoint_path.exists():
+        return None
+    try:
+        return open_checkpoint(config, create=False)
+    except CheckpointError as refusal:
+        stored = Checkpoint.load(config.checkpoint_path, None, create=False)   # a damaged file: its own error
+        wanted = binding_for(config)
+        if any(stored.binding.get(field) != wanted[field] for field in ("bucket", "folder", "layout")):
+            log.warning("%s; this dry run plans as a first run would", refusal)
+            return None
+        log.warning("the checkpoint %s is for --prefix %r: this dry run counts what it holds as done, but a real "
+                    "run with --prefix %r would stop; give that one its own --checkpoint FILE",
+                    config.checkpoint_path, stored.binding.get("prefix", ""), config.prefix)
+        return stored
+
+
 def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     """List and plan only: no lock, no checkpoint written; of Drive only its changes feed is read,
     for the copies removed there since the last run."""
     source = make_source(config, runtime)
     source.check_access()
-    checkpoint = open_checkpoint(config, create=False) if config.checkpoint_path.exists() else None
+    checkpoint = dry_run_checkpoint(config)
     stats, shown, untyped, tiered, again = Stats(), 0, 0, 0, 0
     left_drive, unknown = removed_since_last_run(config, runtime, checkpoint)
     if unknown:

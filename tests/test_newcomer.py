@@ -162,7 +162,7 @@ def test_check_says_ok_for_each_precondition_and_writes_nothing(env):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "ok    settings", "ok    S3", "ok    Google sign-in", "ok    Drive folder", "ok    temp dir",
+        "ok    settings", "ok    checkpoint", "ok    S3", "ok    Google sign-in", "ok    Drive folder", "ok    temp dir",
         "ok    Drive storage", "ok    daily budget"]
     assert "2 objects, 2 to copy (11.7 KiB)" in result.stdout
     assert "signed in as emulated.user@example.com" in result.stdout
@@ -226,3 +226,44 @@ def test_verbose_logs_one_line_per_copied_object_on_screen_and_in_the_log_file(e
         assert "copied (new revision): 2019/a.jpg → 2019/a.jpg" in text
         assert "2019/b.mov" not in [line.split(": ", 1)[-1].split(" ")[0] for line in text.splitlines()
                                     if "copied (" in line]   # copied by the first run, not this one
+
+
+def test_the_readmes_dry_run_of_one_prefix_works_after_a_run_of_the_whole_bucket(env):
+    env.put("2019/a.jpg", photo_bytes("a", 3000))
+    env.put("2020/b.jpg", photo_bytes("b", 3000))
+    assert env.run().returncode == 0
+    env.put("2019/c.jpg", photo_bytes("c", 3000))
+    before = env.checkpoint.read_bytes()
+
+    dry = env.run("--prefix", "2019/", "--dry-run")
+
+    assert dry.returncode == 0, dry.stderr
+    assert "2 listed, 1 would be copied" in dry.stdout and "1 already done" in dry.stdout
+    assert "a real run with --prefix '2019/' would stop" in dry.stderr
+    assert env.checkpoint.read_bytes() == before
+    real = env.run("--prefix", "2019/")   # a real run keeps its clear refusal
+    assert real.returncode == 2 and "belongs to prefix ''" in one_line_error(real)
+
+
+def test_check_fails_on_a_checkpoint_the_run_could_not_write_or_a_lock_a_run_holds(env, tmp_path):
+    import fcntl
+
+    env.put("a/1.jpg", photo_bytes("1", 5000))
+    missing = env.run("--check", "--checkpoint", str(tmp_path / "no-such-dir" / "cp.json"))
+    assert missing.returncode == 2
+    assert "FAIL  checkpoint: the checkpoint's directory" in missing.stdout and "does not exist" in missing.stdout
+    assert "ok    S3" in missing.stdout   # the other checks still run
+    assert env.run().returncode == 0
+    lock = env.checkpoint.with_name(env.checkpoint.name + ".lock")
+    with open(lock, "a+") as held:   # as a running transfer holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = env.run("--check")
+    assert busy.returncode == 4 and "FAIL  checkpoint: a cloud_transfer run holds the lock" in busy.stdout
+    if os.geteuid() != 0:   # root writes anywhere
+        read_only = tmp_path / "read-only"
+        read_only.mkdir()
+        read_only.chmod(0o500)
+        denied = env.run("--check", "--checkpoint", str(read_only / "cp.json"))
+        assert denied.returncode == 2 and "cannot write in the checkpoint's directory" in denied.stdout
+    other = env.run("--check", "--prefix", "b/")   # a checkpoint of another prefix: named, not a traceback
+    assert other.returncode == 2 and "FAIL  checkpoint: checkpoint" in other.stdout and "belongs to prefix" in other.stdout
