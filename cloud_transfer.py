@@ -125,6 +125,14 @@ DEFAULT_WORKERS = 4
 DEFAULT_CHUNK_MIB = 64.0
 DEFAULT_PAGE_SIZE = 1000
 
+#: The placeholders of credentials.json.example and .env.example: left in place, they are named as such
+#: rather than sent to Google or S3 for an answer about a client or bucket that does not exist.
+EXAMPLE_CLIENT_IDS = ("1234567890-abcdefg.apps.googleusercontent.com",)
+EXAMPLE_CLIENT_SECRET = "GOCSPX-your-client-secret"
+EXAMPLE_ENV_VALUES = {"AWS_ACCESS_KEY_ID": "your_access_key", "AWS_SECRET_ACCESS_KEY": "your_secret_key",
+                      "S3_BUCKET_NAME": "your-bucket-name"}
+
+
 #: Drive rejects non-final resumable chunks that are not a multiple of 256 KiB.
 #: https://developers.google.com/drive/api/guides/manage-uploads#resumable
 CHUNK_QUANTUM_BYTES = 256 * 1024
@@ -1048,6 +1056,13 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
             and not env_file.is_file():
         raise UsageError(f"no {env_file} here ({Path.cwd()}) and S3_BUCKET_NAME is not set: copy .env.example "
                          "to .env, fill it in, and run the tool from that directory (or pass --bucket)")
+
+    if args.command in ("transfer", "verify"):
+        for name, example in EXAMPLE_ENV_VALUES.items():
+            if env.get(name, "").strip() == example and not (name == "S3_BUCKET_NAME" and args.bucket):
+                where = "the environment" if name in environ else str(env_file)
+                raise UsageError(f"{name} in {where} still holds the example's value {example!r} from .env.example: "
+                                 "put your own there")
 
     def setting(flag_value: Any, *names: str, default: Any = None) -> Any:
         if flag_value is not None:
@@ -2523,6 +2538,10 @@ def load_client_config(path: Path) -> dict[str, Any]:
         client_config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, OSError):
         raise UsageError(f"{path} is not a valid JSON OAuth client file: download it again") from None
+    if isinstance(client_config, dict) and client_config.get("type") == "service_account":
+        raise UsageError(f"{path} is a service-account key, not an OAuth client: sign in with it through "
+                         f"--service-account {path} (see the README's service accounts), or save a Desktop-app "
+                         "OAuth client here")
     if not isinstance(client_config, dict) or "installed" not in client_config:
         kind = next(iter(client_config), "?") if isinstance(client_config, dict) and client_config else "?"
         raise UsageError(f"{path} holds a {kind!r} OAuth client; create one of type 'Desktop app' instead")
@@ -2530,6 +2549,10 @@ def load_client_config(path: Path) -> dict[str, Any]:
     for field in ("client_id", "client_secret", "auth_uri", "token_uri"):
         if not installed.get(field):
             raise UsageError(f"{path} lacks installed.{field}: download the OAuth client file again")
+    if installed.get("client_id") in EXAMPLE_CLIENT_IDS or installed.get("client_secret") == EXAMPLE_CLIENT_SECRET:
+        raise UsageError(f"{path} still holds the example's client from credentials.json.example: download your "
+                         "own Desktop-app OAuth client from Google Cloud Console (APIs & Services → Credentials) "
+                         "and save it there")
     SECRETS.add(installed.get("client_secret"))
     return client_config
 
@@ -4134,6 +4157,25 @@ class RunLock:
             os.close(self._fd)   # closing releases the lock; the file stays (unlinking would race)
             self._fd = None
 
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the run that holds the lock now (0 if it wrote none), None when no run does. Asked
+    with a shared lock given back at once, so a run starting meanwhile fails only in that instant."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            with contextlib.suppress(ValueError, IndexError):
+                return int(os.pread(fd, 32, 0).split()[0])
+            return 0
+    finally:
+        os.close(fd)
+
 #######################################################################
 # Transfer engine #####################################################
 #######################################################################
@@ -4289,6 +4331,7 @@ SKIP_MARKER, SKIP_NOT_MEDIA = "folder marker", "not a photo or video"
 
 SKIP_FILTERED = "excluded by --include/--exclude/--min-size/--max-size"
 SKIP_DATE_FILTERED = "original date outside --newer-than/--older-than"
+SKIPPED_UNRECORDED = (SKIP_MARKER, SKIP_NOT_MEDIA, SKIP_FILTERED, SKIP_DATE_FILTERED)   # no checkpoint entry
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -6049,7 +6092,7 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
                   news: DriveNews | None = None) -> ExitCode:
     """Run a transfer between two records in the checkpoint; always flush, clean up and summarise."""
     checkpoint, stats = transfer.checkpoint, transfer.stats
-    run = {"id": transfer.run_id, "started": utc_now_iso(), "outcome": "running"}
+    run = {"id": transfer.run_id, "started": utc_now_iso(), "outcome": "running", "pid": os.getpid()}
     checkpoint.save_run(run)
     log.info("copying s3://%s/%s into Drive folder %s (run %s)", config.bucket, config.prefix, root_label,
              transfer.run_id)
@@ -6207,15 +6250,9 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
         for existing in (path, journal, lock):
             if existing.exists() and not os.access(existing, os.R_OK | os.W_OK):
                 raise UsageError(f"{existing} is not writable for this user: fix its owner or mode")
-        if lock.exists():
-            fd = os.open(lock, os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)   # given back at once: never held across a run's start
-            except BlockingIOError:
-                raise LockHeldError(f"a cloud_transfer run holds the lock {lock} now: a second run would stop "
-                                    "with exit 4") from None
-            finally:
-                os.close(fd)
+        if (holder := lock_holder(lock)) is not None:
+            raise LockHeldError(f"a cloud_transfer run (pid {holder}) holds the lock {lock} now: a second run "
+                                "would stop with exit 4")
         if path.exists():
             checkpoint = open_checkpoint(config, create=False)
             return f"{path} is writable: {len(checkpoint.runs)} earlier runs"
@@ -6760,19 +6797,35 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     if not config.checkpoint_path.exists():
         raise UsageError(f"no checkpoint at {config.checkpoint_path}: nothing has run yet (or use --checkpoint)")
     checkpoint = Checkpoint.load(config.checkpoint_path, None, create=False)   # one parse of the snapshot
+    live_run = running_now(checkpoint.runs, lock_holder(lock_path_for(config)))
     by_status: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    done_bytes = 0
+    skip_reasons: Counter[str] = Counter()
+    done_bytes = sending_now = archived = 0
     for _, entry in checkpoint.entries(as_data=True):   # a stream: a million are never held at once
         status = entry["status"]
         by_status[status] += 1
         if status == STATUS_DONE:
             done_bytes += entry["size"]
+        elif status == STATUS_SENDING and live_run and entry.get("run") == live_run:
+            sending_now += 1
+        elif status == STATUS_SKIPPED and entry.get("reason") in (SKIP_ARCHIVED, SKIP_RESTORING):
+            by_status[status] -= 1   # counted apart, as the run's summary does: they wait, they are not left out
+            archived += 1
+            reasons[entry["reason"]] += 1
         elif status in (STATUS_FAILED, STATUS_SKIPPED) and entry.get("reason"):
             reasons[entry["reason"]] += 1
+            skip_reasons[entry["reason"]] += status == STATUS_SKIPPED
+    # Objects the listing passes over (not photos, excluded) have no entry: the last full listing counted them.
+    listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("listing_complete")]
+    for reason, n in (listed[-1].get("skipped") or {}).items() if listed else ():
+        if reason in SKIPPED_UNRECORDED and n > skip_reasons[reason]:
+            reasons[reason] += n - skip_reasons[reason]
+            by_status[STATUS_SKIPPED] += n - skip_reasons[reason]
     removed = sum(n for reason, n in reasons.items() if reason.startswith(SKIP_REMOVED))
     leave = checkpoint.removed_in_drive == REMOVED_LEAVE
-    pending = (by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + by_status[STATUS_SENDING]   # retried next
+    interrupted = by_status[STATUS_SENDING] - sending_now
+    pending = (by_status[STATUS_FAILED] + by_status[STATUS_ROLLED_BACK] + interrupted   # retried next
                + (0 if leave else removed))
     outlook = copy_outlook(checkpoint.runs, done_bytes, config.daily_limit)
     full_folders = {path: len(folder["more"]) for path, folder in checkpoint.folders.items() if folder.get("more")}
@@ -6781,7 +6834,8 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
               "removed_in_drive": checkpoint.removed_in_drive, "removed_in_drive_objects": removed,
               "waiting_for_restore": next((run["counts"].get("archived", 0) for run in reversed(checkpoint.runs)
                                            if (run.get("counts") or {}).get("listing_complete")), None),
-              "full_folders": full_folders, **outlook, "runs": checkpoint.runs}
+              "full_folders": full_folders, **outlook, "running_now": live_run,
+              "runs": [{**run, "outcome": run_outcome(run, live_run)} for run in checkpoint.runs]}
     if config.json_output:
         print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
         return ExitCode.OK
@@ -6789,8 +6843,10 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     lines = [f"checkpoint {config.checkpoint_path}: s3://{binding.get('bucket')}/{binding.get('prefix')} → "
              f"Drive {binding.get('folder')} ({checkpoint.root_folder_id or 'not created yet'})",
              f"  done {by_status[STATUS_DONE]} ({format_bytes(done_bytes)}), failed {by_status[STATUS_FAILED]}, "
-             f"skipped {by_status[STATUS_SKIPPED]}, rolled back {by_status[STATUS_ROLLED_BACK]}, "
-             f"interrupted while sending {by_status[STATUS_SENDING]}; "
+             f"skipped {by_status[STATUS_SKIPPED]}, " + (f"waiting for a restore {archived}, " if archived else "")
+             + f"rolled back {by_status[STATUS_ROLLED_BACK]}, "
+             + (f"sending {sending_now} now, " if live_run else "")
+             + f"interrupted while sending {interrupted}; "
              f"pending {pending} (the next run retries them; objects no run has seen yet: see --dry-run)"]
     lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(10)]
     lines.append("  copies removed in Drive: " + (
@@ -6799,20 +6855,42 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     if full_folders:
         lines.append("  Drive folders that reached Drive's 500,000 items and continue beside them: " + ", ".join(
             f"{binding.get('folder') if not path else path} (+{n})" for path, n in sorted(full_folders.items())))
-    listed = [run["counts"] for run in checkpoint.runs if (run.get("counts") or {}).get("listing_complete")]
     if listed and listed[-1].get("archived"):
         lines.append(f"  as the last run listed S3: {restore_advice(binding.get('bucket') or '', listed[-1])}")
     if outlook["bytes_left"] is not None:
         lines.append(f"  left when the last run listed S3: {format_bytes(outlook['bytes_left'])}"
                      + (f"; observed rate {format_bytes(outlook['rate_bytes_per_s'])}/s while running"
                         if outlook["rate_bytes_per_s"] else "")
-                     + (f"; about {outlook['days_left']:.1f} days at the daily budget of "
-                        f"{format_bytes(config.daily_limit or 0)}" if outlook["days_left"] else ""))
+                     + (f"; {format_days(outlook['days_left'])} at the daily budget of "
+                        f"{format_like(config.daily_limit or 0, config.daily_limit_text)}"
+                        if outlook["days_left"] is not None and outlook["bytes_left"] else ""))
     for run in checkpoint.runs[-10:]:
-        lines.append(f"  run {run['id']}: {run.get('started', '?')} → {run.get('ended', '(did not finish)')} "
-                     f"{run.get('outcome', '')}")
+        lines.append(f"  run {run['id']}: {run.get('started', '?')} → {run.get('ended', '(no end recorded)')} "
+                     f"{run_outcome(run, live_run)}")
     print("\n".join(lines), file=runtime.out)
     return ExitCode.OK
+
+
+def running_now(runs: list[dict[str, Any]], holder: int | None) -> str | None:
+    """The id of the run that is live now: it holds the lock (its pid, for runs that recorded one)."""
+    if holder is None or not runs:
+        return None
+    for run in reversed(runs):
+        if run.get("outcome") == "running" and run.get("pid", holder) == holder:
+            return run["id"] if "pid" in run or run is runs[-1] else None
+    return None
+
+
+def run_outcome(run: dict[str, Any], live_run: str | None) -> str:
+    outcome = run.get("outcome", "")
+    if outcome == "running":
+        return "running now" if run["id"] == live_run else "stopped without a summary (killed or crashed)"
+    return outcome
+
+
+def format_days(days: float) -> str:
+    return ("under an hour" if days < 1 / 24 else f"about {round(days * 24)} hours" if days < 1
+            else f"about {days:.1f} days")
 
 
 def copy_outlook(runs: list[dict[str, Any]], done_bytes: int, daily_limit: int | None) -> dict[str, Any]:

@@ -323,3 +323,8 @@ def test_a_stop_during_a_bwlimit_wait_is_a_stop_not_a_failed_file():
 
     with pytest.raises(ct.InterruptedRun):
         api.call(paced_request, upload=True, write=True)
+
+
+@pytest.mark.parametrize("days, text", [(0.01, "under an hour"), (0.25, "about 6 hours"), (2.94, "about 2.9 days")])
+def test_the_time_left_reads_as_a_person_would_say_it(days, text):
+    assert ct.format_days(days) == text

@@ -101,10 +101,14 @@ def test_verify_finds_duplicates_and_extras_and_writes_nothing(env):
 def test_status_reports_failures_with_reasons_and_runs(env):
     env.put("s/ok.jpg")
     env.put("s/cold.jpg", StorageClass="GLACIER")
-    assert env.run().returncode == 0
+    env.put("s/notes.txt", b"not a photo")
+    env.put("s/.DS_Store", b"\0")
+    run = env.run()
+    assert run.returncode == 0
+    assert "skipped                2" in run.stdout, run.stdout   # the run's own summary
     result = env.run("status")
     assert result.returncode == 0, result.stderr
-    assert "done 1" in result.stdout and "skipped 1" in result.stdout and "pending 0" in result.stdout
+    assert "done 1" in result.stdout and "skipped 2" in result.stdout and "pending 0" in result.stdout
     assert "1 object (2.0 KiB) waits for a restore" in result.stdout
     assert "aws s3api restore-object" in result.stdout
     assert "run " in result.stdout and "ok" in result.stdout

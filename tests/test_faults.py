@@ -134,6 +134,36 @@ def test_kill_9_mid_upload_then_rerun_sends_only_the_rest_of_the_session(fenv):
     assert resent <= 0.45 * len(bodies["video/big.mp4"]), resent     # and sent only the rest
 
 
+def test_status_tells_a_live_run_from_a_killed_one_and_in_flight_from_interrupted(fenv):
+    populate(fenv, 3, large=["video/big.mp4"])
+    held, release = threading.Event(), threading.Event()
+
+    def hold_second_chunk(record, reply):
+        if record["method"] == "PUT" and "upload_id" in record["query"] and not held.is_set():
+            held.set()
+            release.wait(HOOK_TIMEOUT_S)   # the run is live, its upload in flight
+
+    fenv.drive.before_reply = hold_second_chunk
+    process = start(fenv, "--chunk-size", "0.25", "--workers", "1")
+    try:
+        assert held.wait(HOOK_TIMEOUT_S)
+        live = fenv.run("status")
+        live_json = json.loads(fenv.run("status", "--json").stdout)
+    finally:
+        release.set()
+        fenv.drive.before_reply = None
+    process.kill()
+    process.wait()
+    assert live.returncode == 0, live.stderr
+    assert "sending 1 now, interrupted while sending 0" in live.stdout and "running now" in live.stdout
+    assert live_json["running_now"] == live_json["runs"][-1]["id"]
+
+    killed = fenv.run("status")   # killed: no summary, its process gone
+    assert "stopped without a summary (killed or crashed)" in killed.stdout
+    assert "interrupted while sending 1" in killed.stdout and "running now" not in killed.stdout
+    assert "pending 1" in killed.stdout
+
+
 def test_expired_recorded_session_starts_over_cleanly(fenv):
     bodies = populate(fenv, 2, large=["video/big.mp4"])
     kill_at_chunk(fenv, 2)   # the session is recorded once its first chunk is answered

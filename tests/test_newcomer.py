@@ -258,7 +258,7 @@ def test_check_fails_on_a_checkpoint_the_run_could_not_write_or_a_lock_a_run_hol
     with open(lock, "a+") as held:   # as a running transfer holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         busy = env.run("--check")
-    assert busy.returncode == 4 and "FAIL  checkpoint: a cloud_transfer run holds the lock" in busy.stdout
+    assert busy.returncode == 4 and "FAIL  checkpoint: a cloud_transfer run (pid " in busy.stdout
     if os.geteuid() != 0:   # root writes anywhere
         read_only = tmp_path / "read-only"
         read_only.mkdir()
@@ -267,3 +267,32 @@ def test_check_fails_on_a_checkpoint_the_run_could_not_write_or_a_lock_a_run_hol
         assert denied.returncode == 2 and "cannot write in the checkpoint's directory" in denied.stdout
     other = env.run("--check", "--prefix", "b/")   # a checkpoint of another prefix: named, not a traceback
     assert other.returncode == 2 and "FAIL  checkpoint: checkpoint" in other.stdout and "belongs to prefix" in other.stdout
+
+
+def test_a_service_account_key_or_the_examples_placeholders_are_named_for_what_they_are(env, tmp_path):
+    import shutil
+
+    from tests.service_accounts import make_service_account
+
+    env.put("a/1.jpg")
+    (env.cwd / "token.json").unlink()   # a first run: the client file is read
+    key = make_service_account(tmp_path, env.drive)
+    shutil.copy(key, env.cwd / "credentials.json")
+    result = env.run()
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "credentials.json is a service-account key, not an OAuth client" in line and "--service-account" in line
+
+    shutil.copy(PROJECT / "credentials.json.example", env.cwd / "credentials.json")
+    result = env.run()
+    assert result.returncode == 2 and "still holds the example's client from credentials.json.example" in \
+        one_line_error(result)
+
+    example = (PROJECT / ".env.example").read_text()
+    (env.cwd / ".env").write_text(example)
+    variables = {k: v for k, v in env.vars.items() if k not in ("S3_BUCKET_NAME", "AWS_ACCESS_KEY_ID")}
+    result = subprocess.run([sys.executable, str(SCRIPT)], cwd=env.cwd, capture_output=True, text=True, timeout=60,
+                            env={**variables, "PATH": os.environ.get("PATH", "")})
+    assert result.returncode == 2
+    assert "in .env still holds the example's value" in one_line_error(result)
+    assert env.drive.list_files() == []
