@@ -13,17 +13,8 @@ Commands (no command means ``transfer``):
     status    summarise what the checkpoint says
     auth      run the Google consent in a browser and store token.json (0600)
 
-Exit codes (stable; cron scripts may branch on them):
-    0   everything eligible is in Drive and validated (verify: each object once, intact)
-    1   some objects failed, or verify found problems (re-run to retry them)
-    2   usage or configuration error
-    3   authentication or authorisation error (run ``python cloud_transfer.py auth``)
-    4   another run holds the lock
-    5   Drive storage quota or daily upload limit reached (stopped cleanly; resume later)
-    6   stopped at a run budget (resume later)
-    7   S3 or Drive unreachable, or failing every request for a while (state saved; re-run later)
-    8   internal error (a bug; re-run with --verbose and report it)
-    130 interrupted (SIGINT/SIGTERM); state flushed
+Exit codes are stable (cron scripts may branch on them): the EXIT_CODES table below, which
+``--help`` prints and the README's table is checked against.
 
 How to read this file: sections run in data-flow order, each opened by a three-line banner, so
 ``grep -n '^# .*####' cloud_transfer.py`` prints the table of contents:
@@ -146,6 +137,7 @@ SCOPE_DRIVE_FULL = "https://www.googleapis.com/auth/drive"
 FOLDER_MIME = "application/vnd.google-apps.folder"
 
 VERIFY_DETAILS = 100    #: problems of each kind verify lists (all are counted)
+VERIFY_SHOWN = 5        #: of those, the ones a terminal shows
 DATE_SOURCES = ("auto", "exif", "metadata", "s3")    #: --date-from
 ORDERS = ("key", "oldest", "newest", "smallest", "largest")   #: --order
 LAYOUT_MIRROR, LAYOUT_FLAT = "mirror", "flat"         #: --layout, besides date:<pattern>
@@ -268,6 +260,7 @@ class ExitCode(IntEnum):
     BUDGET = 6
     UNAVAILABLE = 7
     INTERNAL = 8
+    DISK_FULL = 11   # not 9 or 10: rclone means success with those (no files transferred, --max-duration)
     INTERRUPTED = 130
 
 
@@ -279,6 +272,11 @@ class CloudTransferError(Exception):
 class UsageError(CloudTransferError):
     """Bad flags or configuration."""
     exit_code = ExitCode.USAGE
+
+
+class DiskFullError(CloudTransferError):
+    """A local disk is full (the checkpoint's or the temporary directory's): free space, re-run."""
+    exit_code = ExitCode.DISK_FULL
 
 
 class CheckpointError(UsageError):
@@ -449,9 +447,9 @@ def classify_s3_error(exc: BaseException, profile: str | None = None) -> Verdict
                         botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError,
                         *TRANSIENT_NETWORK_ERRORS)):
         return Verdict(Verdict.RETRY, f"network error reading S3: {type(exc).__name__}")
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if isinstance(exc, OSError) and is_disk_full(exc):
         return Verdict(Verdict.STOP, f"cannot stage the download ({os.strerror(exc.errno)}): free space in the "
-                       "temporary directory or point --temp-dir at a larger disk", stop_error=CloudTransferError)
+                       "temporary directory or point --temp-dir at a larger disk", stop_error=DiskFullError)
     return Verdict(Verdict.FAIL, f"unexpected error reading S3: {type(exc).__name__}: {exc}")
 
 
@@ -564,19 +562,25 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
 
 COMMAND_NAMES = ("transfer", "verify", "rollback", "status", "auth")
 
-EXIT_CODE_HELP = """\
-exit codes:
-  0    everything eligible is in Drive and validated (verify: each object once, intact)
-  1    some objects failed (others done), or verify found problems; re-run to retry them
-  2    usage or configuration error
-  3    authentication/authorisation error (run: python cloud_transfer.py auth)
-  4    another run holds the lock
-  5    Drive storage quota or daily upload limit reached (stopped cleanly; resume later)
-  6    stopped at a run budget (resume later)
-  7    S3 or Drive unreachable, or failing every request for a while (state saved; re-run later)
-  8    internal error (a bug; re-run with --verbose and report it)
-  130  interrupted (SIGINT/SIGTERM); state flushed
-"""
+#: What each exit code means (the first clause is --help's line; the README says more) and rclone's
+#: nearest code, so that wrappers written for rclone are not misread: its 7 is "fatal", ours "later".
+EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
+    ExitCode.OK: ("everything eligible is in Drive and validated (verify: each object once, intact)", "0"),
+    ExitCode.PARTIAL: ("some objects failed (others done), or verify found problems; re-run to retry them",
+                       "1 or 5"),
+    ExitCode.USAGE: ("usage or configuration error", "2"),
+    ExitCode.AUTH: ("authentication/authorisation error (run: python cloud_transfer.py auth)", "7"),
+    ExitCode.LOCKED: ("another run holds the lock", "none"),
+    ExitCode.QUOTA: ("Drive storage quota or daily upload limit reached (stopped cleanly; resume later)", "7"),
+    ExitCode.BUDGET: ("stopped at a run budget (resume later)", "8 or 10"),
+    ExitCode.UNAVAILABLE: ("S3 or Drive unreachable, or failing every request for a while (state saved; re-run "
+                           "later)", "5"),
+    ExitCode.INTERNAL: ("internal error (a bug; re-run with --verbose and report it)", "1"),
+    ExitCode.DISK_FULL: ("a local disk is full (the checkpoint's or --temp-dir's; free space, re-run)", "1"),
+    ExitCode.INTERRUPTED: ("interrupted (SIGINT/SIGTERM); state flushed", "none"),
+}
+EXIT_CODE_HELP = "exit codes:\n" + "".join(
+    f"  {int(code):<4} {meaning} [rclone: {rclone}]\n" for code, (meaning, rclone) in EXIT_CODES.items())
 
 HELP_EPILOG = f"""\
 examples:
@@ -1749,6 +1753,14 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def checkpoint_write_error(exc: OSError) -> type[CloudTransferError]:
+    return DiskFullError if is_disk_full(exc) else CloudTransferError
 
 
 def write_atomically(path: Path, data: bytes | Iterable[bytes]) -> None:
@@ -3963,8 +3975,8 @@ class Checkpoint:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                raise CloudTransferError(f"cannot write the checkpoint journal {self.journal_path}: "
-                                         f"{exc.strerror}; the run stops (what is in Drive stays)") from None
+                raise checkpoint_write_error(exc)(f"cannot write the checkpoint journal {self.journal_path}: "
+                                                  f"{exc.strerror}; the run stops (what is in Drive stays)") from None
             self._journal_lines += len(self._pending)
             self._pending.clear()
 
@@ -3991,7 +4003,9 @@ class Checkpoint:
                 self._first_object = self._next_first_object
                 index.seal(os.open(self.path, os.O_RDONLY))
             except OSError as exc:
-                raise CloudTransferError(f"cannot write the checkpoint {self.path}: {exc.strerror}") from None
+                raise checkpoint_write_error(exc)(f"cannot write the checkpoint {self.path}: {exc.strerror}"
+                                                  + ("; free space on that disk, then re-run (what is in Drive "
+                                                     "stays)" if is_disk_full(exc) else "")) from None
             self._index.close()
             self._index, self._recent, self._indexed = index, {}, True
             self._pending.clear()
@@ -6558,9 +6572,12 @@ def cmd_verify(config: Config, runtime: Runtime) -> ExitCode:
               + (f", {apart['left_out']} removed in Drive and left out (--removed-in-drive leave)"
                  if apart["left_out"] else ""), file=runtime.out)
         for name, items in {**problems, "extra": [{"key": path} for path in extra]}.items():
-            for item in items[:5]:
+            for item in items[:VERIFY_SHOWN]:
                 print(f"  {name}: {item['key']}" + (f" ({item['problem']})" if "problem" in item else ""),
                       file=runtime.out)
+            if (more := report[name] - VERIFY_SHOWN) > 0:
+                print(f"  {name}: and {more:,} more (" + ("see --json" if report[name] <= VERIFY_DETAILS else
+                      f"--json lists the first {VERIFY_DETAILS}") + ")", file=runtime.out)
     return ExitCode.OK if clean else ExitCode.PARTIAL
 
 
@@ -6700,7 +6717,12 @@ def cmd_rollback(config: Config, runtime: Runtime) -> ExitCode:
         if not config.assume_yes:
             if not runtime.interactive:
                 raise UsageError("rollback needs --yes when no terminal is attached")
-            if input(f"{verb.capitalize()} them? [y/N] ").strip().lower() not in ("y", "yes"):
+            first = [key for key, _ in itertools.islice(targets(), VERIFY_SHOWN)]
+            say("  " + ", ".join(first) + (f" and {count - len(first):,} more (rollback --dry-run lists them all)"
+                                           if count > len(first) else ""))
+            answer = input((f"Delete these {count:,} files for good?" if config.permanent else
+                            f"Move these {count:,} files to the Drive trash?") + " [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
                 say("rollback: nothing changed")
                 return ExitCode.OK
         stats = Stats()

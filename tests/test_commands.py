@@ -80,6 +80,19 @@ def test_rollback_never_touches_a_file_without_our_provenance(env):
     assert not env.drive.files[stranger["id"]].get("trashed")
 
 
+def test_verify_names_five_of_each_problem_and_says_how_many_more(env):
+    for n in range(8):
+        env.put(f"m/{n}.jpg")
+    assert env.run().returncode == 0
+    with env.drive.lock:
+        for file_id in [f["id"] for f in env.drive.list_files() if f["name"].endswith(".jpg")][:7]:
+            env.drive._set_trashed(env.drive.files[file_id], True)
+    result = env.run("verify")
+    assert result.returncode == 1
+    assert result.stdout.count("  missing: m/") == 5
+    assert "  missing: and 2 more (see --json)" in result.stdout
+
+
 def test_verify_finds_duplicates_and_extras_and_writes_nothing(env):
     for n in range(3):
         env.put(f"v/{n}.jpg", photo_bytes(str(n), 900))
@@ -122,7 +135,8 @@ def test_rollback_asks_on_a_terminal_and_no_changes_nothing(env):
 
     from tests.conftest import SCRIPT, read_pty
 
-    env.put("q/1.jpg")
+    for n in range(7):
+        env.put(f"q/{n}.jpg")
     assert env.run().returncode == 0
     child_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env.cwd), **env.vars}
     pid, fd = pty.fork()
@@ -136,4 +150,6 @@ def test_rollback_asks_on_a_terminal_and_no_changes_nothing(env):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert b"nothing changed" in output
-    assert len(env.drive_files()) == 1
+    assert b"Move these 7 files to the Drive trash? [y/N]" in output
+    assert b"q/0.jpg, q/1.jpg, q/2.jpg, q/3.jpg, q/4.jpg and 2 more (rollback --dry-run lists them all)" in output
+    assert len(env.drive_files()) == 7

@@ -503,12 +503,33 @@ def test_staging_disk_full_stops_with_a_clear_message_and_loses_nothing(fenv, tm
     result = subprocess.run([sys.executable, str(SCRIPT), "--workers", "1", "--temp-dir", str(tmp_path)],
                             cwd=fenv.cwd, env=full_env, capture_output=True, text=True, timeout=120,
                             preexec_fn=limit_file_size)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 11, result.stderr   # DISK_FULL: not "some objects failed"
     assert "cannot stage the download" in result.stderr and "--temp-dir" in result.stderr
     assert "Traceback" not in result.stderr
     assert [p for p in tmp_path.iterdir() if p.name.startswith("cloud_transfer-")] == []
     json.loads(fenv.checkpoint.read_text())
     result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert_drive_matches(fenv, bodies)
+
+
+def test_a_full_disk_under_the_checkpoint_stops_with_its_own_code_and_loses_nothing(fenv):
+    bodies = populate(fenv, 30)
+
+    def limit_file_size():
+        # Writes past 6 KiB fail (EFBIG) as on a full disk: the journal passes it after a few photos,
+        # while every 2 KiB staging file fits.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6 * 1024, 6 * 1024))
+
+    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(fenv.cwd), **fenv.vars}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--workers", "1"], cwd=fenv.cwd, env=full_env,
+                            capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size)
+    assert result.returncode == 11, result.stderr
+    assert "cannot write the checkpoint" in result.stderr and "Traceback" not in result.stderr
+    copied_before = len(fenv.drive_files())
+    assert 0 < copied_before < len(bodies)
+    result = fenv.run()   # space again: the rest, each photo once
     assert result.returncode == 0, result.stderr
     assert_drive_matches(fenv, bodies)
 

@@ -22,6 +22,7 @@ DOC_FILES = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
 
 #: `--words` the docs show that belong to other programs (or are not options at all).
 NOT_OURS = {
+    "--drive-stop-on-upload-limit": "rclone's, in the README's exit-code notes",
     "--keep": "python -m tests.sandbox --keep",
     "--full": "python -m tests.benchmark --full",
     "--smoke": "python -m tests.benchmark --smoke",
@@ -66,21 +67,21 @@ def test_every_command_is_documented():
         assert re.search(rf"^\| `{command}`", texts, re.M), f"no row for `{command}` in a command table"
 
 
-def exit_code_table() -> dict[int, tuple[str, str]]:
-    """The docs' one table headed | code | name | meaning |: code -> (name, meaning)."""
+def exit_code_table() -> dict[int, tuple[str, str, str]]:
+    """The docs' one table headed | code | name | meaning | rclone's nearest |: code -> (name, meaning, rclone)."""
     tables = []
     for name, text in doc_texts().items():
         lines = text.splitlines()
         for start, line in enumerate(lines):
-            if re.fullmatch(r"\|\s*code\s*\|\s*name\s*\|\s*meaning\s*\|", line.strip()):
+            if re.fullmatch(r"\|\s*code\s*\|\s*name\s*\|\s*meaning\s*\|\s*rclone's nearest\s*\|", line.strip()):
                 rows = {}
                 for row in lines[start + 2:]:
-                    match = re.fullmatch(r"\|\s*(\d+)\s*\|\s*`?(\w+)`?\s*\|\s*(.+?)\s*\|", row.strip())
+                    match = re.fullmatch(r"\|\s*(\d+)\s*\|\s*`?(\w+)`?\s*\|\s*(.+?)\s*\|\s*([^|]+?)\s*\|", row.strip())
                     if not match:
                         break
-                    rows[int(match[1])] = (match[2], match[3])
+                    rows[int(match[1])] = (match[2], match[3], match[4])
                 tables.append((name, rows))
-    assert len(tables) == 1, f"expected one exit-code table (| code | name | meaning |), found {len(tables)}"
+    assert len(tables) == 1, f"expected one exit-code table (| code | name | meaning | rclone's nearest |), found {len(tables)}"
     return tables[0][1]
 
 
@@ -90,12 +91,15 @@ def words(text: str) -> set[str]:
 
 def test_the_exit_code_table_matches_the_code_and_help():
     table = exit_code_table()
-    assert {code: name for code, (name, _) in table.items()} == {int(code): code.name for code in ct.ExitCode}
+    assert {code: name for code, (name, _, _) in table.items()} == {int(code): code.name for code in ct.ExitCode}
+    assert {code: rclone for code, (_, _, rclone) in table.items()} == {
+        int(code): rclone for code, (_, rclone) in ct.EXIT_CODES.items()}
+    assert set(ct.EXIT_CODES) == set(ct.ExitCode)
     help_lines = [line.split(None, 1) for line in ct.EXIT_CODE_HELP.splitlines()[1:] if line.strip()]
     assert {int(code) for code, _ in help_lines} == set(table)
     for code, meaning in help_lines:
         # The docs may say more, but not something else: the words of --help's first clause are all there.
-        clause = re.split(r"\s*[(;]", meaning, maxsplit=1)[0]
+        clause = re.split(r"\s*[(;\[]", meaning, maxsplit=1)[0]
         missing = words(clause) - words(table[int(code)][1])
         assert not missing, f"exit code {code}: --help says {clause!r}; the docs' meaning lacks {sorted(missing)}"
 

@@ -584,16 +584,6 @@ def test_readme_and_help_document_the_same_flags():
     assert flags_in_help == flags_in_readme
 
 
-def test_readme_and_help_list_the_same_exit_codes():
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    help_codes = {int(line.split()[0]) for line in ct.EXIT_CODE_HELP.splitlines()[1:]}
-    readme_codes = {int(code) for code in re.findall(r"^\| (\d+) \|", readme, re.M)}
-    assert help_codes == readme_codes == {int(code) for code in ct.ExitCode}
-
-
 def test_reporter_logs_a_progress_line_per_interval_without_a_terminal(caplog, monkeypatch):
     clock = FakeClock()
     stats = ct.Stats()
