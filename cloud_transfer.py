@@ -1368,6 +1368,33 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def progress_bar(desc: str, *, position: int, as_bytes: bool, growing: Callable[[], bool], file: Any = None) -> Any:
+    """A tqdm bar whose figures say only what is known: while S3 is still being listed its total
+    grows, so it carries a "+" and no time left is guessed; bytes in binary units under their own
+    names (tqdm calls MiB "MB" and counts its rate in decimal MB)."""
+    from tqdm import tqdm
+
+    def amount(n: float) -> str:
+        return format_bytes(n) if as_bytes else f"{int(n):,}"
+
+    class Bar(tqdm):  # type: ignore[misc,valid-type]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            figures = super().format_dict
+            n, total, elapsed = figures["n"], figures["total"] or 0, figures["elapsed"]
+            rate = figures["rate"] or ((n - figures["initial"]) / elapsed if elapsed else None)
+            more = growing()
+            figures["shown"] = f"{amount(n)}/{amount(total)}{'+' if more else ''}" + ("" if as_bytes else " files")
+            figures["speed"] = ((f"{format_bytes(rate)}/s" if as_bytes else f"{rate:.1f} files/s") if rate
+                                else "…")
+            figures["left"] = ("" if more or not rate or total <= n
+                               else f", {tqdm.format_interval((total - n) / rate)} left")
+            return figures
+
+    return Bar(total=0, desc=desc, position=position, dynamic_ncols=True, file=file,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {shown} [{elapsed}{left}, {speed}]")
+
+
 class Reporter:
     """Renders a Stats while a run goes: tqdm bars on a terminal, else a log line every interval."""
 
@@ -1381,14 +1408,13 @@ class Reporter:
         self._started = clock()
         self._log_redirect = contextlib.ExitStack()
         if enabled and use_bars:
-            from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             # Log lines go through tqdm.write while bars are drawn, so they do not tear the bars.
             self._log_redirect.enter_context(logging_redirect_tqdm(loggers=[log]))
-            self._bars = (tqdm(total=0, unit="file", desc="files", position=0, dynamic_ncols=True),
-                          tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="bytes",
-                               position=1, dynamic_ncols=True))
+            growing = lambda: not stats.listing_done   # noqa: E731
+            self._bars = (progress_bar("files", position=0, as_bytes=False, growing=growing),
+                          progress_bar("bytes", position=1, as_bytes=True, growing=growing))
 
     def tick(self) -> None:
         if not (self.enabled or file_log.handlers):

@@ -359,7 +359,7 @@ def test_progress_bars_on_a_terminal_with_rate_and_eta(env):
     text = output.decode("utf-8", "replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert "files: 100%" in text and "12/12" in text
-    assert "bytes: 100%" in text and "file/s" in text
+    assert "bytes: 100%" in text and "files/s" in text and "KiB/s" in text and "MB" not in text
     assert "Summary of run" in text
 
 

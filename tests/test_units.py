@@ -843,3 +843,23 @@ def test_verify_walk_spill_finds_copies_by_provenance_or_path_even_when_hashes_c
         assert copies.claimed.count(0) == 2 and copies.unclaimed(10) == ["a/x.jpg", "b/x.jpg"]
     finally:
         copies.close()
+
+
+def test_progress_bars_mark_a_growing_total_guess_no_time_left_until_it_is_known_and_name_units_right():
+    import re
+    import io
+
+    listing = [True]
+    files = ct.progress_bar("files", position=0, as_bytes=False, growing=lambda: listing[0], file=io.StringIO())
+    data = ct.progress_bar("bytes", position=1, as_bytes=True, growing=lambda: listing[0], file=io.StringIO())
+    files.total, data.total = 51, 51 * 2 ** 20
+    files.update(30)
+    data.update(30 * 2 ** 20)
+    shown = str(files)
+    assert "30/51+ files" in shown and " left" not in shown
+    assert "30.0 MiB/51.0 MiB+" in str(data) and "MB" not in str(data)
+    assert re.search(r"\d (B|KiB|MiB|GiB|TiB)/s\]$", str(data)), str(data)
+    listing[0] = False   # the listing is complete: the total is the total
+    assert "30/51 files" in str(files) and " left" in str(files)
+    files.close()
+    data.close()
