@@ -1236,8 +1236,40 @@ log = logging.getLogger("cloud_transfer")
 file_log = logging.getLogger("cloud_transfer.file")   # --log-file only: what the terminal shows another way
 
 
+class ObjectLedger:
+    """Every object a run decided about (copied, found in Drive, skipped, failed, waiting for a
+    restore), a JSON line each in an unnamed temporary file, for the --report's `objects`: a run of a
+    million photos holds none of them in memory, and the file goes with the process."""
+
+    def __init__(self, directory: Path | None = None):
+        self._file = tempfile.TemporaryFile(dir=directory)
+        self._lock = threading.Lock()
+        self.broken = ""   # why the list is incomplete (a full disk): the report says so instead
+
+    def add(self, key: str, outcome: str, **details: Any) -> None:
+        record = {"key": key, "outcome": outcome, **{k: v for k, v in details.items() if v not in (None, "")}}
+        line = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                self._file.write(line)
+            except OSError as exc:
+                self.broken = f"the list of objects is incomplete: {exc.strerror}"
+
+    def lines(self) -> Iterator[bytes]:
+        with self._lock:
+            self._file.flush()
+            self._file.seek(0)
+            for line in self._file:
+                yield line.rstrip(b"\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class Stats:
-    """Thread-safe counters of one run; no output of its own."""
+    """Thread-safe counters of one run; no output of its own (`ledger`: the objects, for --report)."""
 
     FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "already_done_bytes",
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
@@ -1255,14 +1287,21 @@ class Stats:
         self.archived_example: str | None = None   # a key for the restore command the summary shows
         self.again: list[tuple[str, str]] = []     # (key, how its copy left Drive), first few
         self.listing_done = False
+        self.ledger: ObjectLedger | None = None
+
+    def note(self, key: str, outcome: str, **details: Any) -> None:
+        if self.ledger is not None:
+            self.ledger.add(key, outcome, **details)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counts[name] += n
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, key: str | None = None) -> None:
         with self._lock:
             self.skipped[reason] += 1
+        if key is not None:
+            self.note(key, "skipped", reason=reason)
 
     def archive(self, obj: SourceObject, reason: str) -> None:
         """An object that waits for a restore (or is being restored): counted apart, not skipped."""
@@ -1271,6 +1310,7 @@ class Stats:
             self.counts["archived_bytes"] += obj.size
             self.counts["restoring"] += reason == SKIP_RESTORING
             self.archived_example = self.archived_example or obj.key
+        self.note(obj.key, "waiting for a restore", reason=reason, size=obj.size)
 
     def copied_again(self, key: str, why: str) -> None:
         with self._lock:
@@ -1284,6 +1324,7 @@ class Stats:
             self.failure_reasons[reason] += 1
             if len(self.failures) < 20:
                 self.failures.append((key, reason))
+        self.note(key, "failed", reason=reason)
 
     def __getitem__(self, name: str) -> int:
         with self._lock:
@@ -5052,7 +5093,7 @@ class Transfer:
                 if action in (PLAN_COPY, PLAN_CHECK_TYPE) and self.leave_removed and self._removed_in_drive(obj, done_counts=False):
                     action, reason = PLAN_SKIP, SKIP_LEFT_OUT
                 if action == PLAN_SKIP:
-                    self.stats.skip(reason or "")
+                    self.stats.skip(reason or "", obj.key)
                     continue
                 if action == PLAN_ARCHIVED:
                     self.stats.archive(obj, reason or SKIP_ARCHIVED)
@@ -5155,7 +5196,7 @@ class Transfer:
                         item = WorkItem(obj, check_type=item.check_type)
                     if item.check_type:
                         if not is_media_content_type(self.source.content_type(obj.key)):
-                            self.stats.skip(SKIP_NOT_MEDIA)
+                            self.stats.skip(SKIP_NOT_MEDIA, obj.key)
                             return
                         self._count_eligible(obj)
                         item = WorkItem(obj)
@@ -5183,7 +5224,7 @@ class Transfer:
                         name=self._renamed.get(obj.key),
                         date=f"{exc.date.isoformat()} {self.dates.basis}" if exc.date else None))
                     if status == STATUS_SKIPPED:
-                        self.stats.skip(verdict.reason)
+                        self.stats.skip(verdict.reason, obj.key)
                         log.warning("skipped %s: %s", obj.key, verdict.reason)
                     else:
                         self.stats.fail(obj.key, verdict.reason)
@@ -5215,6 +5256,7 @@ class Transfer:
             return False
         self._record_done(obj, found, attempts, adopted=True)
         self.stats.add("adopted")
+        self.stats.note(obj.key, "found in Drive", drive_id=found.id, size=obj.size)
         return True
 
     def _outside_dates_as_recorded(self, obj: SourceObject) -> bool:
@@ -5286,6 +5328,7 @@ class Transfer:
         self._retire_extra_copies(obj, keep=keep, copies=copies)
         self._record_done(obj, keep, attempts, adopted=True)
         self.stats.add("adopted")
+        self.stats.note(obj.key, "found in Drive", drive_id=keep.id, size=obj.size)
         log.debug("already in Drive, intact: %s", obj.key)
         return True
 
@@ -5343,8 +5386,12 @@ class Transfer:
         if removed:
             self.stats.copied_again(obj.key, removed)
         self._record_done(obj, uploaded, attempts, replaced=replaced)
-        log.debug("copied (%s): %s → %s (%s, date from %s)", "new revision" if update_id else "again" if removed
-                  else "new", obj.key, "/".join((*place.folder_path, place.name)), format_bytes(obj.size), date.source)
+        how = "new revision" if update_id else "again" if removed else "new"
+        drive_path = "/".join((*place.folder_path, place.name))
+        self.stats.note(obj.key, f"copied ({how})", drive_id=uploaded.id, drive_path=drive_path, size=obj.size,
+                        date_source=date.source, reason=removed or None)
+        log.debug("copied (%s): %s → %s (%s, date from %s)", how, obj.key, drive_path, format_bytes(obj.size),
+                  date.source)
 
     def _date_before_upload(self, obj: SourceObject, staging: Staging) -> OriginalDate:
         """The date, before any upload starts: from the staged file, or for a video that will upload
@@ -5953,6 +6000,8 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
         # a spent daily budget stops here, no Drive request made
         budget = run_budget(config, checkpoint.runs, wait=runtime.stop.wait)
         stats = Stats()
+        if config.report_path is not None:
+            stats.ledger = ObjectLedger(config.temp_dir)
         run_id = new_run_id()
         drive, creds = make_drive(config, runtime, stats, outage, checkpoint, run_id)
         if (refused_at := last_google_refusal(checkpoint.runs, time.time())) is not None:
@@ -6022,11 +6071,23 @@ def run_report(config: Config, run: dict[str, Any], exit_code: ExitCode, counts:
     }
 
 
-def write_report(config: Config, report: dict[str, Any]) -> None:
+def write_report(config: Config, report: dict[str, Any], ledger: ObjectLedger | None = None) -> None:
+    """The report, and with a ledger its `objects` last, streamed from the ledger's file."""
     if config.report_path is None:
         return
+    if ledger is not None and ledger.broken:
+        report = {**report, "objects_error": ledger.broken}
+    text = json.dumps(report, indent=1, ensure_ascii=False)
+
+    def pieces() -> Iterator[bytes]:
+        yield text[:-2].encode("utf-8") + b',\n "objects": ['   # text ends with "\n}"
+        for n, line in enumerate(ledger.lines() if ledger is not None else ()):
+            yield (b"\n  " if n == 0 else b",\n  ") + line
+        yield b"\n ]\n}\n"
+
     try:
-        write_atomically(config.report_path, (json.dumps(report, indent=1, ensure_ascii=False) + "\n").encode())
+        write_atomically(config.report_path, pieces() if ledger is not None and not ledger.broken
+                         else (text + "\n").encode("utf-8"))
     except OSError as exc:
         log.error("cannot write the report %s: %s", config.report_path, exc.strerror)
 
@@ -6170,7 +6231,9 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
         if transfer.budget.daily is not None and transfer.budget.daily.record():
             run["sent"] = transfer.budget.daily.record()   # by minute: they age out as they were sent
         write_report(config, run_report(config, run, exit_code, counts, time.monotonic() - started,
-                                        transfer.budget.reached, error))
+                                        transfer.budget.reached, error), stats.ledger)
+        if stats.ledger is not None:
+            stats.ledger.close()
         runtime.report_written = True
         checkpoint.save_run({**{k: v for k, v in run.items() if v is not None},
                              "outcome": exit_code.name.lower(),

@@ -43,3 +43,29 @@ def test_a_run_refused_before_it_starts_still_writes_its_report(env):
     report = json.loads((env.cwd / "run.json").read_text())
     assert report["exit_code"] == 5 and report["outcome"] == "quota" and "--daily-limit 100000B is used: this tool sent" in report["error"]
     assert all(report[key] == 0 for key in CONTRACT)
+
+
+def test_the_report_lists_every_object_the_run_decided_about_with_its_drive_id_and_date_source(env):
+    for n in range(3):
+        env.put(f"a/{n}.jpg", photo_bytes(str(n), 3000))
+    env.put("a/notes.txt", b"not a photo")
+    env.put("a/cold.jpg", photo_bytes("c", 3000), StorageClass="GLACIER")
+    assert env.run("--report", "run.json").returncode == 0
+    report = json.loads((env.cwd / "run.json").read_text())
+    by_key = {item["key"]: item for item in report["objects"]}
+    assert set(by_key) == {"a/0.jpg", "a/1.jpg", "a/2.jpg", "a/notes.txt", "a/cold.jpg"}
+    for n in range(3):
+        item = by_key[f"a/{n}.jpg"]
+        assert item["outcome"] == "copied (new)" and item["date_source"] == "s3" and item["size"] == 3000
+        assert item["drive_path"] == f"a/{n}.jpg" and item["drive_id"] in env.drive.files
+    assert by_key["a/notes.txt"] == {"key": "a/notes.txt", "outcome": "skipped", "reason": "not a photo or video"}
+    assert by_key["a/cold.jpg"]["outcome"] == "waiting for a restore"
+
+    assert env.run("--report", "run.json").returncode == 0   # nothing to do: nothing to list but the waits
+    quiet = json.loads((env.cwd / "run.json").read_text())
+    assert {item["key"] for item in quiet["objects"]} == {"a/notes.txt", "a/cold.jpg"}
+
+    env.checkpoint.unlink()   # another machine: the copies are found in Drive
+    assert env.run("--report", "run.json").returncode == 0
+    found = {item["key"]: item for item in json.loads((env.cwd / "run.json").read_text())["objects"]}
+    assert found["a/1.jpg"]["outcome"] == "found in Drive" and found["a/1.jpg"]["drive_id"] == by_key["a/1.jpg"]["drive_id"]
