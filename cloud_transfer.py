@@ -64,6 +64,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 import zlib
 import warnings
@@ -173,6 +176,9 @@ MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
 BUDGET_GRACE_MAX_S = 900.0  #: past --max-duration, in-flight uploads get a tenth of it (1-15 min) to finish
 DAILY_WINDOW_S = 24 * 3600  #: Google's upload cap is per rolling 24 hours
+NOTIFY_TIMEOUT_S = 10.0    #: per --notify request; a monitor that is down must not hold up cron
+NOTIFY_ATTEMPTS = 3
+NOTIFY_BACKOFF_S = 0.5
 DAILY_WAIT_MAX_S = 15 * 60  #: a run waits this long at most for the bytes of a day ago to age out
 DEFAULT_DAILY_LIMIT = "740GB"  #: 740 x 10^9 bytes: under Google's 750 GB a day whether Google counts GB or GiB
 STOP_GRACE_S = 5.0         #: after SIGINT/SIGTERM, how long in-flight work may take to reach a stopping point
@@ -598,7 +604,7 @@ environment (.env is read from the current directory; real environment variables
   DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests),
   GOOGLE_APPLICATION_CREDENTIALS (a service-account key), DRIVE_IMPERSONATE,
   CLOUD_TRANSFER_LAYOUT, CLOUD_TRANSFER_DATE_FROM, CLOUD_TRANSFER_TIMEZONE, CLOUD_TRANSFER_DAILY_LIMIT,
-  CLOUD_TRANSFER_ORDER, CLOUD_TRANSFER_BWLIMIT (defaults of the flags that name them),
+  CLOUD_TRANSFER_ORDER, CLOUD_TRANSFER_BWLIMIT, CLOUD_TRANSFER_NOTIFY (defaults of the flags that name them),
   CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s),
   CLOUD_TRANSFER_OUTAGE_S (a service failing every request this long stops the run, exit 7; default 600),
   CLOUD_TRANSFER_LEASE_SETTLE_S (the wait in taking a Drive folder for one run; default 2),
@@ -635,6 +641,7 @@ class Config:
     max_duration_s: float | None = None  # seconds after which no new upload starts (--max-duration)
     daily_limit: int | None = None       # bytes per rolling 24 h across runs (--daily-limit); None: off
     daily_limit_text: str = DEFAULT_DAILY_LIMIT   # as the user wrote it: messages keep their units
+    notify_url: str | None = None        # a healthchecks.io-style ping URL (--notify)
     bwlimit: tuple[tuple[int, int | None], ...] = ()   # (minute of the day, upload bytes/s or None), sorted
     order: str = "key"                   # which objects go first (ORDERS)
     layout: str = LAYOUT_MIRROR          # where files go: mirror, flat, or date:<pattern> (LAYOUT_PATTERNS)
@@ -684,7 +691,7 @@ class Config:
     def secrets(self) -> list[str]:
         # The access key id is an identifier, not a secret; blanking it would garble bucket names.
         key = base64.b64encode(self.sse_c_key).decode() if self.sse_c_key else None
-        return [s for s in (self.aws_secret_access_key, self.aws_session_token, key) if s]
+        return [s for s in (self.aws_secret_access_key, self.aws_session_token, key, self.notify_url) if s]
 
 
 class _FilterAction(argparse.Action):
@@ -811,6 +818,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="bytes per rolling 24 hours across runs, kept under Google's ~750 GB daily "
                                f"upload cap (default: $CLOUD_TRANSFER_DAILY_LIMIT or {DEFAULT_DAILY_LIMIT}; exit 5 "
                                "with the time to resume when spent)")
+    transfer.add_argument("--notify", metavar="URL",
+                          help="tell a monitor each run's start (URL/start) and end: URL with the JSON report when "
+                               "on track, URL/fail otherwise (healthchecks.io, Uptime Kuma; default: "
+                               "$CLOUD_TRANSFER_NOTIFY)")
     transfer.add_argument("--bwlimit", metavar="RATE|TIMETABLE",
                           help="cap upload bytes per second for all workers together, e.g. 4M, or a day "
                                "timetable in local time: \"08:00,1M 19:00,4M 23:00,off\" "
@@ -886,8 +897,17 @@ KNOWN_SETTINGS = (
     "S3_SSE_C_KEY", "DRIVE_FOLDER_NAME", "DRIVE_FOLDER_ID", "DRIVE_ENDPOINT_URL", "CLOUD_TRANSFER_BACKOFF_BASE_S",
     "CLOUD_TRANSFER_BACKOFF_CAP_S", "CLOUD_TRANSFER_OUTAGE_S", "CLOUD_TRANSFER_DATE_FROM", "CLOUD_TRANSFER_TIMEZONE",
     "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT", "CLOUD_TRANSFER_PROGRESS_S", "CLOUD_TRANSFER_ORDER",
-    "CLOUD_TRANSFER_BWLIMIT", "DRIVE_IMPERSONATE", "CLOUD_TRANSFER_LEASE_SETTLE_S",
+    "CLOUD_TRANSFER_BWLIMIT", "DRIVE_IMPERSONATE", "CLOUD_TRANSFER_LEASE_SETTLE_S", "CLOUD_TRANSFER_NOTIFY",
 )
+
+
+def parse_notify_url(text: str | None) -> str | None:
+    if not text or text == "off":
+        return None
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError("--notify must be an http(s) URL, like https://hc-ping.com/<uuid>")
+    return text
 
 
 def unknown_setting_notices(values: dict[str, str], env_file: Path) -> Iterator[str]:
@@ -1104,6 +1124,7 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         max_duration_s=parse_duration(args.max_duration, "--max-duration") if args.max_duration else None,
         daily_limit=parse_size(daily_limit_text, "--daily-limit", allow_off=True), daily_limit_text=daily_limit_text,
         bwlimit=parse_bwlimit(setting(args.bwlimit, "CLOUD_TRANSFER_BWLIMIT", default="off")),
+        notify_url=parse_notify_url(setting(args.notify, "CLOUD_TRANSFER_NOTIFY")),
         order=parse_order(setting(args.order, "CLOUD_TRANSFER_ORDER", default="key")),
         layout=parse_layout(setting(args.layout, "CLOUD_TRANSFER_LAYOUT", default=LAYOUT_MIRROR)),
         date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
@@ -5903,7 +5924,7 @@ class Runtime:
     out: Any = dataclasses.field(default_factory=lambda: sys.stdout)
     progress_bars: bool = False             # stderr is a terminal
     abandoned_work: bool = False            # a run ended with threads stuck in network calls
-    report_written: bool = False            # --report: the run wrote its own
+    report: dict[str, Any] | None = None    # the run's report once made (--report, --notify)
 
 
 def binding_for(config: Config) -> dict[str, str]:
@@ -5981,14 +6002,31 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
     if config.dry_run:
         return cmd_dry_run(config, runtime)
     started = utc_now_iso()
+    notifier = Notifier(config.notify_url, runtime.stop) if config.notify_url else None
+    if notifier is not None:
+        notifier.send("/start")
+    code, daily_stop = ExitCode.INTERNAL, False
     try:
-        return _transfer(config, runtime)
+        code = _transfer(config, runtime)
+        return code
     except CloudTransferError as exc:
-        if config.report_path is not None and not runtime.report_written:
+        code, daily_stop = exc.exit_code, isinstance(exc, DailyCapError)
+        if runtime.report is None:
             # stopped before the run began (a spent daily budget, a wrong bucket): a cron script
             # reading the report still learns what happened
-            write_report(config, run_report(config, {"started": started}, exc.exit_code, {}, 0.0, error=str(exc)))
+            runtime.report = run_report(config, {"started": started}, exc.exit_code, {}, 0.0, error=str(exc))
+            write_report(config, runtime.report)
         raise
+    except KeyboardInterrupt:
+        code = ExitCode.INTERRUPTED
+        raise
+    finally:
+        if notifier is not None:
+            report = runtime.report or run_report(config, {"started": started}, code, {}, 0.0,
+                                                  error="internal error (see the log)")
+            daily_stop = daily_stop or report.get("stopped_at_budget") == "daily"
+            on_track = code in (ExitCode.OK, ExitCode.BUDGET) or (code == ExitCode.QUOTA and daily_stop)
+            notifier.send("" if on_track else "/fail", json.dumps(report, ensure_ascii=False).encode("utf-8"))
 
 
 def _transfer(config: Config, runtime: Runtime) -> ExitCode:
@@ -6069,6 +6107,41 @@ def run_report(config: Config, run: dict[str, Any], exit_code: ExitCode, counts:
         "bwlimit": format_bwlimit(config.bwlimit) if config.bwlimit else None,
         "bwlimit_waited_s": round(counts.get("bwlimit_wait_ms", 0) / 1000, 1),
     }
+
+
+class Notifier:
+    """--notify URL in the healthchecks.io convention, which Uptime Kuma, Cronitor and others take
+    too: URL/start when a run starts; URL with the run report (JSON) when it ends on track (done,
+    or stopped at a budget or at the daily cap: the next run goes on); URL/fail with it otherwise.
+    A monitor that cannot be told never fails the run: a few short tries, then a warning."""
+
+    def __init__(self, url: str, stop: threading.Event):
+        self.url, self.stop = url, stop
+        parts = urllib.parse.urlsplit(url)
+        self.host = parts.netloc.rsplit("@", 1)[-1]   # logs name the host only: the path is the secret
+        SECRETS.add(url, parts.path, parts.query)
+
+    def send(self, suffix: str, body: bytes = b"") -> None:
+        parts = urllib.parse.urlsplit(self.url)
+        target = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
+        problem = ""
+        for attempt in range(NOTIFY_ATTEMPTS):
+            request = urllib.request.Request(target, data=body, method="POST", headers={
+                "Content-Type": "application/json", "User-Agent": "cloud_transfer"})
+            try:
+                with urllib.request.urlopen(request, timeout=NOTIFY_TIMEOUT_S) as response:
+                    response.read()
+                return
+            except urllib.error.HTTPError as exc:
+                problem = f"HTTP {exc.code}"
+                if exc.code < 500 and exc.code != 429:
+                    break   # a wrong URL stays wrong
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                problem = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+            if attempt + 1 < NOTIFY_ATTEMPTS:
+                self.stop.wait(NOTIFY_BACKOFF_S * 2 ** attempt)
+        log.warning("--notify: %s could not be told the run %s (%s); the run is not affected", self.host,
+                    {"/start": "started", "/fail": "failed"}.get(suffix, "ended"), SECRETS.redact(problem))
 
 
 def write_report(config: Config, report: dict[str, Any], ledger: ObjectLedger | None = None) -> None:
@@ -6230,11 +6303,11 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
         run["ended"] = utc_now_iso()
         if transfer.budget.daily is not None and transfer.budget.daily.record():
             run["sent"] = transfer.budget.daily.record()   # by minute: they age out as they were sent
-        write_report(config, run_report(config, run, exit_code, counts, time.monotonic() - started,
-                                        transfer.budget.reached, error), stats.ledger)
+        runtime.report = run_report(config, run, exit_code, counts, time.monotonic() - started,
+                                    transfer.budget.reached, error)
+        write_report(config, runtime.report, stats.ledger)
         if stats.ledger is not None:
             stats.ledger.close()
-        runtime.report_written = True
         checkpoint.save_run({**{k: v for k, v in run.items() if v is not None},
                              "outcome": exit_code.name.lower(),
                              "exit_code": int(exit_code),
