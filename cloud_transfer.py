@@ -497,6 +497,14 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
     if isinstance(exc, RefreshError):
         if getattr(exc, "retryable", False):   # google-auth's own retries of a 5xx/429 token endpoint ran out
             return Verdict(Verdict.RETRY, "Google's token endpoint is unavailable for now")
+        details = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+        if details.get("error") == "invalid_grant":
+            return Verdict(Verdict.STOP, "Google no longer accepts the sign-in in token.json (invalid_grant: "
+                           f"{details.get('error_description') or 'expired or revoked'}): run 'python cloud_transfer.py "
+                           "auth' in a terminal. If this comes about a week after each sign-in, the OAuth consent "
+                           "screen of credentials.json's project is in Testing, where Google ends sign-ins after "
+                           "7 days: publish the app (Google Auth Platform → Audience → Publish app), or use a "
+                           "service account", stop_error=AuthError)
         return Verdict(Verdict.STOP, "the Google token cannot be refreshed (expired or revoked): "
                        "run 'python cloud_transfer.py auth' in a terminal", stop_error=AuthError)
     if isinstance(exc, HttpError):
@@ -506,6 +514,14 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
             return Verdict(Verdict.STOP, "a service account cannot own files in a My Drive (Google: \"Service "
                            "Accounts do not have storage quota\"): use --impersonate, or --folder-id of a folder in "
                            "a shared drive", stop_error=UsageError)
+        if reason in ("accessNotConfigured", "SERVICE_DISABLED"):
+            # Google: "Drive API has not been used in project N before or it is disabled. Enable it by
+            # visiting https://console.developers.google.com/apis/api/drive.googleapis.com/overview?project=N"
+            link = re.search(r"https://console\.(?:developers|cloud)\.google\.com/\S*?(?=\s|$| then)", message)
+            return Verdict(Verdict.STOP, "the Google Drive API is not enabled in the Google Cloud project of "
+                           "credentials.json: enable it at " + (link[0] if link else "Google Cloud Console → APIs & "
+                           "Services → Library → Google Drive API") + " and re-run a few minutes later",
+                           stop_error=AuthError)
         if reason in ("storageQuotaExceeded", "quotaExceeded"):
             return Verdict(Verdict.STOP, "Google Drive storage is full: free space or buy more, then re-run",
                            stop_error=QuotaExceededError)
@@ -2685,9 +2701,46 @@ def signals_interrupt() -> contextlib.AbstractContextManager[None]:
     return handling_signals(interrupt)
 
 
-def save_token(creds: Credentials, path: Path) -> None:
-    """Write token.json atomically with 0600 permissions (Google's quickstart does neither)."""
-    write_atomically(path, creds.to_json().encode("utf-8"))
+#: Our own keys in token.json (google-auth reads only its own): when the user signed in, and whether
+#: a refresh has worked more than 7 days later, which a consent screen in Testing never allows.
+TOKEN_SIGNED_IN, TOKEN_OUTLIVED_A_WEEK = "cloud_transfer_signed_in", "cloud_transfer_outlived_a_week"
+TESTING_TOKEN_DAYS = 7   #: Google: refresh tokens of an app in "Testing" expire after 7 days
+
+
+def save_token(creds: Credentials, path: Path, *, signed_in: bool = False) -> None:
+    """Write token.json atomically with 0600 permissions (Google's quickstart does neither), keeping
+    when the user signed in (a refresh keeps it; a consent starts it again)."""
+    marks: dict[str, Any] = {}
+    if signed_in:
+        marks[TOKEN_SIGNED_IN] = utc_now_iso()
+    else:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            old = json.loads(path.read_text(encoding="utf-8"))
+            marks = {key: old[key] for key in (TOKEN_SIGNED_IN, TOKEN_OUTLIVED_A_WEEK) if key in old}
+        age = token_age_days(marks)
+        if age is not None and age > TESTING_TOKEN_DAYS:   # this save follows a refresh that worked
+            marks[TOKEN_OUTLIVED_A_WEEK] = True
+    write_atomically(path, json.dumps({**json.loads(creds.to_json()), **marks}).encode("utf-8"))
+
+
+def token_age_days(token: dict[str, Any]) -> float | None:
+    try:
+        signed_in = dt.datetime.fromisoformat(str(token[TOKEN_SIGNED_IN]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return None
+    return (dt.datetime.now(dt.timezone.utc) - signed_in).total_seconds() / 86400
+
+
+def testing_mode_warning(token_path: Path) -> str:
+    """For --check: a sign-in older than 6 days whose refresh was never seen to outlive 7 may be one
+    of a consent screen in Testing, which will end at 7 days and stop every cron run."""
+    with contextlib.suppress(OSError, ValueError):
+        token = json.loads(token_path.read_text(encoding="utf-8"))
+        age = token_age_days(token)
+        if age is not None and age > TESTING_TOKEN_DAYS - 1 and not token.get(TOKEN_OUTLIVED_A_WEEK):
+            return (f"; this sign-in is {int(age)} days old: if the OAuth consent screen is in Testing, Google "
+                    f"ends it at {TESTING_TOKEN_DAYS} days (publish the app, or use a service account)")
+    return ""
 
 
 def run_consent(config: Config) -> Credentials:
@@ -2714,7 +2767,7 @@ def run_consent(config: Config) -> Credentials:
     except Exception as exc:  # oauthlib/requests raise many types; all mean "consent did not finish"
         raise AuthError(f"Google consent did not complete: {type(exc).__name__}: {exc}") from None
     SECRETS.add(creds.token, creds.refresh_token)
-    save_token(creds, config.token_path)
+    save_token(creds, config.token_path, signed_in=True)
     log.info("authorised; token saved to %s (mode 0600)", config.token_path)
     return creds
 
@@ -6466,7 +6519,8 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
         who = drive.api.account()
         if config.service_account_path is not None:
             return f"service account key {config.service_account_path} works: acting as {who['account'] or who['account_id']}"
-        return f"{config.token_path} is valid: signed in as {who['account'] or who['account_id']}"
+        return (f"{config.token_path} is valid: signed in as {who['account'] or who['account_id']}"
+                + testing_mode_warning(config.token_path))
 
     def destination() -> str:
         assert drive is not None

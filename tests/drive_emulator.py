@@ -324,6 +324,18 @@ class ApiError(Exception):
         return {"error": error}
 
 
+def api_disabled_error(project: str) -> ApiError:
+    """The Drive API disabled in the client's Cloud project. Body as quoted in transloadit/uppy#1300
+    (errors[0]: domain usageLimits, reason accessNotConfigured) and openclaw/gogcli#489 (2026: "403
+    accessNotConfigured: Google Drive API has not been used in project N before or it is disabled");
+    the status PERMISSION_DENIED is that of Google's newer error bodies (guess for Drive v3)."""
+    url = f"https://console.developers.google.com/apis/api/drive.googleapis.com/overview?project={project}"
+    message = (f"Google Drive API has not been used in project {project} before or it is disabled. Enable it by "
+               f"visiting {url} then retry. If you enabled this API recently, wait a few minutes for the action "
+               "to propagate to our systems and retry.")
+    return ApiError(403, "accessNotConfigured", message, domain="usageLimits", status="PERMISSION_DENIED")
+
+
 def not_found(file_id: str) -> ApiError:
     msg = f"File not found: {file_id}."
     return ApiError(404, "notFound", msg, location="fileId", location_type="parameter")
@@ -1047,6 +1059,9 @@ class Faults:
     wrong_md5_count: int = 0
     # regex (re.search on the request target incl. query string) -> status ("fail_path")
     fail_paths: dict = dataclasses.field(default_factory=dict)
+    # The Cloud project number of an OAuth client whose project has the Drive API disabled: every
+    # API and upload request answers 403 accessNotConfigured ("api_disabled"), as Drive does.
+    api_disabled_project: str | None = None
     seed: int = 0
 
     # -- real Drive behaviour (not faults, but off by default so older tests stay simple) --
@@ -1692,6 +1707,9 @@ class DriveEmulator:
             caller = self._check_auth(handler.headers.get("Authorization"), query)
             with self.lock:
                 record["user"], record["client_id"] = caller.user_email, caller.client_id
+        if is_api and self.faults.api_disabled_project:
+            self._count("api_disabled")
+            raise api_disabled_error(self.faults.api_disabled_project)
         for pattern, status in list(self.faults.fail_paths.items()):
             if re.search(pattern, target):
                 self._count("fail_path")
