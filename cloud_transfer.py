@@ -42,6 +42,7 @@ import email.header
 import errno
 import fcntl
 import hashlib
+import html
 import heapq
 import http.client
 import io
@@ -673,6 +674,7 @@ class Config:
     log_file: Path | None = None
     report_path: Path | None = None      # transfer: a JSON run report for scripts (--report)
     json_output: bool = False            # verify/status: machine-readable report on stdout
+    html_path: Path | None = None        # status: also write a self-contained page here (--html)
     reset_checkpoint: bool = False
     recheck: bool = False                # look in Drive for objects the checkpoint calls done
     removed_in_drive: str | None = None  # copy | leave copies removed in Drive; None: as the checkpoint remembers
@@ -878,6 +880,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="transfer: write a JSON report of the run here (counts, bytes, rates, errors)")
     output.add_argument("--json", dest="json_output", action="store_true",
                         help="verify/status: print a machine-readable report")
+    output.add_argument("--html", dest="html_path", metavar="PATH",
+                        help="status: also write a self-contained HTML page of the copy here (open it in a browser)")
     output.add_argument("--env-file", metavar="PATH", help=f"read settings from this file (default {DEFAULT_ENV_FILE})")
     return parser
 
@@ -1152,7 +1156,8 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
         quiet=args.quiet, verbose=args.verbose,
         log_file=Path(args.log_file) if args.log_file else None,
         report_path=Path(args.report_path) if args.report_path else None,
-        json_output=args.json_output, reset_checkpoint=args.reset_checkpoint, recheck=args.recheck,
+        json_output=args.json_output, html_path=Path(args.html_path) if args.html_path else None,
+        reset_checkpoint=args.reset_checkpoint, recheck=args.recheck,
         removed_in_drive=args.removed_in_drive,
         rollback_run=args.rollback_run, permanent=args.permanent, assume_yes=args.assume_yes,
         backoff_base_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_BASE_S", default=BACKOFF_BASE_S),
@@ -3611,6 +3616,7 @@ class CheckpointEntry:
     # A new revision replaced an earlier version's copy: that revision (kept forever) and the
     # copy's provenance then ("revision", "etag", "md5", "run", "modified"), for rollback.
     replaced: dict[str, str] | None = None
+    taken: str | None = None      # done by an upload: the capture day and its source, "2019-07-04 exif"
 
     def to_json(self) -> dict[str, Any]:
         # The ETag is kept whatever it is: some S3-compatible stores send an empty one.
@@ -5459,7 +5465,7 @@ class Transfer:
                 self.stats.add(counted)
         if removed:
             self.stats.copied_again(obj.key, removed)
-        self._record_done(obj, uploaded, attempts, replaced=replaced)
+        self._record_done(obj, uploaded, attempts, replaced=replaced, date=date)
         how = "new revision" if update_id else "again" if removed else "new"
         drive_path = "/".join((*place.folder_path, place.name))
         self.stats.note(obj.key, f"copied ({how})", drive_id=uploaded.id, drive_path=drive_path, size=obj.size,
@@ -5586,7 +5592,7 @@ class Transfer:
         return replaced
 
     def _record_done(self, obj: SourceObject, drive_file: DriveFile, attempts: int, adopted: bool = False,
-                     replaced: dict[str, str] | None = None) -> None:
+                     replaced: dict[str, str] | None = None, date: OriginalDate | None = None) -> None:
         previous = self.checkpoint.get(obj.key)
         if adopted:
             self.stats.add("adopted_bytes", obj.size)
@@ -5598,7 +5604,8 @@ class Transfer:
             status=STATUS_DONE, etag=obj.version, size=obj.size, md5=drive_file.md5, drive_id=drive_file.id,
             attempts=attempts, run=previous.run if same_file else self.run_id,
             name=name if name and name != drive_path_for(obj.key)[-1] else None,
-            replaced=previous.replaced if same_file and previous.etag == obj.version else replaced))
+            replaced=previous.replaced if same_file and previous.etag == obj.version else replaced,
+            taken=f"{date.moment.date().isoformat()} {date.source}" if date else previous.taken if same_file else None))
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[Staging]:
@@ -7040,11 +7047,14 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     reasons: Counter[str] = Counter()
     skip_reasons: Counter[str] = Counter()
     done_bytes = sending_now = archived = 0
+    years: Counter[tuple[str, str]] = Counter()   # (capture year, date source) of what is done
     for _, entry in checkpoint.entries(as_data=True):   # a stream: a million are never held at once
         status = entry["status"]
         by_status[status] += 1
         if status == STATUS_DONE:
             done_bytes += entry["size"]
+            taken = entry.get("taken") or ""
+            years[(taken[:4], taken[11:]) if taken else ("", "not recorded")] += 1
         elif status == STATUS_SENDING and live_run and entry.get("run") == live_run:
             sending_now += 1
         elif status == STATUS_SKIPPED and entry.get("reason") in (SKIP_ARCHIVED, SKIP_RESTORING):
@@ -7106,7 +7116,137 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
         lines.append(f"  run {run['id']}: {run.get('started', '?')} → {run.get('ended', '(no end recorded)')} "
                      f"{run_outcome(run, live_run)}")
     print("\n".join(lines), file=runtime.out)
+    if config.html_path is not None:
+        page = status_page(config, report, years, lines, restore_advice(binding.get("bucket") or "", listed[-1])
+                           if listed and listed[-1].get("archived") else "")
+        try:
+            write_atomically(config.html_path, page.encode("utf-8"))
+        except OSError as exc:
+            raise UsageError(f"cannot write {config.html_path}: {exc.strerror}") from None
+        print(f"page written: {config.html_path.absolute().as_uri()}", file=runtime.out)
     return ExitCode.OK
+
+
+DATE_SOURCE_COLOURS = {"exif": "#2b7bb9", "video": "#7a5cc0", "metadata": "#3a9d5d", "s3": "#e08a1e",
+                       "not recorded": "#b0b7bf"}
+
+
+def svg_bars(bars: list[tuple[str, dict[str, float]]], colours: dict[str, str], *, fmt: Callable[[float], str],
+             limit: float | None = None, limit_label: str = "", width: int = 760, height: int = 240) -> str:
+    """Stacked bars as inline SVG (no script, nothing fetched): one bar per label, a segment per
+    series, an optional dashed line for a limit; each bar's figures in its tooltip."""
+    top = max([sum(parts.values()) for _, parts in bars] + [limit or 0, 1])
+    left, bottom, plot_w, plot_h = 64, 34, width - 74, height - 50
+    step = plot_w / max(1, len(bars))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img">',
+           f'<line x1="{left}" y1="{10 + plot_h}" x2="{left + plot_w}" y2="{10 + plot_h}" stroke="#888"/>',
+           f'<text x="{left - 6}" y="16" text-anchor="end" class="axis">{html.escape(fmt(top))}</text>',
+           f'<text x="{left - 6}" y="{10 + plot_h}" text-anchor="end" class="axis">0</text>']
+    every = max(1, math.ceil(len(bars) / 12))
+    for i, (label, parts) in enumerate(bars):
+        x, y = left + i * step + step * 0.12, 10 + plot_h
+        tip = f"{label}: " + ", ".join(f"{name} {fmt(v)}" for name, v in parts.items() if v) if any(
+            parts.values()) else f"{label}: none"
+        out.append(f"<g><title>{html.escape(tip)}</title>")
+        for name, value in parts.items():
+            h = plot_h * value / top
+            if h > 0:
+                y -= h
+                out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{step * 0.76:.1f}" height="{h:.1f}" '
+                           f'fill="{colours.get(name, "#888")}"/>')
+        out.append("</g>")
+        if i % every == 0:
+            out.append(f'<text x="{x + step * 0.38:.1f}" y="{height - 12}" text-anchor="middle" class="axis">'
+                       f"{html.escape(label)}</text>")
+    if limit:
+        y = 10 + plot_h - plot_h * limit / top
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#c0392b" '
+                   f'stroke-dasharray="6 4"/><text x="{left + plot_w}" y="{y + 14:.1f}" text-anchor="end" '
+                   f'class="limit">{html.escape(limit_label)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def status_page(config: Config, report: dict[str, Any], years: Counter[tuple[str, str]], text_lines: list[str],
+                restore: str, today: dt.date | None = None) -> str:
+    """`status --html`: the copy at a glance in one file a browser opens from disk: the counts, bytes
+    per day against the daily budget, photos per capture year by where their date came from (a
+    spike in the upload year shows dates that fell back), the reasons, and what to do next."""
+    today = today or dt.datetime.now().astimezone().date()
+    days = [today - dt.timedelta(days=n) for n in range(29, -1, -1)]
+    per_day: Counter[dt.date] = Counter()
+    for minute, n in sent_by_minute(report["runs"]):
+        per_day[dt.datetime.fromtimestamp(minute * 60).astimezone().date()] += n
+    sources = [name for name in DATE_SOURCE_COLOURS if any(src == name for _, src in years)]
+    year_labels = sorted({year for year, _ in years if year})
+    year_bars = [(year, {src: float(years[(year, src)]) for src in sources}) for year in year_labels]
+    if years.get(("", "not recorded")):
+        year_bars.append(("unknown", {"not recorded": float(years[("", "not recorded")])}))
+    objects = report["objects"]
+    failed, pending = objects.get(STATUS_FAILED, 0), report["pending"]
+    waiting = report.get("waiting_for_restore") or 0
+    left = report.get("bytes_left")
+    steps = []
+    if report.get("running_now"):
+        steps.append("A run is copying right now; this page shows the checkpoint as it stood when it was made.")
+    if failed:
+        steps.append(f"{failed:,} objects failed: the next run retries them. Their reasons are below.")
+    if waiting:
+        steps.append(restore)
+    if left:
+        steps.append(f"{format_bytes(left)} left to copy"
+                     + (f": {format_days(report['days_left'])} at the daily budget" if report.get("days_left") else "")
+                     + ". Keep the cron line; each run continues where the last stopped.")
+    if not failed and not left and not pending and left is not None:
+        steps.append("Everything listed is copied. Run `python cloud_transfer.py verify` to compare S3 with "
+                     "Drive, then remove the cron line.")
+    if years.get((str(today.year), "s3")):
+        n = years[(str(today.year), "s3")]
+        steps.append(f"{n:,} {'file has' if n == 1 else 'files have'} no capture date of its own and "
+                     f"{'is' if n == 1 else 'are'} dated by the S3 upload time (the orange part of this year's bar).")
+    reasons = report["reasons"]
+    tiles = [("done", f"{objects.get(STATUS_DONE, 0):,}", format_bytes(report["done_bytes"])),
+             ("left", "unknown" if left is None else format_bytes(left), "as the last run listed S3"),
+             ("failed", f"{failed:,}", "retried by the next run"),
+             ("waiting for a restore", f"{waiting:,}", "in an S3 archive")]
+    limit = config.daily_limit
+    binding = report["binding"]
+    title = f"s3://{binding.get('bucket')}/{binding.get('prefix') or ''} → Drive {binding.get('folder')}"
+    legend = "".join(f'<span><i style="background:{DATE_SOURCE_COLOURS[src]}"></i>{html.escape(src)}</span>'
+                     for src in sources)
+    made = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cloud_transfer: {html.escape(title)}</title>
+<style>
+body{{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:820px;color:#1d2329;background:#fff}}
+h1{{font-size:1.3rem}} h2{{font-size:1.05rem;margin-top:2rem}}
+.tiles{{display:grid;grid-template-columns:repeat(4,1fr);gap:.8rem}}
+.tile{{border:1px solid #d5dbe1;border-radius:8px;padding:.7rem}} .tile b{{display:block;font-size:1.5rem}}
+.tile small{{color:#5b6670}} .axis{{font-size:11px;fill:#5b6670}} .limit{{font-size:11px;fill:#c0392b}}
+.legend span{{margin-right:1rem}} .legend i{{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem}}
+table{{border-collapse:collapse}} td{{padding:.2rem .8rem .2rem 0;vertical-align:top}}
+pre{{background:#f4f6f8;padding:.8rem;overflow-x:auto;font-size:12px}}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>From checkpoint {html.escape(str(config.checkpoint_path))}, {html.escape(made)}.</p>
+<div class="tiles">{"".join(f'<div class="tile">{html.escape(name)}<b>{html.escape(value)}</b><small>{html.escape(note)}</small></div>'
+                            for name, value, note in tiles)}</div>
+<h2>What to do next</h2>
+<ul>{"".join(f"<li>{html.escape(step)}</li>" for step in steps) or "<li>Nothing: no run has listed S3 yet.</li>"}</ul>
+<h2>Uploaded per day, last 30 days</h2>
+{svg_bars([(day.strftime("%m-%d"), {"sent": float(per_day[day])}) for day in days], {"sent": "#2b7bb9"},
+          fmt=lambda v: format_like(v, config.daily_limit_text), limit=limit,
+          limit_label=f"--daily-limit {config.daily_limit_text}" if limit else "")}
+<h2>Copied photos and videos per capture year, by where the date came from</h2>
+<p class="legend">{legend}</p>
+{svg_bars(year_bars, DATE_SOURCE_COLOURS, fmt=lambda v: f"{v:,.0f}") if year_bars else "<p>Nothing copied yet.</p>"}
+<h2>Failures and skips</h2>
+{"<table>" + "".join(f"<tr><td>{n:,}</td><td>{html.escape(reason)}</td></tr>" for reason, n in
+                     sorted(reasons.items(), key=lambda item: -item[1])) + "</table>" if reasons else "<p>None.</p>"}
+<h2>As the terminal shows it</h2>
+<pre>{html.escape(chr(10).join(text_lines))}</pre>
+</body></html>
+"""
 
 
 def running_now(runs: list[dict[str, Any]], holder: int | None) -> str | None:
