@@ -177,9 +177,11 @@ MAX_REQUEST_ATTEMPTS = 8   #: per Drive request (transient errors)
 MAX_OBJECT_ATTEMPTS = 3    #: per object (checksum mismatch, truncated download, exhausted retries)
 BUDGET_GRACE_MAX_S = 900.0  #: past --max-duration, in-flight uploads get a tenth of it (1-15 min) to finish
 DAILY_WINDOW_S = 24 * 3600  #: Google's upload cap is per rolling 24 hours
+LOCK_ATTEMPTS, LOCK_RETRY_S = 5, 0.025  #: a lock held for an instant by `status` is not a run
 NOTIFY_TIMEOUT_S = 10.0    #: per --notify request; a monitor that is down must not hold up cron
 NOTIFY_ATTEMPTS = 3
 NOTIFY_BACKOFF_S = 0.5
+SENT_SAVE_INTERVAL_S = 60.0  #: a killed run's bytes still count against the day, to the last minute
 DAILY_WAIT_MAX_S = 15 * 60  #: a run waits this long at most for the bytes of a day ago to age out
 DEFAULT_DAILY_LIMIT = "740GB"  #: 740 x 10^9 bytes: under Google's 750 GB a day whether Google counts GB or GiB
 STOP_GRACE_S = 5.0         #: after SIGINT/SIGTERM, how long in-flight work may take to reach a stopping point
@@ -468,7 +470,9 @@ def drive_error_details(exc: HttpError) -> tuple[int, str, str]:
         body = json.loads(exc.content.decode("utf-8"))["error"]
         message = str(body.get("message", ""))
         errors = body.get("errors") or [{}]
-        reason = str(errors[0].get("reason", "")) or str(body.get("status", ""))
+        # newer answers may carry only google.rpc.ErrorInfo in details (e.g. SERVICE_DISABLED)
+        info = next((d for d in body.get("details") or () if isinstance(d, dict) and d.get("reason")), {})
+        reason = str(errors[0].get("reason", "")) or str(info.get("reason", "")) or str(body.get("status", ""))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         pass
     return status, reason, message
@@ -499,6 +503,12 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
         if getattr(exc, "retryable", False):   # google-auth's own retries of a 5xx/429 token endpoint ran out
             return Verdict(Verdict.RETRY, "Google's token endpoint is unavailable for now")
         details = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+        if details.get("error") == "invalid_grant" and "JWT" in str(details.get("error_description", "")):
+            # only a service account signs in with a JWT: its key is deleted, or this machine's clock is off
+            return Verdict(Verdict.STOP, "Google refused the service account's key (invalid_grant: "
+                           f"{details['error_description']}): check that the key still exists (IAM → Service "
+                           "accounts → Keys) or create a new one, and that this machine's clock is right",
+                           stop_error=AuthError)
         if details.get("error") == "invalid_grant":
             return Verdict(Verdict.STOP, "Google no longer accepts the sign-in in token.json (invalid_grant: "
                            f"{details.get('error_description') or 'expired or revoked'}): run 'python cloud_transfer.py "
@@ -605,31 +615,6 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
 EXIT_CODE_HELP = "exit codes:\n" + "".join(
     f"  {int(code):<4} {meaning} [rclone: {rclone}]\n" for code, (meaning, rclone) in EXIT_CODES.items())
 
-HELP_EPILOG = f"""\
-examples:
-  python cloud_transfer.py auth                      # once, in a terminal: browser consent, writes token.json
-  python cloud_transfer.py                           # copy everything (S3_BUCKET_NAME from .env)
-  python cloud_transfer.py --prefix 2019/ --dry-run  # what would be copied, touching nothing
-  python cloud_transfer.py verify --json             # compare S3 with Drive
-  python cloud_transfer.py rollback --run last       # trash what the last run uploaded
-
-environment (.env is read from the current directory; real environment variables win):
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION (or AWS_DEFAULT_REGION), AWS_PROFILE,
-  AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (S3-compatible stores), S3_BUCKET_NAME, S3_PREFIX,
-  AWS_CA_BUNDLE, AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION, AWS_MAX_ATTEMPTS,
-  S3_SSE_C_KEY (base64 of the 256-bit key of objects encrypted with SSE-C),
-  DRIVE_FOLDER_NAME, DRIVE_FOLDER_ID, DRIVE_ENDPOINT_URL (a Drive API emulator, for tests),
-  GOOGLE_APPLICATION_CREDENTIALS (a service-account key), DRIVE_IMPERSONATE,
-  CLOUD_TRANSFER_LAYOUT, CLOUD_TRANSFER_DATE_FROM, CLOUD_TRANSFER_TIMEZONE, CLOUD_TRANSFER_DAILY_LIMIT,
-  CLOUD_TRANSFER_ORDER, CLOUD_TRANSFER_BWLIMIT, CLOUD_TRANSFER_NOTIFY (defaults of the flags that name them),
-  CLOUD_TRANSFER_BACKOFF_BASE_S, CLOUD_TRANSFER_BACKOFF_CAP_S (retry waits; default 1 and 64 s),
-  CLOUD_TRANSFER_OUTAGE_S (a service failing every request this long stops the run, exit 7; default 600),
-  CLOUD_TRANSFER_LEASE_SETTLE_S (the wait in taking a Drive folder for one run; default 2),
-  CLOUD_TRANSFER_PROGRESS_S (a progress line in the log this often; default 30)
-
-{EXIT_CODE_HELP}"""
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting, validated and typed. Secrets are kept out of repr()."""
@@ -699,6 +684,7 @@ class Config:
     aws_max_attempts: int = 10           # AWS_MAX_ATTEMPTS: botocore's standard retry mode, per request
     aws_checksum_calculation: str | None = None   # AWS_REQUEST_CHECKSUM_CALCULATION (some S3-compatible stores)
     aws_checksum_validation: str | None = None    # AWS_RESPONSE_CHECKSUM_VALIDATION
+    env_file: Path = Path(DEFAULT_ENV_FILE)
     notices: tuple[str, ...] = ()        # warnings found while reading the settings (.env typos)
     bucket_origin: str = "--bucket"      # where the bucket name came from, as a user would say it
 
@@ -769,121 +755,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cloud_transfer.py",
         description="Copy photos and videos from an S3 bucket into Google Drive, exactly once, resumably.",
-        epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="transfer", choices=COMMAND_NAMES,
                         help="what to do (default: transfer)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    source = parser.add_argument_group("source (S3)")
-    source.add_argument("--bucket", help="S3 bucket (default: $S3_BUCKET_NAME)")
-    source.add_argument("--prefix", help="only keys under this prefix (default: $S3_PREFIX or all)")
-    source.add_argument("--page-size", type=int, default=None, metavar="N",
-                        help=f"keys per S3 listing page, 1-1000 (default {DEFAULT_PAGE_SIZE})")
-    source.add_argument("--all-files", action="store_true",
-                        help="copy every object, not only photos and videos")
-    source.add_argument("--include", dest="filters", action=_FilterAction, metavar="GLOB",
-                        help="only keys matching this rclone-style glob (repeatable; with --exclude, the "
-                             "first rule that matches decides, in command-line order)")
-    source.add_argument("--exclude", dest="filters", action=_FilterAction, metavar="GLOB",
-                        help="skip keys matching this glob (repeatable)")
-    source.add_argument("--min-size", metavar="SIZE", help="skip objects smaller than this, e.g. 100K")
-    source.add_argument("--max-size", metavar="SIZE", help="skip objects larger than this, e.g. 4G")
-    source.add_argument("--newer-than", metavar="DATE|AGE",
-                        help="only files whose original date is after this (2019-06-30, or an age such as 90d)")
-    source.add_argument("--older-than", metavar="DATE|AGE", help="only files whose original date is before this")
-    photos = parser.add_argument_group("photos")
-    photos.add_argument("--layout", metavar="mirror|flat|date[:YYYY/MM]",
-                        help="where files go in Drive: mirror = folders as the key prefixes (the default), "
-                             "flat = all in the root folder, date = YYYY/MM folders from each file's date "
-                             "(date:YYYY and date:YYYY/MM/DD too); fixed once a checkpoint exists "
-                             "(default: $CLOUD_TRANSFER_LAYOUT or mirror)")
-    photos.add_argument("--date-from", choices=DATE_SOURCES, default=None,
-                        help="each file's date (Drive's created and modified time): auto = the capture time "
-                             "in the file, else the original file time in S3 metadata, else S3's upload "
-                             "time (default: $CLOUD_TRANSFER_DATE_FROM or auto)")
-    photos.add_argument("--timezone", metavar="ZONE",
-                        help="where photos whose EXIF has no time zone were taken, e.g. Europe/Paris "
-                             "(default: $CLOUD_TRANSFER_TIMEZONE or this machine's zone)")
-    dest = parser.add_argument_group("destination (Google Drive)")
-    dest.add_argument("--folder", dest="folder_name", metavar="NAME",
-                      help=f"root folder in My Drive, found again on re-runs (default: \"{DEFAULT_FOLDER_NAME}\")")
-    dest.add_argument("--folder-id", metavar="ID", help="use this existing folder (e.g. in a shared drive)")
-    dest.add_argument("--credentials", dest="credentials_path", metavar="PATH",
-                      help=f"OAuth client file (default {DEFAULT_CREDENTIALS})")
-    dest.add_argument("--token", dest="token_path", metavar="PATH", help=f"stored token (default {DEFAULT_TOKEN})")
-    dest.add_argument("--full-scope", action="store_true",
-                      help="ask for access to all of Drive (needed for a --folder-id the tool did not create)")
-    dest.add_argument("--service-account", metavar="FILE",
-                      help="sign in with this service-account key instead of token.json, e.g. on a server "
-                           "(default with --impersonate: $GOOGLE_APPLICATION_CREDENTIALS)")
-    dest.add_argument("--impersonate", metavar="EMAIL",
-                      help="with a service account: act for this Workspace user (domain-wide delegation), "
-                           "into their My Drive (default: $DRIVE_IMPERSONATE)")
-    dest.add_argument("--no-browser", action="store_true", help="auth: print the consent URL instead of opening it")
-    dest.add_argument("--oauth-port", type=int, default=0, metavar="PORT",
-                      help="auth: local port for the consent redirect, e.g. for ssh -L (default: any)")
-    transfer = parser.add_argument_group("transfer")
-    transfer.add_argument("--workers", type=int, default=None, metavar="N",
-                          help=f"parallel transfers (default {DEFAULT_WORKERS})")
-    transfer.add_argument("--chunk-size", type=float, default=None, metavar="MIB",
-                          help=f"upload chunk in MiB, a multiple of 0.25 (default {DEFAULT_CHUNK_MIB:g})")
-    transfer.add_argument("--max-transfer", metavar="SIZE",
-                          help="start no upload that would take this run past SIZE, e.g. 700G; uploads in "
-                               "flight finish (exit 6; the next run continues)")
-    transfer.add_argument("--max-duration", metavar="DURATION",
-                          help="start no new upload after this long, e.g. 6h or 1h30m; uploads in flight get "
-                               "a tenth of it (1-15 min) to finish (exit 6; the next run continues)")
-    transfer.add_argument("--daily-limit", metavar="SIZE|off",
-                          help="bytes per rolling 24 hours across runs, kept under Google's ~750 GB daily "
-                               f"upload cap (default: $CLOUD_TRANSFER_DAILY_LIMIT or {DEFAULT_DAILY_LIMIT}; exit 5 "
-                               "with the time to resume when spent)")
-    transfer.add_argument("--notify", metavar="URL",
-                          help="tell a monitor each run's start (URL/start) and end: URL with the JSON report when "
-                               "on track, URL/fail otherwise (healthchecks.io, Uptime Kuma; default: "
-                               "$CLOUD_TRANSFER_NOTIFY)")
-    transfer.add_argument("--bwlimit", metavar="RATE|TIMETABLE",
-                          help="cap upload bytes per second for all workers together, e.g. 4M, or a day "
-                               "timetable in local time: \"08:00,1M 19:00,4M 23:00,off\" "
-                               "(default: $CLOUD_TRANSFER_BWLIMIT or off)")
-    transfer.add_argument("--order", choices=ORDERS, default=None,
-                          help="which objects go first: key (listing order, the default), oldest/newest "
-                               "(S3 LastModified), smallest/largest; all but key list the whole bucket "
-                               "before the first upload (default: $CLOUD_TRANSFER_ORDER or key)")
-    transfer.add_argument("--ignore-quota", action="store_true",
-                          help="start even when Drive's free space looks too small for what is left to copy")
-    transfer.add_argument("--temp-dir", metavar="PATH", help="where downloads are staged (default: system temp)")
-    transfer.add_argument("--dry-run", "-n", action="store_true", help="list what would be copied; write nothing anywhere")
-    transfer.add_argument("--check", action="store_true",
-                          help="check S3, the Google sign-in, the Drive folder, the temp dir, Drive's free space "
-                               "and today's budget, one line each; write nothing (exit 0 when all pass)")
-    transfer.add_argument("--new-root", action="store_true",
-                          help="start a new, separate copy in a new root folder (e.g. after signing in with "
-                               "another OAuth client or account, which cannot see the earlier copy)")
-    transfer.add_argument("--recheck", action="store_true",
-                          help="do not trust the checkpoint's 'done': look in Drive for every object "
-                               "(re-copies files deleted or trashed in Drive; uploads nothing that is intact)")
-    transfer.add_argument("--removed-in-drive", choices=(REMOVED_COPY, REMOVED_LEAVE),
-                          help="copies trashed, deleted or moved away in Drive: copy them again (the default) or "
-                               "leave them out; remembered by the checkpoint for later runs")
-    safety = parser.add_argument_group("state and safety")
-    safety.add_argument("--checkpoint", dest="checkpoint_path", metavar="PATH",
-                        help=f"checkpoint file (default {DEFAULT_CHECKPOINT})")
-    safety.add_argument("--reset-checkpoint", action="store_true",
-                        help="move an unusable or foreign checkpoint aside and start a new one")
-    safety.add_argument("--run", dest="rollback_run", metavar="last|ID", help="rollback: only this run")
-    safety.add_argument("--permanent", action="store_true", help="rollback: delete instead of moving to trash")
-    safety.add_argument("--yes", dest="assume_yes", action="store_true", help="rollback: do not ask")
-    output = parser.add_argument_group("output")
-    output.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors (and the exit code)")
-    output.add_argument("--verbose", "-v", action="store_true", help="debug logging, tracebacks on internal errors")
-    output.add_argument("--log-file", metavar="PATH", help="also write the full log here")
-    output.add_argument("--report", dest="report_path", metavar="PATH",
-                        help="transfer: write a JSON report of the run here (counts, bytes, rates, errors)")
-    output.add_argument("--json", dest="json_output", action="store_true",
-                        help="verify/status: print a machine-readable report")
-    output.add_argument("--html", dest="html_path", metavar="PATH",
-                        help="status: also write a self-contained HTML page of the copy here (open it in a browser)")
-    output.add_argument("--env-file", metavar="PATH", help=f"read settings from this file (default {DEFAULT_ENV_FILE})")
+    groups: dict[str, Any] = {}
+    for row in SETTINGS:
+        if row.flags:
+            group = groups.get(row.group) or groups.setdefault(row.group, parser.add_argument_group(row.group))
+            group.add_argument(*row.flags, dest=row.field, default=None, help=row.help_text(), **row.arg)
     return parser
+
+
+def help_epilog() -> str:
+    width = max(len(", ".join(row.env)) for row in SETTINGS if row.env)
+    variables = "".join(f"  {', '.join(row.env):<{width}}  {row.flags[0] if row.flags else row.help_text(variables=False)}\n"
+                        for row in SETTINGS if row.env)
+    return f"""\
+examples:
+  python cloud_transfer.py auth                      # once, in a terminal: browser consent, writes token.json
+  python cloud_transfer.py                           # copy everything (S3_BUCKET_NAME from .env)
+  python cloud_transfer.py --prefix 2019/ --dry-run  # what would be copied, touching nothing
+  python cloud_transfer.py verify --json             # compare S3 with Drive
+  python cloud_transfer.py rollback --run last       # trash what the last run uploaded
+
+environment (.env is read from the current directory; real environment variables win; a flag wins over both):
+{variables}  {'GOOGLE_APPLICATION_CREDENTIALS':<{width}}  a service-account key, used with --impersonate
+
+{EXIT_CODE_HELP}"""
 
 
 def read_env_file(path: Path, required: bool) -> dict[str, str]:
@@ -910,17 +809,6 @@ def read_env_file(path: Path, required: bool) -> dict[str, str]:
 
 
 #: Every variable the tool reads; a .env key that looks like one of ours but is not gets a warning.
-KNOWN_SETTINGS = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS",
-    "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "S3_BUCKET_NAME", "S3_PREFIX",
-    "S3_SSE_C_KEY", "DRIVE_FOLDER_NAME", "DRIVE_FOLDER_ID", "DRIVE_ENDPOINT_URL", "CLOUD_TRANSFER_BACKOFF_BASE_S",
-    "CLOUD_TRANSFER_BACKOFF_CAP_S", "CLOUD_TRANSFER_OUTAGE_S", "CLOUD_TRANSFER_DATE_FROM", "CLOUD_TRANSFER_TIMEZONE",
-    "CLOUD_TRANSFER_LAYOUT", "CLOUD_TRANSFER_DAILY_LIMIT", "CLOUD_TRANSFER_PROGRESS_S", "CLOUD_TRANSFER_ORDER",
-    "CLOUD_TRANSFER_BWLIMIT", "DRIVE_IMPERSONATE", "CLOUD_TRANSFER_LEASE_SETTLE_S", "CLOUD_TRANSFER_NOTIFY",
-)
-
-
 def parse_notify_url(text: str | None) -> str | None:
     if not text or text == "off":
         return None
@@ -994,6 +882,14 @@ def parse_duration(value: str, name: str) -> float:
     if seconds <= 0:
         raise UsageError(f"{name} must be longer than nothing, not {value!r}")
     return seconds
+
+
+def parse_utc(value: Any) -> dt.datetime | None:
+    """A time this tool recorded ("2026-12-01T01:00:00Z"), None when absent or unreadable."""
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
 def parse_moment(value: str, name: str) -> dt.datetime:
@@ -1090,8 +986,235 @@ def _positive_float(value: Any, name: str) -> float:
     return number
 
 
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting, said once: its Config field, its flags and environment variables (a flag wins,
+    then the first variable that is set, then the default), how its text is read, its help, and
+    the commands it applies to. SETTINGS builds the parser, the merge in load_config, the help's
+    list of environment variables and the .env typo check."""
+    field: str
+    flags: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    default: Any = None        # read by `parse` as a user's text would be, or a value as it is
+    parse: Callable[[Any, str], Any] | None = None   # (text, the flag or variable it came by) -> value
+    help: str = ""
+    shown: str | None = None   # the default as --help says it, when not str(default)
+    commands: tuple[str, ...] = COMMAND_NAMES
+    arg: dict[str, Any] = dataclasses.field(default_factory=dict)   # argparse: action, metavar, choices, dest
+    group: str = ""
+
+    @property
+    def name(self) -> str:
+        return (self.flags or self.env)[0]
+
+    def help_text(self, variables: bool = True) -> str:
+        scope = "" if self.commands == COMMAND_NAMES else "/".join(self.commands) + ": "
+        shown = self.shown if self.shown is not None else None if self.default in (None, False, ()) else str(self.default)
+        default = " or ".join([*(f"${name}" for name in self.env if variables), *([shown] if shown else [])])
+        return scope + self.help + (f" (default: {default})" if default else "")
+
+
+def _path(value: Any, name: str) -> Path:
+    return Path(value)
+
+
+def _whole(value: Any, name: str) -> int:
+    """A whole number; its range is validate_config's to say."""
+    if not str(value).strip().isdigit():
+        raise UsageError(f"{name} must be a whole number, not {value!r}")
+    return int(value)
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a number, not {value!r}") from None
+
+
+def _port(value: Any, name: str) -> int:
+    if not str(value).strip().isdigit() or not 0 <= int(value) <= 65535:
+        raise UsageError(f"{name} must be a port number (0-65535; 0: any free port), not {value!r}")
+    return int(value)
+
+
+def _settings(group: str, *rows: Setting) -> list[Setting]:
+    return [dataclasses.replace(row, group=group) for row in rows]
+
+
+S = Setting
+_TRANSFER, _READS_S3 = ("transfer",), ("transfer", "verify")
+SETTINGS: list[Setting] = [
+    *_settings(
+        "source (S3)",
+        S("bucket", ("--bucket",), ("S3_BUCKET_NAME",), "", help="S3 bucket, or s3://bucket/prefix"),
+        S("prefix", ("--prefix",), ("S3_PREFIX",), "", help="only keys under this prefix", shown="all"),
+        S("page_size", ("--page-size",), (), DEFAULT_PAGE_SIZE, _whole,
+          "keys per S3 listing page, 1-1000", commands=_READS_S3, arg={"metavar": "N"}),
+        S("all_files", ("--all-files",), (), False, help="copy every object, not only photos and videos",
+          commands=_READS_S3, arg={"action": "store_true"}),
+        S("filters", ("--include",), (), (), lambda v, n: tuple(v), commands=_READS_S3,
+          help="only keys matching this rclone-style glob (repeatable; with --exclude, the first rule that "
+               "matches decides, in command-line order)", arg={"action": _FilterAction, "metavar": "GLOB"}),
+        S("filters", ("--exclude",), (), (), lambda v, n: tuple(v), "skip keys matching this glob (repeatable)",
+          commands=_READS_S3, arg={"action": _FilterAction, "metavar": "GLOB"}),
+        S("min_size", ("--min-size",), (), None, parse_size, "skip objects smaller than this, e.g. 100K",
+          commands=_READS_S3, arg={"metavar": "SIZE"}),
+        S("max_size", ("--max-size",), (), None, parse_size, "skip objects larger than this, e.g. 4G",
+          commands=_READS_S3, arg={"metavar": "SIZE"}),
+        S("newer_than", ("--newer-than",), (), None, parse_moment, commands=_READS_S3, arg={"metavar": "DATE|AGE"},
+          help="only files whose original date is after this (2019-06-30, or an age such as 90d)"),
+        S("older_than", ("--older-than",), (), None, parse_moment, "only files whose original date is before this",
+          commands=_READS_S3, arg={"metavar": "DATE|AGE"}),
+        S("sse_c_key", (), ("S3_SSE_C_KEY",), None, lambda v, n: parse_sse_c_key(v),
+          "the base64 of the 256-bit key of objects encrypted with SSE-C"),
+        S("s3_endpoint_url", (), ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), help="an S3-compatible store"),
+        S("aws_region", (), ("AWS_REGION", "AWS_DEFAULT_REGION"), help="the bucket's region"),
+        S("aws_profile", (), ("AWS_PROFILE",), help="a profile of ~/.aws/config"),
+        S("aws_access_key_id", (), ("AWS_ACCESS_KEY_ID",), help="an access key (else boto3 looks: profile, role)"),
+        S("aws_secret_access_key", (), ("AWS_SECRET_ACCESS_KEY",), help="its secret"),
+        S("aws_session_token", (), ("AWS_SESSION_TOKEN",), help="for temporary credentials"),
+        S("aws_ca_bundle", (), ("AWS_CA_BUNDLE",), help="CA certificates of a private S3 endpoint"),
+        S("aws_max_attempts", (), ("AWS_MAX_ATTEMPTS",), 10, _positive_int,
+          "botocore's standard retries, per request"),
+        S("aws_checksum_calculation", (), ("AWS_REQUEST_CHECKSUM_CALCULATION",), help="for some S3-compatible stores"),
+        S("aws_checksum_validation", (), ("AWS_RESPONSE_CHECKSUM_VALIDATION",), help="the same, for answers"),
+    ),
+    *_settings(
+        "photos",
+        S("layout", ("--layout",), ("CLOUD_TRANSFER_LAYOUT",), LAYOUT_MIRROR, lambda v, n: parse_layout(v),
+          "where files go in Drive: mirror = folders as the key prefixes, flat = all in the root folder, date = "
+          "YYYY/MM folders from each file's date (date:YYYY and date:YYYY/MM/DD too); fixed once a checkpoint "
+          "exists", commands=_READS_S3, arg={"metavar": "mirror|flat|date[:YYYY/MM]"}),
+        S("date_from", ("--date-from",), ("CLOUD_TRANSFER_DATE_FROM",), "auto", lambda v, n: parse_date_from(v),
+          "each file's date (Drive's created and modified time): auto = the capture time in the file, else the "
+          "original file time in S3 metadata, else S3's upload time", commands=_READS_S3,
+          arg={"choices": DATE_SOURCES}),
+        S("timezone", ("--timezone",), ("CLOUD_TRANSFER_TIMEZONE",), None, lambda v, n: parse_timezone(v),
+          "where photos whose EXIF has no time zone were taken, e.g. Europe/Paris", shown="this machine's zone",
+          commands=_READS_S3, arg={"metavar": "ZONE"}),
+    ),
+    *_settings(
+        "destination (Google Drive)",
+        S("folder_name", ("--folder",), ("DRIVE_FOLDER_NAME",), DEFAULT_FOLDER_NAME,
+          help="root folder in My Drive, found again on re-runs", shown=f'"{DEFAULT_FOLDER_NAME}"',
+          arg={"metavar": "NAME"}),
+        S("folder_id", ("--folder-id",), ("DRIVE_FOLDER_ID",), help="use this existing folder (e.g. in a shared drive)",
+          arg={"metavar": "ID"}),
+        S("credentials_path", ("--credentials",), (), Path(DEFAULT_CREDENTIALS), _path, "OAuth client file",
+          arg={"metavar": "PATH"}),
+        S("token_path", ("--token",), (), Path(DEFAULT_TOKEN), _path, "stored token", arg={"metavar": "PATH"}),
+        S("full_scope", ("--full-scope",), (), False, arg={"action": "store_true"},
+          help="ask for access to all of Drive (needed for a --folder-id the tool did not create)"),
+        S("service_account_path", ("--service-account",), (), arg={"metavar": "FILE"},
+          help="sign in with this service-account key instead of token.json, e.g. on a server (with "
+               "--impersonate, $GOOGLE_APPLICATION_CREDENTIALS when it names one)"),
+        S("impersonate", ("--impersonate",), ("DRIVE_IMPERSONATE",), arg={"metavar": "EMAIL"},
+          help="with a service account: act for this Workspace user (domain-wide delegation), into their My Drive"),
+        S("no_browser", ("--no-browser",), (), False, help="print the consent URL instead of opening it",
+          arg={"action": "store_true"}),
+        S("oauth_port", ("--oauth-port",), (), 0, _port,
+          "local port for the consent redirect, e.g. for ssh -L", shown="any",
+          arg={"metavar": "PORT"}),
+        S("drive_endpoint_url", (), ("DRIVE_ENDPOINT_URL",), None, lambda v, n: v.rstrip("/") or None,
+          "a Drive API emulator, for tests"),
+    ),
+    *_settings(
+        "transfer",
+        S("workers", ("--workers",), (), DEFAULT_WORKERS, _whole, "parallel transfers",
+          commands=_TRANSFER, arg={"metavar": "N"}),
+        S("chunk_size_bytes", ("--chunk-size",), (), DEFAULT_CHUNK_MIB, lambda v, n: parse_chunk_size(_number(v, n)),
+          "upload chunk in MiB, a multiple of 0.25", shown=f"{DEFAULT_CHUNK_MIB:g}", commands=_TRANSFER,
+          arg={"metavar": "MIB"}),
+        S("max_transfer", ("--max-transfer",), (), None, parse_size, commands=_TRANSFER, arg={"metavar": "SIZE"},
+          help="start no upload that would take this run past SIZE, e.g. 700G; uploads in flight finish (exit 6; "
+               "the next run continues)"),
+        S("max_duration_s", ("--max-duration",), (), None, parse_duration, commands=_TRANSFER,
+          arg={"metavar": "DURATION"},
+          help="start no new upload after this long, e.g. 6h or 1h30m; uploads in flight get a tenth of it "
+               "(1-15 min) to finish (exit 6; the next run continues)"),
+        S("daily_limit", ("--daily-limit",), ("CLOUD_TRANSFER_DAILY_LIMIT",), DEFAULT_DAILY_LIMIT,
+          lambda v, n: parse_size(v, n, allow_off=True), commands=(*_TRANSFER, "status"), arg={"metavar": "SIZE|off"},
+          help="bytes per rolling 24 hours across runs, kept under Google's ~750 GB daily upload cap; when "
+               "spent, exit 5 with the time to resume"),
+        S("notify_url", ("--notify",), ("CLOUD_TRANSFER_NOTIFY",), None, lambda v, n: parse_notify_url(v),
+          commands=_TRANSFER, arg={"metavar": "URL"},
+          help="tell a monitor each run's start (URL/start) and end: URL with the JSON report when on track, "
+               "URL/fail otherwise (healthchecks.io); an Uptime Kuma .../api/push/... URL gets status=up|down at "
+               "the end"),
+        S("bwlimit", ("--bwlimit",), ("CLOUD_TRANSFER_BWLIMIT",), "off", lambda v, n: parse_bwlimit(v),
+          commands=_TRANSFER, arg={"metavar": "RATE|TIMETABLE"},
+          help="cap upload bytes per second for all workers together, e.g. 4M, or a day timetable in local "
+               "time: \"08:00,1M 19:00,4M 23:00,off\""),
+        S("order", ("--order",), ("CLOUD_TRANSFER_ORDER",), "key", lambda v, n: parse_order(v), commands=_TRANSFER,
+          arg={"choices": ORDERS},
+          help="which objects go first: key (listing order), oldest/newest (S3 LastModified), smallest/largest; "
+               "all but key list the whole bucket before the first upload"),
+        S("ignore_quota", ("--ignore-quota",), (), False, commands=_TRANSFER, arg={"action": "store_true"},
+          help="start even when Drive's free space looks too small for what is left to copy"),
+        S("temp_dir", ("--temp-dir",), (), None, _path, "where downloads are staged", shown="system temp",
+          arg={"metavar": "PATH"}),
+        S("dry_run", ("--dry-run", "-n"), (), False, help="list what would be copied (rollback: removed); write "
+          "nothing anywhere", commands=("transfer", "rollback"), arg={"action": "store_true"}),
+        S("check", ("--check",), (), False, commands=_TRANSFER, arg={"action": "store_true"},
+          help="check S3, the Google sign-in, the Drive folder, the checkpoint, the temp dir, Drive's free space "
+               "and today's budget, one line each; write nothing (exit 0 when all pass)"),
+        S("new_root", ("--new-root",), (), False, commands=_TRANSFER, arg={"action": "store_true"},
+          help="start a new, separate copy in a new root folder (e.g. after signing in with another OAuth "
+               "client or account, which cannot see the earlier copy)"),
+        S("recheck", ("--recheck",), (), False, commands=_TRANSFER, arg={"action": "store_true"},
+          help="do not trust the checkpoint's 'done': look in Drive for every object (re-copies files deleted "
+               "or trashed in Drive; uploads nothing that is intact)"),
+        S("removed_in_drive", ("--removed-in-drive",), (), None, commands=_TRANSFER,
+          arg={"choices": (REMOVED_COPY, REMOVED_LEAVE)},
+          help="copies trashed, deleted or moved away in Drive: copy them again (the default) or leave them "
+               "out; remembered by the checkpoint for later runs"),
+        S("backoff_base_s", (), ("CLOUD_TRANSFER_BACKOFF_BASE_S",), BACKOFF_BASE_S, _positive_float,
+          "the first retry waits up to this long, s (full jitter)"),
+        S("backoff_cap_s", (), ("CLOUD_TRANSFER_BACKOFF_CAP_S",), BACKOFF_CAP_S, _positive_float,
+          "no single retry wait is longer, s (but a server's Retry-After)"),
+        S("outage_window_s", (), ("CLOUD_TRANSFER_OUTAGE_S",), OUTAGE_WINDOW_S, _positive_float,
+          "a service failing every request this long, s, stops the run (exit 7)"),
+        S("lease_settle_s", (), ("CLOUD_TRANSFER_LEASE_SETTLE_S",), LEASE_SETTLE_S, _positive_float,
+          "the wait in taking a Drive folder for one run, s"),
+    ),
+    *_settings(
+        "state and safety",
+        S("checkpoint_path", ("--checkpoint",), (), Path(DEFAULT_CHECKPOINT), _path, "checkpoint file",
+          arg={"metavar": "PATH"}),
+        S("reset_checkpoint", ("--reset-checkpoint",), (), False, commands=_TRANSFER, arg={"action": "store_true"},
+          help="move an unusable or foreign checkpoint aside and start a new one"),
+        S("rollback_run", ("--run",), (), None, help="only this run", commands=("rollback",),
+          arg={"metavar": "last|ID"}),
+        S("permanent", ("--permanent",), (), False, help="delete instead of moving to trash", commands=("rollback",),
+          arg={"action": "store_true"}),
+        S("assume_yes", ("--yes",), (), False, help="do not ask", commands=("rollback",), arg={"action": "store_true"}),
+    ),
+    *_settings(
+        "output",
+        S("quiet", ("--quiet", "-q"), (), False, help="only warnings and errors (and the exit code)",
+          arg={"action": "store_true"}),
+        S("verbose", ("--verbose", "-v"), (), False, arg={"action": "store_true"},
+          help="one line per copied object, debug logging, tracebacks on internal errors"),
+        S("log_file", ("--log-file",), (), None, _path, "also write the full log here", arg={"metavar": "PATH"}),
+        S("report_path", ("--report",), (), None, _path, commands=_TRANSFER, arg={"metavar": "PATH"},
+          help="write a JSON report of the run here (counts, bytes, rates, errors, every object)"),
+        S("json_output", ("--json",), (), False, help="print a machine-readable report", commands=("verify", "status"),
+          arg={"action": "store_true"}),
+        S("html_path", ("--html",), (), None, _path, commands=("status",), arg={"metavar": "PATH"},
+          help="also write a self-contained HTML page of the copy here (open it in a browser)"),
+        S("progress_interval_s", (), ("CLOUD_TRANSFER_PROGRESS_S",), LOG_INTERVAL_S, _positive_float,
+          "a progress line in the log this often, s"),
+        S("env_file", ("--env-file",), (), Path(DEFAULT_ENV_FILE), _path, "read settings from this file",
+          arg={"metavar": "PATH"}),
+    ),
+]
+del S
+KNOWN_SETTINGS = tuple(dict.fromkeys(name for row in SETTINGS for name in row.env))   # .env typo check
+
+
 def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
-    """Parse argv and merge it with the environment and .env; the only reader of either."""
+    """Parse argv and merge it with the environment and .env (SETTINGS); the only reader of either."""
     args = build_parser().parse_args(argv)
     env_file = Path(args.env_file or DEFAULT_ENV_FILE)
     from_file = read_env_file(env_file, required=bool(args.env_file))
@@ -1108,81 +1231,24 @@ def load_config(argv: list[str] | None, environ: dict[str, str]) -> Config:
                 raise UsageError(f"{name} in {where} still holds the example's value {example!r} from .env.example: "
                                  "put your own there")
 
-    def setting(flag_value: Any, *names: str, default: Any = None) -> Any:
-        if flag_value is not None:
-            return flag_value
-        for name in names:
-            if env.get(name, "").strip():
-                return env[name].strip()
-        return default
-
-    chunk_mib = args.chunk_size if args.chunk_size is not None else DEFAULT_CHUNK_MIB
-    daily_limit_text = str(setting(args.daily_limit, "CLOUD_TRANSFER_DAILY_LIMIT", default=DEFAULT_DAILY_LIMIT))
-    bucket, prefix = split_bucket(setting(args.bucket, "S3_BUCKET_NAME", default=""),
-                                  setting(args.prefix, "S3_PREFIX", default=""))
+    texts: dict[str, Any] = {}    # each setting as given, before it is read
+    values: dict[str, Any] = {}
+    for row in SETTINGS:
+        given = getattr(args, row.field) if row.flags else None
+        if given is not None and given is not False and args.command not in row.commands:
+            raise UsageError(f"{row.flags[0]} only applies to {' and '.join(row.commands)}")
+        text, name = given, row.name
+        for variable in row.env if text is None else ():
+            if env.get(variable, "").strip():
+                text, name = env[variable].strip(), variable
+                break
+        text = row.default if text is None else text
+        texts[row.field] = text
+        values[row.field] = row.parse(text, name) if row.parse is not None and text is not None else text
+    values["bucket"], values["prefix"] = split_bucket(values["bucket"], values["prefix"])
+    values["service_account_path"] = service_account_path(args.service_account_path, env, bool(values["impersonate"]))
     config = Config(
-        command=args.command,
-        bucket=bucket,
-        prefix=prefix,
-        folder_name=setting(args.folder_name, "DRIVE_FOLDER_NAME", default=DEFAULT_FOLDER_NAME),
-        folder_id=setting(args.folder_id, "DRIVE_FOLDER_ID"),
-        credentials_path=Path(args.credentials_path or DEFAULT_CREDENTIALS),
-        token_path=Path(args.token_path or DEFAULT_TOKEN),
-        checkpoint_path=Path(args.checkpoint_path or DEFAULT_CHECKPOINT),
-        temp_dir=Path(args.temp_dir) if args.temp_dir else None,
-        workers=args.workers if args.workers is not None else DEFAULT_WORKERS,
-        chunk_size_bytes=parse_chunk_size(chunk_mib),
-        page_size=args.page_size if args.page_size is not None else DEFAULT_PAGE_SIZE,
-        dry_run=args.dry_run, check=args.check, all_files=args.all_files, full_scope=args.full_scope,
-        filters=tuple(args.filters or ()),
-        min_size=parse_size(args.min_size, "--min-size") if args.min_size else None,
-        max_size=parse_size(args.max_size, "--max-size") if args.max_size else None,
-        newer_than=parse_moment(args.newer_than, "--newer-than") if args.newer_than else None,
-        older_than=parse_moment(args.older_than, "--older-than") if args.older_than else None,
-        ignore_quota=args.ignore_quota,
-        max_transfer=parse_size(args.max_transfer, "--max-transfer") if args.max_transfer else None,
-        max_duration_s=parse_duration(args.max_duration, "--max-duration") if args.max_duration else None,
-        daily_limit=parse_size(daily_limit_text, "--daily-limit", allow_off=True), daily_limit_text=daily_limit_text,
-        bwlimit=parse_bwlimit(setting(args.bwlimit, "CLOUD_TRANSFER_BWLIMIT", default="off")),
-        notify_url=parse_notify_url(setting(args.notify, "CLOUD_TRANSFER_NOTIFY")),
-        order=parse_order(setting(args.order, "CLOUD_TRANSFER_ORDER", default="key")),
-        layout=parse_layout(setting(args.layout, "CLOUD_TRANSFER_LAYOUT", default=LAYOUT_MIRROR)),
-        date_from=parse_date_from(setting(args.date_from, "CLOUD_TRANSFER_DATE_FROM", default="auto")),
-        timezone=parse_timezone(setting(args.timezone, "CLOUD_TRANSFER_TIMEZONE")),
-        no_browser=args.no_browser, oauth_port=args.oauth_port,
-        service_account_path=service_account_path(args.service_account, env,
-                                                   bool(setting(args.impersonate, "DRIVE_IMPERSONATE"))),
-        impersonate=setting(args.impersonate, "DRIVE_IMPERSONATE"),
-        quiet=args.quiet, verbose=args.verbose,
-        log_file=Path(args.log_file) if args.log_file else None,
-        report_path=Path(args.report_path) if args.report_path else None,
-        json_output=args.json_output, html_path=Path(args.html_path) if args.html_path else None,
-        reset_checkpoint=args.reset_checkpoint, recheck=args.recheck,
-        removed_in_drive=args.removed_in_drive,
-        rollback_run=args.rollback_run, permanent=args.permanent, assume_yes=args.assume_yes,
-        backoff_base_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_BASE_S", default=BACKOFF_BASE_S),
-                                       "CLOUD_TRANSFER_BACKOFF_BASE_S"),
-        backoff_cap_s=_positive_float(setting(None, "CLOUD_TRANSFER_BACKOFF_CAP_S", default=BACKOFF_CAP_S),
-                                      "CLOUD_TRANSFER_BACKOFF_CAP_S"),
-        outage_window_s=_positive_float(setting(None, "CLOUD_TRANSFER_OUTAGE_S", default=OUTAGE_WINDOW_S),
-                                        "CLOUD_TRANSFER_OUTAGE_S"),
-        lease_settle_s=_positive_float(setting(None, "CLOUD_TRANSFER_LEASE_SETTLE_S", default=LEASE_SETTLE_S),
-                                       "CLOUD_TRANSFER_LEASE_SETTLE_S"),
-        progress_interval_s=_positive_float(setting(None, "CLOUD_TRANSFER_PROGRESS_S", default=LOG_INTERVAL_S),
-                                            "CLOUD_TRANSFER_PROGRESS_S"),
-        new_root=args.new_root,
-        drive_endpoint_url=(setting(None, "DRIVE_ENDPOINT_URL") or "").rstrip("/") or None,
-        s3_endpoint_url=setting(None, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-        aws_region=setting(None, "AWS_REGION", "AWS_DEFAULT_REGION"),
-        aws_profile=setting(None, "AWS_PROFILE"),
-        aws_access_key_id=setting(None, "AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=setting(None, "AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=setting(None, "AWS_SESSION_TOKEN"),
-        sse_c_key=parse_sse_c_key(setting(None, "S3_SSE_C_KEY")),
-        aws_ca_bundle=setting(None, "AWS_CA_BUNDLE"),
-        aws_max_attempts=_positive_int(setting(None, "AWS_MAX_ATTEMPTS", default=10), "AWS_MAX_ATTEMPTS"),
-        aws_checksum_calculation=setting(None, "AWS_REQUEST_CHECKSUM_CALCULATION"),
-        aws_checksum_validation=setting(None, "AWS_RESPONSE_CHECKSUM_VALIDATION"),
+        command=args.command, **values, daily_limit_text=str(texts["daily_limit"]),
         notices=tuple(unknown_setting_notices(from_file, env_file)),
         bucket_origin="--bucket" if args.bucket else "S3_BUCKET_NAME in the environment"
                       if environ.get("S3_BUCKET_NAME", "").strip() else f"S3_BUCKET_NAME in {env_file}",
@@ -1251,16 +1317,8 @@ def validate_config(config: Config) -> None:
                          "folder in a shared drive it is a member of")
     if config.check and (config.command != "transfer" or config.dry_run):
         raise UsageError("--check is a transfer's pre-flight: use it without --dry-run")
-    if config.recheck and config.command != "transfer":
-        raise UsageError("--recheck only applies to transfer")
-    if config.removed_in_drive and config.command != "transfer":
-        raise UsageError("--removed-in-drive only applies to transfer")
     if config.new_root and (config.command != "transfer" or config.folder_id):
         raise UsageError("--new-root only applies to a transfer into a folder found by name (not --folder-id)")
-    if config.permanent and config.command != "rollback":
-        raise UsageError("--permanent only applies to rollback")
-    if config.rollback_run and config.command != "rollback":
-        raise UsageError("--run only applies to rollback")
     for _, pattern in config.filters:
         glob_regex(pattern)   # a malformed one fails here, before any work
     if config.min_size is not None and config.max_size is not None and config.min_size > config.max_size:
@@ -2729,9 +2787,7 @@ def save_token(creds: Credentials, path: Path, *, signed_in: bool = False) -> No
 
 
 def token_age_days(token: dict[str, Any]) -> float | None:
-    try:
-        signed_in = dt.datetime.fromisoformat(str(token[TOKEN_SIGNED_IN]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
+    if (signed_in := parse_utc(token.get(TOKEN_SIGNED_IN))) is None:
         return None
     return (dt.datetime.now(dt.timezone.utc) - signed_in).total_seconds() / 86400
 
@@ -3966,6 +4022,10 @@ class Checkpoint:
             self.folders.setdefault(line["folder_more"], {"id": "", "run": ""}).setdefault("more", []).append(line["id"])
         elif "folder" in line:
             self._set_folder(line["folder"], line["id"], line.get("run", ""))
+        elif "sent_by" in line:   # a live run's bytes by minute, journaled as it goes (DailyWindow.unsaved)
+            for run in self.runs:
+                if run["id"] == line["sent_by"]:
+                    run["sent"] = [*run.get("sent", ()), *line["sent"]]
         elif "run" in line:
             runs = {run["id"]: i for i, run in enumerate(self.runs)}
             if line["run"]["id"] in runs:
@@ -4288,12 +4348,19 @@ class Checkpoint:
             self._journal({"run": run})
             self.flush()
 
+    def save_sent(self, run_id: str, minutes: list[list[int]]) -> None:
+        """Bytes a live run has sent since the last call, added to its record's `sent`."""
+        with self._lock:
+            line = {"sent_by": run_id, "sent": minutes}
+            self._apply(line)
+            self._journal(line)
+
 
 class RunLock:
     """An exclusive fcntl lock beside the checkpoint; the kernel drops it when the process dies."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, wait: Callable[[float], None] = time.sleep):
+        self.path, self.wait = path, wait
         self._fd: int | None = None
         self.hold_until_exit = False   # threads that outlive the run keep the lock with them
 
@@ -4302,9 +4369,14 @@ class RunLock:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise UsageError(f"cannot create lock file {self.path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 < LOCK_ATTEMPTS:
+                    self.wait(LOCK_RETRY_S)   # `status` or `--check` holds it for an instant (lock_holder)
+        else:
             os.close(self._fd)
             self._fd = None
             raise LockHeldError(f"another cloud_transfer run holds the lock {self.path}; "
@@ -4321,7 +4393,7 @@ class RunLock:
 
 def lock_holder(path: Path) -> int | None:
     """The pid of the run that holds the lock now (0 if it wrote none), None when no run does. Asked
-    with a shared lock given back at once, so a run starting meanwhile fails only in that instant."""
+    with a shared lock given back at once; a run starting in that instant tries again (RunLock)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -4593,9 +4665,7 @@ def recorded_as_archived(entry: CheckpointEntry | None, obj: SourceObject, now: 
         return False
     if obj.storage_class != TIERED_STORAGE_CLASS:
         return True
-    try:
-        recorded = dt.datetime.fromisoformat(entry.at.replace("Z", "+00:00"))
-    except ValueError:
+    if (recorded := parse_utc(entry.at)) is None:
         return False
     return ((now or dt.datetime.now(dt.timezone.utc)) - recorded).total_seconds() < TIERED_RECHECK_S
 
@@ -4888,49 +4958,80 @@ class _StagedReader(io.RawIOBase):
 class DailyWindow:
     """--daily-limit as Google's cap is kept: a rolling 24 hours of bytes, each counted from the
     minute its upload finished (this run's and earlier runs'), so a run's bytes age out as they
-    were sent, not all at once from its end. `limit` None: only recorded, for runs with a limit."""
+    were sent, not all at once from its end. `limit` None: only recorded, for runs with a limit.
+    Time only moves forward here: a minute that has aged out is dropped for good, and a running
+    total keeps every question about the window as cheap as the minutes it must look at."""
 
     def __init__(self, limit: int | None, sent: Iterable[tuple[int, int]] = (), clock: Callable[[], float] = time.time):
         self.limit, self.clock = limit, clock
-        self.earlier: Counter[int] = Counter()   # epoch minute -> bytes
+        minutes: Counter[int] = Counter()   # epoch minute -> bytes
         for minute, n in sent:
-            self.earlier[int(minute)] += int(n)
+            minutes[int(minute)] += int(n)
+        self._window: deque[list[int]] = deque(
+            [minute, n] for minute, n in sorted(minutes.items()) if n > 0)   # oldest first, this run's too
+        self._total = sum(n for _, n in self._window)
         self.this_run: Counter[int] = Counter()
+        self._saved: Counter[int] = Counter()   # this run's bytes already journaled (unsaved())
         self._lock = threading.Lock()
+        self._age_out(clock())
 
-    def _live(self, now: float) -> list[tuple[int, int]]:
-        """(minute, bytes) still inside the window: a minute counts until a day after it ended."""
-        with self._lock:
-            both = self.earlier + self.this_run
-        return sorted((m, n) for m, n in both.items() if (m + 1) * 60 + DAILY_WINDOW_S > now)
+    def _age_out(self, now: float) -> None:
+        """Under the lock: a minute counts until a day after it ended."""
+        while self._window and (self._window[0][0] + 1) * 60 + DAILY_WINDOW_S <= now:
+            self._total -= self._window.popleft()[1]
 
     def spent(self, now: float | None = None) -> int:
-        return sum(n for _, n in self._live(self.clock() if now is None else now))
+        with self._lock:
+            self._age_out(self.clock() if now is None else now)
+            return self._total
 
     def first_sent(self, now: float | None = None) -> float | None:
-        live = self._live(self.clock() if now is None else now)
-        return live[0][0] * 60.0 if live else None
+        with self._lock:
+            self._age_out(self.clock() if now is None else now)
+            return self._window[0][0] * 60.0 if self._window else None
 
     def fits_at(self, needed: int, now: float | None = None) -> float:
         """When `needed` more bytes fit under the limit: now, or once enough has aged out."""
         now = self.clock() if now is None else now
-        live = self._live(now)
-        over = sum(n for _, n in live) + needed - (self.limit if self.limit is not None else math.inf)
-        for minute, n in live:
-            if over <= 0:
-                break
-            over -= n
-            now = (minute + 1) * 60.0 + DAILY_WINDOW_S
+        with self._lock:
+            self._age_out(now)
+            over = self._total + needed - (self.limit if self.limit is not None else math.inf)
+            for minute, n in self._window:
+                if over <= 0:
+                    break
+                over -= n
+                now = (minute + 1) * 60.0 + DAILY_WINDOW_S
         return now if over <= 0 else math.inf
 
     def add(self, n: int, now: float | None = None) -> None:
+        minute = int((self.clock() if now is None else now) // 60)
         with self._lock:
-            self.this_run[int((self.clock() if now is None else now) // 60)] += n
+            self.this_run[minute] += n
+            self._total += n
+            if self._window and self._window[-1][0] == minute:
+                self._window[-1][1] += n
+            else:
+                # after the last minute but for a clock set back (or an earlier run's future minutes)
+                at = len(self._window)
+                while at and self._window[at - 1][0] > minute:
+                    at -= 1
+                if at and self._window[at - 1][0] == minute:
+                    self._window[at - 1][1] += n
+                else:
+                    self._window.insert(at, [minute, n])
 
     def record(self) -> list[list[int]]:
         """This run's bytes by minute, for its run record."""
         with self._lock:
             return [[minute, n] for minute, n in sorted(self.this_run.items()) if n > 0]
+
+    def unsaved(self) -> list[list[int]]:
+        """This run's bytes not handed out before, by minute: journaled as the run goes, so that a
+        killed run's uploads still count against the next run's day."""
+        with self._lock:
+            fresh = self.this_run - self._saved
+            self._saved.update(fresh)
+        return [[minute, n] for minute, n in sorted(fresh.items())]
 
 
 def sent_by_minute(runs: list[dict[str, Any]]) -> Iterator[tuple[int, int]]:
@@ -4938,7 +5039,7 @@ def sent_by_minute(runs: list[dict[str, Any]]) -> Iterator[tuple[int, int]]:
     for run in runs:
         if "sent" in run:
             yield from ((int(minute), int(n)) for minute, n in run["sent"])
-        elif (ended := _run_end(run)) is not None:
+        elif (ended := parse_utc(run.get("ended"))) is not None:
             yield int(ended.timestamp() // 60), int((run.get("counts") or {}).get("transferred_bytes", 0))
 
 
@@ -5001,14 +5102,18 @@ class RunBudget:
         nothing was (adopted, failed)."""
         try:
             yield
+        except GoogleCapError:
+            with self._lock:   # before a worker waiting on this probe wakes: it must not be sent
+                self.reached = self.reached or "daily"
+            raise
         finally:
             with self._lock:
                 self._in_flight -= size
                 if not staging.uploaded:
                     self._reserved -= size
+                elif self.daily is not None:   # counted in the day as it leaves the in-flight count
+                    self.daily.add(size)
                 self._finished.notify_all()
-            if staging.uploaded and self.daily is not None:
-                self.daily.add(size)
 
     def overdue(self) -> bool:
         return self.deadline is not None and self.clock() >= self.deadline + self.grace_s
@@ -5335,8 +5440,6 @@ class Transfer:
         if not (usable_copy(found, None if folder_id is None else self.drive.folders.chain(folder_id)) and found is not None and is_intact_copy(found, obj)):
             return False
         self._record_done(obj, found, attempts, adopted=True)
-        self.stats.add("adopted")
-        self.stats.note(obj.key, "found in Drive", drive_id=found.id, size=obj.size)
         return True
 
     def _outside_dates_as_recorded(self, obj: SourceObject) -> bool:
@@ -5407,8 +5510,6 @@ class Transfer:
             return False
         self._retire_extra_copies(obj, keep=keep, copies=copies)
         self._record_done(obj, keep, attempts, adopted=True)
-        self.stats.add("adopted")
-        self.stats.note(obj.key, "found in Drive", drive_id=keep.id, size=obj.size)
         log.debug("already in Drive, intact: %s", obj.key)
         return True
 
@@ -5595,7 +5696,9 @@ class Transfer:
                      replaced: dict[str, str] | None = None, date: OriginalDate | None = None) -> None:
         previous = self.checkpoint.get(obj.key)
         if adopted:
+            self.stats.add("adopted")
             self.stats.add("adopted_bytes", obj.size)
+            self.stats.note(obj.key, "found in Drive", drive_id=drive_file.id, size=obj.size)
         # An adopted file keeps the run that uploaded it: `rollback --run last` must not take files a
         # --recheck merely found again.
         same_file = adopted and previous is not None and previous.drive_id == drive_file.id and previous.run
@@ -5985,6 +6088,7 @@ class Runtime:
     progress_bars: bool = False             # stderr is a terminal
     abandoned_work: bool = False            # a run ended with threads stuck in network calls
     report: dict[str, Any] | None = None    # the run's report once made (--report, --notify)
+    notifier: Notifier | None = None        # --notify
 
 
 def binding_for(config: Config) -> dict[str, str]:
@@ -6062,9 +6166,7 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
     if config.dry_run:
         return cmd_dry_run(config, runtime)
     started = utc_now_iso()
-    notifier = Notifier(config.notify_url, runtime.stop) if config.notify_url else None
-    if notifier is not None:
-        notifier.send("/start")
+    runtime.notifier = Notifier(config.notify_url, runtime.stop) if config.notify_url else None
     code, daily_stop = ExitCode.INTERNAL, False
     try:
         code = _transfer(config, runtime)
@@ -6081,12 +6183,13 @@ def cmd_transfer(config: Config, runtime: Runtime) -> ExitCode:
         code = ExitCode.INTERRUPTED
         raise
     finally:
-        if notifier is not None:
+        # another run holds the lock: that run reports itself, and this one did nothing to report
+        if runtime.notifier is not None and code != ExitCode.LOCKED:
             report = runtime.report or run_report(config, {"started": started}, code, {}, 0.0,
                                                   error="internal error (see the log)")
             daily_stop = daily_stop or report.get("stopped_at_budget") == "daily"
-            on_track = code in (ExitCode.OK, ExitCode.BUDGET) or (code == ExitCode.QUOTA and daily_stop)
-            notifier.send("" if on_track else "/fail", json.dumps(report, ensure_ascii=False).encode("utf-8"))
+            runtime.notifier.finish(code in (ExitCode.OK, ExitCode.BUDGET) or (code == ExitCode.QUOTA and daily_stop),
+                                    report)
 
 
 def _transfer(config: Config, runtime: Runtime) -> ExitCode:
@@ -6094,6 +6197,8 @@ def _transfer(config: Config, runtime: Runtime) -> ExitCode:
     source = make_source(config, runtime, outage)
     source.check_access()   # first: a wrong bucket name is the likeliest mistake, and the clearest error
     with RunLock(lock_path_for(config)) as lock:
+        if runtime.notifier is not None:
+            runtime.notifier.start()   # not before: a run that finds the lock held reports nothing
         checkpoint = open_checkpoint(config)
         # a spent daily budget stops here, no Drive request made
         budget = run_budget(config, checkpoint.runs, wait=runtime.stop.wait)
@@ -6170,24 +6275,43 @@ def run_report(config: Config, run: dict[str, Any], exit_code: ExitCode, counts:
 
 
 class Notifier:
-    """--notify URL in the healthchecks.io convention, which Uptime Kuma, Cronitor and others take
-    too: URL/start when a run starts; URL with the run report (JSON) when it ends on track (done,
-    or stopped at a budget or at the daily cap: the next run goes on); URL/fail with it otherwise.
+    """--notify URL: tells a monitor each run's start and end. healthchecks.io's convention (Cronitor
+    and others take it too): URL/start, then URL with the run report (JSON) when the run ends on track
+    (done, or stopped at a budget or the daily cap: the next run goes on), URL/fail otherwise; every
+    ping carries the run's `rid`, so overlapping runs are told apart. An Uptime Kuma push URL
+    (/api/push/) takes only a GET with status=up|down and a short msg (uptime-kuma#987), at the end.
     A monitor that cannot be told never fails the run: a few short tries, then a warning."""
 
     def __init__(self, url: str, stop: threading.Event):
         self.url, self.stop = url, stop
         parts = urllib.parse.urlsplit(url)
         self.host = parts.netloc.rsplit("@", 1)[-1]   # logs name the host only: the path is the secret
+        self.kuma_push = "/api/push/" in parts.path
+        self.rid = str(uuid.uuid4())
         SECRETS.add(url, parts.path, parts.query)
 
-    def send(self, suffix: str, body: bytes = b"") -> None:
+    def start(self) -> None:
+        if not self.kuma_push:   # Kuma has no start signal: a push says the monitor is up
+            self._send("/start", {"rid": self.rid})
+
+    def finish(self, on_track: bool, report: dict[str, Any]) -> None:
+        if self.kuma_push:
+            outcome = f"{report.get('outcome')}: {report.get('transferred', 0)} copied"
+            self._send("", {"status": "up" if on_track else "down",
+                            "msg": SECRETS.redact(report.get("error") or outcome)[:200]})
+        else:
+            body = SECRETS.redact(json.dumps(report, ensure_ascii=False)).encode("utf-8")
+            self._send("" if on_track else "/fail", {"rid": self.rid}, body)
+
+    def _send(self, suffix: str, query: dict[str, str], body: bytes | None = None) -> None:
         parts = urllib.parse.urlsplit(self.url)
-        target = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
+        target = urllib.parse.urlunsplit(parts._replace(
+            path=parts.path.rstrip("/") + suffix,
+            query=urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query, keep_blank_values=True), *query.items()])))
         problem = ""
         for attempt in range(NOTIFY_ATTEMPTS):
-            request = urllib.request.Request(target, data=body, method="POST", headers={
-                "Content-Type": "application/json", "User-Agent": "cloud_transfer"})
+            request = urllib.request.Request(target, data=body, method="GET" if self.kuma_push else "POST",
+                                             headers={"Content-Type": "application/json", "User-Agent": "cloud_transfer"})
             try:
                 with urllib.request.urlopen(request, timeout=NOTIFY_TIMEOUT_S) as response:
                     response.read()
@@ -6201,7 +6325,7 @@ class Notifier:
             if attempt + 1 < NOTIFY_ATTEMPTS:
                 self.stop.wait(NOTIFY_BACKOFF_S * 2 ** attempt)
         log.warning("--notify: %s could not be told the run %s (%s); the run is not affected", self.host,
-                    {"/start": "started", "/fail": "failed"}.get(suffix, "ended"), SECRETS.redact(problem))
+                    "started" if suffix == "/start" else "ended", SECRETS.redact(problem))
 
 
 def write_report(config: Config, report: dict[str, Any], ledger: ObjectLedger | None = None) -> None:
@@ -6262,13 +6386,6 @@ def checkpoint_done_bytes(checkpoint: Checkpoint) -> int:
     return sum(data["size"] for _, data in checkpoint.entries(as_data=True) if data["status"] == STATUS_DONE)
 
 
-def _run_end(run: dict[str, Any]) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(str(run.get("ended", "")).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def format_like(n: float, example: str) -> str:
     """Bytes in the user's own units: decimal (GB) when they wrote the limit so, else binary (GiB)."""
     if not re.search(r"(?i)\d\s*[kmgt]b$", example.strip()):
@@ -6304,9 +6421,8 @@ def google_refused_message(config: Config, daily: DailyWindow, refused_at: float
 def last_google_refusal(runs: list[dict[str, Any]], now: float) -> float | None:
     """When Google last refused at its cap, if within the last 24 hours."""
     for run in reversed(runs):
-        with contextlib.suppress(KeyError, ValueError):
-            at = dt.datetime.fromisoformat(run["google_refused"].replace("Z", "+00:00")).timestamp()
-            return at if now - at < DAILY_WINDOW_S else None
+        if (refused := parse_utc(run.get("google_refused"))) is not None:
+            return refused.timestamp() if now - refused.timestamp() < DAILY_WINDOW_S else None
     return None
 
 
@@ -6334,8 +6450,18 @@ def _run_transfer(config: Config, runtime: Runtime, root_label: str, transfer: T
     reporter = Reporter(stats, enabled=not config.quiet, use_bars=runtime.progress_bars,
                         interval_s=config.progress_interval_s, bandwidth=transfer.drive.uploader.bandwidth)
     exit_code, error = ExitCode.PARTIAL, ""   # until the run says otherwise
+    daily, sent_saved = transfer.budget.daily, time.monotonic()
+
+    def tick() -> None:
+        nonlocal sent_saved
+        reporter.tick()
+        if daily is not None and time.monotonic() - sent_saved >= SENT_SAVE_INTERVAL_S:
+            sent_saved = time.monotonic()
+            if fresh := daily.unsaved():
+                checkpoint.save_sent(run["id"], fresh)
+
     try:
-        transfer.run(tick=reporter.tick)
+        transfer.run(tick=tick)
         reached = transfer.budget.reached
         if not reached:   # every listed object has been looked at
             checkpoint.set_recheck_from(None)
@@ -7278,7 +7404,7 @@ def copy_outlook(runs: list[dict[str, Any]], done_bytes: int, daily_limit: int |
     left = max(0, listed[-1]["counts"]["eligible_bytes"] - done_bytes) if listed else None
     sent = seconds = 0.0
     for run in runs[-20:]:
-        started, ended = _run_end({"ended": run.get("started")}), _run_end(run)
+        started, ended = parse_utc(run.get("started")), parse_utc(run.get("ended"))
         if started and ended and (run.get("counts") or {}).get("transferred_bytes"):
             sent += run["counts"]["transferred_bytes"]
             seconds += max(1.0, (ended - started).total_seconds())   # times are kept to the second

@@ -3,12 +3,15 @@ the rolling --daily-limit ends with exit 5 and the time to resume. Real script, 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
 import cloud_transfer as ct
 from tests.conftest import one_line_error, photo_bytes
 from tests.drive_emulator import Faults
+
+BINDING = {"bucket": "b", "prefix": "", "folder": "name:X"}
 
 
 def copied(env) -> int:
@@ -65,9 +68,44 @@ def test_the_daily_window_counts_bytes_from_the_minute_they_were_sent_and_ages_t
     assert window.fits_at(101, 60.0) == 60 + day                    # once the 00:00 minute has aged out
     assert window.fits_at(450, 60.0) == 660 + day                   # both minutes must go
     assert window.fits_at(501, 60.0) == float("inf")                # never: larger than the limit
-    assert window.spent(61 + day) == 100 and window.spent(661 + day) == 0
     window.add(50, now=7200.0)
     assert window.record() == [[120, 50]] and window.spent(7200.0) == 450
+    assert window.unsaved() == [[120, 50]] and window.unsaved() == []   # journaled once
+    window.add(25, now=7210.0)
+    assert window.unsaved() == [[120, 25]] and window.record() == [[120, 75]]
+    assert window.spent(61 + day) == 175 and window.spent(661 + day) == 75 and window.spent(7261 + day) == 0
+    assert window.first_sent() is None and window.fits_at(500) == 0.0   # its clock: still 00:00, all aged out
+
+
+def test_a_window_built_from_a_month_of_runs_keeps_only_the_last_day():
+    day = 24 * 3600
+    month = [(minute, 1000) for minute in range(0, 30 * 1440, 1)]   # a month of minutes, 1 kB each
+    window = ct.DailyWindow(10 ** 9, month, clock=lambda: 30 * day)
+    assert len(window._window) == 1440 and window.spent() == 1440 * 1000
+    window.add(7, now=30 * day + 60)
+    assert window.spent(30 * day + 60) == 1440 * 1000 + 7 - 1000   # the oldest minute aged out meanwhile
+
+
+def test_a_killed_runs_bytes_are_in_its_record_from_the_journal(tmp_path):
+    path = tmp_path / "cp.json"
+    checkpoint = ct.Checkpoint.load(path, BINDING)
+    checkpoint.save_run({"id": "r1", "started": "2026-12-01T01:00:00Z", "outcome": "running"})
+    checkpoint.save_sent("r1", [[100, 5]])
+    checkpoint.save_sent("r1", [[100, 2], [101, 9]])
+    checkpoint.flush()   # what it has on disk when kill -9 comes
+    runs = ct.Checkpoint.load(path, BINDING).runs
+    assert sorted(ct.sent_by_minute(runs)) == [(100, 2), (100, 5), (101, 9)]
+
+
+def test_a_refused_probe_is_the_only_upload_a_waiting_worker_does_not_follow_it():
+    budget = ct.RunBudget(daily=ct.DailyWindow(10 ** 9, clock=lambda: 0.0))
+    budget.probing = lambda: True   # Google refused in the last 24 hours; its answer is awaited
+    assert budget.admit(10)
+    with pytest.raises(ct.GoogleCapError):
+        with budget.spending(10, ct.Staging(Path("unused"), None)):   # refused: nothing uploaded
+            raise ct.GoogleCapError("Google refused new uploads again")
+    assert not budget.admit(10) and budget.reached == "daily"
+    assert budget.daily.spent() == 0
 
 
 def test_runs_recorded_before_minutes_were_kept_count_at_their_end():
@@ -180,7 +218,8 @@ def test_a_cap_google_reached_through_other_uploads_costs_no_night_of_this_tool(
     assert ct.last_google_refusal(runs, refused.timestamp() + 24 * 3600) is None
     window = ct.DailyWindow(config.daily_limit, ct.sent_by_minute(runs), clock=lambda: next_night)
     assert window.fits_at(700 * GB, next_night) == next_night        # the tool's own 22 MB leave room
-    message = ct.google_refused_message(config, window, refused.timestamp())
+    at_refusal = ct.DailyWindow(config.daily_limit, ct.sent_by_minute(runs), clock=refused.timestamp)
+    message = ct.google_refused_message(config, at_refusal, refused.timestamp())
     assert "22.0 MB" in message and "every upload to this account" in message and "GiB" not in message
 
 
@@ -328,3 +367,27 @@ def test_a_stop_during_a_bwlimit_wait_is_a_stop_not_a_failed_file():
 @pytest.mark.parametrize("days, text", [(0.01, "under an hour"), (0.25, "about 6 hours"), (2.94, "about 2.9 days")])
 def test_the_time_left_reads_as_a_person_would_say_it(days, text):
     assert ct.format_days(days) == text
+
+
+def test_a_live_run_journals_its_bytes_as_it_goes_so_a_kill_cannot_hide_them(env, monkeypatch):
+    import threading
+
+    body = env.put("a/0.jpg", photo_bytes("0", 50_000))
+    monkeypatch.setattr(ct, "SENT_SAVE_INTERVAL_S", 0.0)
+    journaled = threading.Event()
+    saved: list[list[list[int]]] = []
+    real_add, real_save = ct.DailyWindow.add, ct.Checkpoint.save_sent
+
+    def add_then_wait_for_the_journal(self, n, now=None):
+        real_add(self, n, now)
+        assert journaled.wait(30), "the run's tick never journaled the bytes sent"
+
+    def save_sent(self, run_id, minutes):
+        saved.append(minutes)
+        real_save(self, run_id, minutes)
+        journaled.set()
+
+    monkeypatch.setattr(ct.DailyWindow, "add", add_then_wait_for_the_journal)
+    monkeypatch.setattr(ct.Checkpoint, "save_sent", save_sent)
+    assert env.main("--daily-limit", "1GB") == 0
+    assert [n for minutes in saved for _, n in minutes] == [len(body)]   # before the run ended, once

@@ -1,13 +1,17 @@
 """Issue 19: --notify URL tells a monitor each run's start and end, in the healthchecks.io
-convention (URL/start, URL with the report, URL/fail with it). A real HTTP server on loopback."""
+convention (URL/start, URL with the report, URL/fail with it; each with the run's rid), or as an
+Uptime Kuma push (GET with status=up|down). A real HTTP server on loopback."""
 from __future__ import annotations
 
 import http.server
 import json
 import socket
 import threading
+import urllib.parse
 
 import pytest
+
+import cloud_transfer as ct
 
 from tests.conftest import photo_bytes
 from tests.drive_emulator import Faults
@@ -32,6 +36,8 @@ class Monitor:
                 self.end_headers()
                 self.wfile.write(b"OK")
 
+            do_GET = do_POST
+
             def log_message(self, *args):
                 pass
 
@@ -45,7 +51,10 @@ class Monitor:
         self.server.server_close()
 
     def paths(self) -> list[str]:
-        return [path for _, path, _ in self.pings]
+        return [urllib.parse.urlsplit(path).path for _, path, _ in self.pings]
+
+    def queries(self) -> list[dict[str, str]]:
+        return [dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query)) for _, path, _ in self.pings]
 
 
 @pytest.fixture
@@ -63,6 +72,32 @@ def test_a_run_tells_the_monitor_its_start_and_its_end_with_the_report(env, moni
     assert monitor.paths() == [f"/{UUID}/start", f"/{UUID}"]
     report = json.loads(monitor.pings[1][2])
     assert (report["outcome"], report["transferred"], report["exit_code"]) == ("ok", 3, 0)
+    first, last = monitor.queries()
+    assert first["rid"] == last["rid"] and len(first["rid"]) == 36   # one run, told apart from others
+    env.put("a/3.jpg")
+    assert env.run("--notify", monitor.url).returncode == 0
+    assert monitor.queries()[2]["rid"] == monitor.queries()[3]["rid"] != first["rid"]
+
+
+def test_a_run_that_finds_the_lock_held_tells_the_monitor_nothing(env, monitor):
+    env.put("a/0.jpg")
+    with ct.RunLock(env.cwd / "cloud_transfer_checkpoint.json.lock"):
+        busy = env.run("--notify", monitor.url)
+    assert busy.returncode == 4, busy.stderr
+    assert monitor.pings == []   # the run holding the lock reports for itself; no start left dangling
+
+
+def test_an_uptime_kuma_push_url_gets_one_get_with_status_up_or_down(env, monitor):
+    env.put("a/0.jpg")
+    push = monitor.url.replace(f"/{UUID}", "/api/push/Tk3n") + "?ping="
+    assert env.run("--notify", push).returncode == 0
+    ((method, _, body),) = monitor.pings
+    assert (method, body, monitor.paths()) == ("GET", b"", ["/api/push/Tk3n"])
+    assert monitor.queries()[0] == {"status": "up", "msg": "ok: 1 copied"}
+    env.drive.faults = Faults(storage_quota_bytes=1000)
+    env.put("a/1.jpg", photo_bytes("1", 100_000))
+    assert env.run("--notify", push).returncode == 5
+    assert monitor.queries()[-1]["status"] == "down" and "storage" in monitor.queries()[-1]["msg"]
 
 
 def test_a_failed_run_pings_fail_with_its_error_and_a_daily_stop_counts_as_on_track(env, monitor):

@@ -1,9 +1,11 @@
 """Pure logic of cloud_transfer.py, table-tested: no network, no clock."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
+import re
 import threading
 import time
 import json
@@ -208,8 +210,27 @@ def test_classify_drive_error_session_expiry_and_retry_after():
     verdict = ct.classify_drive_error(drive_http_error(429, "rateLimitExceeded", headers={"retry-after": "30"}))
     assert verdict.rate_limited and verdict.retry_after_s == 30.0
     assert ct.classify_drive_error(RefreshError("invalid_grant")).stop_error is ct.AuthError
+    user = ct.classify_drive_error(RefreshError("invalid_grant: Token has been expired or revoked.", {
+        "error": "invalid_grant", "error_description": "Token has been expired or revoked."}))
+    robot = ct.classify_drive_error(RefreshError("invalid_grant: Invalid JWT Signature.", {
+        "error": "invalid_grant", "error_description": "Invalid JWT Signature."}))
+    assert "Testing" in user.reason and "token.json" in user.reason
+    assert "service account's key" in robot.reason and "Testing" not in robot.reason and "token.json" not in robot.reason
     assert ct.classify_drive_error(ConnectionResetError()).action == "retry"
     assert ct.classify_drive_error(TimeoutError()).action == "retry"
+
+
+def test_an_error_with_only_error_info_details_is_classified_by_their_reason():
+    # the AIP-193 shape: no `errors` list, the reason in google.rpc.ErrorInfo
+    body = {"error": {"code": 403, "status": "PERMISSION_DENIED", "message": "Google Drive API has not been used in "
+                      "project 12 before or it is disabled. Enable it by visiting https://console.developers.google"
+                      ".com/apis/api/drive.googleapis.com/overview?project=12 then retry.",
+                      "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED",
+                                   "domain": "googleapis.com"}]}}
+    verdict = ct.classify_drive_error(HttpError(httplib2.Response({"status": 403}), json.dumps(body).encode()))
+    assert verdict.stop_error is ct.AuthError
+    assert "enable it at https://console.developers.google.com/apis/api/drive.googleapis.com/overview?project=12 " \
+        in verdict.reason
 
 
 @pytest.mark.parametrize("code, status, action", [
@@ -340,6 +361,37 @@ def test_config_precedence_flag_over_environment_over_dotenv(tmp_path):
     config = ct.load_config(["--env-file", str(dotenv), "--prefix", "flag/"],
                             {"S3_PREFIX": "env/", "DRIVE_FOLDER_NAME": "Env folder"})
     assert (config.bucket, config.prefix, config.folder_name) == ("from-dotenv", "flag/", "Env folder")
+
+
+def test_one_table_of_settings_makes_every_config_field_flag_and_variable():
+    derived = {"command", "daily_limit_text", "notices", "bucket_origin"}
+    assert {f.name for f in dataclasses.fields(ct.Config)} == {row.field for row in ct.SETTINGS} | derived
+    parser_flags = {flag for action in ct.build_parser()._actions for flag in action.option_strings}
+    assert {flag for row in ct.SETTINGS for flag in row.flags} == parser_flags - {"-h", "--help", "--version"}
+    help_text = ct.build_parser().format_help()
+    environment = help_text.split("environment (", 1)[1].split("exit codes:", 1)[0]
+    assert {name for row in ct.SETTINGS for name in row.env} <= set(re.findall(r"[A-Z0-9_]{4,}", environment))
+    # a variable or a flag that names a setting reads it the same way, and an error names what the user typed
+    environ = {"S3_BUCKET_NAME": "b", "CLOUD_TRANSFER_ORDER": "newest", "AWS_MAX_ATTEMPTS": "3"}
+    config = ct.load_config([], environ)
+    assert (config.order, config.aws_max_attempts, config.workers) == ("newest", 3, ct.DEFAULT_WORKERS)
+    assert ct.load_config(["--order", "oldest"], environ).order == "oldest"
+    with pytest.raises(ct.UsageError, match="^AWS_MAX_ATTEMPTS must be a whole number"):
+        ct.load_config([], {**environ, "AWS_MAX_ATTEMPTS": "many"})
+    with pytest.raises(ct.UsageError, match="^--workers must be a whole number, not 'four'"):
+        ct.load_config(["--workers", "four"], environ)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["status", "--workers", "2"], "--workers only applies to transfer"),
+    (["verify", "--html", "x.html"], "--html only applies to status"),
+    (["status", "--report", "r.json"], "--report only applies to transfer"),
+    (["transfer", "--yes"], "--yes only applies to rollback"),
+    (["auth", "--json"], "--json only applies to verify and status"),
+])
+def test_a_flag_given_to_a_command_it_does_nothing_for_is_named(argv, message):
+    with pytest.raises(ct.UsageError, match=f"^{message}$"):
+        ct.load_config(argv, {"S3_BUCKET_NAME": "b"})
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -569,6 +621,29 @@ def test_run_lock_is_exclusive(tmp_path):
                 pass
     with ct.RunLock(tmp_path / "x.lock"):
         pass
+
+
+def test_a_run_starting_while_status_asks_the_lock_waits_for_it_instead_of_exiting_4(tmp_path):
+    import fcntl
+    lock = tmp_path / "x.lock"
+    lock.write_text("")
+    asker = os.open(lock, os.O_RDONLY)
+    fcntl.flock(asker, fcntl.LOCK_SH | fcntl.LOCK_NB)   # what lock_holder() holds for an instant
+    waits: list[float] = []
+
+    def status_lets_go(seconds: float) -> None:
+        waits.append(seconds)
+        os.close(asker)
+
+    with ct.RunLock(lock, wait=status_lets_go):
+        assert ct.lock_holder(lock) == os.getpid()
+    assert len(waits) == 1
+    with ct.RunLock(lock):   # held for good (a live run): a few short tries, then exit 4
+        tries: list[float] = []
+        with pytest.raises(ct.LockHeldError):
+            with ct.RunLock(lock, wait=tries.append):
+                pass
+        assert len(tries) == ct.LOCK_ATTEMPTS - 1 and sum(tries) <= 0.2
 
 
 def test_readme_and_help_document_the_same_flags():
