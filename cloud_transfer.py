@@ -208,33 +208,73 @@ PACE_START_MIN_RATE = 1.0    #: pacing never starts slower (a quiet spell of lar
 PACE_PROBATION_WRITES = 40
 PACE_OVER_LIMIT_SHARE = 0.1
 
-PHOTO_EXTENSIONS = frozenset("""
-    jpg jpeg jpe jfif png gif bmp tif tiff webp heic heif avif jxl psd
-    dng cr2 cr3 crw nef nrw arw srf sr2 orf rw2 raf pef srw x3f 3fr erf kdc mrw rwl iiq mef mos
-""".split())
-VIDEO_EXTENSIONS = frozenset("""
-    mp4 m4v mov qt avi mkv wmv mpg mpeg mpe 3gp 3g2 mts m2ts ts webm flv vob ogv insv lrv
-""".split())
-MEDIA_EXTENSIONS = PHOTO_EXTENSIONS | VIDEO_EXTENSIONS
-#: Drive's type for each media extension: what a generic Content-Type is replaced by. RAW types are
-#: the registered or de-facto ones (image/x-<vendor>-<format>, as shared-mime-info and exiftool name them).
-MEDIA_MIME_TYPES = {
-    "jpg": "image/jpeg", "jpeg": "image/jpeg", "jpe": "image/jpeg", "jfif": "image/jpeg", "png": "image/png",
-    "gif": "image/gif", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff", "webp": "image/webp",
-    "heic": "image/heic", "heif": "image/heif", "avif": "image/avif", "jxl": "image/jxl",
-    "psd": "image/vnd.adobe.photoshop", "dng": "image/x-adobe-dng", "cr2": "image/x-canon-cr2",
-    "cr3": "image/x-canon-cr3", "crw": "image/x-canon-crw", "nef": "image/x-nikon-nef", "nrw": "image/x-nikon-nrw",
-    "arw": "image/x-sony-arw", "srf": "image/x-sony-srf", "sr2": "image/x-sony-sr2", "orf": "image/x-olympus-orf",
-    "rw2": "image/x-panasonic-rw2", "raf": "image/x-fuji-raf", "pef": "image/x-pentax-pef",
-    "srw": "image/x-samsung-srw", "x3f": "image/x-sigma-x3f", "3fr": "image/x-hasselblad-3fr",
-    "erf": "image/x-epson-erf", "kdc": "image/x-kodak-kdc", "mrw": "image/x-minolta-mrw",
-    "rwl": "image/x-leica-rwl", "iiq": "image/x-phaseone-iiq", "mef": "image/x-mamiya-mef", "mos": "image/x-leaf-mos",
-    "mp4": "video/mp4", "m4v": "video/x-m4v", "mov": "video/quicktime", "qt": "video/quicktime",
-    "avi": "video/x-msvideo", "mkv": "video/x-matroska", "wmv": "video/x-ms-wmv", "mpg": "video/mpeg",
-    "mpeg": "video/mpeg", "mpe": "video/mpeg", "3gp": "video/3gpp", "3g2": "video/3gpp2", "mts": "video/mp2t",
-    "m2ts": "video/mp2t", "ts": "video/mp2t", "webm": "video/webm", "flv": "video/x-flv", "vob": "video/dvd",
-    "ogv": "video/ogg", "insv": "video/mp4", "lrv": "video/mp4",
+#: Where a file's date came from, in the order they are tried (OriginalDates.date_of), as the run
+#: summary says it. A run's counts, its report and the status page use these names.
+DATE_SOURCE_NAMES = {
+    "exif": "from EXIF", "video": "from video headers", "filename": "from file names",
+    "exif-datetime": "from EXIF's last-written time", "metadata": "from file times in S3 metadata",
+    "s3": "from S3 upload times",
 }
+#: Every photo and video format the tool knows, by extension, with the type Drive gets for it (what a
+#: generic Content-Type is replaced by; Python's `mimetypes` lacks HEIC, most RAW formats and several
+#: video containers). RAW types are the registered or de-facto ones (image/x-<vendor>-<format>, as
+#: shared-mime-info and ExifTool name them). Photo or video is told by the type.
+MEDIA_TYPES = {
+    "jpg": "image/jpeg", "jpeg": "image/jpeg", "jpe": "image/jpeg", "jfif": "image/jpeg", "insp": "image/jpeg",
+    "png": "image/png", "gif": "image/gif", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff",
+    "webp": "image/webp", "heic": "image/heic", "heif": "image/heif", "hif": "image/heif", "avif": "image/avif",
+    "jxl": "image/jxl", "jp2": "image/jp2", "psd": "image/vnd.adobe.photoshop",
+    "dng": "image/x-adobe-dng", "cr2": "image/x-canon-cr2", "cr3": "image/x-canon-cr3", "crw": "image/x-canon-crw",
+    "nef": "image/x-nikon-nef", "nrw": "image/x-nikon-nrw", "arw": "image/x-sony-arw", "srf": "image/x-sony-srf",
+    "sr2": "image/x-sony-sr2", "orf": "image/x-olympus-orf", "rw2": "image/x-panasonic-rw2",
+    "raw": "image/x-panasonic-raw", "rwl": "image/x-leica-rwl", "raf": "image/x-fuji-raf",
+    "pef": "image/x-pentax-pef", "srw": "image/x-samsung-srw", "x3f": "image/x-sigma-x3f",
+    "3fr": "image/x-hasselblad-3fr", "fff": "image/x-hasselblad-fff", "erf": "image/x-epson-erf",
+    "kdc": "image/x-kodak-kdc", "dcr": "image/x-kodak-dcr", "mrw": "image/x-minolta-mrw",
+    "iiq": "image/x-phaseone-iiq", "mef": "image/x-mamiya-mef", "mos": "image/x-leaf-mos",
+    "gpr": "image/x-gopro-gpr", "ari": "image/x-arri-ari",
+    "mp4": "video/mp4", "m4v": "video/x-m4v", "mov": "video/quicktime", "qt": "video/quicktime",
+    "insv": "video/mp4", "lrv": "video/mp4", "3gp": "video/3gpp", "3g2": "video/3gpp2",
+    "avi": "video/x-msvideo", "divx": "video/x-msvideo", "mkv": "video/x-matroska", "webm": "video/webm",
+    "wmv": "video/x-ms-wmv", "asf": "video/x-ms-asf", "mpg": "video/mpeg", "mpeg": "video/mpeg",
+    "mpe": "video/mpeg", "mod": "video/mpeg", "tod": "video/mp2t", "vob": "video/dvd", "mts": "video/mp2t",
+    "m2ts": "video/mp2t", "m2t": "video/mp2t", "ts": "video/mp2t", "flv": "video/x-flv", "f4v": "video/mp4",
+    "ogv": "video/ogg", "dv": "video/x-dv", "mxf": "application/mxf", "r3d": "video/x-red-r3d",
+    "braw": "video/x-blackmagic-raw",
+}
+PHOTO_EXTENSIONS = frozenset(ext for ext, kind in MEDIA_TYPES.items() if kind.startswith("image/"))
+VIDEO_EXTENSIONS = frozenset(MEDIA_TYPES) - PHOTO_EXTENSIONS
+MEDIA_EXTENSIONS = frozenset(MEDIA_TYPES)
+#: An object without an extension is told by its first bytes: (offset, signature, extension), the
+#: first that matches; a TIFF signature covers the TIFF-based RAW formats too.
+MEDIA_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "jpg"), (0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"GIF87a", "gif"), (0, b"GIF89a", "gif"),
+    (8, b"WEBP", "webp"), (8, b"AVI ", "avi"), (4, b"ftypcrx ", "cr3"), (4, b"ftypheic", "heic"),
+    (4, b"ftypheix", "heic"), (4, b"ftypmif1", "heif"), (4, b"ftypavif", "avif"), (4, b"ftypqt  ", "mov"),
+    (4, b"ftyp3g2", "3g2"), (4, b"ftyp3gp", "3gp"), (4, b"ftyp", "mp4"), (4, b"moov", "mov"), (4, b"mdat", "mov"),
+    (0, b"FUJIFILMCCD-RAW", "raf"), (0, b"\x00MRM", "mrw"), (0, b"FOVb", "x3f"), (0, b"II\x1a\x00\x00\x00HEAPCCDR", "crw"),
+    (0, b"IIRO", "orf"), (0, b"IIRS", "orf"), (0, b"IIU\x00", "rw2"), (0, b"II*\x00", "tif"), (0, b"MM\x00*", "tif"),
+    (0, b"\x1aE\xdf\xa3", "mkv"), (0, b"\x00\x00\x01\xba", "mpg"), (0, b"0&\xb2u\x8ef\xcf\x11", "wmv"),
+    (0, b"FLV\x01", "flv"), (0, b"8BPS", "psd"), (0, b"\xff\x0a", "jxl"), (0, b"\x00\x00\x00\x0cJXL ", "jxl"),
+    (4, b"RED1", "r3d"), (4, b"RED2", "r3d"),
+)
+SNIFF_BYTES = 200   #: read from an object without an extension to tell its format (MPEG-TS needs 189)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The media extension an object's first bytes say, None when they say none we know."""
+    for offset, signature, extension in MEDIA_SIGNATURES:
+        if head[offset:offset + len(signature)] == signature:
+            return extension
+    if len(head) >= 189 and head[0] == head[188] == 0x47:   # MPEG-TS: a sync byte every 188 bytes
+        return "ts"
+    if len(head) >= 197 and head[4] == head[196] == 0x47:   # M2TS (AVCHD): 192-byte packets
+        return "m2ts"
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 108, 124):   # + DIB header
+        return "bmp"
+    return None
+
+
 GENERIC_CONTENT_TYPES = frozenset({"", "binary/octet-stream", "application/octet-stream"})
 DRIVE_PROPERTY_BYTES = 124      #: Drive: key + value of one property, in UTF-8
 DRIVE_PROPERTIES_PER_APP = 30   #: Drive: public properties one app may set on a file
@@ -1374,9 +1414,9 @@ class Stats:
     FIELDS = ("listed", "eligible", "eligible_bytes", "already_done", "already_done_bytes",
               "transferred", "transferred_bytes", "adopted", "updated", "failed",
               "verified", "etag_checked", "checksum_mismatches", "retries", "rate_limited", "drive_requests", "internal_errors",
-              "date_exif", "date_video", "date_metadata", "date_s3", "date_header_reads", "date_header_bytes",
+              "date_header_reads", "date_header_bytes",
               "listing_complete", "bwlimit_wait_ms", "archived", "archived_bytes", "restoring", "copied_again",
-              "adopted_bytes")
+              "adopted_bytes", *(f"date_{source}" for source in DATE_SOURCE_NAMES))
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -1613,8 +1653,8 @@ def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
                            if stats["copied_again"] else "")),
         ("found intact in Drive", f"{stats['adopted']}"),
         ("failed", f"{stats['failed']}"),
-        ("dates", f"{stats['date_exif']} from EXIF, {stats['date_video']} from video headers, "
-                  f"{stats['date_metadata']} from file times in S3 metadata, {stats['date_s3']} from S3 upload times"
+        ("dates", ", ".join(f"{stats[f'date_{source}']} {said}" for source, said in DATE_SOURCE_NAMES.items()
+                            if stats[f"date_{source}"] or source in ("exif", "video", "metadata", "s3"))
                   + (f"  ({stats['date_header_reads']} ranged GETs of video headers, "
                      f"{format_bytes(stats['date_header_bytes'])})" if stats["date_header_reads"] else "")),
         ("checksums", f"{stats['verified']} with Drive's MD5 = the downloaded bytes' "
@@ -2199,6 +2239,15 @@ class S3Source:
         """HEAD for objects whose name does not tell what they are."""
         return self.head(key).get("ContentType")
 
+    def looks_like_media(self, obj: SourceObject) -> bool:
+        """An object without an extension: its Content-Type says photo or video, or, when that is
+        generic (as most upload tools leave it), its first bytes do (one ranged GET)."""
+        content_type = self.content_type(obj.key)
+        if is_media_content_type(content_type):
+            return True
+        given = (content_type or "").split(";")[0].strip().lower()
+        return given in GENERIC_CONTENT_TYPES and sniff_format(self.read_range(obj, 0, SNIFF_BYTES)) is not None
+
     def archive_state(self, obj: SourceObject) -> str:
         """READABLE, ARCHIVED or RESTORING, as a HEAD of the object tells."""
         head = self.head(obj.key)
@@ -2320,6 +2369,7 @@ EPOCH_1904 = dt.datetime(1904, 1, 1, tzinfo=dt.timezone.utc)
 EPOCH_1970 = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 #: Wall-clock times a device writes when its clock was never set (QuickTime, Unix, DOS, many cameras).
 UNSET_CLOCK_YEARS = frozenset({1904, 1970, 1980, 2000})
+NAME_DATE_MIN_YEAR = 1990   #: a date in a file name before this is a number that looks like one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2364,8 +2414,13 @@ def parse_exif_datetime(value: str, offset: str = "", zone: dt.tzinfo | None = N
 
 
 def photo_capture_time(path: Path, zone: dt.tzinfo | None) -> dt.datetime | None:
-    """EXIF DateTimeOriginal of a JPEG, HEIC/HEIF/AVIF, TIFF-based RAW, PNG or WebP; None when there
-    is none or it is unreadable. ExifRead parses the EXIF and stops at the tag; for HEIF and WebP the
+    return photo_times(path, zone)[0]
+
+
+def photo_times(path: Path, zone: dt.tzinfo | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """(capture time, IFD0 DateTime) of a JPEG, HEIC/HEIF/AVIF, TIFF-based RAW, PNG or WebP: EXIF
+    DateTimeOriginal (else DateTimeDigitized), and the time the file was last written, which scans,
+    thermal cameras and many editors leave as the only one; None for what is missing or unreadable. ExifRead parses the EXIF and stops at the tag; for HEIF and WebP the
     EXIF block is found here first, because ExifRead 3.5 misplaces it in files libheif wrote (it
     ignores the iloc base_offset) and in every WebP (it expects an "Exif" prefix the spec has not)."""
     import exifread
@@ -2384,18 +2439,64 @@ def photo_capture_time(path: Path, zone: dt.tzinfo | None) -> dt.datetime | None
             elif head[4:8] == b"ftyp":
                 block = heif_exif(read_at, size)
             if block is None:
-                return None
+                return None, None
             tags = exifread.process_file(io.BytesIO(block) if block else stream, details=False,
                                          extract_thumbnail=False, stop_tag="OffsetTimeDigitized")
     except Exception:  # malformed metadata must never cost the photo itself
         log.debug("unreadable EXIF in %s", path, exc_info=True)
-        return None
+        return None, None
     # DateTimeOriginal: when the shutter fired; DateTimeDigitized: when it was scanned (scanners
-    # and some phones' screenshots fill only that one). DateTime (IFD0) is the last edit: not used.
+    # and some phones' screenshots fill only that one). DateTime (IFD0) is the last write: it comes
+    # after a date in the file's name (OffsetTime is its offset).
     return (parse_exif_datetime(str(tags.get("EXIF DateTimeOriginal", "")),
                                 str(tags.get("EXIF OffsetTimeOriginal", "")), zone)
             or parse_exif_datetime(str(tags.get("EXIF DateTimeDigitized", "")),
-                                   str(tags.get("EXIF OffsetTimeDigitized", "")), zone))
+                                   str(tags.get("EXIF OffsetTimeDigitized", "")), zone),
+            parse_exif_datetime(str(tags.get("Image DateTime", "")), str(tags.get("EXIF OffsetTime", "")), zone))
+
+
+#: Dates phones, messengers and screenshot tools write into file names, for files without metadata.
+#: A wall-clock time (read in --timezone) unless marked UTC; a day alone gives noon of that day, so
+#: that no time zone moves it to another day. Years 1990 to now only, and the digits must stand
+#: apart from other digits: an id such as 2019123412 is no date.
+NAME_DATE_PATTERNS: tuple[tuple[re.Pattern[str], bool], ...] = tuple((re.compile(pattern, re.I), utc) for pattern, utc in (
+    # Pixel: PXL_20210101_123456789.jpg is UTC (the camera app's documented naming)
+    (r"^PXL_(?P<y>\d{4})(?P<mo>\d\d)(?P<d>\d\d)_(?P<h>\d\d)(?P<mi>\d\d)(?P<s>\d\d)\d{3}", True),
+    # macOS: "Screenshot 2022-11-05 at 09.08.07", "Screen Shot 2019-03-01 at 10.11.12 AM", "Screen Recording ..."
+    (r"(?<!\d)(?P<y>\d{4})-(?P<mo>\d\d)-(?P<d>\d\d) at (?P<h>\d\d?)\.(?P<mi>\d\d)\.(?P<s>\d\d)(?:\s?(?P<ampm>[AP]M))?", False),
+    # IMG_20200315_142233, VID_20200315_142233, Screenshot_20200315-142233, 20190704_123456 (Samsung),
+    # signal-2021-02-03-040506, 2019-07-04 12.34.56 (Dropbox), photo_2021-05-06_07-08-09 (Telegram),
+    # Screenshot_2020-03-15-14-22-33
+    (r"(?<!\d)(?P<y>\d{4})(?P<sep>-?)(?P<mo>\d\d)(?P=sep)(?P<d>\d\d)[ _T-](?P<h>\d\d)[-.:]?(?P<mi>\d\d)[-.:]?(?P<s>\d\d)(?!\d\d)", False),
+    # WhatsApp IMG-20190704-WA0001, and a day alone: 2019-07-04, 20190704 between non-digits
+    (r"(?<!\d)(?P<y>\d{4})(?P<sep>[-_.]?)(?P<mo>\d\d)(?P=sep)(?P<d>\d\d)(?!\d)", False),
+))
+
+
+def date_in_name(key: str, zone: dt.tzinfo | None) -> dt.datetime | None:
+    """The capture time a file name holds (NAME_DATE_PATTERNS), None when it holds none."""
+    name = key.rsplit("/", 1)[-1]
+    for pattern, utc in NAME_DATE_PATTERNS:
+        for found in pattern.finditer(name):
+            parts = found.groupdict()
+            hour = int(parts.get("h") or 12)
+            if parts.get("ampm"):
+                hour = hour % 12 + (12 if parts["ampm"].upper() == "PM" else 0)
+            try:
+                wall = dt.datetime(int(parts["y"]), int(parts["mo"]), int(parts["d"]), hour,
+                                   int(parts.get("mi") or 0), int(parts.get("s") or 0))
+            except ValueError:
+                continue
+            if wall.year < NAME_DATE_MIN_YEAR:
+                continue
+            try:
+                moment = wall.replace(tzinfo=dt.timezone.utc) if utc else \
+                    wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()
+            except (OverflowError, OSError, ValueError):
+                continue
+            if plausible(moment, "date in the file name"):
+                return moment
+    return None
 
 
 def webp_exif(read_at: Callable[[int, int], bytes], size: int) -> bytes | None:
@@ -2583,27 +2684,36 @@ class OriginalDates:
 
     def date_of(self, obj: SourceObject, download: Download, staged: Path | None) -> OriginalDate:
         """`staged`: the whole file on disk, or None while it still downloads (then a video's header
-        is read from S3 with ranged GETs)."""
+        is read from S3 with ranged GETs). The chain (README, "Photo dates"): the capture time in the
+        file, a date in its name, EXIF's last-written time, the file time in S3 metadata, S3's."""
+        written: dt.datetime | None = None
         if self.date_from in ("auto", "exif"):
-            moment, source = self._in_file(obj, staged)
+            moment, source, written = self._in_file(obj, staged)
             if moment is not None:
                 return OriginalDate(moment, source)
+        if self.date_from == "auto" and (named := date_in_name(obj.key, self.zone)) is not None:
+            return OriginalDate(named, "filename")
+        if written is not None:
+            return OriginalDate(written, "exif-datetime")
         if self.date_from in ("auto", "metadata") and download.source_mtime is not None:
             return OriginalDate(download.source_mtime, "metadata")
         return OriginalDate(obj.last_modified, "s3")
 
-    def _in_file(self, obj: SourceObject, staged: Path | None) -> tuple[dt.datetime | None, str]:
+    def _in_file(self, obj: SourceObject, staged: Path | None) -> tuple[dt.datetime | None, str, dt.datetime | None]:
+        """(capture time, its source, the EXIF last-written time)."""
         extension = obj.key.rsplit(".", 1)[-1].lower() if "." in obj.key.rsplit("/", 1)[-1] else ""
         if extension in MP4_EXTENSIONS:
             if staged is not None:
                 with open(staged, "rb") as stream:
                     return mp4_creation_time(lambda offset, length: os.pread(stream.fileno(), length, offset),
-                                             obj.size), "video"
+                                             obj.size), "video", None
             return mp4_creation_time(block_reader(lambda offset, length: self._read_range(obj, offset, length)),
-                                     obj.size), "video"
+                                     obj.size), "video", None
         if staged is not None and not is_video(obj.key):
-            return photo_capture_time(staged, self.zone), "exif"
-        return None, ""
+            captured, written = photo_times(staged, self.zone)
+            return captured, "exif", written
+        return None, "", None
+
 
 
 def block_reader(read_at: Callable[[int, int], bytes], block: int = HEADER_READ_BYTES) -> Callable[[int, int], bytes]:
@@ -4460,7 +4570,7 @@ def numbered_name(name: str, number: int) -> str:
 def date_folders(date: OriginalDate, layout: str, zone: dt.tzinfo | None) -> tuple[str, ...]:
     """--layout date:<pattern> folders for a date: the photo's own wall-clock date where EXIF gives
     it, else the date in --timezone (this machine's zone by default)."""
-    moment = date.moment if date.source == "exif" else (
+    moment = date.moment if date.source in ("exif", "exif-datetime") else (
         date.moment.astimezone(zone) if zone else date.moment.astimezone())
     parts = (f"{moment.year:04d}", f"{moment.month:02d}", f"{moment.day:02d}")
     return parts[:layout.removeprefix("date:").count("/") + 1]
@@ -4785,16 +4895,20 @@ def rfc3339(moment: dt.datetime) -> str:
 MEDIA_TYPE_SYNTAX = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
-def guess_mimetype(key: str, content_type: str | None) -> str:
-    """S3's Content-Type unless it is generic; then the extension's (photo and video types first:
-    Python's `mimetypes` lacks HEIC, most RAW formats and several video containers)."""
+def guess_mimetype(key: str, content_type: str | None, staged: Path | None = None) -> str:
+    """S3's Content-Type unless it is generic; then the extension's (MEDIA_TYPES first), or for a
+    name without one, what the staged file's first bytes say."""
     given = (content_type or "").split(";")[0].strip().lower()
     # Upload scripts set headers such as `jpg`; googleapiclient fails on a type without a slash.
     if given not in GENERIC_CONTENT_TYPES and MEDIA_TYPE_SYNTAX.fullmatch(given):
         return {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}.get(given, given)
     name = key.rsplit("/", 1)[-1]
     extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    return MEDIA_MIME_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    if not extension and staged is not None:
+        with contextlib.suppress(OSError):
+            with open(staged, "rb") as stream:
+                extension = sniff_format(stream.read(SNIFF_BYTES)) or ""
+    return MEDIA_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def build_file_metadata(obj: SourceObject, name: str, bucket: str, parent_id: str, md5: str, download: Download,
@@ -5380,7 +5494,7 @@ class Transfer:
                             self._count_eligible(obj)
                         item = WorkItem(obj, check_type=item.check_type)
                     if item.check_type:
-                        if not is_media_content_type(self.source.content_type(obj.key)):
+                        if not self.source.looks_like_media(obj):
                             self.stats.skip(SKIP_NOT_MEDIA, obj.key)
                             return
                         self._count_eligible(obj)
@@ -5542,7 +5656,7 @@ class Transfer:
                 date = date or self.dates.date_of(obj, download, path)
                 metadata = build_file_metadata(obj, place.name, self.bucket, place.folder_id, download.md5, download,
                                                date, self.run_id)
-                uploaded = sending.upload(path, metadata, guess_mimetype(obj.key, download.content_type))
+                uploaded = sending.upload(path, metadata, guess_mimetype(obj.key, download.content_type, path))
         except ObjectError as exc:
             if exc.verdict.action != Verdict.FOLDER_FULL or update_id:
                 raise
@@ -6267,7 +6381,7 @@ def run_report(config: Config, run: dict[str, Any], exit_code: ExitCode, counts:
         "skipped_by_reason": skipped,
         "waiting_for_restore": counts.get("archived", 0), "waiting_for_restore_bytes": counts.get("archived_bytes", 0),
         "copied_again": counts.get("copied_again", 0), "copied_again_examples": counts.get("copied_again_examples") or [],
-        "date_sources": {source: counts.get(f"date_{source}", 0) for source in ("exif", "video", "metadata", "s3")},
+        "date_sources": {source: counts.get(f"date_{source}", 0) for source in DATE_SOURCE_NAMES},
         "stopped_at_budget": stopped_at or None,
         "bwlimit": format_bwlimit(config.bwlimit) if config.bwlimit else None,
         "bwlimit_waited_s": round(counts.get("bwlimit_wait_ms", 0) / 1000, 1),
@@ -6953,8 +7067,7 @@ def _verify_objects(config: Config, source: S3Source, checkpoint: Checkpoint | N
 
     for planned in plan_listing(source, object_filter, config.all_files, archived_before=archived_before):
         obj, action = planned.obj, planned.action
-        if action == PLAN_SKIP or (action == PLAN_CHECK_TYPE and not is_media_content_type(
-                _head_content_type(source, obj.key))):
+        if action == PLAN_SKIP or (action == PLAN_CHECK_TYPE and not _looks_like_media(source, obj)):
             continue
         checked += 1
         located = copies_found.copies_of(source_id_for(config.bucket, obj.key), foreign_path(obj.key, config.layout))
@@ -6997,11 +7110,11 @@ def _unreadable_archive(source: S3Source, obj: SourceObject) -> bool:
         return False
 
 
-def _head_content_type(source: S3Source, key: str) -> str | None:
+def _looks_like_media(source: S3Source, obj: SourceObject) -> bool:
     try:
-        return source.content_type(key)
+        return source.looks_like_media(obj)
     except ObjectError:
-        return None
+        return False
 
 
 def _compare_copy(obj: SourceObject, drive_file: DriveFile, checkpoint: Checkpoint | None,
@@ -7253,8 +7366,8 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     return ExitCode.OK
 
 
-DATE_SOURCE_COLOURS = {"exif": "#2b7bb9", "video": "#7a5cc0", "metadata": "#3a9d5d", "s3": "#e08a1e",
-                       "not recorded": "#b0b7bf"}
+DATE_SOURCE_COLOURS = {"exif": "#2b7bb9", "video": "#7a5cc0", "filename": "#1f9e9e", "exif-datetime": "#8fb4d9",
+                       "metadata": "#3a9d5d", "s3": "#e08a1e", "not recorded": "#b0b7bf"}
 
 
 def svg_bars(bars: list[tuple[str, dict[str, float]]], colours: dict[str, str], *, fmt: Callable[[float], str],

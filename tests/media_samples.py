@@ -20,11 +20,13 @@ _EXIF_IFD, _DATETIME = 0x8769, 0x0132
 _DATETIME_ORIGINAL, _OFFSET_TIME_ORIGINAL, _SUBSEC_TIME_ORIGINAL = 0x9003, 0x9011, 0x9291
 
 
-def _exif(taken: str, offset: str | None, subsec: str | None = None) -> bytes:
-    """'Exif\\0\\0' + TIFF: IFD0 with DateTime (the decoy), an EXIF IFD with the capture date."""
+def _exif(taken: str | None, offset: str | None, subsec: str | None = None, written: str | None = DECOY_EXIF) -> bytes:
+    """'Exif\\0\\0' + TIFF: IFD0 with DateTime (`written`: the decoy unless told), an EXIF IFD with
+    the capture date."""
     sub = {_DATETIME_ORIGINAL: taken, _OFFSET_TIME_ORIGINAL: offset, _SUBSEC_TIME_ORIGINAL: subsec}
     exif = Image.Exif()
-    exif[_DATETIME] = DECOY_EXIF
+    if written is not None:
+        exif[_DATETIME] = written
     exif[_EXIF_IFD] = {tag: value for tag, value in sub.items() if value is not None}
     return exif.tobytes()   # a dict value becomes a sub-IFD (Pillow 10.0 drops get_ifd() edits)
 
@@ -37,12 +39,16 @@ def _encode(fmt: str, exif: bytes | None = None, **options) -> bytes:
     return out.getvalue()
 
 
-def jpeg(taken: str | None, offset: str | None = None, *, subsec: str | None = None) -> bytes:
-    """8x8 JPEG by Pillow; EXIF DateTimeOriginal=taken (+ OffsetTimeOriginal, SubSecTimeOriginal).
+def jpeg(taken: str | None, offset: str | None = None, *, subsec: str | None = None,
+         written: str | None = DECOY_EXIF) -> bytes:
+    """8x8 JPEG by Pillow; EXIF DateTimeOriginal=taken (+ OffsetTimeOriginal, SubSecTimeOriginal),
+    IFD0 DateTime=written.
 
-    taken None: a JPEG with no EXIF segment at all (offset and subsec are then ignored).
+    taken and written None: a JPEG with no EXIF segment at all (offset and subsec are then ignored).
     """
-    return _encode("JPEG") if taken is None else _encode("JPEG", _exif(taken, offset, subsec))
+    if taken is None and written in (None, DECOY_EXIF):   # jpeg(None): no EXIF at all
+        return _encode("JPEG")
+    return _encode("JPEG", _exif(taken, offset, subsec, written))
 
 
 def jpeg_broken_exif() -> bytes:
@@ -109,9 +115,9 @@ def _iloc_absolute(data: bytes) -> bytes:
     return bytes(buf)
 
 
-def tiff_raw(taken: str, offset: str | None = None) -> bytes:
+def tiff_raw(taken: str | None, offset: str | None = None, written: str | None = DECOY_EXIF) -> bytes:
     """8x8 TIFF by Pillow, as DNG/NEF/ARW are TIFF containers: IFD0 pointing to an EXIF sub-IFD."""
-    return _encode("TIFF", _exif(taken, offset))
+    return _encode("TIFF", _exif(taken, offset, written=written))
 
 
 def png(taken: str, offset: str | None = None) -> bytes:

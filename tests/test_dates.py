@@ -4,6 +4,7 @@ script into the Drive emulator; each expected instant is worked out here by hand
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -62,8 +63,8 @@ def test_exif_without_offset_is_read_in_the_timezone_given_or_the_machines(env):
 def test_without_a_usable_capture_time_the_file_time_in_metadata_then_s3s_time(env):
     mtime = dt.datetime(2012, 4, 1, 10, 0, 0, tzinfo=UTC).timestamp()
     env.put("p/broken.jpg", media.jpeg_broken_exif(), Metadata={"mtime": str(mtime)})
-    env.put("p/unset-clock.jpg", media.jpeg("2000:01:01 00:00:00"), Metadata={"Mtime": f"{mtime + 60:.3f}"})
-    env.put("p/future.jpg", media.jpeg("2099:01:01 10:00:00", "+00:00"),
+    env.put("p/unset-clock.jpg", media.jpeg("2000:01:01 00:00:00", written=None), Metadata={"Mtime": f"{mtime + 60:.3f}"})
+    env.put("p/future.jpg", media.jpeg("2099:01:01 10:00:00", "+00:00", written=None),
             Metadata={"s3cmd-attrs": f"atime:1/mode:33188/mtime:{int(mtime) + 120}/uid:0"})
     env.put("p/plain.jpg", media.jpeg(None))
     env.put("p/no-date.mp4", media.mp4(None))
@@ -177,3 +178,96 @@ def test_the_exif_item_of_a_heic_with_many_tiles_is_found():
     assert ct.rfc3339(ct.parse_exif_datetime("2021:02:03 04:05:06", "+00:00")) == "2021-02-03T04:05:06.000Z"
     found = ct.heif_exif(lambda offset, n: data[offset:offset + n], len(data))
     assert found is not None and found.startswith((b"II", b"MM")) and b"2021:02:03 04:05:06" in found
+
+
+def test_without_exif_capture_time_a_date_in_the_name_then_exifs_last_written_time(env):
+    """Phone and messenger libraries (issue 18): WhatsApp strips metadata and keeps the day in the
+    name; screenshots have no EXIF; scans and thermal cameras carry only IFD0 DateTime."""
+    mtime = str(dt.datetime(2012, 4, 1, 10, 0, 0, tzinfo=UTC).timestamp())
+    env.put("w/IMG-20190704-WA0001.jpg", media.jpeg(None), Metadata={"mtime": mtime})     # a day: its noon
+    env.put("w/Screenshot_20200315-142233.png", media.jpeg(None))
+    env.put("w/Screenshot 2022-11-05 at 09.08.07.png", media.jpeg(None))
+    env.put("w/PXL_20210101_123456789.jpg", media.jpeg(None))                       # Pixel names are UTC
+    env.put("w/scan.tif", media.tiff_raw(None, written="2014:05:06 07:08:09"), Metadata={"mtime": mtime})
+    env.put("w/IMG_20190101_000000.jpg", media.jpeg("2018:12:31 23:00:00", "+00:00"))   # EXIF first
+    env.put("w/IMG_1234.jpg", media.jpeg(None), Metadata={"mtime": mtime})            # no date in the name
+    assert env.main("--timezone", "Europe/Paris", "--report", str(env.cwd / "r.json")) == 0
+    sources = json.loads((env.cwd / "r.json").read_text())["date_sources"]
+    assert (sources["filename"], sources["exif-datetime"], sources["exif"], sources["metadata"]) == (4, 1, 1, 1)
+    dates = dates_of(env)
+    assert dates["w/IMG-20190704-WA0001.jpg"][:2] == (at(2019, 7, 4, 10, 0, 0),) * 2   # 12:00 CEST
+    assert dates["w/Screenshot_20200315-142233.png"][:2] == (at(2020, 3, 15, 13, 22, 33),) * 2
+    assert dates["w/Screenshot 2022-11-05 at 09.08.07.png"][:2] == (at(2022, 11, 5, 8, 8, 7),) * 2
+    assert dates["w/PXL_20210101_123456789.jpg"][:2] == (at(2021, 1, 1, 12, 34, 56),) * 2
+    assert dates["w/scan.tif"][:2] == (at(2014, 5, 6, 5, 8, 9),) * 2
+    assert dates["w/IMG_20190101_000000.jpg"][:2] == (at(2018, 12, 31, 23, 0, 0),) * 2
+    assert dates["w/IMG_1234.jpg"][:2] == (at(2012, 4, 1, 10, 0, 0),) * 2
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("IMG-20190704-WA0001.jpg", (2019, 7, 4, 12, 0, 0)),
+    ("VID-20190704-WA0003.mp4", (2019, 7, 4, 12, 0, 0)),
+    ("IMG_20200315_142233.jpg", (2020, 3, 15, 14, 22, 33)),
+    ("VID_20200315_142233.mp4", (2020, 3, 15, 14, 22, 33)),
+    ("Screenshot_20200315-142233.png", (2020, 3, 15, 14, 22, 33)),
+    ("Screenshot_2020-03-15-14-22-33.png", (2020, 3, 15, 14, 22, 33)),
+    ("Screenshot 2022-11-05 at 09.08.07.png", (2022, 11, 5, 9, 8, 7)),
+    ("Screen Shot 2019-03-01 at 1.11.12 PM.png", (2019, 3, 1, 13, 11, 12)),
+    ("Screen Shot 2019-03-01 at 12.11.12 AM.png", (2019, 3, 1, 0, 11, 12)),
+    ("Screen Recording 2022-11-05 at 09.08.07.mov", (2022, 11, 5, 9, 8, 7)),
+    ("signal-2021-02-03-040506.jpg", (2021, 2, 3, 4, 5, 6)),
+    ("signal-2021-02-03-04-05-06-123.jpg", (2021, 2, 3, 4, 5, 6)),
+    ("20190704_123456.jpg", (2019, 7, 4, 12, 34, 56)),
+    ("2019-07-04 12.34.56.jpg", (2019, 7, 4, 12, 34, 56)),
+    ("photo_2021-05-06_07-08-09.jpg", (2021, 5, 6, 7, 8, 9)),
+    ("holiday 2018-08-01.jpg", (2018, 8, 1, 12, 0, 0)),
+    ("PXL_20210101_123456789.jpg", "utc"),
+    ("IMG_1234.jpg", None), ("DSC01234.JPG", None), ("1234567890123.jpg", None),
+    ("IMG-19850704-WA0001.jpg", None),         # before 1990: a number that looks like a date
+    ("IMG_20201340_101010.jpg", None),         # month 13
+    ("IMG_20990101_101010.jpg", None),         # the future
+    ("20190704123456.jpg", None),              # fourteen digits in a row: no telling
+    ("id-2019123412.jpg", None),
+])
+def test_dates_in_file_names(name, expected):
+    zone = dt.timezone(dt.timedelta(hours=2))
+    moment = ct.date_in_name(f"some/prefix/{name}", zone)
+    if expected is None:
+        assert moment is None
+    elif expected == "utc":
+        assert moment == dt.datetime(2021, 1, 1, 12, 34, 56, tzinfo=UTC)
+    else:
+        assert moment == dt.datetime(*expected, tzinfo=zone)
+
+
+def test_an_object_without_extension_is_told_by_its_first_bytes_and_typed_for_drive(env):
+    env.put("scans/0001", media.jpeg("2019:07:05 18:30:12", "+02:00"))              # moto: binary/octet-stream
+    env.put("scans/notes", b"shopping list: milk, eggs\n" * 20)
+    env.put("cams/A001_C002.R3D", b"\x00\x00\x00\x20RED2" + bytes(4000))
+    env.put("cams/00001.MTS", bytes([0x47] + [0] * 191) * 30)
+    assert env.main("--report", str(env.cwd / "r.json")) == 0
+    dates = dates_of(env)
+    assert dates["scans/0001"] == (at(2019, 7, 5, 16, 30, 12),) * 2 + ("image/jpeg",)
+    assert "scans/notes" not in dates
+    assert dates["cams/A001_C002.R3D"][2] == "video/x-red-r3d" and dates["cams/00001.MTS"][2] == "video/mp2t"
+    report = json.loads((env.cwd / "r.json").read_text())
+    assert report["skipped_by_reason"] == {ct.SKIP_NOT_MEDIA: 1}
+
+
+def test_first_bytes_name_the_format_of_real_files():
+    assert ct.sniff_format(media.jpeg(None)) == "jpg"
+    assert ct.sniff_format(media.heic("2018:03:01 08:00:00")) == "heic"
+    assert ct.sniff_format(media.tiff_raw("2017:12:31 23:59:59")) == "tif"
+    assert ct.sniff_format(media.mp4(None)) == "mp4"
+    assert ct.sniff_format(media.mov(None)) == "mov"
+    assert ct.sniff_format(media.webp("2015:06:15 06:15:00")) == "webp"
+    assert ct.sniff_format(bytes([0x47] + [0] * 187) * 2) == "ts"
+    assert ct.sniff_format(bytes(4) + bytes([0x47] + [0] * 191) * 2) == "m2ts"
+    assert ct.sniff_format(b"BM" + bytes(12) + (40).to_bytes(4, "little") + bytes(40)) == "bmp"
+    assert ct.sniff_format(b"BMW service history.txt") is None
+    assert ct.sniff_format(b"%PDF-1.7") is None and ct.sniff_format(b"") is None
+    # every known format has a type of its own in Drive, photo or video
+    assert all(kind.startswith(("image/", "video/", "application/mxf")) for kind in ct.MEDIA_TYPES.values())
+    assert {"r3d", "braw", "mod", "tod", "vob", "mts", "m2ts", "3gp", "3g2", "insv", "insp", "cr3", "raf", "mrw",
+            "x3f", "crw"} <= ct.MEDIA_EXTENSIONS
+    assert {extension for _, _, extension in ct.MEDIA_SIGNATURES} <= ct.MEDIA_EXTENSIONS

@@ -140,7 +140,7 @@ def test_internal_error_in_a_worker_exits_8_not_1(env, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(ct, "photo_capture_time", broken)
+    monkeypatch.setattr(ct, "photo_times", broken)
     assert env.main("--workers", "1") == 8
     assert "internal error: ZeroDivisionError" in capsys.readouterr().err
 
