@@ -576,7 +576,10 @@ def classify_drive_error(exc: BaseException, in_upload_session: bool = False, up
         if reason in ("storageQuotaExceeded", "quotaExceeded"):
             return Verdict(Verdict.STOP, "Google Drive storage is full: free space or buy more, then re-run",
                            stop_error=QuotaExceededError)
-        if reason in ("dailyLimitExceeded", "dailyLimitExceededUnreg"):
+        if reason == "dailyLimitExceededUnreg":   # "Daily Limit for Unauthenticated Use": no usable token
+            return Verdict(Verdict.STOP, "Google took a request as unauthenticated (dailyLimitExceededUnreg): "
+                           "run 'python cloud_transfer.py auth' in a terminal", stop_error=AuthError)
+        if reason == "dailyLimitExceeded":
             return Verdict(Verdict.STOP, "the Drive API's daily request quota of this OAuth client is used up: "
                            "re-run tomorrow", stop_error=QuotaExceededError)
         if reason == "teamDriveFileLimitExceeded":
@@ -2361,7 +2364,8 @@ class S3Source:
 # Every file gets one original date, carried by createdTime and modifiedTime (what Drive shows as
 # "Last modified" and filters by). Readers here are pure: bytes in, an aware datetime or None out.
 
-MP4_EXTENSIONS = frozenset("mp4 m4v mov qt 3gp 3g2 insv lrv".split())   #: ISO BMFF / QuickTime
+MP4_EXTENSIONS = frozenset("mp4 m4v mov qt 3gp 3g2 insv lrv f4v".split())   #: ISO BMFF / QuickTime
+HEADER_DATED_VIDEOS = frozenset("avi divx mkv webm".split())   #: RIFF and Matroska: the date in the header
 MP4_TOP_LEVEL_BOXES = 64              #: boxes skipped before a file is taken for something else
 HEADER_READ_BYTES = 64 * 1024         #: one ranged GET of a video's header (or of its moov's start)
 EXIF_MAX_BYTES = 1024 * 1024          #: EXIF is at most 64 KiB in a JPEG; anything far larger is not EXIF
@@ -2634,6 +2638,81 @@ def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int) -> dt.dat
     return None
 
 
+MATROSKA_EPOCH = dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc)   #: DateUTC counts nanoseconds from here
+RIFF_MONTHS = {name: number for number, name in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
+
+
+def riff_date(text: str, zone: dt.tzinfo | None) -> dt.datetime | None:
+    """An AVI date (a wall-clock time, read in `zone`) in the forms cameras write, as ExifTool reads
+    them: "Mon Mar 10 15:04:43 2003" (IDIT), "2002-12-16  15:35:01", "2005:08:11 14:03:54",
+    Casio's "2001/ 1/27  1:42PM", and a day alone (INFO ICRD "2015-06-07") at its noon."""
+    text = text.strip("\0 \r\n\t")
+    parts = text.split()
+    found = None
+    if len(parts) >= 5 and parts[1][:3].upper() in RIFF_MONTHS:
+        found = (parts[4], RIFF_MONTHS[parts[1][:3].upper()], parts[2], *parts[3].split(":"))
+    elif match := re.match(r"(\d{4})/\s*(\d+)/\s*(\d+)/?\s+(\d+):\s*(\d+)\s*([AP]M)?", text, re.I):
+        hour = int(match[4]) % 12 + (12 if match[6].upper() == "PM" else 0) if match[6] else int(match[4])
+        found = (match[1], match[2], match[3], hour, match[5], 0)
+    elif match := re.match(r"(\d{4})[-/:](\d\d?)[-/:](\d\d?)(?:[ T]+(\d\d?):(\d\d):(\d\d))?", text):
+        found = (*match.groups()[:3], *(match.groups()[3:] if match[4] else (12, 0, 0)))
+    if found is None:
+        return None
+    try:
+        wall = dt.datetime(*(int(part) for part in found))
+        moment = wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return plausible(moment, "AVI date")
+
+
+def _hachoir_parser(stream: Any, parser_class: str) -> Any:
+    """A hachoir parser over `stream`, None when the file is not that format. hachoir reads fields
+    lazily: only the chunks a date needs are read."""
+    import hachoir.core.config
+    from hachoir.parser.container import mkv, riff
+    from hachoir.stream import InputIOStream
+
+    hachoir.core.config.quiet = True   # it warns on stdout about every oddity it skips
+    parser = {"riff": riff.RiffFile, "matroska": mkv.MkvFile}[parser_class](InputIOStream(stream, source="S3 object", tags=[]))
+    return parser if parser.validate() is True else None
+
+
+def avi_recording_time(stream: Any, zone: dt.tzinfo | None) -> dt.datetime | None:
+    """An AVI's recording time: the camera's IDIT chunk in hdrl, else INFO's ICRD (read by hachoir)."""
+    try:
+        avi = _hachoir_parser(stream, "riff")
+        if avi is None or avi["type"].value != "AVI ":
+            return None
+        dates: dict[str, str] = {}
+        for parent in ("headers", "info", "headers/info"):
+            if parent in avi:
+                for chunk in avi[parent]:
+                    if chunk.is_field_set and "tag" in chunk and "text" in chunk:
+                        dates.setdefault(chunk["tag"].value, chunk["text"].value)
+    except Exception:   # a malformed or cut-off header must never cost the video itself
+        log.debug("unreadable AVI header", exc_info=True)
+        return None
+    return next(filter(None, (riff_date(dates[tag], zone) for tag in ("IDIT", "ICRD") if tag in dates)), None)
+
+
+def matroska_recording_time(stream: Any) -> dt.datetime | None:
+    """A Matroska/WebM file's Segment Info DateUTC (UTC, read by hachoir); 0 is a writer's unset value."""
+    try:
+        mkv = _hachoir_parser(stream, "matroska")
+        path = "Segment[0]/Info[0]/DateUTC/date"
+        nanoseconds = mkv[path].value if mkv is not None and path in mkv else 0
+    except Exception:
+        log.debug("unreadable Matroska header", exc_info=True)
+        return None
+    if not nanoseconds:
+        return None
+    try:
+        return plausible(MATROSKA_EPOCH + dt.timedelta(microseconds=nanoseconds // 1000), "Matroska DateUTC")
+    except OverflowError:
+        return None
+
+
 def metadata_mtime(metadata: dict[str, str]) -> dt.datetime | None:
     """The file's own modification time, as S3 tools keep it in user metadata (names in any case:
     MinIO sends X-Amz-Meta-Mtime, which boto3 hands back as "Mtime"): `mtime` (rclone, s3fs,
@@ -2700,8 +2779,9 @@ class OriginalDates:
         return OriginalDate(obj.last_modified, "s3")
 
     def _in_file(self, obj: SourceObject, staged: Path | None) -> tuple[dt.datetime | None, str, dt.datetime | None]:
-        """(capture time, its source, the EXIF last-written time)."""
-        extension = obj.key.rsplit(".", 1)[-1].lower() if "." in obj.key.rsplit("/", 1)[-1] else ""
+        """(capture time, its source, the EXIF last-written time). A staged file is read where it
+        lies; before its download, only what the format needs comes from S3 (ranged GETs)."""
+        extension = media_format(obj.key, staged)
         if extension in MP4_EXTENSIONS:
             if staged is not None:
                 with open(staged, "rb") as stream:
@@ -2709,23 +2789,61 @@ class OriginalDates:
                                              obj.size), "video", None
             return mp4_creation_time(block_reader(lambda offset, length: self._read_range(obj, offset, length)),
                                      obj.size), "video", None
-        if staged is not None and not is_video(obj.key):
+        if extension in HEADER_DATED_VIDEOS:
+            # hachoir reads a field at a time, only those before the date: through block_reader, a
+            # header costs one ranged GET, an INFO list after the frames one more
+            with (open(staged, "rb") if staged is not None else ReadAtStream(
+                    block_reader(lambda offset, length: self._read_range(obj, offset, length)), obj.size)) as stream:
+                if MEDIA_TYPES[extension] == "video/x-msvideo":
+                    return avi_recording_time(stream, self.zone), "video", None
+                return matroska_recording_time(stream), "video", None
+        if staged is not None and extension not in VIDEO_EXTENSIONS:
             captured, written = photo_times(staged, self.zone)
             return captured, "exif", written
         return None, "", None
 
 
 
+class ReadAtStream(io.RawIOBase):
+    """A seekable binary stream over `read_at(offset, length)`: a library reads an S3 object's
+    header through it as if it were a file."""
+
+    def __init__(self, read_at: Callable[[int, int], bytes], size: int):
+        super().__init__()
+        self.read_at, self.size, self.position = read_at, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.position = max(0, offset + {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence])
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read_at(self.position, min(len(buffer), max(0, self.size - self.position)))
+        buffer[:len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
 def block_reader(read_at: Callable[[int, int], bytes], block: int = HEADER_READ_BYTES) -> Callable[[int, int], bytes]:
-    """`read_at` with reads of at least `block` bytes, kept: a box walk asks for 16 bytes at a time."""
+    """`read_at` with reads of at least `block` bytes, kept: a box walk asks for 16 bytes at a time.
+    Blocks start at 4 KiB boundaries, so that a parser stepping back a few bytes stays in one."""
     blocks: dict[int, bytes] = {}
 
     def read(offset: int, length: int) -> bytes:
         for start, data in blocks.items():
             if start <= offset and offset + length <= start + len(data):
                 return data[offset - start: offset - start + length]
-        data = blocks[offset] = read_at(offset, max(length, block))
-        return data[:length]
+        start = offset - offset % 4096
+        data = blocks[start] = read_at(start, max(offset + length - start, block))
+        return data[offset - start: offset - start + length]
 
     return read
 
@@ -4654,10 +4772,8 @@ def is_folder_marker(obj: SourceObject) -> bool:
 
 def media_kind_for(key: str) -> bool | None:
     """True: a photo/video extension; False: another extension; None: no extension (ask S3)."""
-    name = key.rsplit("/", 1)[-1]
-    if "." not in name.strip("."):
-        return None
-    return name.rsplit(".", 1)[-1].lower() in MEDIA_EXTENSIONS
+    extension = media_format(key)
+    return extension in MEDIA_EXTENSIONS if extension else None
 
 
 def is_video(key: str) -> bool:
@@ -4895,20 +5011,28 @@ def rfc3339(moment: dt.datetime) -> str:
 MEDIA_TYPE_SYNTAX = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
+def media_format(key: str, staged: Path | None = None) -> str:
+    """The format (an extension of MEDIA_TYPES, or the name's own) that the media filter, the Drive
+    type and the date readers go by: the name's extension, or for a name without one, what the
+    staged file's first bytes say ("" when neither tells)."""
+    name = key.rsplit("/", 1)[-1]
+    if "." in name.strip("."):
+        return name.rsplit(".", 1)[-1].lower()
+    if staged is not None:
+        with contextlib.suppress(OSError):
+            with open(staged, "rb") as stream:
+                return sniff_format(stream.read(SNIFF_BYTES)) or ""
+    return ""
+
+
 def guess_mimetype(key: str, content_type: str | None, staged: Path | None = None) -> str:
-    """S3's Content-Type unless it is generic; then the extension's (MEDIA_TYPES first), or for a
-    name without one, what the staged file's first bytes say."""
+    """S3's Content-Type unless it is generic; then the format's (MEDIA_TYPES first)."""
     given = (content_type or "").split(";")[0].strip().lower()
     # Upload scripts set headers such as `jpg`; googleapiclient fails on a type without a slash.
     if given not in GENERIC_CONTENT_TYPES and MEDIA_TYPE_SYNTAX.fullmatch(given):
         return {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}.get(given, given)
-    name = key.rsplit("/", 1)[-1]
-    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    if not extension and staged is not None:
-        with contextlib.suppress(OSError):
-            with open(staged, "rb") as stream:
-                extension = sniff_format(stream.read(SNIFF_BYTES)) or ""
-    return MEDIA_TYPES.get(extension) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    extension = media_format(key, staged)
+    return MEDIA_TYPES.get(extension) or mimetypes.guess_type(key.rsplit("/", 1)[-1])[0] or "application/octet-stream"
 
 
 def build_file_metadata(obj: SourceObject, name: str, bucket: str, parent_id: str, md5: str, download: Download,
@@ -6393,7 +6517,7 @@ class Notifier:
     and others take it too): URL/start, then URL with the run report (JSON) when the run ends on track
     (done, or stopped at a budget or the daily cap: the next run goes on), URL/fail otherwise; every
     ping carries the run's `rid`, so overlapping runs are told apart. An Uptime Kuma push URL
-    (/api/push/) takes only a GET with status=up|down and a short msg (uptime-kuma#987), at the end.
+    (/api/push/) gets a GET (Kuma 1.x takes no other) with status=up|down and a short msg, at the end.
     A monitor that cannot be told never fails the run: a few short tries, then a warning."""
 
     def __init__(self, url: str, stop: threading.Event):
@@ -6421,7 +6545,10 @@ class Notifier:
         parts = urllib.parse.urlsplit(self.url)
         target = urllib.parse.urlunsplit(parts._replace(
             path=parts.path.rstrip("/") + suffix,
-            query=urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query, keep_blank_values=True), *query.items()])))
+            # ours replace the URL's own: Kuma shows its push URL as ...?status=up&msg=OK&ping=, and a
+            # key given twice reaches it as a list, which it takes for "down"
+            query=urllib.parse.urlencode([*((key, value) for key, value in urllib.parse.parse_qsl(
+                parts.query, keep_blank_values=True) if key not in query and (value or key != "ping")), *query.items()])))
         problem = ""
         for attempt in range(NOTIFY_ATTEMPTS):
             request = urllib.request.Request(target, data=body, method="GET" if self.kuma_push else "POST",

@@ -7,7 +7,12 @@ instead: EXIF DateTime (IFD0) in images, the track header (tkhd) in videos.
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
 import struct
+import subprocess
+import tempfile
 from datetime import datetime, timedelta, timezone
 
 from PIL import Image
@@ -214,3 +219,80 @@ def mp4_header_with_huge_mdat(creation: datetime | None, mdat_size: int) -> tupl
     """
     large = 8 + mdat_size > 0xFFFFFFFF
     return _ftyp(b"isom") + _mdat_header(mdat_size, large), _moov(creation, 0)
+
+
+# --- RIFF AVI (Microsoft's AVI RIFF reference; OpenDML) ----------------------------------------
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack("<4sI", kind, len(body)) + body + b"\0" * (len(body) & 1)   # word-aligned
+
+
+def _riff_list(kind: bytes, *chunks: bytes) -> bytes:
+    return _chunk(b"LIST", kind + b"".join(chunks))
+
+
+def avi(idit: str | None = None, icrd: str | None = None, *, info_after_movi: bool = False,
+        movi_bytes: int = 1024) -> bytes:
+    """A one-stream AVI: hdrl (avih, strl, and the camera's IDIT `idit` when given), LIST INFO with
+    ICRD `icrd` (before movi, or after it and idx1 when `info_after_movi`), movi of one frame."""
+    avih = struct.pack("<14I", 40000, 0, 0, 0x10, 1, 0, 1, movi_bytes, 8, 8, 0, 0, 0, 0)   # has index
+    strh = struct.pack("<4s4sIHHIIIIIIIIhhhh", b"vids", b"MJPG", 0, 0, 0, 0, 1, 25, 0, 1, movi_bytes,
+                       0xFFFFFFFF, 0, 0, 0, 8, 8)
+    strf = struct.pack("<IiiHH4sIiiII", 40, 8, 8, 1, 24, b"MJPG", 192, 0, 0, 0, 0)
+    hdrl = [_chunk(b"avih", avih), _riff_list(b"strl", _chunk(b"strh", strh), _chunk(b"strf", strf))]
+    if idit is not None:
+        hdrl.append(_chunk(b"IDIT", idit.encode("latin-1")))
+    info = _riff_list(b"INFO", _chunk(b"ISFT", b"media_samples\0"),
+                      *([_chunk(b"ICRD", icrd.encode("latin-1") + b"\0")] if icrd is not None else []))
+    movi = _riff_list(b"movi", _chunk(b"00dc", bytes(movi_bytes)))
+    idx1 = _chunk(b"idx1", struct.pack("<4sIII", b"00dc", 0x10, 4, movi_bytes))
+    body = b"AVI " + _riff_list(b"hdrl", *hdrl) + (movi + idx1 + info if info_after_movi else info + movi + idx1)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+# --- Matroska / WebM (RFC 9559; EBML, RFC 8794) -----------------------------------------------
+
+MATROSKA_EPOCH = datetime(2001, 1, 1, tzinfo=timezone.utc)   # DateUTC counts nanoseconds from here
+
+
+def _ebml(element_id: int, body: bytes) -> bytes:
+    """An EBML element: its ID's bytes, an 8-byte size (marker 0x01), the body."""
+    return element_id.to_bytes((element_id.bit_length() + 7) // 8, "big") + b"\x01" + len(body).to_bytes(7, "big") + body
+
+
+def _uint(element_id: int, value: int, width: int = 4) -> bytes:
+    return _ebml(element_id, value.to_bytes(width, "big"))
+
+
+def matroska(date_utc: datetime | None, *, doctype: str = "matroska", cluster_bytes: int = 1024) -> bytes:
+    """EBML header, then a Segment: Info (TimecodeScale, MuxingApp, WritingApp, DateUTC = date_utc
+    when given, Duration), Tags with an ENCODER tag, one Cluster."""
+    header = _ebml(0x1A45DFA3, _uint(0x4286, 1, 1) + _uint(0x42F7, 1, 1) + _uint(0x42F2, 4, 1) + _uint(0x42F3, 8, 1)
+                   + _ebml(0x4282, doctype.encode()) + _uint(0x4287, 4, 1) + _uint(0x4285, 2, 1))
+    info = _uint(0x2AD7B1, 1_000_000) + _ebml(0x4D80, b"media_samples") + _ebml(0x5741, b"media_samples")
+    if date_utc is not None:
+        nanoseconds = (date_utc - MATROSKA_EPOCH) // timedelta(microseconds=1) * 1000
+        info += _ebml(0x4461, nanoseconds.to_bytes(8, "big", signed=True))
+    info += _ebml(0x4489, struct.pack(">d", 1000.0))
+    encoder = _ebml(0x67C8, _ebml(0x45A3, b"ENCODER") + _ebml(0x4487, b"media_samples"))
+    tags = _ebml(0x1254C367, _ebml(0x7373, _ebml(0x63C0, b"") + encoder))
+    cluster = _ebml(0x1F43B675, _uint(0xE7, 0, 1) + _ebml(0xA3, b"\x81\x00\x00\x80" + bytes(cluster_bytes)))
+    return header + _ebml(0x18538067, _ebml(0x1549A966, info) + tags + cluster)
+
+
+# --- ExifTool, the reference reader --------------------------------------------------------------
+
+def exiftool_reading(data: bytes, suffix: str) -> dict | None:
+    """What ExifTool (`exiftool -j -G1 -n`) reads in a sample, None when it is not installed
+    (CLOUD_TRANSFER_REQUIRE_EXIFTOOL=1, as .ci/run sets, makes its absence an error)."""
+    if shutil.which("exiftool") is None:
+        if os.environ.get("CLOUD_TRANSFER_REQUIRE_EXIFTOOL") == "1":
+            raise RuntimeError("exiftool is required here (Debian: apt-get install libimage-exiftool-perl)")
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "sample." + suffix)
+        with open(path, "wb") as out:
+            out.write(data)
+        found = subprocess.run(["exiftool", "-j", "-G1", "-n", path], capture_output=True, text=True, check=True)
+    (reading,) = json.loads(found.stdout)
+    return reading

@@ -4,7 +4,9 @@ script into the Drive emulator; each expected instant is worked out here by hand
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import re
 
 import pytest
 
@@ -271,3 +273,87 @@ def test_first_bytes_name_the_format_of_real_files():
     assert {"r3d", "braw", "mod", "tod", "vob", "mts", "m2ts", "3gp", "3g2", "insv", "insp", "cr3", "raf", "mrw",
             "x3f", "crw"} <= ct.MEDIA_EXTENSIONS
     assert {extension for _, _, extension in ct.MEDIA_SIGNATURES} <= ct.MEDIA_EXTENSIONS
+
+
+# --- AVI and Matroska, read by hachoir; compared with ExifTool where it is installed ---------------
+
+BERLIN_SUMMER = dt.timezone(dt.timedelta(hours=2))   # --timezone Europe/Berlin in June
+
+
+def exif_time(text: str, zone: dt.tzinfo) -> dt.datetime:
+    """An ExifTool time ("2015:06:07 08:09:10", maybe with fractions and a Z) as an instant; a day
+    alone is its noon. A time without Z is a wall-clock time in `zone`."""
+    utc = text.endswith("Z")
+    parts = [int(part) for part in re.findall(r"\d+", text.split(".")[0])] + [12, 0, 0][len(re.findall(r"\d+", text.split(".")[0])) - 3:]
+    return dt.datetime(*parts[:6], tzinfo=UTC if utc else zone)
+
+
+CONTAINER_SAMPLES = [
+    # (key, sample, ExifTool's tag, the instant expected with --timezone Europe/Berlin)
+    ("v/camera.avi", media.avi("SUN JUN 07 08:09:10 2015\n", "2001-01-01"), "RIFF:DateTimeOriginal",
+     dt.datetime(2015, 6, 7, 6, 9, 10, tzinfo=UTC)),
+    ("v/ffmpeg.avi", media.avi(None, "2014-06-02"), "RIFF:DateCreated", dt.datetime(2014, 6, 2, 10, 0, 0, tzinfo=UTC)),
+    ("v/late.AVI", media.avi(None, "2013-05-06 07:08:09", info_after_movi=True), "RIFF:DateCreated",
+     dt.datetime(2013, 5, 6, 5, 8, 9, tzinfo=UTC)),
+    ("v/clip.mkv", media.matroska(dt.datetime(2016, 7, 8, 9, 10, 11, 500000, tzinfo=UTC)), "Matroska:DateTimeOriginal",
+     dt.datetime(2016, 7, 8, 9, 10, 11, tzinfo=UTC)),
+    ("v/clip.webm", media.matroska(dt.datetime(2017, 1, 2, 3, 4, 5, tzinfo=UTC), doctype="webm"),
+     "Matroska:DateTimeOriginal", dt.datetime(2017, 1, 2, 3, 4, 5, tzinfo=UTC)),
+]
+
+
+@pytest.mark.parametrize("key, sample, tag, expected", CONTAINER_SAMPLES, ids=[row[0] for row in CONTAINER_SAMPLES])
+def test_samples_hold_what_exiftool_reads(key, sample, tag, expected):
+    reading = media.exiftool_reading(sample, key.rsplit(".", 1)[1].lower())
+    if reading is None:
+        pytest.skip("ExifTool is not installed: the recorded values stand")
+    assert exif_time(reading[tag], BERLIN_SUMMER).replace(microsecond=0) == expected
+
+
+def test_avi_and_matroska_videos_keep_their_recording_time_also_when_streamed(env, capsys):
+    for key, sample, _, _ in CONTAINER_SAMPLES:
+        env.put(key, sample)
+    # over the resumable threshold at 0.25 MiB chunks: uploaded while they download, their dates
+    # read beforehand with ranged GETs, an INFO list after 3 MiB of frames included
+    env.put("v/big.avi", media.avi(None, "2012-03-04 05:06:07", info_after_movi=True, movi_bytes=3 * 1024 * 1024))
+    env.put("v/big.mkv", media.matroska(dt.datetime(2011, 2, 3, 4, 5, 6, tzinfo=UTC), cluster_bytes=3 * 1024 * 1024))
+    env.put("v/undated.mkv", media.matroska(None))
+    assert env.main("--chunk-size", "0.25", "--timezone", "Europe/Berlin", "--report", str(env.cwd / "r.json")) == 0
+    out = capsys.readouterr().out
+    assert "0 from EXIF, 7 from video headers" in out
+    # the streamed ones: big.mkv's header in one GET, big.avi's header and its INFO after the frames
+    assert "(3 ranged GETs of video headers, " in out
+    dates = dates_of(env)
+    for key, _, _, expected in CONTAINER_SAMPLES:
+        assert dates[key][:2] == (expected.strftime("%Y-%m-%dT%H:%M:%S"),) * 2, key
+    assert dates["v/camera.avi"][2] == "video/x-msvideo" and dates["v/clip.webm"][2] == "video/webm"
+    assert dates["v/big.avi"][:2] == (at(2012, 3, 4, 4, 6, 7),) * 2     # CET in March
+    assert dates["v/big.mkv"] == (at(2011, 2, 3, 4, 5, 6),) * 2 + ("video/x-matroska",)
+    assert dates["v/undated.mkv"][:2] == (last_modified(env, "v/undated.mkv"),) * 2
+    report = json.loads((env.cwd / "r.json").read_text())
+    assert report["date_sources"]["video"] == 7 and report["date_sources"]["s3"] == 1
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("MON JUN 07 08:09:10 2015\n\0", (2015, 6, 7, 8, 9, 10)),       # IDIT as cameras write it
+    ("Mon Jun  7 08:09:10 2015", (2015, 6, 7, 8, 9, 10)),
+    ("2002-12-16  15:35:01\0\0", (2002, 12, 16, 15, 35, 1)),         # Konica
+    ("2005:08:11 14:03:54", (2005, 8, 11, 14, 3, 54)),
+    ("2001/ 1/27  1:42PM", (2001, 1, 27, 13, 42, 0)),                # Casio QV-3EX
+    ("2001/ 1/27 12:05AM", (2001, 1, 27, 0, 5, 0)),
+    ("2005/11/28/ 09:19", (2005, 11, 28, 9, 19, 0)),                 # Casio EX-Z30
+    ("2015-06-07", (2015, 6, 7, 12, 0, 0)),                          # ICRD, a day alone: its noon
+    ("junk", None), ("1899-01-01", None), ("2015-13-40 10:00:00", None), ("", None),
+])
+def test_avi_dates_in_the_forms_cameras_write(text, expected):
+    moment = ct.riff_date(text, UTC)
+    assert moment == (dt.datetime(*expected, tzinfo=UTC) if expected else None)
+
+
+def test_cut_off_or_foreign_containers_give_no_date():
+    sample = media.avi("SUN JUN 07 08:09:10 2015\n")
+    assert ct.avi_recording_time(io.BytesIO(sample[:40]), UTC) is None
+    assert ct.avi_recording_time(io.BytesIO(media.matroska(dt.datetime(2016, 1, 1, tzinfo=UTC))), UTC) is None
+    assert ct.matroska_recording_time(io.BytesIO(sample)) is None
+    assert ct.matroska_recording_time(io.BytesIO(b"\x1aE\xdf\xa3" + bytes(30))) is None
+    assert ct.avi_recording_time(io.BytesIO(b""), UTC) is None

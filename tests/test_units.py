@@ -154,6 +154,9 @@ def test_is_intact_copy():
     (403, "insufficientPermissions", "", "stop", ct.AuthError),
     (403, "numChildrenInNonRootLimitExceeded", "", "folder-full", None),   # 500,000 in a folder: continue beside it
     (403, "activeItemCreationLimitExceeded", "", "stop", ct.QuotaExceededError),
+    (403, "dailyLimitExceeded", "Daily Limit Exceeded", "stop", ct.QuotaExceededError),
+    # Google's answer to a request without a usable token, whatever its name says
+    (403, "dailyLimitExceededUnreg", "Daily Limit for Unauthenticated Use Exceeded.", "stop", ct.AuthError),
     (404, "notFound", "File not found: x.", "fail", None),
     (400, "invalid", "Invalid Value", "fail", None),
 ])
