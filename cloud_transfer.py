@@ -211,10 +211,11 @@ PACE_OVER_LIMIT_SHARE = 0.1
 #: Where a file's date came from, in the order they are tried (OriginalDates.date_of), as the run
 #: summary says it. A run's counts, its report and the status page use these names.
 DATE_SOURCE_NAMES = {
-    "exif": "from EXIF", "video": "from video headers", "filename": "from file names",
+    "exif": "from EXIF", "xmp": "from XMP", "iptc": "from IPTC", "video": "from video headers", "filename": "from file names",
     "exif-datetime": "from EXIF's last-written time", "metadata": "from file times in S3 metadata",
     "s3": "from S3 upload times",
 }
+PHOTO_TAG_SOURCES = frozenset({"exif", "xmp", "iptc", "exif-datetime"})   #: a time with the photo's own offset or wall clock
 #: Every photo and video format the tool knows, by extension, with the type Drive gets for it (what a
 #: generic Content-Type is replaced by; Python's `mimetypes` lacks HEIC, most RAW formats and several
 #: video containers). RAW types are the registered or de-facto ones (image/x-<vendor>-<format>, as
@@ -2459,6 +2460,116 @@ def photo_times(path: Path, zone: dt.tzinfo | None) -> tuple[dt.datetime | None,
             parse_exif_datetime(str(tags.get("Image DateTime", "")), str(tags.get("EXIF OffsetTime", "")), zone))
 
 
+_exiv2_ready = threading.Lock()
+
+
+def _exiv2() -> Any:
+    """python-exiv2 (libexiv2 in its wheel), None where it has no wheel (32-bit ARM, see
+    requirements.txt): there photo_tags reads nothing and those files take the next source."""
+    try:
+        import exiv2
+    except ImportError:
+        return None
+    with _exiv2_ready:
+        if not getattr(_exiv2, "initialized", False):
+            exiv2.LogMsg.setLevel(exiv2.LogMsg.Level.mute)   # it would print every oddity to stderr
+            exiv2.XmpParser.initialize()   # once, before threads use XMP (libexiv2's rule)
+            _exiv2.initialized = True   # type: ignore[attr-defined]
+    return exiv2
+
+
+def parse_xmp_datetime(value: str, zone: dt.tzinfo | None) -> dt.datetime | None:
+    """An XMP date (ISO 8601: "2013-04-05T06:07:08.25+02:00", "2013-04-05T06:07", "2013-04-05")
+    or IPTC's date + time as libexiv2 gives it ("2012-03-04" "05:06:07+01:00"); a time without
+    an offset is a wall-clock time in `zone`; a day alone gives its noon; a year or month alone
+    is too vague to use."""
+    match = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d)(?::(\d\d)(?:[.,]\d+)?)?"
+                         r"\s*(Z|[+-]\d\d:?\d\d)?)?", value.strip())
+    if not match:
+        return None
+    year, month, day, hour, minute, second, offset = match.groups()
+    try:
+        wall = dt.datetime(int(year), int(month), int(day), int(hour or 12), int(minute or 0), int(second or 0))
+        if offset:
+            sign, digits = (1 if offset[0] != "-" else -1), offset[1:].replace(":", "")
+            zone = dt.timezone.utc if offset == "Z" else dt.timezone(
+                sign * dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+        moment = wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()
+    except (ValueError, OverflowError, OSError):
+        return None
+    return plausible(moment, "XMP/IPTC date")
+
+
+#: What photo_tags asks libexiv2 for, in order: EXIF in the containers ExifRead does not open (CR3,
+#: CRW, MRW, RAF), then XMP (as Lightroom, Photoshop and digiKam write it, extended XMP included),
+#: then IPTC (agency and PhotoMechanic workflows): (source, key, key of its offset or time).
+PHOTO_TAG_KEYS = (
+    ("exif", "Exif.Photo.DateTimeOriginal", "Exif.Photo.OffsetTimeOriginal"),
+    ("exif", "Exif.Photo.DateTimeDigitized", "Exif.Photo.OffsetTimeDigitized"),
+    ("xmp", "Xmp.exif.DateTimeOriginal", ""),
+    ("xmp", "Xmp.photoshop.DateCreated", ""),
+    ("xmp", "Xmp.xmp.CreateDate", ""),
+    ("iptc", "Iptc.Application2.DateCreated", "Iptc.Application2.TimeCreated"),
+)
+
+
+def photo_tags(path: Path, zone: dt.tzinfo | None) -> tuple[dt.datetime | None, str, dt.datetime | None]:
+    """(capture time, its source, IFD0 DateTime) that libexiv2 reads where ExifRead found no
+    capture time (PHOTO_TAG_KEYS), None and "" when there is none or no libexiv2."""
+    exiv2 = _exiv2()
+    if exiv2 is None:
+        return None, "", None
+    found: dict[str, str] = {}
+    try:
+        with open(path, "rb") as stream:
+            extended = jpeg_extended_xmp(stream)
+        image = exiv2.ImageFactory.open(str(path))
+        image.readMetadata()
+        tags = [image.exifData(), image.xmpData(), image.iptcData()]
+        for packet in extended:   # read as an XMP sidecar is: its XMP only (libexiv2 copies it into EXIF too)
+            sidecar = exiv2.ImageFactory.open(packet)
+            sidecar.readMetadata()
+            tags.append(sidecar.xmpData())
+        for data in tags:
+            for datum in data:
+                found.setdefault(datum.key(), str(datum.value()))
+    except Exception:   # malformed metadata must never cost the photo itself
+        log.debug("unreadable metadata in %s", path, exc_info=True)
+        return None, "", None
+    written = parse_exif_datetime(found.get("Exif.Image.DateTime", ""), found.get("Exif.Photo.OffsetTime", ""), zone)
+    for source, key, companion in PHOTO_TAG_KEYS:
+        value, extra = found.get(key, ""), found.get(companion, "")
+        moment = (parse_exif_datetime(value, extra, zone) if source == "exif"
+                  else parse_xmp_datetime(f"{value}T{extra}" if extra else value, zone) if value else None)
+        if moment is not None:
+            return moment, source, written
+    return None, "", written
+
+
+XMP_EXTENSION_SIGNATURE = b"http://ns.adobe.com/xmp/extension/\0"
+
+
+def jpeg_extended_xmp(stream: Any) -> list[bytes]:
+    """The extended XMP packets a JPEG splits over APP1 segments (XMP Specification Part 3,
+    1.1.3.1: a GUID, the full length and each part's offset), joined; libexiv2 reads only the
+    main packet. Segments are skipped by their lengths up to the image data."""
+    if stream.read(2) != b"\xff\xd8":
+        return []
+    parts: dict[bytes, dict[int, bytes]] = {}
+    lengths: dict[bytes, int] = {}
+    while len(marker := stream.read(4)) == 4 and marker[0] == 0xFF and marker[1] not in (0xDA, 0xD9):
+        length = struct.unpack(">H", marker[2:])[0] - 2
+        head = stream.read(min(length, len(XMP_EXTENSION_SIGNATURE) + 40)) if marker[1] == 0xE1 else b""
+        if head.startswith(XMP_EXTENSION_SIGNATURE) and len(head) == len(XMP_EXTENSION_SIGNATURE) + 40:
+            guid, (total, offset) = head[-40:-8], struct.unpack(">II", head[-8:])
+            lengths[guid] = total
+            parts.setdefault(guid, {})[offset] = stream.read(length - len(head))
+        else:
+            stream.seek(length - len(head), io.SEEK_CUR)
+    joined = {guid: b"".join(part for _, part in sorted(pieces.items())) for guid, pieces in parts.items()}
+    return [data for guid, data in joined.items() if len(data) == lengths[guid]]
+
+
 #: Dates phones, messengers and screenshot tools write into file names, for files without metadata.
 #: A wall-clock time (read in --timezone) unless marked UTC; a day alone gives noon of that day, so
 #: that no time zone moves it to another day. Years 1990 to now only, and the digits must stand
@@ -2799,7 +2910,10 @@ class OriginalDates:
                 return matroska_recording_time(stream), "video", None
         if staged is not None and extension not in VIDEO_EXTENSIONS:
             captured, written = photo_times(staged, self.zone)
-            return captured, "exif", written
+            if captured is not None:
+                return captured, "exif", written
+            captured, source, also_written = photo_tags(staged, self.zone)
+            return captured, source, written or also_written
         return None, "", None
 
 
@@ -4688,7 +4802,7 @@ def numbered_name(name: str, number: int) -> str:
 def date_folders(date: OriginalDate, layout: str, zone: dt.tzinfo | None) -> tuple[str, ...]:
     """--layout date:<pattern> folders for a date: the photo's own wall-clock date where EXIF gives
     it, else the date in --timezone (this machine's zone by default)."""
-    moment = date.moment if date.source in ("exif", "exif-datetime") else (
+    moment = date.moment if date.source in PHOTO_TAG_SOURCES else (
         date.moment.astimezone(zone) if zone else date.moment.astimezone())
     parts = (f"{moment.year:04d}", f"{moment.month:02d}", f"{moment.day:02d}")
     return parts[:layout.removeprefix("date:").count("/") + 1]
@@ -6784,6 +6898,18 @@ def restore_advice(bucket: str, counts: dict[str, Any]) -> str:
             "--restore-request '{}'); many: S3 Batch Operations with a restore job")
 
 
+def date_readers() -> str:
+    """The metadata readers this machine has, for --check; a missing libexiv2 is a warning."""
+    import importlib.metadata
+    versions = {name: importlib.metadata.version(name) for name in ("ExifRead", "hachoir")}
+    exiv2 = _exiv2()
+    if exiv2 is None:
+        log.warning("no libexiv2 (the exiv2 package has no wheel for this machine): XMP, IPTC, CR3, CRW, MRW and "
+                    "RAF dates fall back to a date in the name or the file times")
+        return ", ".join(f"{name} {version}" for name, version in versions.items()) + ", no libexiv2"
+    return ", ".join(f"{name} {version}" for name, version in versions.items()) + f", libexiv2 {exiv2.version()}"
+
+
 def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
     """transfer --check: every precondition of a run on a line of its own, ok or why not; exit 0
     only when all pass, else the exit code of the first that failed. Writes nothing but what any run
@@ -6883,6 +7009,7 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
 
     check("settings", lambda: f"bucket {config.bucket!r} from {config.bucket_origin}, layout {config.layout}, "
                               f"{config.workers} workers")
+    check("photo dates", date_readers)
     check("checkpoint", checkpoint_file)
     listed = check("S3", s3)
     drive: DriveDestination | None = None
@@ -7493,7 +7620,7 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     return ExitCode.OK
 
 
-DATE_SOURCE_COLOURS = {"exif": "#2b7bb9", "video": "#7a5cc0", "filename": "#1f9e9e", "exif-datetime": "#8fb4d9",
+DATE_SOURCE_COLOURS = {"exif": "#2b7bb9", "xmp": "#4f6fd0", "iptc": "#5a8fa8", "video": "#7a5cc0", "filename": "#1f9e9e", "exif-datetime": "#8fb4d9",
                        "metadata": "#3a9d5d", "s3": "#e08a1e", "not recorded": "#b0b7bf"}
 
 

@@ -296,3 +296,118 @@ def exiftool_reading(data: bytes, suffix: str) -> dict | None:
         found = subprocess.run(["exiftool", "-j", "-G1", "-n", path], capture_output=True, text=True, check=True)
     (reading,) = json.loads(found.stdout)
     return reading
+
+
+# --- XMP and IPTC in JPEG (XMP Specification Part 3, 1.1.3; IPTC IIM 4.2 in Photoshop's APP13) ----
+
+XMP_NAMESPACES = {"exif": "http://ns.adobe.com/exif/1.0/", "photoshop": "http://ns.adobe.com/photoshop/1.0/",
+                  "xmp": "http://ns.adobe.com/xap/1.0/", "xmpNote": "http://ns.adobe.com/xmp/note/"}
+
+
+def xmp_packet(**properties: str) -> bytes:
+    """An XMP packet with one rdf:Description holding `properties` ("exif_DateTimeOriginal" for
+    exif:DateTimeOriginal) as attributes."""
+    names = " ".join(f'xmlns:{prefix}="{uri}"' for prefix, uri in XMP_NAMESPACES.items())
+    values = " ".join(f'{name.replace("_", ":", 1)}="{value}"' for name, value in properties.items())
+    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f'<rdf:Description rdf:about="" {names} {values}/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode()
+
+
+def _app(marker: int, body: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def _with_segments(jpeg_bytes: bytes, *segments: bytes) -> bytes:
+    return jpeg_bytes[:2] + b"".join(segments) + jpeg_bytes[2:]   # right after SOI
+
+
+def jpeg_with_xmp(extended: bool = False, **properties: str) -> bytes:
+    """A JPEG without EXIF whose XMP holds `properties`; `extended`: they sit in an extended-XMP
+    segment (as writers do when the main packet is full), the main packet pointing to it by GUID."""
+    if not extended:
+        return _with_segments(jpeg(None), _app(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + xmp_packet(**properties)))
+    import hashlib
+    full = xmp_packet(**properties)
+    guid = hashlib.md5(full).hexdigest().upper().encode()
+    main = xmp_packet(xmpNote_HasExtendedXMP=guid.decode())
+    half = len(full) // 2
+    parts = [_app(0xE1, b"http://ns.adobe.com/xmp/extension/\0" + guid + struct.pack(">II", len(full), at) + full[at:end])
+             for at, end in ((0, half), (half, len(full)))]
+    return _with_segments(jpeg(None), _app(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + main), *parts)
+
+
+def jpeg_with_iptc(date: str, time: str | None = None) -> bytes:
+    """A JPEG without EXIF whose IPTC (APP13, Photoshop resource 0x0404) has 2:55 DateCreated
+    `date` (CCYYMMDD) and 2:60 TimeCreated `time` (HHMMSS±HHMM) when given."""
+    def dataset(number: int, value: bytes) -> bytes:
+        return struct.pack(">BBBH", 0x1C, 2, number, len(value)) + value
+    iim = dataset(0, b"\0\x04") + dataset(55, date.encode()) + (dataset(60, time.encode()) if time else b"")
+    resource = b"8BIM" + struct.pack(">H", 0x0404) + b"\0\0" + struct.pack(">I", len(iim)) + iim + b"\0" * (len(iim) & 1)
+    return _with_segments(jpeg(None), _app(0xED, b"Photoshop 3.0\0" + resource))
+
+
+# --- RAW containers ExifRead does not open --------------------------------------------------------
+
+def _tiff(taken: str | None = None, written: str | None = None) -> bytes:
+    """A bare TIFF block (no "Exif" prefix): IFD0 DateTime `written`, EXIF IFD DateTimeOriginal `taken`."""
+    exif = Image.Exif()
+    if written is not None:
+        exif[_DATETIME] = written
+    if taken is not None:
+        exif[_EXIF_IFD] = {_DATETIME_ORIGINAL: taken}
+    return exif.tobytes()[6:]
+
+
+def raf(taken: str) -> bytes:
+    """Fujifilm RAF: the 'FUJIFILMCCD-RAW' header whose offsets 84/88 place an embedded JPEG
+    (holding the EXIF), 92/96 the CFA header, 100/104 the CFA (a TIFF block), as ExifTool reads it."""
+    embedded = jpeg(taken)
+    header = b"FUJIFILMCCD-RAW 0201FF383501" + b"X-T1".ljust(32, b"\0") + b"0100" + bytes(20)
+    at = 160
+    cfa_header, cfa = bytes(4), b"II*\0" + struct.pack("<IHI", 8, 0, 0)
+    header += struct.pack(">6I", at, len(embedded), at + len(embedded), len(cfa_header),
+                          at + len(embedded) + len(cfa_header), len(cfa))
+    return header.ljust(at, b"\0") + embedded + cfa_header + cfa
+
+
+def mrw(taken: str) -> bytes:
+    """Minolta MRW: '\\0MRM' and the blocks PRD (picture dimensions) and TTW (a TIFF block with
+    the EXIF), then the raw data."""
+    tiff = _tiff(taken, DECOY_EXIF)
+    tiff += b"\0" * (len(tiff) & 1)
+    prd = struct.pack(">8sHHHHBBBBHH", b"21810002", 8, 8, 8, 8, 12, 12, 0x59, 0, 1, 0)
+    blocks = b"\0PRD" + struct.pack(">I", len(prd)) + prd + b"\0TTW" + struct.pack(">I", len(tiff)) + tiff
+    return b"\0MRM" + struct.pack(">I", len(blocks)) + blocks + bytes(64)
+
+
+def _ciff_heap(entries: list[tuple[int, bytes]]) -> bytes:
+    """A CIFF heap: the records' data, the table (count, then tag, size, offset of each), the
+    table's offset in its last 4 bytes."""
+    body, table = b"", []
+    for tag, data in entries:
+        table.append(struct.pack("<HII", tag, len(data), len(body)))
+        body += data + b"\0" * (len(data) & 1)
+    return body + struct.pack("<H", len(table)) + b"".join(table) + struct.pack("<I", len(body))
+
+
+def crw(taken: datetime) -> bytes:
+    """Canon CRW (CIFF, no EXIF): ImageProps (0x300a) holding TimeStamp (0x180e: seconds since
+    1970 of the camera's wall clock, a zone code, zone info)."""
+    seconds = int((taken.replace(tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds())
+    props = _ciff_heap([(0x180E, struct.pack("<IiI", seconds, 0, 0))])
+    root = _ciff_heap([(0x080A, b"Canon\0Canon EOS D30\0"), (0x300A, props)])
+    return b"II" + struct.pack("<I", 26) + b"HEAPCCDR" + struct.pack("<I", 0x00010002) + bytes(8) + root
+
+
+CANON_UUID = bytes.fromhex("85c0b687820f11e08111f4ce462b6a48")
+
+
+def cr3(taken: str) -> bytes:
+    """Canon CR3 (ISO BMFF, brand 'crx '): moov/uuid(Canon) with CMT1 (IFD0: the decoy DateTime)
+    and CMT2 (the EXIF IFD as a TIFF block of its own: DateTimeOriginal)."""
+    cmt2 = Image.Exif()
+    cmt2[_DATETIME_ORIGINAL] = taken
+    canon = _box(b"uuid", CANON_UUID + _box(b"CNCV", b"CanonCR3_001/00.09.00/00.00.00")
+                 + _box(b"CMT1", _tiff(written=DECOY_EXIF)) + _box(b"CMT2", cmt2.tobytes()[6:]))
+    return _box(b"ftyp", b"crx " + struct.pack(">I", 1) + b"crx isom") + _box(b"moov", canon) + _box(b"mdat", bytes(64))

@@ -281,11 +281,16 @@ BERLIN_SUMMER = dt.timezone(dt.timedelta(hours=2))   # --timezone Europe/Berlin 
 
 
 def exif_time(text: str, zone: dt.tzinfo) -> dt.datetime:
-    """An ExifTool time ("2015:06:07 08:09:10", maybe with fractions and a Z) as an instant; a day
-    alone is its noon. A time without Z is a wall-clock time in `zone`."""
-    utc = text.endswith("Z")
-    parts = [int(part) for part in re.findall(r"\d+", text.split(".")[0])] + [12, 0, 0][len(re.findall(r"\d+", text.split(".")[0])) - 3:]
-    return dt.datetime(*parts[:6], tzinfo=UTC if utc else zone)
+    """An ExifTool time ("2015:06:07 08:09:10", maybe with fractions, a Z or "+02:00") as an
+    instant, to the second; a day alone is its noon; without Z or offset, a wall-clock time in `zone`."""
+    found = re.fullmatch(r"(\d{4}):(\d\d):(\d\d)(?: (\d\d):(\d\d):(\d\d)(?:\.\d+)?)?(Z|[+-]\d\d:\d\d)?", text)
+    assert found, text
+    year, month, day, hour, minute, second, offset = found.groups()
+    if offset and offset != "Z":
+        sign = -1 if offset[0] == "-" else 1
+        zone = dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:])))
+    return dt.datetime(int(year), int(month), int(day), int(hour or 12), int(minute or 0), int(second or 0),
+                       tzinfo=UTC if offset == "Z" else zone)
 
 
 CONTAINER_SAMPLES = [
@@ -302,12 +307,37 @@ CONTAINER_SAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("key, sample, tag, expected", CONTAINER_SAMPLES, ids=[row[0] for row in CONTAINER_SAMPLES])
+TAKEN = "2014:05:06 07:08:09"   # a wall-clock time: 05:08:09 UTC in Berlin in May
+PHOTO_TAG_SAMPLES = [
+    # the containers ExifRead does not open, then XMP and IPTC (read by libexiv2)
+    ("r/fuji.RAF", media.raf(TAKEN), "ExifIFD:DateTimeOriginal", dt.datetime(2014, 5, 6, 5, 8, 9, tzinfo=UTC)),
+    ("r/minolta.mrw", media.mrw(TAKEN), "ExifIFD:DateTimeOriginal", dt.datetime(2014, 5, 6, 5, 8, 9, tzinfo=UTC)),
+    ("r/canon.crw", media.crw(dt.datetime(2014, 5, 6, 7, 8, 9)), "CanonRaw:DateTimeOriginal",
+     dt.datetime(2014, 5, 6, 5, 8, 9, tzinfo=UTC)),
+    ("r/canon.CR3", media.cr3(TAKEN), "ExifIFD:DateTimeOriginal", dt.datetime(2014, 5, 6, 5, 8, 9, tzinfo=UTC)),
+    # Lightroom's export: XMP with an offset; the decoy xmp:CreateDate comes later in the chain
+    ("x/IMG_20200101_101010.jpg", media.jpeg_with_xmp(exif_DateTimeOriginal="2013-04-05T06:07:08.25+02:00",
+                                                       xmp_CreateDate="2001-01-01T00:00:00"),
+     "XMP-exif:DateTimeOriginal", dt.datetime(2013, 4, 5, 4, 7, 8, tzinfo=UTC)),
+    ("x/extended.jpg", media.jpeg_with_xmp(extended=True, photoshop_DateCreated="2013-04-05"),
+     "XMP-photoshop:DateCreated", dt.datetime(2013, 4, 5, 10, 0, 0, tzinfo=UTC)),
+    ("x/created.jpg", media.jpeg_with_xmp(xmp_CreateDate="2012-01-02T03:04:05"), "XMP-xmp:CreateDate",
+     dt.datetime(2012, 1, 2, 2, 4, 5, tzinfo=UTC)),
+    ("i/agency.jpg", media.jpeg_with_iptc("20120304", "050607+0100"), "Composite:DateTimeCreated",
+     dt.datetime(2012, 3, 4, 4, 6, 7, tzinfo=UTC)),
+    ("i/day.jpg", media.jpeg_with_iptc("20110708"), "IPTC:DateCreated", dt.datetime(2011, 7, 8, 10, 0, 0, tzinfo=UTC)),
+]
+BERLIN_WINTER = dt.timezone(dt.timedelta(hours=1))
+
+
+@pytest.mark.parametrize("key, sample, tag, expected", CONTAINER_SAMPLES + PHOTO_TAG_SAMPLES,
+                         ids=[row[0] for row in CONTAINER_SAMPLES + PHOTO_TAG_SAMPLES])
 def test_samples_hold_what_exiftool_reads(key, sample, tag, expected):
     reading = media.exiftool_reading(sample, key.rsplit(".", 1)[1].lower())
     if reading is None:
         pytest.skip("ExifTool is not installed: the recorded values stand")
-    assert exif_time(reading[tag], BERLIN_SUMMER).replace(microsecond=0) == expected
+    zone = BERLIN_SUMMER if 4 <= expected.month <= 9 else BERLIN_WINTER
+    assert exif_time(reading[tag], zone) == expected
 
 
 def test_avi_and_matroska_videos_keep_their_recording_time_also_when_streamed(env, capsys):
@@ -357,3 +387,54 @@ def test_cut_off_or_foreign_containers_give_no_date():
     assert ct.matroska_recording_time(io.BytesIO(sample)) is None
     assert ct.matroska_recording_time(io.BytesIO(b"\x1aE\xdf\xa3" + bytes(30))) is None
     assert ct.avi_recording_time(io.BytesIO(b""), UTC) is None
+
+
+def test_raw_containers_xmp_and_iptc_keep_their_capture_time(env, capsys):
+    for key, sample, _, _ in PHOTO_TAG_SAMPLES:
+        env.put(key, sample)
+    env.put("x/plain.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00"))   # EXIF first: libexiv2 is not asked
+    assert env.main("--timezone", "Europe/Berlin", "--report", str(env.cwd / "r.json")) == 0
+    assert "5 from EXIF, 3 from XMP, 2 from IPTC, 0 from video headers" in capsys.readouterr().out
+    dates = dates_of(env)
+    for key, _, _, expected in PHOTO_TAG_SAMPLES:
+        assert dates[key][:2] == (expected.strftime("%Y-%m-%dT%H:%M:%S"),) * 2, key
+    assert dates["r/fuji.RAF"][2] == "image/x-fuji-raf" and dates["r/canon.CR3"][2] == "image/x-canon-cr3"
+    report = json.loads((env.cwd / "r.json").read_text())
+    assert {source: n for source, n in report["date_sources"].items() if n} == {"exif": 5, "xmp": 3, "iptc": 2}
+    sources = {item["key"]: item["date_source"] for item in report["objects"]}
+    assert sources["x/IMG_20200101_101010.jpg"] == "xmp"   # the XMP time, not the name's
+    assert sources["i/day.jpg"] == "iptc" and sources["r/canon.crw"] == "exif"
+
+
+def test_xmp_and_iptc_dates_in_their_forms():
+    zone = dt.timezone(dt.timedelta(hours=-5))
+    assert ct.parse_xmp_datetime("2013-04-05T06:07:08.25+02:00", None) == dt.datetime(
+        2013, 4, 5, 6, 7, 8, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert ct.parse_xmp_datetime("2013-04-05T06:07Z", None) == dt.datetime(2013, 4, 5, 6, 7, tzinfo=UTC)
+    assert ct.parse_xmp_datetime("2013-04-05T06:07:08", zone) == dt.datetime(2013, 4, 5, 6, 7, 8, tzinfo=zone)
+    assert ct.parse_xmp_datetime("2013-04-05", zone) == dt.datetime(2013, 4, 5, 12, tzinfo=zone)
+    assert ct.parse_xmp_datetime("2012-03-04T05:06:07-0330", None).utcoffset() == -dt.timedelta(hours=3, minutes=30)
+    for vague_or_wrong in ("2013", "2013-04", "2013-13-01", "1850-01-01", "tomorrow", "", "2013-04-05T25:00:00"):
+        assert ct.parse_xmp_datetime(vague_or_wrong, zone) is None, vague_or_wrong
+
+
+def test_extended_xmp_is_joined_from_its_parts_and_a_part_missing_gives_none(tmp_path):
+    whole = media.jpeg_with_xmp(extended=True, photoshop_DateCreated="2013-04-05")
+    (packet,) = ct.jpeg_extended_xmp(io.BytesIO(whole))
+    assert b'photoshop:DateCreated="2013-04-05"' in packet and packet.endswith(b'<?xpacket end="w"?>')
+    second_part = whole.rfind(b"\xff\xe1")
+    length = int.from_bytes(whole[second_part + 2:second_part + 4], "big")
+    assert ct.jpeg_extended_xmp(io.BytesIO(whole[:second_part] + whole[second_part + 2 + length:])) == []
+    assert ct.jpeg_extended_xmp(io.BytesIO(b"not a jpeg")) == []
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(whole[:second_part + 10])   # cut off in a segment: no date, no error
+    assert ct.photo_tags(path, UTC) == (None, "", None)
+
+
+def test_without_libexiv2_those_dates_fall_through_to_the_next_source(tmp_path, monkeypatch):
+    path = tmp_path / "IMG-20190704-WA0001.jpg"
+    path.write_bytes(media.jpeg_with_iptc("20120304", "050607+0100"))
+    assert ct.photo_tags(path, UTC)[1] == "iptc"
+    monkeypatch.setattr(ct, "_exiv2", lambda: None)   # a machine without its wheel (32-bit ARM)
+    assert ct.photo_tags(path, UTC) == (None, "", None)
+    assert ct.date_readers().endswith(", no libexiv2")

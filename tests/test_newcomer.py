@@ -162,9 +162,10 @@ def test_check_says_ok_for_each_precondition_and_writes_nothing(env):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "ok    settings", "ok    checkpoint", "ok    S3", "ok    Google sign-in", "ok    Drive folder", "ok    temp dir",
+        "ok    settings", "ok    photo dates", "ok    checkpoint", "ok    S3", "ok    Google sign-in", "ok    Drive folder", "ok    temp dir",
         "ok    Drive storage", "ok    daily budget"]
     assert "2 objects, 2 to copy (11.7 KiB)" in result.stdout
+    assert re.search(r"photo dates: ExifRead [\d.]+, hachoir [\d.]+, libexiv2 0\.\d+", result.stdout)
     assert "signed in as emulated.user@example.com" in result.stdout
     assert "will be created in My Drive" in result.stdout
     assert env.drive.list_files() == [] and not env.checkpoint.exists()
