@@ -211,11 +211,12 @@ PACE_OVER_LIMIT_SHARE = 0.1
 #: Where a file's date came from, in the order they are tried (OriginalDates.date_of), as the run
 #: summary says it. A run's counts, its report and the status page use these names.
 DATE_SOURCE_NAMES = {
-    "exif": "from EXIF", "xmp": "from XMP", "iptc": "from IPTC", "video": "from video headers", "filename": "from file names",
+    "exif": "from EXIF", "xmp": "from XMP", "iptc": "from IPTC", "video": "from video headers",
+    "sidecar": "from sidecars (XMP, Takeout JSON)", "pair": "from the other half of a pair", "filename": "from file names",
     "exif-datetime": "from EXIF's last-written time", "metadata": "from file times in S3 metadata",
     "s3": "from S3 upload times",
 }
-PHOTO_TAG_SOURCES = frozenset({"exif", "xmp", "iptc", "exif-datetime"})   #: a time with the photo's own offset or wall clock
+PHOTO_TAG_SOURCES = frozenset({"exif", "xmp", "iptc", "exif-datetime", "pair"})   #: a time with the photo's own offset or wall clock
 #: Every photo and video format the tool knows, by extension, with the type Drive gets for it (what a
 #: generic Content-Type is replaced by; Python's `mimetypes` lacks HEIC, most RAW formats and several
 #: video containers). RAW types are the registered or de-facto ones (image/x-<vendor>-<format>, as
@@ -677,6 +678,7 @@ class Config:
     dry_run: bool = False
     check: bool = False                  # transfer --check: the pre-flight checks only
     all_files: bool = False
+    no_sidecars: bool = False
     filters: tuple[tuple[str, str], ...] = ()   # ("+"|"-", glob) in command-line order (--include/--exclude)
     min_size: int | None = None
     max_size: int | None = None
@@ -1097,6 +1099,9 @@ SETTINGS: list[Setting] = [
           "keys per S3 listing page, 1-1000", commands=_READS_S3, arg={"metavar": "N"}),
         S("all_files", ("--all-files",), (), False, help="copy every object, not only photos and videos",
           commands=_READS_S3, arg={"action": "store_true"}),
+        S("no_sidecars", ("--no-sidecars",), (), False, commands=_READS_S3, arg={"action": "store_true"},
+          help="leave out the XMP, .aae and Google Takeout JSON files beside photos (by default they are "
+               "copied with their photo, and read for its date)"),
         S("filters", ("--include",), (), (), lambda v, n: tuple(v), commands=_READS_S3,
           help="only keys matching this rclone-style glob (repeatable; with --exclude, the first rule that "
                "matches decides, in command-line order)", arg={"action": _FilterAction, "metavar": "GLOB"}),
@@ -2423,6 +2428,15 @@ def photo_capture_time(path: Path, zone: dt.tzinfo | None) -> dt.datetime | None
 
 
 def photo_times(path: Path, zone: dt.tzinfo | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    try:
+        with open(path, "rb") as stream:
+            return photo_times_in(stream, os.fstat(stream.fileno()).st_size, zone)
+    except OSError:
+        log.debug("unreadable %s", path, exc_info=True)
+        return None, None
+
+
+def photo_times_in(stream: Any, size: int, zone: dt.tzinfo | None) -> tuple[dt.datetime | None, dt.datetime | None]:
     """(capture time, IFD0 DateTime) of a JPEG, HEIC/HEIF/AVIF, TIFF-based RAW, PNG or WebP: EXIF
     DateTimeOriginal (else DateTimeDigitized), and the time the file was last written, which scans,
     thermal cameras and many editors leave as the only one; None for what is missing or unreadable. ExifRead parses the EXIF and stops at the tag; for HEIF and WebP the
@@ -2430,25 +2444,24 @@ def photo_times(path: Path, zone: dt.tzinfo | None) -> tuple[dt.datetime | None,
     ignores the iloc base_offset) and in every WebP (it expects an "Exif" prefix the spec has not)."""
     import exifread
 
+    def read_at(offset: int, length: int) -> bytes:
+        stream.seek(offset)
+        return stream.read(length)
+
     try:
-        with open(path, "rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-
-            def read_at(offset: int, length: int) -> bytes:
-                return os.pread(stream.fileno(), length, offset)
-
-            head = read_at(0, 12)
-            block: bytes | None = b""
-            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-                block = webp_exif(read_at, size)
-            elif head[4:8] == b"ftyp":
-                block = heif_exif(read_at, size)
-            if block is None:
-                return None, None
-            tags = exifread.process_file(io.BytesIO(block) if block else stream, details=False,
-                                         extract_thumbnail=False, stop_tag="OffsetTimeDigitized")
+        head = read_at(0, 12)
+        block: bytes | None = b""
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            block = webp_exif(read_at, size)
+        elif head[4:8] == b"ftyp":
+            block = heif_exif(read_at, size)
+        if block is None:
+            return None, None
+        stream.seek(0)
+        tags = exifread.process_file(io.BytesIO(block) if block else stream, details=False,
+                                     extract_thumbnail=False, stop_tag="OffsetTimeDigitized")
     except Exception:  # malformed metadata must never cost the photo itself
-        log.debug("unreadable EXIF in %s", path, exc_info=True)
+        log.debug("unreadable EXIF", exc_info=True)
         return None, None
     # DateTimeOriginal: when the shutter fired; DateTimeDigitized: when it was scanned (scanners
     # and some phones' screenshots fill only that one). DateTime (IFD0) is the last write: it comes
@@ -2537,13 +2550,47 @@ def photo_tags(path: Path, zone: dt.tzinfo | None) -> tuple[dt.datetime | None, 
         log.debug("unreadable metadata in %s", path, exc_info=True)
         return None, "", None
     written = parse_exif_datetime(found.get("Exif.Image.DateTime", ""), found.get("Exif.Photo.OffsetTime", ""), zone)
+    moment, source = first_tag_time(found, zone)
+    return moment, source, written
+
+
+def first_tag_time(found: dict[str, str], zone: dt.tzinfo | None) -> tuple[dt.datetime | None, str]:
+    """The first time of PHOTO_TAG_KEYS among libexiv2's `found` tags, and its source."""
     for source, key, companion in PHOTO_TAG_KEYS:
         value, extra = found.get(key, ""), found.get(companion, "")
         moment = (parse_exif_datetime(value, extra, zone) if source == "exif"
                   else parse_xmp_datetime(f"{value}T{extra}" if extra else value, zone) if value else None)
         if moment is not None:
-            return moment, source, written
-    return None, "", written
+            return moment, source
+    return None, ""
+
+
+def xmp_sidecar_time(data: bytes, zone: dt.tzinfo | None) -> dt.datetime | None:
+    """The capture time an XMP sidecar (or any XMP packet) holds, read by libexiv2."""
+    exiv2 = _exiv2()
+    if exiv2 is None:
+        return None
+    try:
+        packet = exiv2.ImageFactory.open(data)
+        packet.readMetadata()
+        return first_tag_time({datum.key(): str(datum.value()) for datum in packet.xmpData()}, zone)[0]
+    except Exception:
+        log.debug("unreadable XMP sidecar", exc_info=True)
+        return None
+
+
+def takeout_time(data: bytes, title: str | None = None) -> dt.datetime | None:
+    """Google Takeout's photoTakenTime (UTC seconds) from its JSON sidecar; with `title`, only if
+    the sidecar names that photo (a sidecar whose name was cut may belong to another)."""
+    try:
+        found = json.loads(data)
+        if title is not None and str(found.get("title", "")).lower() != title.lower():
+            return None
+        taken = found.get("photoTakenTime") or {}
+        seconds = int(taken.get("timestamp") or 0)
+        return plausible(dt.datetime.fromtimestamp(seconds, dt.timezone.utc), "Takeout photoTakenTime") if seconds else None
+    except (ValueError, TypeError, AttributeError, OverflowError, OSError):
+        return None
 
 
 XMP_EXTENSION_SIGNATURE = b"http://ns.adobe.com/xmp/extension/\0"
@@ -2749,6 +2796,7 @@ def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int) -> dt.dat
     return None
 
 
+SIDECAR_MAX_BYTES = 1024 * 1024   #: a sidecar is read whole for a date; anything larger is no sidecar
 MATROSKA_EPOCH = dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc)   #: DateUTC counts nanoseconds from here
 RIFF_MONTHS = {name: number for number, name in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
 
@@ -2860,6 +2908,8 @@ class OriginalDates:
     def __init__(self, source: S3Source, date_from: str = "auto", zone: dt.tzinfo | None = None,
                  stats: Stats | None = None):
         self.source, self.date_from, self.zone, self.stats = source, date_from, zone, stats or Stats()
+        #: key → (its sidecars, its twin), set by the lister for the objects it hands to workers
+        self.relatives: dict[str, tuple[tuple[SourceObject, ...], SourceObject | None]] = {}
 
     @property
     def basis(self) -> str:
@@ -2881,6 +2931,8 @@ class OriginalDates:
             moment, source, written = self._in_file(obj, staged)
             if moment is not None:
                 return OriginalDate(moment, source)
+        if self.date_from == "auto" and (related := self._from_relatives(obj)) is not None:
+            return related
         if self.date_from == "auto" and (named := date_in_name(obj.key, self.zone)) is not None:
             return OriginalDate(named, "filename")
         if written is not None:
@@ -2889,10 +2941,31 @@ class OriginalDates:
             return OriginalDate(download.source_mtime, "metadata")
         return OriginalDate(obj.last_modified, "s3")
 
+    def _from_relatives(self, obj: SourceObject) -> OriginalDate | None:
+        """A sidecar's capture time (XMP, then Takeout JSON: each read whole, they are small),
+        else the capture time in the twin's file (a Live Photo's other half; ranged GETs)."""
+        sidecars, twin = self.relatives.get(obj.key, ((), None))
+        for sidecar in sorted(sidecars, key=lambda sidecar: sidecar.key.lower().endswith(".json")):
+            extension = sidecar.key.rsplit(".", 1)[-1].lower()
+            if extension == "aae" or sidecar.size > SIDECAR_MAX_BYTES:   # .aae: edits, no capture time
+                continue
+            data = self._read_range(sidecar, 0, sidecar.size)
+            name = obj.key.rsplit("/", 1)[-1]
+            cut_short = not sidecar.key.rsplit("/", 1)[-1].lower().startswith(name.lower())
+            if (moment := takeout_time(data, name if cut_short else None) if extension == "json"
+                    else xmp_sidecar_time(data, self.zone)) is not None:
+                return OriginalDate(moment, "sidecar")
+        if twin is not None and (moment := self._in_file(twin, None)[0]) is not None:
+            return OriginalDate(moment, "pair")
+        return None
+
     def _in_file(self, obj: SourceObject, staged: Path | None) -> tuple[dt.datetime | None, str, dt.datetime | None]:
         """(capture time, its source, the EXIF last-written time). A staged file is read where it
-        lies; before its download, only what the format needs comes from S3 (ranged GETs)."""
+        lies; before its download (a twin's date, a video that streams), only what the format needs
+        comes from S3 (ranged GETs)."""
         extension = media_format(obj.key, staged)
+        if extension == "json" and staged is not None and obj.size <= SIDECAR_MAX_BYTES:   # a Takeout sidecar's own
+            return takeout_time(staged.read_bytes()), "sidecar", None
         if extension in MP4_EXTENSIONS:
             if staged is not None:
                 with open(staged, "rb") as stream:
@@ -2908,13 +2981,16 @@ class OriginalDates:
                 if MEDIA_TYPES[extension] == "video/x-msvideo":
                     return avi_recording_time(stream, self.zone), "video", None
                 return matroska_recording_time(stream), "video", None
-        if staged is not None and extension not in VIDEO_EXTENSIONS:
-            captured, written = photo_times(staged, self.zone)
-            if captured is not None:
-                return captured, "exif", written
-            captured, source, also_written = photo_tags(staged, self.zone)
-            return captured, source, written or also_written
-        return None, "", None
+        if extension in VIDEO_EXTENSIONS:
+            return None, "", None
+        if staged is None:   # a twin's photo: EXIF sits in its first blocks
+            return (*photo_times_in(ReadAtStream(block_reader(lambda offset, length: self._read_range(obj, offset, length)),
+                                                 obj.size), obj.size, self.zone)[:1], "exif", None)
+        captured, written = photo_times(staged, self.zone)
+        if captured is not None:
+            return captured, "exif", written
+        captured, source, also_written = photo_tags(staged, self.zone)
+        return captured, source, written or also_written
 
 
 
@@ -4904,7 +4980,10 @@ SKIP_MARKER, SKIP_NOT_MEDIA = "folder marker", "not a photo or video"
 
 SKIP_FILTERED = "excluded by --include/--exclude/--min-size/--max-size"
 SKIP_DATE_FILTERED = "original date outside --newer-than/--older-than"
-SKIPPED_UNRECORDED = (SKIP_MARKER, SKIP_NOT_MEDIA, SKIP_FILTERED, SKIP_DATE_FILTERED)   # no checkpoint entry
+SKIP_SIDECAR_ALONE = "a sidecar whose photo is not copied"
+SKIP_SIDECARS_OFF = "a sidecar (--no-sidecars)"
+SKIPPED_UNRECORDED = (SKIP_MARKER, SKIP_NOT_MEDIA, SKIP_FILTERED, SKIP_DATE_FILTERED, SKIP_SIDECAR_ALONE,
+                      SKIP_SIDECARS_OFF)   # no checkpoint entry
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -4956,6 +5035,7 @@ class ObjectFilter:
         self.default = not any(include for include, _ in self.rules)
         self.min_size, self.max_size = config.min_size, config.max_size
         self.newer_than, self.older_than = config.newer_than, config.older_than
+        self.sidecars = not config.no_sidecars
 
     def admits(self, obj: SourceObject) -> bool:
         if (self.min_size is not None and obj.size < self.min_size) or \
@@ -5021,12 +5101,13 @@ def head_archive_state(storage_class: str, archive_status: str | None, restore: 
     return ARCHIVED if storage_class in ARCHIVED_STORAGE_CLASSES or archive_status else READABLE
 
 
-def plan_object(obj: SourceObject, done: bool, all_files: bool, archive: str = READABLE) -> tuple[str, str | None]:
+def plan_object(obj: SourceObject, done: bool, all_files: bool, archive: str = READABLE,
+                sidecar: bool = False) -> tuple[str, str | None]:
     """What to do with a listed object (`done`: the checkpoint has this version; `archive`: its
-    listed_archive_state): (PLAN_*, why skipped or archived)."""
+    listed_archive_state; `sidecar`: it travels with a photo of the copy): (PLAN_*, why skipped or archived)."""
     if is_folder_marker(obj):
         return PLAN_SKIP, SKIP_MARKER
-    kind = True if all_files else media_kind_for(obj.key)
+    kind = True if all_files or sidecar else media_kind_for(obj.key)
     if kind is False:
         return PLAN_SKIP, SKIP_NOT_MEDIA
     if done:
@@ -5038,11 +5119,97 @@ def plan_object(obj: SourceObject, done: bool, all_files: bool, archive: str = R
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Planned:
-    """A listed object and what to do with it; `ask_archive`: a HEAD must tell if it is readable."""
+    """A listed object and what to do with it; `ask_archive`: a HEAD must tell if it is readable;
+    `sidecars` and `twin`: its relatives in the listing (sibling_relations), for its date."""
     obj: SourceObject
     action: str
     reason: str | None = None
     ask_archive: bool = False
+    sidecars: tuple[SourceObject, ...] = ()
+    twin: SourceObject | None = None
+
+
+#: Files that describe a photo beside it: XMP (Lightroom, darktable, digiKam, Capture One), Apple's
+#: .aae edits, Google Takeout's JSON. Copied with their photo into its folder, with their Drive type.
+SIDECAR_TYPES = {"xmp": "application/rdf+xml", "aae": "application/xml", "json": "application/json"}
+TAKEOUT_SUFFIX = ".supplemental-metadata"   #: Takeout's newer NAME.EXT.supplemental-metadata.json (cut short in long names)
+SIBLING_GROUP_MAX = 1000   #: keys of one name group the lister holds back at most
+#: Takeout cuts a sidecar's name (without ".json") at 46 characters or more: a cut inside the
+#: photo's own name keeps at least this much of it
+TAKEOUT_CUT = 40
+
+
+def name_group(key: str) -> str:
+    """The folder and the name up to its first dot (at most TAKEOUT_CUT characters of it): a
+    photo, its sidecars and its twin share it, and S3's listing (in key order) gives the keys that
+    share a prefix one after another."""
+    cut = key.rfind("/") + 1
+    dot = key.find(".", cut)
+    return key[:min(len(key) if dot < 0 else dot + 1, cut + TAKEOUT_CUT)]
+
+
+def sibling_groups(objects: Iterable[SourceObject], limit: int = SIBLING_GROUP_MAX) -> Iterator[list[SourceObject]]:
+    """The listing in runs of keys of one name group (at most `limit`: a folder of "2019.*" names
+    is cut in runs whose relatives across a cut are not seen)."""
+    group: list[SourceObject] = []
+    for obj in objects:
+        if group and (len(group) >= limit or name_group(obj.key) != name_group(group[0].key)):
+            yield group
+            group = []
+        group.append(obj)
+    if group:
+        yield group
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def sidecar_targets(key: str, media_names: dict[str, list[str]]) -> list[str]:
+    """The names of the photos and videos (among `media_names`: lowercase name → names) that the
+    sidecar `key` describes: NAME.EXT.xmp, NAME.xmp (every NAME.*), NAME.aae, NAME.EXT.json and
+    NAME.EXT.supplemental-metadata.json (Takeout, cut anywhere; a cut inside a long name may fit
+    several photos: the sidecar's title tells, when it is read); [] for no sidecar."""
+    name = key.rsplit("/", 1)[-1]
+    lower = name.lower()
+    extension = lower.rsplit(".", 1)[-1] if "." in lower else ""
+    if extension not in SIDECAR_TYPES:
+        return []
+    base = lower[:-len(extension) - 1]
+    if extension == "json":   # IMG_1.jpg.supplemental-metadata, IMG_1.jpg.suppl, IMG_1.jpg; a long name cut
+        return [found for candidate, names in media_names.items()
+                if (candidate + TAKEOUT_SUFFIX).startswith(base) and len(base) >= min(len(candidate), TAKEOUT_CUT)
+                for found in names]
+    if base in media_names:
+        return media_names[base]
+    return [found for candidate, names in media_names.items() if _stem(candidate) == base for found in names]
+
+
+def sibling_relations(group: list[SourceObject]) -> tuple[dict[str, list[SourceObject]], dict[str, SourceObject], dict[str, list[str]]]:
+    """In one name group: each photo's or video's sidecars, its twin (a Live Photo's other half,
+    RAW+JPEG: another photo or video of the same name before the extension; a video's twin is a
+    photo when it has one), and each sidecar's photos and videos."""
+    media = [obj for obj in group if media_kind_for(obj.key)]
+    media_names: dict[str, list[str]] = {}
+    for obj in media:
+        media_names.setdefault(obj.key.rsplit("/", 1)[-1].lower(), []).append(obj.key)
+    sidecars: dict[str, list[SourceObject]] = {}
+    targets: dict[str, list[str]] = {}
+    for obj in group:
+        if found := sidecar_targets(obj.key, media_names):
+            targets[obj.key] = found
+            for key in found:
+                sidecars.setdefault(key, []).append(obj)
+    twins: dict[str, SourceObject] = {}
+    by_stem: dict[str, list[SourceObject]] = {}
+    for obj in media:
+        by_stem.setdefault(_stem(obj.key.rsplit("/", 1)[-1].lower()), []).append(obj)
+    for pair in by_stem.values():
+        for obj in pair:
+            others = sorted((other for other in pair if other is not obj), key=lambda other: is_video(other.key))
+            if others:
+                twins[obj.key] = others[0]
+    return sidecars, twins, targets
 
 
 def layout_folder(key: str, layout: str) -> tuple[str, ...] | None:
@@ -5073,15 +5240,32 @@ def plan_listing(source: S3Source, object_filter: ObjectFilter, all_files: bool,
                  done: Callable[[SourceObject], bool] = lambda obj: False,
                  archived_before: Callable[[SourceObject], bool] = lambda obj: False) -> Iterator[Planned]:
     """Every listed object with its plan: the one place where "filtered", "not media", "done" and
-    "archived" are decided, for the run, --check, the dry run and verify alike."""
-    for page in source.iter_pages():
-        for obj in page:
-            if not object_filter.admits(obj):
-                yield Planned(obj, PLAN_SKIP, SKIP_FILTERED)
+    "archived" are decided, for the run, --check, the dry run and verify alike. A sidecar follows
+    its photo: copied when one of its photos is in the copy (whatever the filters say of the
+    sidecar itself), left out otherwise or with --no-sidecars."""
+    listing = (obj for page in source.iter_pages() for obj in page)
+    for group in sibling_groups(listing):
+        sidecars, twins, targets = sibling_relations(group) if len(group) > 1 else ({}, {}, {})
+        plans: dict[str, Planned] = {}
+        for obj in sorted(group, key=lambda obj: obj.key in targets):   # photos first: sidecars follow them
+            photos = [plans[key] for key in targets.get(obj.key, ()) if key in plans]
+            if obj.key in targets and not all_files:
+                if not object_filter.sidecars:
+                    plans[obj.key] = Planned(obj, PLAN_SKIP, SKIP_SIDECARS_OFF)
+                    continue
+                if not any(photo.action in (PLAN_COPY, PLAN_DONE, PLAN_ARCHIVED) for photo in photos):
+                    plans[obj.key] = Planned(obj, PLAN_SKIP, SKIP_SIDECAR_ALONE)
+                    continue
+            elif not object_filter.admits(obj):
+                plans[obj.key] = Planned(obj, PLAN_SKIP, SKIP_FILTERED)
                 continue
             archive = listed_archive_state(obj, archived_before(obj), source.restores_listed)
-            action, reason = plan_object(obj, done(obj), all_files, archive)
-            yield Planned(obj, action, reason, ask_archive=archive == ASK_S3 and action in (PLAN_COPY, PLAN_CHECK_TYPE))
+            action, reason = plan_object(obj, done(obj), all_files, archive, sidecar=obj.key in targets)
+            twin = twins.get(obj.key) or next((photo.obj for photo in photos), None)
+            plans[obj.key] = Planned(obj, action, reason, ask_archive=archive == ASK_S3 and action in (PLAN_COPY, PLAN_CHECK_TYPE),
+                                     sidecars=tuple(sidecars.get(obj.key, ())), twin=twin)
+        for obj in group:   # in key order, as listed
+            yield plans[obj.key]
 
 
 def is_intact_copy(drive_file: DriveFile, obj: SourceObject) -> bool:
@@ -5146,7 +5330,8 @@ def guess_mimetype(key: str, content_type: str | None, staged: Path | None = Non
     if given not in GENERIC_CONTENT_TYPES and MEDIA_TYPE_SYNTAX.fullmatch(given):
         return {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}.get(given, given)
     extension = media_format(key, staged)
-    return MEDIA_TYPES.get(extension) or mimetypes.guess_type(key.rsplit("/", 1)[-1])[0] or "application/octet-stream"
+    return (MEDIA_TYPES.get(extension) or SIDECAR_TYPES.get(extension) or mimetypes.guess_type(key.rsplit("/", 1)[-1])[0]
+            or "application/octet-stream")
 
 
 def build_file_metadata(obj: SourceObject, name: str, bucket: str, parent_id: str, md5: str, download: Download,
@@ -5644,6 +5829,8 @@ class Transfer:
                     name = self.namer.name_for(obj.key)
                     if name != drive_path_for(obj.key)[-1]:
                         self._renamed[obj.key] = name
+                    if planned.sidecars or planned.twin:
+                        self.dates.relatives[obj.key] = (planned.sidecars, planned.twin)
                     item = WorkItem(obj, check_type=action == PLAN_CHECK_TYPE, check_archive=planned.ask_archive)
                     if held is not None:
                         held.append(item)
@@ -5716,6 +5903,7 @@ class Transfer:
                           item.obj.key, type(exc).__name__, exc)
             finally:
                 self._renamed.pop(item.obj.key, None)
+                self.dates.relatives.pop(item.obj.key, None)
 
     def _copy_with_retries(self, item: WorkItem) -> None:
         obj = item.obj
@@ -7620,7 +7808,8 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
     return ExitCode.OK
 
 
-DATE_SOURCE_COLOURS = {"exif": "#2b7bb9", "xmp": "#4f6fd0", "iptc": "#5a8fa8", "video": "#7a5cc0", "filename": "#1f9e9e", "exif-datetime": "#8fb4d9",
+DATE_SOURCE_COLOURS = {"exif": "#2b7bb9", "xmp": "#4f6fd0", "iptc": "#5a8fa8", "video": "#7a5cc0", "sidecar": "#9a6fb0",
+                       "pair": "#6d8f3a", "filename": "#1f9e9e", "exif-datetime": "#8fb4d9",
                        "metadata": "#3a9d5d", "s3": "#e08a1e", "not recorded": "#b0b7bf"}
 
 

@@ -438,3 +438,103 @@ def test_without_libexiv2_those_dates_fall_through_to_the_next_source(tmp_path, 
     monkeypatch.setattr(ct, "_exiv2", lambda: None)   # a machine without its wheel (32-bit ARM)
     assert ct.photo_tags(path, UTC) == (None, "", None)
     assert ct.date_readers().endswith(", no libexiv2")
+
+
+# --- sidecars and pairs ----------------------------------------------------------------------------
+
+def takeout_json(title: str, taken: dt.datetime) -> bytes:
+    """A Google Takeout sidecar as Google Photos exports it (photoTakenTime: UTC seconds)."""
+    seconds = int(taken.timestamp())
+    return json.dumps({"title": title, "description": "", "imageViews": "3",
+                       "creationTime": {"timestamp": "1700000000", "formatted": "14 Nov 2023, 22:13:20 UTC"},
+                       "photoTakenTime": {"timestamp": str(seconds), "formatted": "..."},
+                       "geoData": {"latitude": 0.0, "longitude": 0.0}}).encode()
+
+
+UNDATED_RAW = media.tiff_raw(None, written=None)   # a RAW whose EXIF holds no time at all
+
+
+def test_sidecars_give_their_photo_its_date_and_travel_with_it(env):
+    env.put("lr/IMG_0001.CR2", UNDATED_RAW)                     # Lightroom: NAME.xmp
+    env.put("lr/IMG_0001.xmp", media.xmp_packet(exif_DateTimeOriginal="2016-05-04T03:02:01+02:00"))
+    env.put("dt/DSC_0002.NEF", UNDATED_RAW)                     # darktable: NAME.EXT.xmp
+    env.put("dt/DSC_0002.NEF.xmp", media.xmp_packet(xmp_CreateDate="2015-04-03T02:01:00Z"))
+    taken = dt.datetime(2019, 7, 4, 14, 10, tzinfo=UTC)
+    env.put("to/IMG_0003.jpg", media.jpeg(None))                # Takeout: NAME.EXT.json
+    env.put("to/IMG_0003.jpg.json", takeout_json("IMG_0003.jpg", taken))
+    env.put("to/IMG_20200101_120000.jpg", media.jpeg(None))     # newer Takeout: beats the date in the name
+    env.put("to/IMG_20200101_120000.jpg.supplemental-metadata.json", takeout_json("IMG_20200101_120000.jpg", taken))
+    long = "Screenshot_20200315-142233_Samsung Internet Browser.jpg"   # its sidecar's name cut at 51 characters
+    env.put(f"to/{long}", media.jpeg(None))
+    env.put(f"to/{long[:46]}.json", takeout_json(long, taken))
+    env.put(f"to/{long[:46]}r.jpg", media.jpeg(None))            # its name fits the cut too: the title says no
+    env.put("to/IMG_0004.jpg", media.jpeg(None))
+    env.put("to/IMG_0004.jpg.supplemen.json", takeout_json("IMG_0004.jpg", taken))
+    env.put("ip/IMG_0005.HEIC", media.heic("2018:03:01 08:00:00", "-05:00"))
+    env.put("ip/IMG_0005.AAE", b'<?xml version="1.0"?><plist version="1.0"><dict/></plist>')   # edits: travels along
+    env.put("alone/IMG_0006.xmp", media.xmp_packet(xmp_CreateDate="2015-04-03T02:01:00Z"))     # its photo is gone
+    env.put("big/IMG_0007.jpg", media.jpeg("2019:07:05 18:30:12") + bytes(200_000))            # left out by --max-size
+    env.put("big/IMG_0007.jpg.xmp", media.xmp_packet(xmp_CreateDate="2015-04-03T02:01:00Z"))
+    assert env.main("--max-size", "100K", "--report", str(env.cwd / "r.json")) == 0
+    dates = dates_of(env)
+    assert dates["lr/IMG_0001.CR2"][:2] == (at(2016, 5, 4, 1, 2, 1),) * 2
+    assert dates["lr/IMG_0001.xmp"] == (at(2016, 5, 4, 1, 2, 1),) * 2 + ("application/rdf+xml",)
+    assert dates["dt/DSC_0002.NEF"][:2] == dates["dt/DSC_0002.NEF.xmp"][:2] == (at(2015, 4, 3, 2, 1, 0),) * 2
+    for key in ("to/IMG_0003.jpg", "to/IMG_20200101_120000.jpg", f"to/{long}", "to/IMG_0004.jpg"):
+        assert dates[key][:2] == (at(2019, 7, 4, 14, 10, 0),) * 2, key
+    assert dates["to/IMG_0003.jpg.json"] == (at(2019, 7, 4, 14, 10, 0),) * 2 + ("application/json",)
+    assert dates[f"to/{long[:46]}r.jpg"][:2] == (at(2020, 3, 15, 14, 22, 33),) * 2   # from its own name
+    assert dates["ip/IMG_0005.AAE"][:2] == dates["ip/IMG_0005.HEIC"][:2] == (at(2018, 3, 1, 13, 0, 0),) * 2
+    assert "alone/IMG_0006.xmp" not in dates and "big/IMG_0007.jpg.xmp" not in dates
+    report = json.loads((env.cwd / "r.json").read_text())
+    # a sidecar without any photo beside it is no sidecar: "not a photo or video"
+    assert report["skipped_by_reason"] == {ct.SKIP_SIDECAR_ALONE: 1, ct.SKIP_FILTERED: 1, ct.SKIP_NOT_MEDIA: 1}
+    sources = {item["key"]: item.get("date_source") for item in report["objects"]}
+    assert sources["lr/IMG_0001.CR2"] == sources["to/IMG_0004.jpg"] == "sidecar"
+    assert sources["lr/IMG_0001.xmp"] == "xmp" and sources["to/IMG_0003.jpg.json"] == "sidecar"
+    assert sources["ip/IMG_0005.AAE"] == "pair"
+
+
+def test_no_sidecars_leaves_them_out_and_still_reads_them(env):
+    env.put("lr/IMG_0001.CR2", UNDATED_RAW)
+    env.put("lr/IMG_0001.xmp", media.xmp_packet(exif_DateTimeOriginal="2016-05-04T03:02:01+02:00"))
+    assert env.main("--no-sidecars", "--report", str(env.cwd / "r.json")) == 0
+    assert dates_of(env) == {"lr/IMG_0001.CR2": (at(2016, 5, 4, 1, 2, 1),) * 2 + ("image/x-canon-cr2",)}
+    assert json.loads((env.cwd / "r.json").read_text())["skipped_by_reason"] == {ct.SKIP_SIDECARS_OFF: 1}
+
+
+def test_the_halves_of_a_pair_share_a_date_and_a_folder(env):
+    env.put("2019/IMG_0010.HEIC", media.heic("2018:12:31 23:30:00", "+01:00"))   # Live Photo: its MOV has no date
+    env.put("2019/IMG_0010.MOV", media.mov(None))
+    env.put("2019/DSC_0011.ARW", UNDATED_RAW)                                     # RAW+JPEG: the JPEG has it
+    env.put("2019/DSC_0011.JPG", media.jpeg("2017:06:05 04:03:02", "+00:00"))
+    env.put("2019/DSC_0012.ARW", UNDATED_RAW)                                     # a name group with no date
+    assert env.main("--layout", "date:YYYY/MM/DD", "--timezone", "UTC") == 0
+    dates = dates_of(env)
+    assert dates["2018/12/31/IMG_0010.HEIC"][:2] == dates["2018/12/31/IMG_0010.MOV"][:2] == (at(2018, 12, 31, 22, 30, 0),) * 2
+    assert dates["2017/06/05/DSC_0011.ARW"][:2] == dates["2017/06/05/DSC_0011.JPG"][:2]
+    assert any(path.endswith("/DSC_0012.ARW") for path in dates)
+
+
+def test_sidecars_and_twins_are_found_in_the_name_group_and_nowhere_else():
+    def obj(key):
+        return ct.SourceObject(key=key, size=1, etag="e", last_modified=dt.datetime(2020, 1, 1, tzinfo=UTC))
+    keys = ["a/IMG_1 copy.jpg", "a/IMG_1.CR2", "a/IMG_1.JPG", "a/IMG_1.MOV", "a/IMG_1.jpg.json", "a/IMG_1.xmp",
+            "a/IMG_1/inside.jpg", "a/IMG_10.jpg", "a/IMG_10.xmp", "a/notes.json", "b/IMG_1.xmp"]
+    groups = [[o.key for o in group] for group in ct.sibling_groups(map(obj, keys))]
+    assert groups == [["a/IMG_1 copy.jpg"], ["a/IMG_1.CR2", "a/IMG_1.JPG", "a/IMG_1.MOV", "a/IMG_1.jpg.json", "a/IMG_1.xmp"],
+                      ["a/IMG_1/inside.jpg"], ["a/IMG_10.jpg", "a/IMG_10.xmp"], ["a/notes.json"], ["b/IMG_1.xmp"]]
+    sidecars, twins, targets = ct.sibling_relations([obj(key) for key in groups[1]])
+    assert targets == {"a/IMG_1.jpg.json": ["a/IMG_1.JPG"], "a/IMG_1.xmp": ["a/IMG_1.CR2", "a/IMG_1.JPG", "a/IMG_1.MOV"]}
+    assert [o.key for o in sidecars["a/IMG_1.JPG"]] == ["a/IMG_1.jpg.json", "a/IMG_1.xmp"]
+    assert twins["a/IMG_1.MOV"].key == "a/IMG_1.CR2" and twins["a/IMG_1.CR2"].key == "a/IMG_1.JPG"
+    assert ct.sidecar_targets("a/notes.json", {"notes.jpg": ["a/notes.jpg"]}) == []
+    assert [len(group) for group in ct.sibling_groups(map(obj, [f"a/2019.{n:04d}.jpg" for n in range(5)]), limit=2)] == [2, 2, 1]
+
+
+def test_takeout_times_and_what_is_not_one():
+    assert ct.takeout_time(takeout_json("a.jpg", dt.datetime(2019, 7, 4, 14, 10, tzinfo=UTC))) == dt.datetime(
+        2019, 7, 4, 14, 10, tzinfo=UTC)
+    for data in (b"{}", b"[1, 2]", b"not json", b'{"photoTakenTime": {"timestamp": "0"}}',
+                 b'{"photoTakenTime": {"timestamp": "99999999999999"}}', b'{"photoTakenTime": "x"}'):
+        assert ct.takeout_time(data) is None, data
