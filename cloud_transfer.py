@@ -7293,13 +7293,44 @@ def dry_run_checkpoint(config: Config) -> Checkpoint | None:
         return stored
 
 
+DRY_RUN_HEAD_BYTES, DRY_RUN_TAIL_BYTES = 256 * 1024, 64 * 1024
+
+
+def dry_run_date(dates: OriginalDates, planned: Planned, temp_dir: Path | None) -> OriginalDate | None:
+    """The date a run would give an object, without downloading it: a video's header is read as a
+    streamed upload reads it; a photo's first 256 KiB and last 64 KiB go into a sparse file of its
+    size (its metadata sits in one or the other), read as the staged file would be."""
+    obj = planned.obj
+    if planned.sidecars or planned.twin:
+        dates.relatives[obj.key] = (planned.sidecars, planned.twin)
+    try:
+        headers = dates.source.headers_of(obj)
+        if is_video(obj.key):
+            return dates.date_of(obj, headers, None)
+        with tempfile.NamedTemporaryFile(dir=temp_dir, suffix="." + media_format(obj.key)) as sparse:
+            sparse.write(dates.source.read_range(obj, 0, DRY_RUN_HEAD_BYTES))
+            if obj.size > DRY_RUN_HEAD_BYTES:
+                tail = max(DRY_RUN_HEAD_BYTES, obj.size - DRY_RUN_TAIL_BYTES)
+                sparse.seek(tail)
+                sparse.write(dates.source.read_range(obj, tail, obj.size - tail))
+            sparse.truncate(obj.size)
+            sparse.flush()
+            return dates.date_of(obj, headers, Path(sparse.name))
+    except ObjectError as exc:
+        log.debug("%s: no date in a dry run: %s", obj.key, exc)
+        return None
+    finally:
+        dates.relatives.pop(obj.key, None)
+
+
 def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
     """List and plan only: no lock, no checkpoint written; of Drive only its changes feed is read,
     for the copies removed there since the last run."""
     source = make_source(config, runtime)
     source.check_access()
     checkpoint = dry_run_checkpoint(config)
-    stats, shown, untyped, tiered, again = Stats(), 0, 0, 0, 0
+    stats, shown, untyped, tiered, again, fallbacks = Stats(), 0, 0, 0, 0, 0
+    dates = OriginalDates(source, config.date_from, config.timezone, stats)
     left_drive, unknown = removed_since_last_run(config, runtime, checkpoint)
     if unknown:
         log.warning("%s", unknown)
@@ -7327,10 +7358,15 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
             stats.add("eligible")
             stats.add("eligible_bytes", obj.size)
             again += obj.key in left_drive
+            dated = ""
+            if config.verbose:   # reads each file's metadata, as a run would (a HEAD and a ranged GET or two)
+                date = dry_run_date(dates, planned, config.temp_dir)
+                fallbacks += date is not None and date.source == "s3"
+                dated = f", date {DATE_SOURCE_NAMES[date.source]}" if date else ", date unknown (S3 refused a read)"
             if shown < 20 or config.verbose:
                 shown += 1
-                log.info("would copy%s: %s (%s)", " again (its copy left Drive)" if obj.key in left_drive else "",
-                         obj.key, format_bytes(obj.size))
+                log.info("would copy%s: %s (%s%s)", " again (its copy left Drive)" if obj.key in left_drive else "",
+                         obj.key, format_bytes(obj.size), dated)
     counts = stats.as_dict()
     for warning in fill.warnings():
         log.warning("%s", warning)
@@ -7343,6 +7379,8 @@ def cmd_dry_run(config: Config, runtime: Runtime) -> ExitCode:
               + (f", {untyped} more without an extension if S3 says they are photos or videos" if untyped else "")
               + (f", {tiered} more if S3 says they are not in an archive" if tiered else "")
               + (" (not asked in a dry run)" if untyped or tiered else "")
+              + (f"; {fallbacks} would be dated by their S3 upload time, none of the file, a sidecar, a twin, "
+                 "its name or S3 metadata telling (listed above)" if config.verbose else "")
               + (f", {counts['archived']} archived ({format_bytes(counts['archived_bytes'])}): they wait for a "
                  "restore" if counts["archived"] else "")
               + f"; skipped: {skipped}. Nothing was written.", file=runtime.out)
@@ -7758,12 +7796,15 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
                + (0 if leave else removed))
     outlook = copy_outlook(checkpoint.runs, done_bytes, config.daily_limit)
     full_folders = {path: len(folder["more"]) for path, folder in checkpoint.folders.items() if folder.get("more")}
+    date_sources: Counter[str] = Counter()
+    for (_, source), n in years.items():
+        date_sources[source] += n
     report = {"binding": checkpoint.binding, "root_folder_id": checkpoint.root_folder_id,
               "objects": dict(by_status), "pending": pending, "done_bytes": done_bytes, "reasons": dict(reasons),
               "removed_in_drive": checkpoint.removed_in_drive, "removed_in_drive_objects": removed,
               "waiting_for_restore": next((run["counts"].get("archived", 0) for run in reversed(checkpoint.runs)
                                            if (run.get("counts") or {}).get("listing_complete")), None),
-              "full_folders": full_folders, **outlook, "running_now": live_run,
+              "full_folders": full_folders, "date_sources": dict(date_sources), **outlook, "running_now": live_run,
               "runs": [{**run, "outcome": run_outcome(run, live_run)} for run in checkpoint.runs]}
     if config.json_output:
         print(json.dumps(report, indent=1, ensure_ascii=False), file=runtime.out)
@@ -7778,6 +7819,10 @@ def cmd_status(config: Config, runtime: Runtime) -> ExitCode:
              + f"interrupted while sending {interrupted}; "
              f"pending {pending} (the next run retries them; objects no run has seen yet: see --dry-run)"]
     lines += [f"  {n} × {reason}" for reason, n in reasons.most_common(10)]
+    if date_sources:
+        lines.append("  dates of the copies: " + ", ".join(
+            f"{date_sources[source]} {DATE_SOURCE_NAMES.get(source, 'not recorded (copied by an older version)')}"
+            for source in [*DATE_SOURCE_NAMES, "not recorded"] if date_sources[source]))
     lines.append("  copies removed in Drive: " + (
         f"left out ({removed} now; --removed-in-drive copy brings them back)" if leave else
         f"copied again by the next run ({removed} now; --removed-in-drive leave leaves them out)"))

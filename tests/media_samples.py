@@ -125,6 +125,11 @@ def tiff_raw(taken: str | None, offset: str | None = None, written: str | None =
     return _encode("TIFF", _exif(taken, offset, written=written))
 
 
+def plain_png() -> bytes:
+    """An 8x8 PNG without any metadata (a screenshot, a scan)."""
+    return _encode("PNG")
+
+
 def png(taken: str, offset: str | None = None) -> bytes:
     """8x8 PNG by Pillow with an eXIf chunk (raw TIFF, no 'Exif\\0\\0' prefix)."""
     return _encode("PNG", _exif(taken, offset))
@@ -391,12 +396,14 @@ def _ciff_heap(entries: list[tuple[int, bytes]]) -> bytes:
     return body + struct.pack("<H", len(table)) + b"".join(table) + struct.pack("<I", len(body))
 
 
-def crw(taken: datetime) -> bytes:
+def crw(taken: datetime, raw_bytes: int = 0) -> bytes:
     """Canon CRW (CIFF, no EXIF): ImageProps (0x300a) holding TimeStamp (0x180e: seconds since
-    1970 of the camera's wall clock, a zone code, zone info)."""
+    1970 of the camera's wall clock, a zone code, zone info); `raw_bytes` of raw data before it
+    (the heap's table, which finds the records, sits at the file's end)."""
     seconds = int((taken.replace(tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds())
     props = _ciff_heap([(0x180E, struct.pack("<IiI", seconds, 0, 0))])
-    root = _ciff_heap([(0x080A, b"Canon\0Canon EOS D30\0"), (0x300A, props)])
+    root = _ciff_heap([(0x080A, b"Canon\0Canon EOS D30\0"), *([(0x2005, bytes(raw_bytes))] if raw_bytes else []),
+                       (0x300A, props)])
     return b"II" + struct.pack("<I", 26) + b"HEAPCCDR" + struct.pack("<I", 0x00010002) + bytes(8) + root
 
 

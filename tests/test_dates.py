@@ -514,6 +514,8 @@ def test_the_halves_of_a_pair_share_a_date_and_a_folder(env):
     assert dates["2018/12/31/IMG_0010.HEIC"][:2] == dates["2018/12/31/IMG_0010.MOV"][:2] == (at(2018, 12, 31, 22, 30, 0),) * 2
     assert dates["2017/06/05/DSC_0011.ARW"][:2] == dates["2017/06/05/DSC_0011.JPG"][:2]
     assert any(path.endswith("/DSC_0012.ARW") for path in dates)
+    status = env.run("status")   # counts the copies by where their dates came from
+    assert "dates of the copies: 2 from EXIF, 2 from the other half of a pair, 1 from S3 upload times" in status.stdout
 
 
 def test_sidecars_and_twins_are_found_in_the_name_group_and_nowhere_else():
@@ -538,3 +540,23 @@ def test_takeout_times_and_what_is_not_one():
     for data in (b"{}", b"[1, 2]", b"not json", b'{"photoTakenTime": {"timestamp": "0"}}',
                  b'{"photoTakenTime": {"timestamp": "99999999999999"}}', b'{"photoTakenTime": "x"}'):
         assert ct.takeout_time(data) is None, data
+
+
+def test_a_verbose_dry_run_says_where_each_date_would_come_from_and_which_fall_back(env):
+    env.put("d/IMG_0001.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00") + bytes(400_000))   # past the head
+    env.put("d/canon.crw", media.crw(dt.datetime(2014, 5, 6, 7, 8, 9), raw_bytes=600_000))   # its table: at the end
+    env.put("d/Screenshot_20200315-142233.png", media.plain_png())
+    env.put("d/scan.png", media.plain_png())                                                    # no date anywhere
+    env.put("d/clip.mkv", media.matroska(dt.datetime(2016, 7, 8, 9, 10, 11, tzinfo=UTC), cluster_bytes=300_000))
+    env.put("d/IMG_0002.CR2", UNDATED_RAW)
+    env.put("d/IMG_0002.xmp", media.xmp_packet(exif_DateTimeOriginal="2016-05-04T03:02:01+02:00"))
+    result = env.run("--dry-run", "-v")
+    assert result.returncode == 0, result.stderr
+    said = {line.split(": ", 1)[1].split(" (")[0]: line for line in result.stderr.splitlines() if "would copy: " in line}
+    assert "date from EXIF)" in said["d/IMG_0001.jpg"] and "date from EXIF)" in said["d/canon.crw"]
+    assert "date from file names)" in said["d/Screenshot_20200315-142233.png"]
+    assert "date from S3 upload times)" in said["d/scan.png"]
+    assert "date from video headers)" in said["d/clip.mkv"]
+    assert "date from sidecars (XMP, Takeout JSON))" in said["d/IMG_0002.CR2"]
+    assert "1 would be dated by their S3 upload time" in result.stdout
+    assert env.drive.list_files() == [] and not env.checkpoint.exists()
