@@ -2872,6 +2872,49 @@ def matroska_recording_time(stream: Any) -> dt.datetime | None:
         return None
 
 
+AVCHD_EXTENSIONS = frozenset("mts m2ts m2t".split())   #: AVCHD clips: MPEG-TS with H.264
+AVCHD_HEAD_BYTES = 1024 * 1024   #: the first frames, whose SEI holds the recording time (Panasonic's: the second frame)
+MDPM_SIGNATURE = bytes.fromhex("17ee8c60f84d11d98cd60800200c9a66") + b"MDPM"
+
+
+def avchd_recording_time(head: bytes, zone: dt.tzinfo | None) -> dt.datetime | None:
+    """The recording time an AVCHD camcorder (Sony, Panasonic, Canon) writes into the H.264 stream
+    of an .MTS/.M2TS, no library reading it: the TS packets' payloads are joined per PID, H.264's
+    emulation prevention bytes dropped, and the SEI user data with the MDPM ("modified DV pack
+    meta") UUID read: tags 0x18-0x19 hold the date and time in BCD and the camera's zone (as
+    ExifTool's H264.pm reads them); `head`: the file's first AVCHD_HEAD_BYTES."""
+    size = 192 if head[4:5] == b"G" and head[196:197] == b"G" else 188   # M2TS: a 4-byte arrival time first
+    streams: dict[int, bytearray] = {}
+    for at in range(size - 188, len(head) - 187, size):
+        packet = head[at:at + 188]
+        if packet[0] != 0x47:
+            return None   # lost sync: not a transport stream
+        control = packet[3] >> 4 & 3
+        start = 4 + (1 + packet[4] if control & 2 else 0)
+        if control & 1 and start < 188:
+            streams.setdefault((packet[1] & 0x1F) << 8 | packet[2], bytearray()).extend(packet[start:])
+    for payload in streams.values():
+        data = bytes(payload).replace(b"\0\0\3", b"\0\0")
+        found = data.find(MDPM_SIGNATURE)
+        if found < 0:
+            continue
+        count, entries = data[found + 20] if len(data) > found + 20 else 0, found + 21
+        tags = {data[entry]: data[entry + 1:entry + 5] for entry in range(entries, entries + 5 * count, 5)
+                if entry + 5 <= len(data)}
+        if len(tags.get(0x18, b"")) == 4 and len(tags.get(0x19, b"")) == 4:
+            zone_byte, *date = tags[0x18]
+            digits = [(byte >> 4) * 10 + (byte & 15) for byte in (*date, *tags[0x19])]
+            try:
+                wall = dt.datetime(digits[0] * 100 + digits[1], *digits[2:])
+                minutes = (zone_byte >> 1 & 0x0F) * 60 + (30 if zone_byte & 1 else 0)
+                own = None if zone_byte & 0x80 else dt.timezone(dt.timedelta(minutes=-minutes if zone_byte & 0x20 else minutes))
+                moment = wall.replace(tzinfo=own or zone) if (own or zone) is not None else wall.astimezone()
+            except (ValueError, OverflowError, OSError):
+                return None
+            return plausible(moment, "AVCHD recording time")
+    return None
+
+
 def metadata_mtime(metadata: dict[str, str]) -> dt.datetime | None:
     """The file's own modification time, as S3 tools keep it in user metadata (names in any case:
     MinIO sends X-Amz-Meta-Mtime, which boto3 hands back as "Mtime"): `mtime` (rclone, s3fs,
@@ -2973,6 +3016,11 @@ class OriginalDates:
                                              obj.size), "video", None
             return mp4_creation_time(block_reader(lambda offset, length: self._read_range(obj, offset, length)),
                                      obj.size), "video", None
+        if extension in AVCHD_EXTENSIONS:
+            if staged is not None:
+                with open(staged, "rb") as stream:
+                    return avchd_recording_time(stream.read(AVCHD_HEAD_BYTES), self.zone), "video", None
+            return avchd_recording_time(self._read_range(obj, 0, AVCHD_HEAD_BYTES), self.zone), "video", None
         if extension in HEADER_DATED_VIDEOS:
             # hachoir reads a field at a time, only those before the date: through block_reader, a
             # header costs one ranged GET, an INFO list after the frames one more

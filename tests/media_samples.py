@@ -418,3 +418,75 @@ def cr3(taken: str) -> bytes:
     canon = _box(b"uuid", CANON_UUID + _box(b"CNCV", b"CanonCR3_001/00.09.00/00.00.00")
                  + _box(b"CMT1", _tiff(written=DECOY_EXIF)) + _box(b"CMT2", cmt2.tobytes()[6:]))
     return _box(b"ftyp", b"crx " + struct.pack(">I", 1) + b"crx isom") + _box(b"moov", canon) + _box(b"mdat", bytes(64))
+
+
+# --- AVCHD (MPEG-2 TS / BDAV M2TS with H.264; the recording time in SEI "MDPM" user data) ----------
+
+MDPM_UUID = bytes.fromhex("17ee8c60f84d11d98cd60800200c9a66")
+
+
+def _mpeg_crc32(data: bytes) -> int:
+    """CRC-32/MPEG-2 (polynomial 0x04C11DB7, no reflection), as PSI tables carry it."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = (crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
+    return crc
+
+
+def _psi(table_id: int, extension: int, body: bytes) -> bytes:
+    section = struct.pack(">BHHBBB", table_id, 0xB000 | (len(body) + 9), extension, 0xC1, 0, 0) + body
+    return b"\0" + section + struct.pack(">I", _mpeg_crc32(section))   # pointer_field 0
+
+
+def _ts_packets(pid: int, payload: bytes, m2ts: bool) -> bytes:
+    """TS packets of one PID carrying `payload` (the first with payload_unit_start), the last
+    padded with an adaptation field; M2TS puts a 4-byte arrival time before each packet."""
+    out, counter, first = b"", 0, True
+    while payload or first:
+        piece, payload = payload[:184], payload[184:]
+        header = struct.pack(">BHB", 0x47, (0x4000 if first else 0) | pid, 0x10 | counter)
+        if len(piece) < 184:   # adaptation field of stuffing bytes
+            stuffing = 184 - len(piece) - 1
+            header = header[:3] + bytes([0x30 | counter]) + bytes([stuffing]) + (b"\0" + b"\xff" * (stuffing - 1) if stuffing else b"")
+        out += (struct.pack(">I", counter * 1000) if m2ts else b"") + header + piece
+        counter, first = (counter + 1) & 15, False
+    return out
+
+
+def _escape_emulation(rbsp: bytes) -> bytes:
+    """H.264 emulation prevention: 00 00 followed by 00-03 gets a 03 between."""
+    out, zeros = bytearray(), 0
+    for byte in rbsp:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def _bcd(number: int) -> int:
+    return (number // 10) << 4 | number % 10
+
+
+def avchd(taken: datetime | None, zone_byte: int = 0x12, *, m2ts: bool = True, lead_bytes: int = 150) -> bytes:
+    """An AVCHD clip's start as camcorders write it: PAT, PMT (one H.264 stream, PID 0x1011),
+    then the first video PES: an access unit delimiter, `lead_bytes` of filler NAL (so that the SEI
+    straddles two TS packets), and an SEI with MDPM user data: TimeCode (0x13, zeros: the
+    encoder must escape them), DateTimeOriginal (0x18: `zone_byte`, year, month; 0x19: day and
+    time, in BCD, the camera's wall clock; `zone_byte` 0x12 is +09:00), when `taken` is given."""
+    pat = _psi(0x00, 1, struct.pack(">HH", 1, 0xE000 | 0x100))
+    pmt = _psi(0x02, 1, struct.pack(">HH", 0xE000 | 0x1011, 0xF000) + struct.pack(">BHH", 0x1B, 0xE000 | 0x1011, 0xF000))
+    entries = [(0x13, bytes(4))]
+    if taken is not None:
+        entries += [(0x18, bytes([zone_byte, _bcd(taken.year // 100), _bcd(taken.year % 100), _bcd(taken.month)])),
+                    (0x19, bytes([_bcd(taken.day), _bcd(taken.hour), _bcd(taken.minute), _bcd(taken.second)]))]
+    user_data = MDPM_UUID + b"MDPM" + bytes([len(entries)]) + b"".join(bytes([tag]) + data for tag, data in entries)
+    sei = bytes([0x06, 5, len(user_data)]) + user_data + b"\x80"
+    units = b"\0\0\0\x01\x09\xf0" + b"\0\0\x01\x0c" + b"\xff" * lead_bytes + b"\0\0\x01" + _escape_emulation(sei)
+    pes = b"\0\0\x01\xe0\0\0" + b"\x80\x80\x05" + b"\x21\0\x01\0\x01" + units   # PTS only
+    return (_ts_packets(0, pat, m2ts) + _ts_packets(0x100, pmt, m2ts) + _ts_packets(0x1011, pes, m2ts)
+            + _ts_packets(0x1011, b"\0\0\x01\xe0\0\0\x80\0\0" + bytes(2000), m2ts))

@@ -304,6 +304,11 @@ CONTAINER_SAMPLES = [
      dt.datetime(2016, 7, 8, 9, 10, 11, tzinfo=UTC)),
     ("v/clip.webm", media.matroska(dt.datetime(2017, 1, 2, 3, 4, 5, tzinfo=UTC), doctype="webm"),
      "Matroska:DateTimeOriginal", dt.datetime(2017, 1, 2, 3, 4, 5, tzinfo=UTC)),
+    # AVCHD: the camera's wall clock and its zone (+09:00, -05:30) in the H.264 stream's MDPM
+    ("v/PRIVATE/AVCHD/BDMV/STREAM/00001.MTS", media.avchd(dt.datetime(2010, 4, 5, 10, 0, 0)), "H264:DateTimeOriginal",
+     dt.datetime(2010, 4, 5, 1, 0, 0, tzinfo=UTC)),
+    ("v/00002.m2ts", media.avchd(dt.datetime(2011, 12, 31, 23, 59, 58), zone_byte=0x2B, m2ts=False),
+     "H264:DateTimeOriginal", dt.datetime(2012, 1, 1, 5, 29, 58, tzinfo=UTC)),
 ]
 
 
@@ -350,7 +355,7 @@ def test_avi_and_matroska_videos_keep_their_recording_time_also_when_streamed(en
     env.put("v/undated.mkv", media.matroska(None))
     assert env.main("--chunk-size", "0.25", "--timezone", "Europe/Berlin", "--report", str(env.cwd / "r.json")) == 0
     out = capsys.readouterr().out
-    assert "0 from EXIF, 7 from video headers" in out
+    assert "0 from EXIF, 9 from video headers" in out
     # the streamed ones: big.mkv's header in one GET, big.avi's header and its INFO after the frames
     assert "(3 ranged GETs of video headers, " in out
     dates = dates_of(env)
@@ -361,7 +366,7 @@ def test_avi_and_matroska_videos_keep_their_recording_time_also_when_streamed(en
     assert dates["v/big.mkv"] == (at(2011, 2, 3, 4, 5, 6),) * 2 + ("video/x-matroska",)
     assert dates["v/undated.mkv"][:2] == (last_modified(env, "v/undated.mkv"),) * 2
     report = json.loads((env.cwd / "r.json").read_text())
-    assert report["date_sources"]["video"] == 7 and report["date_sources"]["s3"] == 1
+    assert report["date_sources"]["video"] == 9 and report["date_sources"]["s3"] == 1
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -378,6 +383,18 @@ def test_avi_and_matroska_videos_keep_their_recording_time_also_when_streamed(en
 def test_avi_dates_in_the_forms_cameras_write(text, expected):
     moment = ct.riff_date(text, UTC)
     assert moment == (dt.datetime(*expected, tzinfo=UTC) if expected else None)
+
+
+def test_avchd_dates_need_their_mdpm_whole_and_a_zone_or_the_timezone():
+    taken = dt.datetime(2010, 4, 5, 10, 0, 0)
+    clip = media.avchd(taken)
+    assert ct.avchd_recording_time(clip, None) == dt.datetime(2010, 4, 5, 10, tzinfo=dt.timezone(dt.timedelta(hours=9)))
+    no_zone = dt.timezone(dt.timedelta(hours=-3))
+    assert ct.avchd_recording_time(media.avchd(taken, zone_byte=0x80), no_zone) == taken.replace(tzinfo=no_zone)
+    assert ct.avchd_recording_time(media.avchd(None), UTC) is None              # MDPM without a date
+    assert ct.avchd_recording_time(clip[:600], UTC) is None                      # cut off before it
+    assert ct.avchd_recording_time(clip.replace(b"MDPM", b"MDPX"), UTC) is None
+    assert ct.avchd_recording_time(b"\x47" + bytes(400), UTC) is None and ct.avchd_recording_time(b"", UTC) is None
 
 
 def test_cut_off_or_foreign_containers_give_no_date():
