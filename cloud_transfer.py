@@ -68,6 +68,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import unicodedata
 import uuid
 import zlib
 import warnings
@@ -2451,6 +2452,8 @@ def photo_times_in(stream: Any, size: int, zone: dt.tzinfo | None) -> tuple[dt.d
     try:
         head = read_at(0, 12)
         block: bytes | None = b""
+        if head[:4] == b"FOVb":
+            return x3f_times(read_at, size, zone)
         if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
             block = webp_exif(read_at, size)
         elif head[4:8] == b"ftyp":
@@ -2473,7 +2476,10 @@ def photo_times_in(stream: Any, size: int, zone: dt.tzinfo | None) -> tuple[dt.d
             parse_exif_datetime(str(tags.get("Image DateTime", "")), str(tags.get("EXIF OffsetTime", "")), zone))
 
 
-_exiv2_ready = threading.Lock()
+#: libexiv2 0.28 registers the XMP namespaces it meets in a table shared by all threads, unguarded:
+#: reading XMP in several threads at once can crash the process (Exiv2 issue #3011, fixed after
+#: 0.28.8 by #3448). It is only asked where ExifRead found nothing, so one lock costs little.
+EXIV2_LOCK = threading.Lock()
 
 
 def _exiv2() -> Any:
@@ -2483,7 +2489,7 @@ def _exiv2() -> Any:
         import exiv2
     except ImportError:
         return None
-    with _exiv2_ready:
+    with EXIV2_LOCK:
         if not getattr(_exiv2, "initialized", False):
             exiv2.LogMsg.setLevel(exiv2.LogMsg.Level.mute)   # it would print every oddity to stderr
             exiv2.XmpParser.initialize()   # once, before threads use XMP (libexiv2's rule)
@@ -2536,22 +2542,28 @@ def photo_tags(path: Path, zone: dt.tzinfo | None) -> tuple[dt.datetime | None, 
     try:
         with open(path, "rb") as stream:
             extended = jpeg_extended_xmp(stream)
-        image = exiv2.ImageFactory.open(str(path))
-        image.readMetadata()
-        tags = [image.exifData(), image.xmpData(), image.iptcData()]
-        for packet in extended:   # read as an XMP sidecar is: its XMP only (libexiv2 copies it into EXIF too)
-            sidecar = exiv2.ImageFactory.open(packet)
-            sidecar.readMetadata()
-            tags.append(sidecar.xmpData())
-        for data in tags:
-            for datum in data:
-                found.setdefault(datum.key(), str(datum.value()))
+        with EXIV2_LOCK:
+            _read_tags(exiv2, path, extended, found)
     except Exception:   # malformed metadata must never cost the photo itself
         log.debug("unreadable metadata in %s", path, exc_info=True)
         return None, "", None
     written = parse_exif_datetime(found.get("Exif.Image.DateTime", ""), found.get("Exif.Photo.OffsetTime", ""), zone)
     moment, source = first_tag_time(found, zone)
     return moment, source, written
+
+
+def _read_tags(exiv2: Any, path: Path, extended: list[bytes], found: dict[str, str]) -> None:
+    """EXIF, XMP and IPTC of a file and the XMP of its extended packets into `found` (first wins)."""
+    image = exiv2.ImageFactory.open(str(path))
+    image.readMetadata()
+    tags = [image.exifData(), image.xmpData(), image.iptcData()]
+    for packet in extended:   # read as an XMP sidecar is: its XMP only (libexiv2 copies it into EXIF too)
+        sidecar = exiv2.ImageFactory.open(packet)
+        sidecar.readMetadata()
+        tags.append(sidecar.xmpData())
+    for data in tags:
+        for datum in data:
+            found.setdefault(datum.key(), str(datum.value()))
 
 
 def first_tag_time(found: dict[str, str], zone: dt.tzinfo | None) -> tuple[dt.datetime | None, str]:
@@ -2571,9 +2583,11 @@ def xmp_sidecar_time(data: bytes, zone: dt.tzinfo | None) -> dt.datetime | None:
     if exiv2 is None:
         return None
     try:
-        packet = exiv2.ImageFactory.open(data)
-        packet.readMetadata()
-        return first_tag_time({datum.key(): str(datum.value()) for datum in packet.xmpData()}, zone)[0]
+        with EXIV2_LOCK:
+            packet = exiv2.ImageFactory.open(data)
+            packet.readMetadata()
+            found = {datum.key(): str(datum.value()) for datum in packet.xmpData()}
+        return first_tag_time(found, zone)[0]
     except Exception:
         log.debug("unreadable XMP sidecar", exc_info=True)
         return None
@@ -2584,7 +2598,8 @@ def takeout_time(data: bytes, title: str | None = None) -> dt.datetime | None:
     the sidecar names that photo (a sidecar whose name was cut may belong to another)."""
     try:
         found = json.loads(data)
-        if title is not None and str(found.get("title", "")).lower() != title.lower():
+        if title is not None and unicodedata.normalize("NFC", str(found.get("title", ""))).lower() != \
+                unicodedata.normalize("NFC", title).lower():   # keys from a Mac are decomposed (NFD)
             return None
         taken = found.get("photoTakenTime") or {}
         seconds = int(taken.get("timestamp") or 0)
@@ -2659,6 +2674,40 @@ def date_in_name(key: str, zone: dt.tzinfo | None) -> dt.datetime | None:
             if plausible(moment, "date in the file name"):
                 return moment
     return None
+
+
+def x3f_times(read_at: Callable[[int, int], bytes], size: int, zone: dt.tzinfo | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """(capture time, IFD0 DateTime) of a Sigma X3F, which no library here opens (ExifTool's
+    SigmaRaw.pm is the reference): the section directory ('SECd') whose offset ends the file
+    names an IMA2 JPEG preview whose EXIF newer cameras fill, and a PROP section whose TIME (the
+    camera's wall clock as Unix seconds) every camera writes."""
+    if size < 16:
+        return None, None
+    start = struct.unpack("<I", read_at(size - 4, 4))[0]
+    directory = read_at(start, 12)
+    if directory[:4] != b"SECd" or len(directory) < 12:
+        return None, None
+    entries = read_at(start + 12, 12 * min(struct.unpack("<I", directory[8:12])[0], 64))
+    sections = {kind: (offset, length) for offset, length, kind in struct.iter_unpack("<II4s", entries[:len(entries) // 12 * 12])}
+    captured = written = None
+    if b"IMA2" in sections:   # SECi, version 2.0, type 2, format 18: a JPEG
+        offset, length = sections[b"IMA2"]
+        if read_at(offset, 16) == b"SECi\0\0\x02\0\x02\0\0\0\x12\0\0\0":
+            captured, written = photo_times_in(io.BytesIO(read_at(offset + 28, min(length - 28, EXIF_MAX_BYTES))),
+                                               length - 28, zone)
+    if captured is None and b"PROP" in sections:
+        offset, length = sections[b"PROP"]
+        data = read_at(offset, min(length, EXIF_MAX_BYTES))
+        if data[:4] == b"SECp" and len(data) >= 24:
+            entries_count, char_format, chars = struct.unpack("<I", data[8:12])[0], data[12], struct.unpack("<I", data[20:24])[0]
+            text = data[24 + 8 * entries_count:24 + 8 * entries_count + 2 * chars].decode("utf-16-le", "replace")
+            for name_at, value_at in struct.iter_unpack("<II", data[24:24 + 8 * entries_count]):
+                if char_format == 0 and text[name_at:].split("\0", 1)[0] == "TIME":
+                    seconds = text[value_at:].split("\0", 1)[0]
+                    if seconds.isdigit():
+                        wall = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=int(seconds))
+                        captured = parse_exif_datetime(wall.strftime("%Y:%m:%d %H:%M:%S"), "", zone)
+    return captured, written
 
 
 def webp_exif(read_at: Callable[[int, int], bytes], size: int) -> bytes | None:
@@ -2763,9 +2812,39 @@ def _mp4_box(read_at: Callable[[int, int], bytes], offset: int, limit: int) -> t
     return kind, start, offset + size
 
 
-def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int) -> dt.datetime | None:
-    """moov/mvhd creation_time of an MP4/MOV/M4V/3GP (seconds since 1904, UTC). Top-level boxes are
-    skipped by their sizes, never read: a moov after 4 GB of mdat costs two small reads."""
+def apple_creation_date(meta: bytes, zone: dt.tzinfo | None) -> dt.datetime | None:
+    """com.apple.quicktime.creationdate from a moov/meta body (hdlr 'mdta', keys, ilst: item i is
+    key i's value), the capture time with its offset that iPhones write and keep when a video is
+    edited or exported, where mvhd then holds the export's time."""
+    at = 0 if meta[4:8] == b"hdlr" else 4   # a QuickTime meta has no version and flags, an ISO one has
+    boxes = {kind: (start, end) for kind, start, end in _boxes(lambda offset, n: meta[offset:offset + n], at, len(meta))}
+    if b"keys" not in boxes or b"ilst" not in boxes:
+        return None
+    start, end = boxes[b"keys"]
+    names, position = [], start + 8   # version, flags, entry count
+    while position + 8 <= end and len(names) < 256:
+        length = struct.unpack(">I", meta[position:position + 4])[0]
+        if length < 8:
+            return None
+        names.append(meta[position + 8:position + length])
+        position += length
+    if b"com.apple.quicktime.creationdate" not in names:
+        return None
+    wanted = names.index(b"com.apple.quicktime.creationdate") + 1
+    start, end = boxes[b"ilst"]
+    for kind, item_start, item_end in _boxes(lambda offset, n: meta[offset:offset + n], start, end, limit=256):
+        if int.from_bytes(kind, "big") == wanted:
+            data = next((found for found in _boxes(lambda offset, n: meta[offset:offset + n], item_start, item_end)
+                         if found[0] == b"data"), None)
+            if data is not None and meta[data[1]:data[1] + 4] == b"\0\0\0\x01":   # UTF-8 text
+                return parse_xmp_datetime(meta[data[1] + 8:data[2]].decode("utf-8", "replace"), zone)
+    return None
+
+
+def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int, zone: dt.tzinfo | None = None) -> dt.datetime | None:
+    """The capture time of an MP4/MOV/M4V/3GP: Apple's creationdate in moov/meta where it is,
+    else moov/mvhd creation_time (seconds since 1904, UTC). Top-level boxes are skipped by their
+    sizes, never read: a moov after 4 GB of mdat costs two small reads."""
     offset = 0
     for index in range(MP4_TOP_LEVEL_BOXES):
         box = _mp4_box(read_at, offset, size)
@@ -2773,8 +2852,11 @@ def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int) -> dt.dat
             return None
         kind, start, end = box
         if kind == b"moov":
-            child = start
+            child, created = start, None
             while (found := _mp4_box(read_at, child, end)) is not None:
+                if found[0] == b"meta" and found[2] - found[1] <= EXIF_MAX_BYTES:
+                    if (apple := apple_creation_date(read_at(found[1], found[2] - found[1]), zone)) is not None:
+                        return apple
                 if found[0] == b"mvhd":
                     body = read_at(found[1], 12)
                     if len(body) < 8:
@@ -2787,9 +2869,9 @@ def mp4_creation_time(read_at: Callable[[int, int], bytes], size: int) -> dt.dat
                             moment = EPOCH_1970 + dt.timedelta(seconds=seconds)
                     except OverflowError:
                         return None
-                    return plausible(moment, "video creation time")
+                    created = plausible(moment, "video creation time")
                 child = found[2]
-            return None
+            return created
         if end >= size:
             return None
         offset = end
@@ -2843,15 +2925,18 @@ def avi_recording_time(stream: Any, zone: dt.tzinfo | None) -> dt.datetime | Non
         avi = _hachoir_parser(stream, "riff")
         if avi is None or avi["type"].value != "AVI ":
             return None
-        dates: dict[str, str] = {}
-        for parent in ("headers", "info", "headers/info"):
+    except Exception:   # a malformed or cut-off header must never cost the video itself
+        log.debug("unreadable AVI header", exc_info=True)
+        return None
+    dates: dict[str, str] = {}
+    for parent in ("headers", "info", "headers/info"):
+        try:   # one section at a time: junk before a late INFO list (VLC writes some) keeps an IDIT found
             if parent in avi:
                 for chunk in avi[parent]:
                     if chunk.is_field_set and "tag" in chunk and "text" in chunk:
                         dates.setdefault(chunk["tag"].value, chunk["text"].value)
-    except Exception:   # a malformed or cut-off header must never cost the video itself
-        log.debug("unreadable AVI header", exc_info=True)
-        return None
+        except Exception:
+            log.debug("unreadable AVI %s", parent, exc_info=True)
     return next(filter(None, (riff_date(dates[tag], zone) for tag in ("IDIT", "ICRD") if tag in dates)), None)
 
 
@@ -2970,6 +3055,8 @@ class OriginalDates:
         is read from S3 with ranged GETs). The chain (README, "Photo dates"): the capture time in the
         file, a date in its name, EXIF's last-written time, the file time in S3 metadata, S3's."""
         written: dt.datetime | None = None
+        if self.date_from == "auto" and (as_photo := self._as_its_photo(obj)) is not None:
+            return as_photo
         if self.date_from in ("auto", "exif"):
             moment, source, written = self._in_file(obj, staged)
             if moment is not None:
@@ -2984,10 +3071,33 @@ class OriginalDates:
             return OriginalDate(download.source_mtime, "metadata")
         return OriginalDate(obj.last_modified, "s3")
 
+    def _as_its_photo(self, obj: SourceObject) -> OriginalDate | None:
+        """A sidecar's date: its photo's, as far as it is known before that photo's download (the
+        capture time in the photo, its sidecars, its name), so that a date layout puts the two in
+        one folder."""
+        sidecars, photo = self.relatives.get(obj.key, ((), None))
+        if photo is None or media_format(obj.key) not in SIDECAR_TYPES:
+            return None
+        if (moment := self._in_file(photo, None)[0]) is not None:
+            return OriginalDate(moment, "pair")
+        if (moment := self._from_sidecars(photo, sidecars)) is not None:
+            return OriginalDate(moment, "sidecar")
+        if (named := date_in_name(photo.key, self.zone)) is not None:
+            return OriginalDate(named, "filename")
+        return None
+
     def _from_relatives(self, obj: SourceObject) -> OriginalDate | None:
-        """A sidecar's capture time (XMP, then Takeout JSON: each read whole, they are small),
-        else the capture time in the twin's file (a Live Photo's other half; ranged GETs)."""
+        """A sidecar's capture time, else the capture time in the twin's file (a Live Photo's
+        other half; ranged GETs)."""
         sidecars, twin = self.relatives.get(obj.key, ((), None))
+        if (moment := self._from_sidecars(obj, sidecars)) is not None:
+            return OriginalDate(moment, "sidecar")
+        if twin is not None and (moment := self._in_file(twin, None)[0]) is not None:
+            return OriginalDate(moment, "pair")
+        return None
+
+    def _from_sidecars(self, obj: SourceObject, sidecars: tuple[SourceObject, ...]) -> dt.datetime | None:
+        """The capture time in `obj`'s sidecars: XMP, then Takeout JSON (each read whole: a sidecar is small)."""
         for sidecar in sorted(sidecars, key=lambda sidecar: sidecar.key.lower().endswith(".json")):
             extension = sidecar.key.rsplit(".", 1)[-1].lower()
             if extension == "aae" or sidecar.size > SIDECAR_MAX_BYTES:   # .aae: edits, no capture time
@@ -2997,9 +3107,7 @@ class OriginalDates:
             cut_short = not sidecar.key.rsplit("/", 1)[-1].lower().startswith(name.lower())
             if (moment := takeout_time(data, name if cut_short else None) if extension == "json"
                     else xmp_sidecar_time(data, self.zone)) is not None:
-                return OriginalDate(moment, "sidecar")
-        if twin is not None and (moment := self._in_file(twin, None)[0]) is not None:
-            return OriginalDate(moment, "pair")
+                return moment
         return None
 
     def _in_file(self, obj: SourceObject, staged: Path | None) -> tuple[dt.datetime | None, str, dt.datetime | None]:
@@ -3013,9 +3121,9 @@ class OriginalDates:
             if staged is not None:
                 with open(staged, "rb") as stream:
                     return mp4_creation_time(lambda offset, length: os.pread(stream.fileno(), length, offset),
-                                             obj.size), "video", None
+                                             obj.size, self.zone), "video", None
             return mp4_creation_time(block_reader(lambda offset, length: self._read_range(obj, offset, length)),
-                                     obj.size), "video", None
+                                     obj.size, self.zone), "video", None
         if extension in AVCHD_EXTENSIONS:
             if staged is not None:
                 with open(staged, "rb") as stream:
@@ -5309,9 +5417,11 @@ def plan_listing(source: S3Source, object_filter: ObjectFilter, all_files: bool,
                 continue
             archive = listed_archive_state(obj, archived_before(obj), source.restores_listed)
             action, reason = plan_object(obj, done(obj), all_files, archive, sidecar=obj.key in targets)
+            # a sidecar's relatives are its photo's: it is dated as its photo is, and lands beside it
             twin = twins.get(obj.key) or next((photo.obj for photo in photos), None)
+            related = sidecars.get(twin.key if photos and twin is not None else obj.key, ())
             plans[obj.key] = Planned(obj, action, reason, ask_archive=archive == ASK_S3 and action in (PLAN_COPY, PLAN_CHECK_TYPE),
-                                     sidecars=tuple(sidecars.get(obj.key, ())), twin=twin)
+                                     sidecars=tuple(related), twin=twin)
         for obj in group:   # in key order, as listed
             yield plans[obj.key]
 

@@ -168,8 +168,22 @@ def _times(version: int, flags: int, *values: int) -> bytes:
     return struct.pack(">I", version << 24 | flags) + times
 
 
-def _moov(creation: datetime | None, version: int) -> bytes:
-    """moov: mvhd (first child, the movie's times) and a trak whose tkhd carries DECOY_DATE."""
+def apple_keys_meta(creation_date: str, full_box: bool = False) -> bytes:
+    """moov/meta as an iPhone writes it: hdlr 'mdta', keys (com.apple.quicktime.creationdate and
+    a decoy), ilst (item i holds key i's value in a 'data' box: type 1, UTF-8). A QuickTime meta
+    has no version and flags; an ISO one (`full_box`) has."""
+    hdlr = _box(b"hdlr", bytes(8) + b"mdta" + bytes(12) + b"\0")
+    names = [b"com.apple.quicktime.make", b"com.apple.quicktime.creationdate"]
+    keys = _box(b"keys", struct.pack(">II", 0, len(names)) + b"".join(
+        struct.pack(">I", 8 + len(name)) + b"mdta" + name for name in names))
+    values = [b"Apple", creation_date.encode()]
+    ilst = _box(b"ilst", b"".join(_box(struct.pack(">I", index), _box(b"data", struct.pack(">II", 1, 0) + value))
+                                  for index, value in enumerate(values, 1)))
+    return _box(b"meta", (bytes(4) if full_box else b"") + hdlr + keys + ilst)
+
+
+def _moov(creation: datetime | None, version: int, meta: bytes = b"") -> bytes:
+    """moov: mvhd (first child, the movie's times), a trak whose tkhd carries DECOY_DATE, `meta`."""
     created = _seconds_1904(creation)
     modified = created + 60 if creation is not None else 0
     duration = ">Q" if version else ">I"
@@ -183,7 +197,7 @@ def _moov(creation: datetime | None, version: int) -> bytes:
                 + struct.pack(">I4x", 1) + struct.pack(duration, 1000)    # track_ID, duration
                 + struct.pack(">8xhhh2x", 0, 0, 0)          # layer, alternate_group, volume
                 + _MATRIX + struct.pack(">II", 8 << 16, 8 << 16))         # width, height 8.0
-    return _box(b"moov", mvhd + _box(b"trak", tkhd))
+    return _box(b"moov", mvhd + _box(b"trak", tkhd) + meta)
 
 
 def _ftyp(brand: bytes) -> bytes:
@@ -198,22 +212,22 @@ def _mdat_header(payload: int, large: bool) -> bytes:
 
 
 def mp4(creation: datetime | None, *, moov_last: bool = False, mdat_bytes: int = 4096,
-        brand: bytes = b"isom", version: int = 0, large_mdat: bool = False) -> bytes:
-    """ftyp, moov (mvhd creation_time = creation, 0 if None), mdat of mdat_bytes zeros.
+        brand: bytes = b"isom", version: int = 0, large_mdat: bool = False, meta: bytes = b"") -> bytes:
+    """ftyp, moov (mvhd creation_time = creation, 0 if None; then `meta`), mdat of mdat_bytes zeros.
 
     moov_last: moov after mdat (a phone's file not made "fast start"); large_mdat: mdat with the
     64-bit largesize form; version 1: 64-bit times in mvhd and tkhd.
     """
-    moov = _moov(creation, version)
+    moov = _moov(creation, version, meta)
     mdat = _mdat_header(mdat_bytes, large_mdat) + bytes(mdat_bytes)
     return _ftyp(brand) + (mdat + moov if moov_last else moov + mdat)
 
 
 def mov(creation: datetime | None, *, moov_last: bool = False, mdat_bytes: int = 4096,
-        version: int = 0, large_mdat: bool = False) -> bytes:
+        version: int = 0, large_mdat: bool = False, meta: bytes = b"") -> bytes:
     """As mp4(), as a QuickTime file: ftyp brand 'qt  ' (mvhd/tkhd layouts are the same)."""
     return mp4(creation, moov_last=moov_last, mdat_bytes=mdat_bytes, brand=b"qt  ",
-               version=version, large_mdat=large_mdat)
+               version=version, large_mdat=large_mdat, meta=meta)
 
 
 def mp4_header_with_huge_mdat(creation: datetime | None, mdat_size: int) -> tuple[bytes, bytes]:
@@ -490,3 +504,32 @@ def avchd(taken: datetime | None, zone_byte: int = 0x12, *, m2ts: bool = True, l
     pes = b"\0\0\x01\xe0\0\0" + b"\x80\x80\x05" + b"\x21\0\x01\0\x01" + units   # PTS only
     return (_ts_packets(0, pat, m2ts) + _ts_packets(0x100, pmt, m2ts) + _ts_packets(0x1011, pes, m2ts)
             + _ts_packets(0x1011, b"\0\0\x01\xe0\0\0\x80\0\0" + bytes(2000), m2ts))
+
+
+def x3f(taken: datetime | None = None, embedded_taken: str | None = None) -> bytes:
+    """Sigma/Foveon X3F: the 'FOVb' header (version 2.0), the sections, and at the end their
+    directory ('SECd': offset, length, type of each) whose offset is the file's last 4 bytes. A
+    PROP section ('SECp': UTF-16 name/value pairs) with TIME = `taken` (the camera's wall clock
+    as Unix seconds) when given; an IMA2 section (a JPEG preview with EXIF DateTimeOriginal
+    `embedded_taken`, as newer cameras write) when given."""
+    header = b"FOVb" + struct.pack("<I", 0x00020000) + bytes(16) + struct.pack("<IIII", 0, 8, 8, 0) + bytes(32 + 64)
+    sections: list[tuple[bytes, bytes]] = []
+    if taken is not None:
+        seconds = int((taken.replace(tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds())
+        pairs = [("CAMMANUF", "SIGMA"), ("TIME", str(seconds))]
+        chars, table = "", b""
+        for name, value in pairs:
+            table += struct.pack("<II", len(chars), len(chars) + len(name) + 1)
+            chars += name + "\0" + value + "\0"
+        sections.append((b"PROP", b"SECp" + struct.pack("<IIIII", 0x00020000, len(pairs), 0, 0, len(chars))
+                         + table + chars.encode("utf-16-le")))
+    if embedded_taken is not None:
+        preview = jpeg(embedded_taken)
+        if preview[2:4] == b"\xff\xe0":   # Sigma's JpgFromRaw starts with its EXIF segment: no JFIF APP0
+            preview = preview[:2] + preview[4 + struct.unpack(">H", preview[4:6])[0]:]
+        sections.append((b"IMA2", b"SECi" + struct.pack("<IIIIII", 0x00020000, 2, 18, 8, 8, 24) + preview))
+    body, directory = header, b""
+    for kind, data in sections:
+        directory += struct.pack("<II4s", len(body), len(data), kind)
+        body += data
+    return body + b"SECd" + struct.pack("<II", 0x00020000, len(sections)) + directory + struct.pack("<I", len(body))

@@ -142,6 +142,19 @@ def test_the_video_date_reader_skips_a_4_gb_mdat_instead_of_reading_it(tmp_path)
     assert sum(reads) < 200 and len(reads) <= 8
 
 
+def test_apples_creation_date_is_read_in_either_meta_form_and_mvhd_without_it():
+    taken = dt.datetime(2019, 7, 4, 14, 10, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    export = dt.datetime(2023, 1, 2, 3, 4, 5, tzinfo=UTC)
+    for full_box in (False, True):
+        data = media.mp4(export, meta=media.apple_keys_meta("2019-07-04T14:10:00+0200", full_box=full_box))
+        assert ct.mp4_creation_time(lambda at, n: data[at:at + n], len(data)) == taken
+    moov_last = media.mov(export, moov_last=True, meta=media.apple_keys_meta("2019-07-04T14:10:00+0200"))
+    assert ct.mp4_creation_time(lambda at, n: moov_last[at:at + n], len(moov_last)) == taken
+    broken = media.mov(export, meta=media.apple_keys_meta("tomorrow at noon"))
+    assert ct.mp4_creation_time(lambda at, n: broken[at:at + n], len(broken)) == export   # mvhd, then
+    assert ct.apple_creation_date(b"", None) is None and ct.apple_creation_date(bytes(40), None) is None
+
+
 def test_not_an_mp4_and_truncated_boxes_give_no_date():
     assert ct.mp4_creation_time(lambda offset, n: b"RIFF\x00\x00\x00\x00AVI LIST"[offset:offset + n], 16) is None
     whole = media.mp4(dt.datetime(2021, 5, 6, tzinfo=UTC), moov_last=True)
@@ -304,6 +317,10 @@ CONTAINER_SAMPLES = [
      dt.datetime(2016, 7, 8, 9, 10, 11, tzinfo=UTC)),
     ("v/clip.webm", media.matroska(dt.datetime(2017, 1, 2, 3, 4, 5, tzinfo=UTC), doctype="webm"),
      "Matroska:DateTimeOriginal", dt.datetime(2017, 1, 2, 3, 4, 5, tzinfo=UTC)),
+    # an iPhone video edited or exported: mvhd holds the export's time, Apple's key the capture's
+    ("v/IMG_0100.MOV", media.mov(dt.datetime(2023, 1, 2, 3, 4, 5, tzinfo=UTC),
+                                 meta=media.apple_keys_meta("2019-07-04T14:10:00+0200")), "Keys:CreationDate",
+     dt.datetime(2019, 7, 4, 12, 10, 0, tzinfo=UTC)),
     # AVCHD: the camera's wall clock and its zone (+09:00, -05:30) in the H.264 stream's MDPM
     ("v/PRIVATE/AVCHD/BDMV/STREAM/00001.MTS", media.avchd(dt.datetime(2010, 4, 5, 10, 0, 0)), "H264:DateTimeOriginal",
      dt.datetime(2010, 4, 5, 1, 0, 0, tzinfo=UTC)),
@@ -320,6 +337,11 @@ PHOTO_TAG_SAMPLES = [
     ("r/canon.crw", media.crw(dt.datetime(2014, 5, 6, 7, 8, 9)), "CanonRaw:DateTimeOriginal",
      dt.datetime(2014, 5, 6, 5, 8, 9, tzinfo=UTC)),
     ("r/canon.CR3", media.cr3(TAKEN), "ExifIFD:DateTimeOriginal", dt.datetime(2014, 5, 6, 5, 8, 9, tzinfo=UTC)),
+    # Sigma: the PROP section's TIME (every camera), the EXIF of the JPEG preview (newer ones) first
+    ("r/sd14.X3F", media.x3f(dt.datetime(2009, 8, 7, 6, 5, 4)), "SigmaRaw:DateTimeOriginal",
+     dt.datetime(2009, 8, 7, 4, 5, 4, tzinfo=UTC)),
+    ("r/dp2.x3f", media.x3f(dt.datetime(2009, 8, 7, 6, 5, 4), TAKEN), "ExifIFD:DateTimeOriginal",
+     dt.datetime(2014, 5, 6, 5, 8, 9, tzinfo=UTC)),
     # Lightroom's export: XMP with an offset; the decoy xmp:CreateDate comes later in the chain
     ("x/IMG_20200101_101010.jpg", media.jpeg_with_xmp(exif_DateTimeOriginal="2013-04-05T06:07:08.25+02:00",
                                                        xmp_CreateDate="2001-01-01T00:00:00"),
@@ -355,7 +377,7 @@ def test_avi_and_matroska_videos_keep_their_recording_time_also_when_streamed(en
     env.put("v/undated.mkv", media.matroska(None))
     assert env.main("--chunk-size", "0.25", "--timezone", "Europe/Berlin", "--report", str(env.cwd / "r.json")) == 0
     out = capsys.readouterr().out
-    assert "0 from EXIF, 9 from video headers" in out
+    assert "0 from EXIF, 10 from video headers" in out
     # the streamed ones: big.mkv's header in one GET, big.avi's header and its INFO after the frames
     assert "(3 ranged GETs of video headers, " in out
     dates = dates_of(env)
@@ -366,7 +388,7 @@ def test_avi_and_matroska_videos_keep_their_recording_time_also_when_streamed(en
     assert dates["v/big.mkv"] == (at(2011, 2, 3, 4, 5, 6),) * 2 + ("video/x-matroska",)
     assert dates["v/undated.mkv"][:2] == (last_modified(env, "v/undated.mkv"),) * 2
     report = json.loads((env.cwd / "r.json").read_text())
-    assert report["date_sources"]["video"] == 9 and report["date_sources"]["s3"] == 1
+    assert report["date_sources"]["video"] == 10 and report["date_sources"]["s3"] == 1
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -411,13 +433,14 @@ def test_raw_containers_xmp_and_iptc_keep_their_capture_time(env, capsys):
         env.put(key, sample)
     env.put("x/plain.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00"))   # EXIF first: libexiv2 is not asked
     assert env.main("--timezone", "Europe/Berlin", "--report", str(env.cwd / "r.json")) == 0
-    assert "5 from EXIF, 3 from XMP, 2 from IPTC, 0 from video headers" in capsys.readouterr().out
+    assert "7 from EXIF, 3 from XMP, 2 from IPTC, 0 from video headers" in capsys.readouterr().out
     dates = dates_of(env)
     for key, _, _, expected in PHOTO_TAG_SAMPLES:
         assert dates[key][:2] == (expected.strftime("%Y-%m-%dT%H:%M:%S"),) * 2, key
     assert dates["r/fuji.RAF"][2] == "image/x-fuji-raf" and dates["r/canon.CR3"][2] == "image/x-canon-cr3"
+    assert dates["r/sd14.X3F"][2] == "image/x-sigma-x3f"
     report = json.loads((env.cwd / "r.json").read_text())
-    assert {source: n for source, n in report["date_sources"].items() if n} == {"exif": 5, "xmp": 3, "iptc": 2}
+    assert {source: n for source, n in report["date_sources"].items() if n} == {"exif": 7, "xmp": 3, "iptc": 2}
     sources = {item["key"]: item["date_source"] for item in report["objects"]}
     assert sources["x/IMG_20200101_101010.jpg"] == "xmp"   # the XMP time, not the name's
     assert sources["i/day.jpg"] == "iptc" and sources["r/canon.crw"] == "exif"
@@ -508,8 +531,18 @@ def test_sidecars_give_their_photo_its_date_and_travel_with_it(env):
     assert report["skipped_by_reason"] == {ct.SKIP_SIDECAR_ALONE: 1, ct.SKIP_FILTERED: 1, ct.SKIP_NOT_MEDIA: 1}
     sources = {item["key"]: item.get("date_source") for item in report["objects"]}
     assert sources["lr/IMG_0001.CR2"] == sources["to/IMG_0004.jpg"] == "sidecar"
-    assert sources["lr/IMG_0001.xmp"] == "xmp" and sources["to/IMG_0003.jpg.json"] == "sidecar"
+    assert sources["lr/IMG_0001.xmp"] == sources["to/IMG_0003.jpg.json"] == "sidecar"   # dated as their photo
     assert sources["ip/IMG_0005.AAE"] == "pair"
+
+
+def test_a_sidecar_lands_in_its_photos_date_folder_whatever_date_it_holds(env):
+    env.put("a/IMG_0001.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00"))
+    env.put("a/IMG_0001.jpg.xmp", media.xmp_packet(exif_DateTimeOriginal="2016-05-04T03:02:01+02:00"))
+    env.put("a/IMG_20180102_030405.png", media.plain_png())               # its date: in its name
+    env.put("a/IMG_20180102_030405.png.json", b'{"title": "x"}')
+    assert env.main("--layout", "date", "--timezone", "UTC") == 0
+    assert set(dates_of(env)) == {"2019/07/IMG_0001.jpg", "2019/07/IMG_0001.jpg.xmp", "2018/01/IMG_20180102_030405.png",
+                                  "2018/01/IMG_20180102_030405.png.json"}
 
 
 def test_no_sidecars_leaves_them_out_and_still_reads_them(env):
@@ -549,6 +582,13 @@ def test_sidecars_and_twins_are_found_in_the_name_group_and_nowhere_else():
     assert twins["a/IMG_1.MOV"].key == "a/IMG_1.CR2" and twins["a/IMG_1.CR2"].key == "a/IMG_1.JPG"
     assert ct.sidecar_targets("a/notes.json", {"notes.jpg": ["a/notes.jpg"]}) == []
     assert [len(group) for group in ct.sibling_groups(map(obj, [f"a/2019.{n:04d}.jpg" for n in range(5)]), limit=2)] == [2, 2, 1]
+
+
+def test_a_cut_takeout_sidecar_is_matched_by_its_title_in_either_unicode_form():
+    taken = dt.datetime(2019, 7, 4, 14, 10, tzinfo=UTC)
+    composed, decomposed = "Ferien am Bodensee mit Großmutter und Jürgen.jpg", "Ferien am Bodensee mit Großmutter und Ju\u0308rgen.jpg"
+    assert ct.takeout_time(takeout_json(decomposed, taken), composed) == taken    # a key uploaded from a Mac
+    assert ct.takeout_time(takeout_json("another photo.jpg", taken), composed) is None
 
 
 def test_takeout_times_and_what_is_not_one():
