@@ -2403,8 +2403,9 @@ def plausible(moment: dt.datetime | None, what: str) -> dt.datetime | None:
     return moment
 
 
-def parse_exif_datetime(value: str, offset: str = "", zone: dt.tzinfo | None = None) -> dt.datetime | None:
-    """EXIF 'YYYY:MM:DD HH:MM:SS' (+ OffsetTimeOriginal '+02:00') → aware datetime; None if unusable.
+def parse_exif_datetime(value: str, offset: str = "", zone: dt.tzinfo | None = None, subsec: str = "") -> dt.datetime | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' (+ OffsetTimeOriginal '+02:00', + SubSecTimeOriginal '123': the
+    fraction's digits, which keep a burst's photos in their order) → aware datetime; None if unusable.
 
     Without an offset (EXIF before 2.31) the time is the camera's wall clock where the photo was
     taken: it is read in `zone` (--timezone; None: this machine's zone), never as UTC."""
@@ -2414,6 +2415,9 @@ def parse_exif_datetime(value: str, offset: str = "", zone: dt.tzinfo | None = N
         return None
     if plausible(wall.replace(tzinfo=dt.timezone.utc), "EXIF time") is None:
         return None
+    digits = subsec.strip()
+    if digits.isdigit():
+        wall = wall.replace(microsecond=int((digits + "00000")[:6]))
     match = re.fullmatch(r"([+-])(\d\d):(\d\d)", offset.strip())
     if match and int(match[2]) < 24 and int(match[3]) < 60:   # "+24:00" is malformed, not a zone
         sign = 1 if match[1] == "+" else -1
@@ -2462,18 +2466,21 @@ def photo_times_in(stream: Any, size: int, zone: dt.tzinfo | None) -> tuple[dt.d
             return None, None
         stream.seek(0)
         tags = exifread.process_file(io.BytesIO(block) if block else stream, details=False,
-                                     extract_thumbnail=False, stop_tag="OffsetTimeDigitized")
+                                     extract_thumbnail=False, stop_tag="SubSecTimeDigitized")
     except Exception:  # malformed metadata must never cost the photo itself
         log.debug("unreadable EXIF", exc_info=True)
         return None, None
     # DateTimeOriginal: when the shutter fired; DateTimeDigitized: when it was scanned (scanners
     # and some phones' screenshots fill only that one). DateTime (IFD0) is the last write: it comes
     # after a date in the file's name (OffsetTime is its offset).
-    return (parse_exif_datetime(str(tags.get("EXIF DateTimeOriginal", "")),
-                                str(tags.get("EXIF OffsetTimeOriginal", "")), zone)
-            or parse_exif_datetime(str(tags.get("EXIF DateTimeDigitized", "")),
-                                   str(tags.get("EXIF OffsetTimeDigitized", "")), zone),
-            parse_exif_datetime(str(tags.get("Image DateTime", "")), str(tags.get("EXIF OffsetTime", "")), zone))
+    def tag(name: str) -> str:
+        return str(tags.get(name, ""))
+
+    return (parse_exif_datetime(tag("EXIF DateTimeOriginal"), tag("EXIF OffsetTimeOriginal"), zone,
+                                tag("EXIF SubSecTimeOriginal"))
+            or parse_exif_datetime(tag("EXIF DateTimeDigitized"), tag("EXIF OffsetTimeDigitized"), zone,
+                                   tag("EXIF SubSecTimeDigitized")),
+            parse_exif_datetime(tag("Image DateTime"), tag("EXIF OffsetTime"), zone, tag("EXIF SubSecTime")))
 
 
 #: libexiv2 0.28 registers the XMP namespaces it meets in a table shared by all threads, unguarded:
@@ -2523,7 +2530,7 @@ def parse_xmp_datetime(value: str, zone: dt.tzinfo | None) -> dt.datetime | None
 #: CRW, MRW, RAF), then XMP (as Lightroom, Photoshop and digiKam write it, extended XMP included),
 #: then IPTC (agency and PhotoMechanic workflows): (source, key, key of its offset or time).
 PHOTO_TAG_KEYS = (
-    ("exif", "Exif.Photo.DateTimeOriginal", "Exif.Photo.OffsetTimeOriginal"),
+    ("exif", "Exif.Photo.DateTimeOriginal", "Exif.Photo.OffsetTimeOriginal"),   # + Exif.Photo.SubSecTime...
     ("exif", "Exif.Photo.DateTimeDigitized", "Exif.Photo.OffsetTimeDigitized"),
     ("xmp", "Xmp.exif.DateTimeOriginal", ""),
     ("xmp", "Xmp.photoshop.DateCreated", ""),
@@ -2570,7 +2577,8 @@ def first_tag_time(found: dict[str, str], zone: dt.tzinfo | None) -> tuple[dt.da
     """The first time of PHOTO_TAG_KEYS among libexiv2's `found` tags, and its source."""
     for source, key, companion in PHOTO_TAG_KEYS:
         value, extra = found.get(key, ""), found.get(companion, "")
-        moment = (parse_exif_datetime(value, extra, zone) if source == "exif"
+        subsec = found.get(key.replace("DateTime", "SubSecTime"), "")
+        moment = (parse_exif_datetime(value, extra, zone, subsec) if source == "exif"
                   else parse_xmp_datetime(f"{value}T{extra}" if extra else value, zone) if value else None)
         if moment is not None:
             return moment, source

@@ -617,3 +617,44 @@ def test_a_verbose_dry_run_says_where_each_date_would_come_from_and_which_fall_b
     assert "date from sidecars (XMP, Takeout JSON))" in said["d/IMG_0002.CR2"]
     assert "1 would be dated by their S3 upload time" in result.stdout
     assert env.drive.list_files() == [] and not env.checkpoint.exists()
+
+
+def test_sub_seconds_keep_a_bursts_photos_in_their_order(env):
+    for n, fraction in enumerate(("047", "5", "999")):
+        env.put(f"burst/IMG_{n}.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00", subsec=fraction))
+    assert env.main() == 0
+    created = {path: files[0]["createdTime"] for path, files in env.drive_files().items()}
+    assert [created[f"Amazon Photos Transfer/burst/IMG_{n}.jpg"] for n in range(3)] == [
+        "2019-07-05T16:30:12.047Z", "2019-07-05T16:30:12.500Z", "2019-07-05T16:30:12.999Z"]
+
+
+# the samples of the first tests of this file, as ExifTool reads them (the Drive times they get are
+# asserted there): (file name, sample, ExifTool's tag, the zone of a time without offset, instant)
+FIRST_SAMPLES = [
+    ("a.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00", subsec="047"), "Composite:SubSecDateTimeOriginal", UTC,
+     dt.datetime(2019, 7, 5, 16, 30, 12, tzinfo=UTC)),
+    ("b.heic", media.heic("2018:03:01 08:00:00", "-05:00"), "Composite:SubSecDateTimeOriginal", UTC,
+     dt.datetime(2018, 3, 1, 13, 0, 0, tzinfo=UTC)),
+    ("b2.heic", media.heic("2018:03:02 08:00:00", "+00:00", absolute_iloc=True), "Composite:SubSecDateTimeOriginal", UTC,
+     dt.datetime(2018, 3, 2, 8, 0, 0, tzinfo=UTC)),
+    ("c.dng", media.tiff_raw("2017:12:31 23:59:59", "+01:00"), "Composite:SubSecDateTimeOriginal", UTC,
+     dt.datetime(2017, 12, 31, 22, 59, 59, tzinfo=UTC)),
+    ("d.png", media.png("2016:02:29 12:00:00", "+09:00"), "Composite:SubSecDateTimeOriginal", UTC,
+     dt.datetime(2016, 2, 29, 3, 0, 0, tzinfo=UTC)),
+    ("e.webp", media.webp("2015:06:15 06:15:00", "-03:30"), "Composite:SubSecDateTimeOriginal", UTC,
+     dt.datetime(2015, 6, 15, 9, 45, 0, tzinfo=UTC)),
+    ("scan.tif", media.tiff_raw(None, written="2014:02:03 04:05:06"), "IFD0:ModifyDate", BERLIN_WINTER,
+     dt.datetime(2014, 2, 3, 3, 5, 6, tzinfo=UTC)),
+    ("front.mp4", media.mp4(dt.datetime(2020, 8, 9, 10, 11, 12, tzinfo=UTC)), "QuickTime:CreateDate", UTC,
+     dt.datetime(2020, 8, 9, 10, 11, 12, tzinfo=UTC)),
+    ("end.mov", media.mov(dt.datetime(2020, 8, 10, 10, 11, 12, tzinfo=UTC), moov_last=True), "QuickTime:CreateDate", UTC,
+     dt.datetime(2020, 8, 10, 10, 11, 12, tzinfo=UTC)),
+]
+
+
+@pytest.mark.parametrize("name, sample, tag, zone, expected", FIRST_SAMPLES, ids=[row[0] for row in FIRST_SAMPLES])
+def test_the_first_samples_hold_what_exiftool_reads(name, sample, tag, zone, expected):
+    reading = media.exiftool_reading(sample, name.rsplit(".", 1)[1])
+    if reading is None:
+        pytest.skip("ExifTool is not installed: the recorded values stand")
+    assert exif_time(reading[tag], zone) == expected
