@@ -213,7 +213,8 @@ PACE_OVER_LIMIT_SHARE = 0.1
 #: summary says it. A run's counts, its report and the status page use these names.
 DATE_SOURCE_NAMES = {
     "exif": "from EXIF", "xmp": "from XMP", "iptc": "from IPTC", "video": "from video headers",
-    "sidecar": "from sidecars (XMP, Takeout JSON)", "pair": "from the other half of a pair", "filename": "from file names",
+    "sidecar": "from sidecars (XMP, Takeout JSON)", "pair": "from the other half of a pair (or a sidecar's photo)",
+    "filename": "from file names",
     "exif-datetime": "from EXIF's last-written time", "metadata": "from file times in S3 metadata",
     "s3": "from S3 upload times",
 }
@@ -2416,7 +2417,7 @@ def parse_exif_datetime(value: str, offset: str = "", zone: dt.tzinfo | None = N
     if plausible(wall.replace(tzinfo=dt.timezone.utc), "EXIF time") is None:
         return None
     digits = subsec.strip()
-    if digits.isdigit():
+    if re.fullmatch(r"[0-9]+", digits):   # str.isdigit() takes "²" too
         wall = wall.replace(microsecond=int((digits + "00000")[:6]))
     match = re.fullmatch(r"([+-])(\d\d):(\d\d)", offset.strip())
     if match and int(match[2]) < 24 and int(match[3]) < 60:   # "+24:00" is malformed, not a zone
@@ -2696,15 +2697,18 @@ def x3f_times(read_at: Callable[[int, int], bytes], size: int, zone: dt.tzinfo |
     if directory[:4] != b"SECd" or len(directory) < 12:
         return None, None
     entries = read_at(start + 12, 12 * min(struct.unpack("<I", directory[8:12])[0], 64))
-    sections = {kind: (offset, length) for offset, length, kind in struct.iter_unpack("<II4s", entries[:len(entries) // 12 * 12])}
+    sections = [(kind, offset, length) for offset, length, kind in struct.iter_unpack("<II4s", entries[:len(entries) // 12 * 12])]
     captured = written = None
-    if b"IMA2" in sections:   # SECi, version 2.0, type 2, format 18: a JPEG
-        offset, length = sections[b"IMA2"]
-        if read_at(offset, 16) == b"SECi\0\0\x02\0\x02\0\0\0\x12\0\0\0":
+    # the previews, largest first: a thumbnail may come last, the EXIF is in the large one
+    for _, offset, length in sorted((section for section in sections if section[0] == b"IMA2"), key=lambda s: -s[2]):
+        if read_at(offset, 32)[:32] == b"SECi\0\0\x02\0\x02\0\0\0\x12\0\0\0" + read_at(offset + 16, 12) + b"\xff\xd8\xff\xe1":
             captured, written = photo_times_in(io.BytesIO(read_at(offset + 28, min(length - 28, EXIF_MAX_BYTES))),
                                                length - 28, zone)
-    if captured is None and b"PROP" in sections:
-        offset, length = sections[b"PROP"]
+            if captured is not None:
+                break
+    prop = next((section for section in sections if section[0] == b"PROP"), None)
+    if captured is None and prop is not None:
+        _, offset, length = prop
         data = read_at(offset, min(length, EXIF_MAX_BYTES))
         if data[:4] == b"SECp" and len(data) >= 24:
             entries_count, char_format, chars = struct.unpack("<I", data[8:12])[0], data[12], struct.unpack("<I", data[20:24])[0]
@@ -2845,7 +2849,8 @@ def apple_creation_date(meta: bytes, zone: dt.tzinfo | None) -> dt.datetime | No
             data = next((found for found in _boxes(lambda offset, n: meta[offset:offset + n], item_start, item_end)
                          if found[0] == b"data"), None)
             if data is not None and meta[data[1]:data[1] + 4] == b"\0\0\0\x01":   # UTF-8 text
-                return parse_xmp_datetime(meta[data[1] + 8:data[2]].decode("utf-8", "replace"), zone)
+                text = meta[data[1] + 8:data[2]].decode("utf-8", "replace").rstrip("\0")   # some writers end it with NUL
+                return parse_xmp_datetime(text, zone)
     return None
 
 
@@ -3060,49 +3065,42 @@ class OriginalDates:
 
     def date_of(self, obj: SourceObject, download: Download, staged: Path | None) -> OriginalDate:
         """`staged`: the whole file on disk, or None while it still downloads (then a video's header
-        is read from S3 with ranged GETs). The chain (README, "Photo dates"): the capture time in the
-        file, a date in its name, EXIF's last-written time, the file time in S3 metadata, S3's."""
+        is read from S3 with ranged GETs). The chain (docs/photos.md): the capture time in the file,
+        its sidecars, its twin, a date in its name, EXIF's last-written time, the file time in S3
+        metadata, S3's. A sidecar gets its photo's date, whatever --date-from, so that a date layout
+        puts the two in one folder: read from S3 without the photo's download (a ranged GET or two,
+        a HEAD only when the photo's own times are needed)."""
+        sidecars, twin = self.relatives.get(obj.key, ((), None))
+        if twin is not None and media_format(obj.key) in SIDECAR_TYPES:
+            photo = twin
+
+            def photo_headers() -> Download:
+                try:
+                    return self.source.headers_of(photo)
+                except ObjectError:   # the photo is gone or unreadable: its S3 times are not known
+                    return Download("", None, None)
+            return OriginalDate(self._chain(photo, photo_headers, None, sidecars, None).moment, "pair")
+        return self._chain(obj, lambda: download, staged, sidecars, twin)
+
+    def _chain(self, obj: SourceObject, headers: Callable[[], Download], staged: Path | None,
+               sidecars: tuple[SourceObject, ...], twin: SourceObject | None) -> OriginalDate:
         written: dt.datetime | None = None
-        if self.date_from == "auto" and (as_photo := self._as_its_photo(obj)) is not None:
-            return as_photo
         if self.date_from in ("auto", "exif"):
             moment, source, written = self._in_file(obj, staged)
             if moment is not None:
                 return OriginalDate(moment, source)
-        if self.date_from == "auto" and (related := self._from_relatives(obj)) is not None:
-            return related
-        if self.date_from == "auto" and (named := date_in_name(obj.key, self.zone)) is not None:
-            return OriginalDate(named, "filename")
+        if self.date_from == "auto":
+            if (moment := self._from_sidecars(obj, sidecars)) is not None:
+                return OriginalDate(moment, "sidecar")
+            if twin is not None and (moment := self._in_file(twin, None)[0]) is not None:
+                return OriginalDate(moment, "pair")   # a Live Photo's other half, RAW+JPEG
+            if (named := date_in_name(obj.key, self.zone)) is not None:
+                return OriginalDate(named, "filename")
         if written is not None:
             return OriginalDate(written, "exif-datetime")
-        if self.date_from in ("auto", "metadata") and download.source_mtime is not None:
-            return OriginalDate(download.source_mtime, "metadata")
+        if self.date_from in ("auto", "metadata") and (mtime := headers().source_mtime) is not None:
+            return OriginalDate(mtime, "metadata")
         return OriginalDate(obj.last_modified, "s3")
-
-    def _as_its_photo(self, obj: SourceObject) -> OriginalDate | None:
-        """A sidecar's date: its photo's, as far as it is known before that photo's download (the
-        capture time in the photo, its sidecars, its name), so that a date layout puts the two in
-        one folder."""
-        sidecars, photo = self.relatives.get(obj.key, ((), None))
-        if photo is None or media_format(obj.key) not in SIDECAR_TYPES:
-            return None
-        if (moment := self._in_file(photo, None)[0]) is not None:
-            return OriginalDate(moment, "pair")
-        if (moment := self._from_sidecars(photo, sidecars)) is not None:
-            return OriginalDate(moment, "sidecar")
-        if (named := date_in_name(photo.key, self.zone)) is not None:
-            return OriginalDate(named, "filename")
-        return None
-
-    def _from_relatives(self, obj: SourceObject) -> OriginalDate | None:
-        """A sidecar's capture time, else the capture time in the twin's file (a Live Photo's
-        other half; ranged GETs)."""
-        sidecars, twin = self.relatives.get(obj.key, ((), None))
-        if (moment := self._from_sidecars(obj, sidecars)) is not None:
-            return OriginalDate(moment, "sidecar")
-        if twin is not None and (moment := self._in_file(twin, None)[0]) is not None:
-            return OriginalDate(moment, "pair")
-        return None
 
     def _from_sidecars(self, obj: SourceObject, sidecars: tuple[SourceObject, ...]) -> dt.datetime | None:
         """The capture time in `obj`'s sidecars: XMP, then Takeout JSON (each read whole: a sidecar is small)."""
@@ -3147,9 +3145,10 @@ class OriginalDates:
                 return matroska_recording_time(stream), "video", None
         if extension in VIDEO_EXTENSIONS:
             return None, "", None
-        if staged is None:   # a twin's photo: EXIF sits in its first blocks
-            return (*photo_times_in(ReadAtStream(block_reader(lambda offset, length: self._read_range(obj, offset, length)),
-                                                 obj.size), obj.size, self.zone)[:1], "exif", None)
+        if staged is None:   # a twin's or a sidecar's photo: EXIF sits in its first blocks
+            captured, written = photo_times_in(ReadAtStream(block_reader(
+                lambda offset, length: self._read_range(obj, offset, length)), obj.size), obj.size, self.zone)
+            return captured, "exif", written
         captured, written = photo_times(staged, self.zone)
         if captured is not None:
             return captured, "exif", written
@@ -5316,10 +5315,12 @@ def sibling_groups(objects: Iterable[SourceObject], limit: int = SIBLING_GROUP_M
     """The listing in runs of keys of one name group (at most `limit`: a folder of "2019.*" names
     is cut in runs whose relatives across a cut are not seen)."""
     group: list[SourceObject] = []
+    prefix = ""
     for obj in objects:
-        if group and (len(group) >= limit or name_group(obj.key) != name_group(group[0].key)):
-            yield group
-            group = []
+        if not (group and len(group) < limit and obj.key.startswith(prefix) and name_group(obj.key) == prefix):
+            if group:
+                yield group
+            group, prefix = [], name_group(obj.key)
         group.append(obj)
     if group:
         yield group
@@ -5407,9 +5408,17 @@ def plan_listing(source: S3Source, object_filter: ObjectFilter, all_files: bool,
     "archived" are decided, for the run, --check, the dry run and verify alike. A sidecar follows
     its photo: copied when one of its photos is in the copy (whatever the filters say of the
     sidecar itself), left out otherwise or with --no-sidecars."""
+    def plan(obj: SourceObject, sidecar: bool = False) -> Planned:
+        archive = listed_archive_state(obj, archived_before(obj), source.restores_listed)
+        action, reason = plan_object(obj, done(obj), all_files, archive, sidecar)
+        return Planned(obj, action, reason, ask_archive=archive == ASK_S3 and action in (PLAN_COPY, PLAN_CHECK_TYPE))
+
     listing = (obj for page in source.iter_pages() for obj in page)
     for group in sibling_groups(listing):
-        sidecars, twins, targets = sibling_relations(group) if len(group) > 1 else ({}, {}, {})
+        if len(group) == 1:   # most keys: no relatives
+            yield plan(group[0]) if object_filter.admits(group[0]) else Planned(group[0], PLAN_SKIP, SKIP_FILTERED)
+            continue
+        sidecars, twins, targets = sibling_relations(group)
         plans: dict[str, Planned] = {}
         for obj in sorted(group, key=lambda obj: obj.key in targets):   # photos first: sidecars follow them
             photos = [plans[key] for key in targets.get(obj.key, ()) if key in plans]
@@ -5423,13 +5432,12 @@ def plan_listing(source: S3Source, object_filter: ObjectFilter, all_files: bool,
             elif not object_filter.admits(obj):
                 plans[obj.key] = Planned(obj, PLAN_SKIP, SKIP_FILTERED)
                 continue
-            archive = listed_archive_state(obj, archived_before(obj), source.restores_listed)
-            action, reason = plan_object(obj, done(obj), all_files, archive, sidecar=obj.key in targets)
-            # a sidecar's relatives are its photo's: it is dated as its photo is, and lands beside it
+            # a sidecar's relatives are its photo's (one that is copied first): it is dated as its
+            # photo is, and lands beside it
+            photos.sort(key=lambda photo: photo.action not in (PLAN_COPY, PLAN_DONE, PLAN_ARCHIVED))
             twin = twins.get(obj.key) or next((photo.obj for photo in photos), None)
             related = sidecars.get(twin.key if photos and twin is not None else obj.key, ())
-            plans[obj.key] = Planned(obj, action, reason, ask_archive=archive == ASK_S3 and action in (PLAN_COPY, PLAN_CHECK_TYPE),
-                                     sidecars=tuple(related), twin=twin)
+            plans[obj.key] = dataclasses.replace(plan(obj, sidecar=obj.key in targets), sidecars=tuple(related), twin=twin)
         for obj in group:   # in key order, as listed
             yield plans[obj.key]
 

@@ -506,12 +506,13 @@ def avchd(taken: datetime | None, zone_byte: int = 0x12, *, m2ts: bool = True, l
             + _ts_packets(0x1011, b"\0\0\x01\xe0\0\0\x80\0\0" + bytes(2000), m2ts))
 
 
-def x3f(taken: datetime | None = None, embedded_taken: str | None = None) -> bytes:
+def x3f(taken: datetime | None = None, embedded_taken: str | None = None, thumbnail: bool = False) -> bytes:
     """Sigma/Foveon X3F: the 'FOVb' header (version 2.0), the sections, and at the end their
     directory ('SECd': offset, length, type of each) whose offset is the file's last 4 bytes. A
     PROP section ('SECp': UTF-16 name/value pairs) with TIME = `taken` (the camera's wall clock
     as Unix seconds) when given; an IMA2 section (a JPEG preview with EXIF DateTimeOriginal
-    `embedded_taken`, as newer cameras write) when given."""
+    `embedded_taken`, as newer cameras write) when given, and after it a small IMA2 thumbnail
+    without EXIF when `thumbnail`."""
     header = b"FOVb" + struct.pack("<I", 0x00020000) + bytes(16) + struct.pack("<IIII", 0, 8, 8, 0) + bytes(32 + 64)
     sections: list[tuple[bytes, bytes]] = []
     if taken is not None:
@@ -528,6 +529,8 @@ def x3f(taken: datetime | None = None, embedded_taken: str | None = None) -> byt
         if preview[2:4] == b"\xff\xe0":   # Sigma's JpgFromRaw starts with its EXIF segment: no JFIF APP0
             preview = preview[:2] + preview[4 + struct.unpack(">H", preview[4:6])[0]:]
         sections.append((b"IMA2", b"SECi" + struct.pack("<IIIIII", 0x00020000, 2, 18, 8, 8, 24) + preview))
+    if thumbnail:
+        sections.append((b"IMA2", b"SECi" + struct.pack("<IIIIII", 0x00020000, 2, 18, 8, 8, 24) + jpeg(None)))
     body, directory = header, b""
     for kind, data in sections:
         directory += struct.pack("<II4s", len(body), len(data), kind)

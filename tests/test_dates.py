@@ -150,6 +150,8 @@ def test_apples_creation_date_is_read_in_either_meta_form_and_mvhd_without_it():
         assert ct.mp4_creation_time(lambda at, n: data[at:at + n], len(data)) == taken
     moov_last = media.mov(export, moov_last=True, meta=media.apple_keys_meta("2019-07-04T14:10:00+0200"))
     assert ct.mp4_creation_time(lambda at, n: moov_last[at:at + n], len(moov_last)) == taken
+    ended = media.mov(export, meta=media.apple_keys_meta("2019-07-04T14:10:00+0200\0"))   # some writers add a NUL
+    assert ct.mp4_creation_time(lambda at, n: ended[at:at + n], len(ended)) == taken
     broken = media.mov(export, meta=media.apple_keys_meta("tomorrow at noon"))
     assert ct.mp4_creation_time(lambda at, n: broken[at:at + n], len(broken)) == export   # mvhd, then
     assert ct.apple_creation_date(b"", None) is None and ct.apple_creation_date(bytes(40), None) is None
@@ -340,7 +342,7 @@ PHOTO_TAG_SAMPLES = [
     # Sigma: the PROP section's TIME (every camera), the EXIF of the JPEG preview (newer ones) first
     ("r/sd14.X3F", media.x3f(dt.datetime(2009, 8, 7, 6, 5, 4)), "SigmaRaw:DateTimeOriginal",
      dt.datetime(2009, 8, 7, 4, 5, 4, tzinfo=UTC)),
-    ("r/dp2.x3f", media.x3f(dt.datetime(2009, 8, 7, 6, 5, 4), TAKEN), "ExifIFD:DateTimeOriginal",
+    ("r/dp2.x3f", media.x3f(dt.datetime(2009, 8, 7, 6, 5, 4), TAKEN, thumbnail=True), "ExifIFD:DateTimeOriginal",
      dt.datetime(2014, 5, 6, 5, 8, 9, tzinfo=UTC)),
     # Lightroom's export: XMP with an offset; the decoy xmp:CreateDate comes later in the chain
     ("x/IMG_20200101_101010.jpg", media.jpeg_with_xmp(exif_DateTimeOriginal="2013-04-05T06:07:08.25+02:00",
@@ -531,7 +533,7 @@ def test_sidecars_give_their_photo_its_date_and_travel_with_it(env):
     assert report["skipped_by_reason"] == {ct.SKIP_SIDECAR_ALONE: 1, ct.SKIP_FILTERED: 1, ct.SKIP_NOT_MEDIA: 1}
     sources = {item["key"]: item.get("date_source") for item in report["objects"]}
     assert sources["lr/IMG_0001.CR2"] == sources["to/IMG_0004.jpg"] == "sidecar"
-    assert sources["lr/IMG_0001.xmp"] == sources["to/IMG_0003.jpg.json"] == "sidecar"   # dated as their photo
+    assert sources["lr/IMG_0001.xmp"] == sources["to/IMG_0003.jpg.json"] == "pair"   # dated as their photo
     assert sources["ip/IMG_0005.AAE"] == "pair"
 
 
@@ -543,6 +545,24 @@ def test_a_sidecar_lands_in_its_photos_date_folder_whatever_date_it_holds(env):
     assert env.main("--layout", "date", "--timezone", "UTC") == 0
     assert set(dates_of(env)) == {"2019/07/IMG_0001.jpg", "2019/07/IMG_0001.jpg.xmp", "2018/01/IMG_20180102_030405.png",
                                   "2018/01/IMG_20180102_030405.png.json"}
+
+
+def test_a_sidecar_follows_its_photo_whatever_the_date_source_and_a_copied_photo_first(env):
+    env.put("a/IMG_0001.jpg", media.jpeg("2019:07:05 18:30:12", "+02:00"))
+    env.put("a/IMG_0001.jpg.xmp", media.xmp_packet(exif_DateTimeOriginal="2016-05-04T03:02:01+02:00"))
+    env.put("b/IMG_0002.CR2", UNDATED_RAW)                                           # no date in the file or name:
+    env.put("b/IMG_0002.xmp", media.xmp_packet(xmp_CreateDate="2015-04-03T02:01:00Z"))   # this is the photo's
+    assert env.main("--layout", "date", "--timezone", "UTC", "--date-from", "s3") == 0
+    folders = {path.rsplit("/", 1)[1]: path.rsplit("/", 1)[0] for path in dates_of(env)}
+    assert folders["IMG_0001.jpg.xmp"] == folders["IMG_0001.jpg"] and folders["IMG_0002.xmp"] == folders["IMG_0002.CR2"]
+
+
+def test_a_sidecar_of_two_photos_follows_the_one_that_is_copied(env):
+    env.put("c/IMG_3.CR2", media.tiff_raw("2012:01:01 10:00:00") + bytes(300_000))   # left out by --max-size
+    env.put("c/IMG_3.JPG", media.jpeg(None))
+    env.put("c/IMG_3.xmp", media.xmp_packet(xmp_CreateDate="2015-04-03T02:01:00Z"))
+    assert env.main("--layout", "date", "--timezone", "UTC", "--max-size", "100K") == 0
+    assert set(dates_of(env)) == {"2015/04/IMG_3.JPG", "2015/04/IMG_3.xmp"}
 
 
 def test_no_sidecars_leaves_them_out_and_still_reads_them(env):
@@ -565,7 +585,8 @@ def test_the_halves_of_a_pair_share_a_date_and_a_folder(env):
     assert dates["2017/06/05/DSC_0011.ARW"][:2] == dates["2017/06/05/DSC_0011.JPG"][:2]
     assert any(path.endswith("/DSC_0012.ARW") for path in dates)
     status = env.run("status")   # counts the copies by where their dates came from
-    assert "dates of the copies: 2 from EXIF, 2 from the other half of a pair, 1 from S3 upload times" in status.stdout
+    assert ("dates of the copies: 2 from EXIF, 2 from the other half of a pair (or a sidecar's photo), 1 from S3 "
+            "upload times") in status.stdout
 
 
 def test_sidecars_and_twins_are_found_in_the_name_group_and_nowhere_else():
@@ -617,6 +638,11 @@ def test_a_verbose_dry_run_says_where_each_date_would_come_from_and_which_fall_b
     assert "date from sidecars (XMP, Takeout JSON))" in said["d/IMG_0002.CR2"]
     assert "1 would be dated by their S3 upload time" in result.stdout
     assert env.drive.list_files() == [] and not env.checkpoint.exists()
+
+
+def test_sub_seconds_that_are_no_digits_are_left_out():
+    for subsec in ("²", "-5", " ", "1a"):
+        assert ct.parse_exif_datetime("2019:07:05 18:30:12", "+02:00", None, subsec).microsecond == 0, subsec
 
 
 def test_sub_seconds_keep_a_bursts_photos_in_their_order(env):
