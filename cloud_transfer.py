@@ -1666,7 +1666,7 @@ def summary_table(stats: dict[str, Any], elapsed_s: float, run_id: str) -> str:
         ("failed", f"{stats['failed']}"),
         ("dates", ", ".join(f"{stats[f'date_{source}']} {said}" for source, said in DATE_SOURCE_NAMES.items()
                             if stats[f"date_{source}"] or source in ("exif", "video", "metadata", "s3"))
-                  + (f"  ({stats['date_header_reads']} ranged GETs of video headers, "
+                  + (f"  ({stats['date_header_reads']} ranged GETs of file headers and sidecars, "
                      f"{format_bytes(stats['date_header_bytes'])})" if stats["date_header_reads"] else "")),
         ("checksums", f"{stats['verified']} with Drive's MD5 = the downloaded bytes' "
                       f"({stats['etag_checked']} also = the S3 ETag; the others' ETags are no MD5: "

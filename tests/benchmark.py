@@ -400,6 +400,9 @@ def scenario_scale(options: argparse.Namespace) -> list[Row]:
         cloud.s3.put_object(Bucket="scale", Key="seed.jpg", Body=body("seed", 2000))
         seeded = run_tool(cloud.workdir, cloud.tool_env())   # binding, root folder, identity
         checkpoint = cloud.workdir / "cloud_transfer_checkpoint.json"
+        control = cloud.workdir / "control.json"   # for status: a small checkpoint, the fixed cost
+        control.write_bytes(checkpoint.read_bytes())
+        write_synthetic_checkpoint(control, min(2000, count // 2))
         write_synthetic_checkpoint(checkpoint, count)
         env = {**cloud.tool_env(), "AWS_ENDPOINT_URL": s3_url}
         dry = run_tool(cloud.workdir, env, "--dry-run", "--checkpoint", "none.json")
@@ -408,6 +411,7 @@ def scenario_scale(options: argparse.Namespace) -> list[Row]:
         requests = counters.requests()
         status = run_tool(cloud.workdir, env, "status")
         size_after = checkpoint.stat().st_size
+        status_control = run_tool(cloud.workdir, env, "status", "--checkpoint", str(control))
         with synthetic_drive("scale", count) as drive_url:
             verify = run_tool(cloud.workdir, {**env, "DRIVE_ENDPOINT_URL": drive_url}, "verify", "--json")
     verified = json.loads(verify.stdout) if verify.code == 0 else {}
@@ -418,23 +422,33 @@ def scenario_scale(options: argparse.Namespace) -> list[Row]:
     ok = seeded.code == 0 and rerun.code == 0 and dry.code == 0
     for name, run in (("seed run", seeded), ("dry run", dry), ("re-run", rerun), ("status", status), ("verify", verify)):
         if run.code:
-            print(f"scale: {name} exited {run.code}: {run.stderr.strip()[-300:]}", file=sys.stderr)
+            print(f"scale: {name} exited {run.code}: {(run.stderr.strip() or run.stdout.strip())[:600]}", file=sys.stderr)
+    full = count >= 1_000_000   # the targets (issue 20) are for a million objects; smaller runs only report
+    status_above = (status.peak_rss_mib - status_control.peak_rss_mib) * MIB / (count - min(2000, count // 2))
+    verify_above = (verify.peak_rss_mib - dry.peak_rss_mib) * MIB / count
+
+    def at_full(met: bool) -> bool | None:
+        return met if full else None
+
+    def per_object(met: bool) -> bool | None:   # a few thousand objects: the fixed costs swamp them
+        return met if count >= 100_000 else None
+
     return [
-        Row("scale", f"{count:,} done objects: re-run peak RSS", rerun.peak_rss_mib, "MiB", "<= 250 MB",
-            rerun.peak_rss_mib * MIB <= 250e6 and ok),
-        Row("scale", "... above a dry run's (no checkpoint)", above, "bytes/object", "<= 170", above <= 170),
+        Row("scale", f"{count:,} done objects: re-run peak RSS", rerun.peak_rss_mib, "MiB", "<= 150 MB at 1M",
+            at_full(rerun.peak_rss_mib * MIB <= 150e6) if ok else False),
+        Row("scale", "... above a dry run's (no checkpoint)", above, "bytes/object", "<= 60", per_object(above <= 60)),
         Row("scale", "... wall time beyond listing S3", beyond, "s", "<= 10 s", beyond <= 10),
         Row("scale", "... Drive requests (the root, the changes feed)", requests, "", "2", requests == 2),
         Row("scale", "dry run (listing only): wall time", dry.seconds, "s"),
         Row("scale", "... per listed key (botocore's XML parse included)", dry.seconds / count * 1e6, "µs"),
-        Row("scale", "status: wall time", status.seconds, "s", "<= 3 s", status.seconds <= 3 and status.code == 0),
-        Row("scale", "checkpoint size", size_after / count, "bytes/object"),
-        # per object, the fixed ~80 MB of an interpreter with boto3 and googleapiclient counts only at --full
-        Row("scale", f"verify of {count:,} copies (synthetic Drive): peak RSS", verify.peak_rss_mib * MIB / count,
-            "bytes/object", "<= 220" if count >= 1_000_000 else "<= 220 at 1M (--full)",
-            (verify.peak_rss_mib * MIB / count <= 220 if count >= 1_000_000 else None) if verify_clean else False),
-        Row("scale", "... above a dry run's", (verify.peak_rss_mib - dry.peak_rss_mib) * MIB / count, "bytes/object"),
-        Row("scale", "... wall time", verify.seconds, "s"),
+        Row("scale", "status: peak RSS above a 2,000-object checkpoint's", status_above, "bytes/object", "<= 80",
+            per_object(status_above <= 80)),
+        Row("scale", "... wall time", status.seconds, "s", "<= 3 s at 1M",
+            at_full(status.seconds <= 3) if status.code == 0 else False),
+        Row("scale", "checkpoint size", size_after / count, "bytes/object", "<= 200", per_object(size_after / count <= 200)),
+        Row("scale", f"verify of {count:,} copies (synthetic Drive): peak RSS above a dry run's", verify_above,
+            "bytes/object", "<= 100", per_object(verify_above <= 100) if verify_clean else False),
+        Row("scale", "... wall time", verify.seconds, "s", "<= 60 s at 1M", at_full(verify.seconds <= 60) if verify_clean else False),
     ]
 
 
@@ -512,7 +526,7 @@ def scenario_dates(options: argparse.Namespace) -> list[Row]:
         with_dates = run_tool(cloud.workdir, cloud.tool_env(), "--checkpoint", "a.json", "--folder", "A", quiet=False)
         without = run_tool(cloud.workdir, cloud.tool_env(), "--checkpoint", "b.json", "--folder", "B",
                            "--date-from", "s3", quiet=False)
-    summary = re.search(r"(\d+) from EXIF, (\d+) from video headers.*?(?:\((\d+) ranged GETs of video headers, ([\d.]+) (\w+)\))?$",
+    summary = re.search(r"(\d+) from EXIF, (\d+) from video headers.*?(?:\((\d+) ranged GETs of file headers and sidecars, ([\d.]+) (\w+)\))?$",
                         with_dates.stdout, re.M)
     exif, video, gets = (int(summary[1]), int(summary[2]), int(summary[3] or 0)) if summary else (0, 0, 0)
     header_kib = float(summary[4]) * {"B": 1 / 1024, "KiB": 1, "MiB": 1024}.get(summary[5], 1) if summary and summary[4] else 0.0

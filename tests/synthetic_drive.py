@@ -2,7 +2,8 @@
 objects: files.list pages generated on request, as Drive would answer a walk of the copy the tool
 made (folder `NNNN` under any root, 1,000 photos in each, every one carrying the tool's provenance).
 
-Only what verify asks is served: `'<id>' in parents` listings, paged. The Drive emulator keeps its
+Only what verify asks is served: `files.get` of the root (a folder, not full) and `'<id>' in
+parents` listings, paged. The Drive emulator keeps its
 files in a list it scans per query, which is right for tests and far too slow for a million.
 """
 from __future__ import annotations
@@ -39,6 +40,9 @@ def synthetic_drive(bucket: str, count: int) -> Iterator[str]:
                                    "parents": [parent], "trashed": False, "appProperties": {}}
 
     def answer(path: str, query: dict[str, str]) -> tuple[int, str, bytes]:
+        if (got := re.fullmatch(r"/drive/v3/files/([^/]+)/?", path)) is not None:   # verify looks at its root first
+            return 200, JSON, json.dumps({"id": got[1], "name": "Amazon Photos Transfer", "mimeType": FOLDER_MIME,
+                                          "parents": ["my-drive"], "trashed": False, "appProperties": {}}).encode()
         match = PARENT_QUERY.match(query.get("q", ""))
         if path.rstrip("/") != "/drive/v3/files" or not match:
             return 404, JSON, json.dumps({"error": {"code": 404, "message": "not served here"}}).encode()

@@ -18,6 +18,7 @@ def test_benchmark_smoke_run_reports_every_scenario(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tests.benchmark", "--smoke", "--json", str(report)],
                             cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    assert " exited " not in result.stderr, result.stderr   # a step that failed makes its figures meaningless
     rows = json.loads(report.read_text())
     assert {row["scenario"] for row in rows} == set(SCENARIOS)
     for row in rows:

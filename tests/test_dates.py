@@ -381,7 +381,7 @@ def test_avi_and_matroska_videos_keep_their_recording_time_also_when_streamed(en
     out = capsys.readouterr().out
     assert "0 from EXIF, 10 from video headers" in out
     # the streamed ones: big.mkv's header in one GET, big.avi's header and its INFO after the frames
-    assert "(3 ranged GETs of video headers, " in out
+    assert "(3 ranged GETs of file headers and sidecars, " in out
     dates = dates_of(env)
     for key, _, _, expected in CONTAINER_SAMPLES:
         assert dates[key][:2] == (expected.strftime("%Y-%m-%dT%H:%M:%S"),) * 2, key
