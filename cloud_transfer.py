@@ -2602,13 +2602,13 @@ def xmp_sidecar_time(data: bytes, zone: dt.tzinfo | None) -> dt.datetime | None:
         return None
 
 
-def takeout_time(data: bytes, title: str | None = None) -> dt.datetime | None:
-    """Google Takeout's photoTakenTime (UTC seconds) from its JSON sidecar; with `title`, only if
-    the sidecar names that photo (a sidecar whose name was cut may belong to another)."""
+def takeout_time(data: bytes, titles: Collection[str] = ()) -> dt.datetime | None:
+    """Google Takeout's photoTakenTime (UTC seconds) from its JSON sidecar; with `titles`, only if
+    the sidecar names one of them (a sidecar whose name was cut may belong to another photo)."""
     try:
         found = json.loads(data)
-        if title is not None and unicodedata.normalize("NFC", str(found.get("title", ""))).lower() != \
-                unicodedata.normalize("NFC", title).lower():   # keys from a Mac are decomposed (NFD)
+        if titles and unicodedata.normalize("NFC", str(found.get("title", ""))).lower() not in {
+                unicodedata.normalize("NFC", title).lower() for title in titles}:   # keys from a Mac are NFD
             return None
         taken = found.get("photoTakenTime") or {}
         seconds = int(taken.get("timestamp") or 0)
@@ -3111,7 +3111,9 @@ class OriginalDates:
             data = self._read_range(sidecar, 0, sidecar.size)
             name = obj.key.rsplit("/", 1)[-1]
             cut_short = not sidecar.key.rsplit("/", 1)[-1].lower().startswith(name.lower())
-            if (moment := takeout_time(data, name if cut_short else None) if extension == "json"
+            # a duplicate IMG_1(1).jpg: its sidecar's title is the name it was uploaded with, IMG_1.jpg
+            titles = {name, re.sub(r"\(\d+\)(?=\.[^.]*$)", "", name)} if cut_short else set()
+            if (moment := takeout_time(data, titles) if extension == "json"
                     else xmp_sidecar_time(data, self.zone)) is not None:
                 return moment
         return None
@@ -5303,12 +5305,16 @@ TAKEOUT_CUT = 40
 
 
 def name_group(key: str) -> str:
-    """The folder and the name up to its first dot (at most TAKEOUT_CUT characters of it): a
-    photo, its sidecars and its twin share it, and S3's listing (in key order) gives the keys that
-    share a prefix one after another."""
+    """The folder and the name up to its first dot or parenthesis (at most TAKEOUT_CUT characters
+    of it): a photo, its sidecars and its twin share it (Takeout names a duplicate's sidecar
+    IMG_1.jpg(1).json for IMG_1(1).jpg), and S3's listing (in key order) gives the keys that share
+    a prefix one after another."""
     cut = key.rfind("/") + 1
-    dot = key.find(".", cut)
-    return key[:min(len(key) if dot < 0 else dot + 1, cut + TAKEOUT_CUT)]
+    end = min(cut + TAKEOUT_CUT, len(key))
+    for mark in (".", "("):
+        if (found := key.find(mark, cut, end)) >= 0:
+            end = found
+    return key[:end]
 
 
 def sibling_groups(objects: Iterable[SourceObject], limit: int = SIBLING_GROUP_MAX) -> Iterator[list[SourceObject]]:
@@ -5342,9 +5348,18 @@ def sidecar_targets(key: str, media_names: dict[str, list[str]]) -> list[str]:
         return []
     base = lower[:-len(extension) - 1]
     if extension == "json":   # IMG_1.jpg.supplemental-metadata, IMG_1.jpg.suppl, IMG_1.jpg; a long name cut
-        return [found for candidate, names in media_names.items()
-                if (candidate + TAKEOUT_SUFFIX).startswith(base) and len(base) >= min(len(candidate), TAKEOUT_CUT)
-                for found in names]
+        duplicate = re.fullmatch(r"(.+)(\(\d+\))", base)   # IMG_1.jpg(1).json: the sidecar of IMG_1(1).jpg
+        found = []
+        for candidate, names in media_names.items():
+            wanted = base
+            if duplicate:
+                stem, dot, extension = candidate.rpartition(".")
+                if not (dot and stem.endswith(duplicate[2])):
+                    continue
+                candidate, wanted = stem[:-len(duplicate[2])] + "." + extension, duplicate[1]
+            if (candidate + TAKEOUT_SUFFIX).startswith(wanted) and len(wanted) >= min(len(candidate), TAKEOUT_CUT):
+                found += names
+        return found
     if base in media_names:
         return media_names[base]
     return [found for candidate, names in media_names.items() if _stem(candidate) == base for found in names]

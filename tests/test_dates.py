@@ -565,6 +565,21 @@ def test_a_sidecar_of_two_photos_follows_the_one_that_is_copied(env):
     assert set(dates_of(env)) == {"2015/04/IMG_3.JPG", "2015/04/IMG_3.xmp"}
 
 
+def test_takeouts_duplicates_find_their_own_sidecars(env):
+    first, second = dt.datetime(2019, 7, 4, 14, 10, tzinfo=UTC), dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    env.put("to/IMG_0009.jpg", media.jpeg(None))
+    env.put("to/IMG_0009(1).jpg", media.jpeg(None))               # a second photo of that name in the album
+    env.put("to/IMG_0009.jpg.json", takeout_json("IMG_0009.jpg", first))
+    env.put("to/IMG_0009.jpg(1).json", takeout_json("IMG_0009.jpg", second))
+    env.put("to/IMG_0010(1).jpg", media.jpeg(None))
+    env.put("to/IMG_0010.jpg.supplemental-metadata(1).json", takeout_json("IMG_0010.jpg", second))
+    assert env.main() == 0
+    dates = dates_of(env)
+    assert dates["to/IMG_0009.jpg"][:2] == (at(2019, 7, 4, 14, 10, 0),) * 2
+    assert dates["to/IMG_0009(1).jpg"][:2] == dates["to/IMG_0010(1).jpg"][:2] == (at(2020, 1, 2, 3, 4, 5),) * 2
+    assert "to/IMG_0009.jpg(1).json" in dates
+
+
 def test_no_sidecars_leaves_them_out_and_still_reads_them(env):
     env.put("lr/IMG_0001.CR2", UNDATED_RAW)
     env.put("lr/IMG_0001.xmp", media.xmp_packet(exif_DateTimeOriginal="2016-05-04T03:02:01+02:00"))
@@ -608,8 +623,8 @@ def test_sidecars_and_twins_are_found_in_the_name_group_and_nowhere_else():
 def test_a_cut_takeout_sidecar_is_matched_by_its_title_in_either_unicode_form():
     taken = dt.datetime(2019, 7, 4, 14, 10, tzinfo=UTC)
     composed, decomposed = "Ferien am Bodensee mit Großmutter und Jürgen.jpg", "Ferien am Bodensee mit Großmutter und Ju\u0308rgen.jpg"
-    assert ct.takeout_time(takeout_json(decomposed, taken), composed) == taken    # a key uploaded from a Mac
-    assert ct.takeout_time(takeout_json("another photo.jpg", taken), composed) is None
+    assert ct.takeout_time(takeout_json(decomposed, taken), [composed]) == taken    # a key uploaded from a Mac
+    assert ct.takeout_time(takeout_json("another photo.jpg", taken), [composed]) is None
 
 
 def test_takeout_times_and_what_is_not_one():
