@@ -3125,38 +3125,29 @@ class OriginalDates:
         extension = media_format(obj.key, staged)
         if extension == "json" and staged is not None and obj.size <= SIDECAR_MAX_BYTES:   # a Takeout sidecar's own
             return takeout_time(staged.read_bytes()), "sidecar", None
-        if extension in MP4_EXTENSIONS:
-            if staged is not None:
-                with open(staged, "rb") as stream:
-                    return mp4_creation_time(lambda offset, length: os.pread(stream.fileno(), length, offset),
-                                             obj.size, self.zone), "video", None
-            return mp4_creation_time(block_reader(lambda offset, length: self._read_range(obj, offset, length)),
-                                     obj.size, self.zone), "video", None
-        if extension in AVCHD_EXTENSIONS:
-            if staged is not None:
-                with open(staged, "rb") as stream:
-                    return avchd_recording_time(stream.read(AVCHD_HEAD_BYTES), self.zone), "video", None
-            return avchd_recording_time(self._read_range(obj, 0, AVCHD_HEAD_BYTES), self.zone), "video", None
-        if extension in HEADER_DATED_VIDEOS:
-            # hachoir reads a field at a time, only those before the date: through block_reader, a
-            # header costs one ranged GET, an INFO list after the frames one more
+        if staged is None or extension in VIDEO_EXTENSIONS:
+            # through block_reader: 64 KiB ranged GETs of what the format needs (hachoir, too, reads
+            # a field at a time: an AVI's header costs one GET, an INFO list after its frames one more)
             with (open(staged, "rb") if staged is not None else ReadAtStream(
                     block_reader(lambda offset, length: self._read_range(obj, offset, length)), obj.size)) as stream:
-                if MEDIA_TYPES[extension] == "video/x-msvideo":
-                    return avi_recording_time(stream, self.zone), "video", None
-                return matroska_recording_time(stream), "video", None
-        if extension in VIDEO_EXTENSIONS:
-            return None, "", None
-        if staged is None:   # a twin's or a sidecar's photo: EXIF sits in its first blocks
-            captured, written = photo_times_in(ReadAtStream(block_reader(
-                lambda offset, length: self._read_range(obj, offset, length)), obj.size), obj.size, self.zone)
-            return captured, "exif", written
+                if extension in MP4_EXTENSIONS:
+                    return mp4_creation_time(lambda offset, length: (stream.seek(offset), stream.read(length))[1],
+                                             obj.size, self.zone), "video", None
+                if extension in AVCHD_EXTENSIONS:
+                    return avchd_recording_time(stream.read(AVCHD_HEAD_BYTES), self.zone), "video", None
+                if extension in HEADER_DATED_VIDEOS:
+                    if MEDIA_TYPES[extension] == "video/x-msvideo":
+                        return avi_recording_time(stream, self.zone), "video", None
+                    return matroska_recording_time(stream), "video", None
+                if extension in VIDEO_EXTENSIONS:
+                    return None, "", None
+                captured, written = photo_times_in(stream, obj.size, self.zone)   # a twin's or a sidecar's photo
+                return captured, "exif", written
         captured, written = photo_times(staged, self.zone)
         if captured is not None:
             return captured, "exif", written
         captured, source, also_written = photo_tags(staged, self.zone)
         return captured, source, written or also_written
-
 
 
 class ReadAtStream(io.RawIOBase):
