@@ -2404,6 +2404,12 @@ def plausible(moment: dt.datetime | None, what: str) -> dt.datetime | None:
     return moment
 
 
+def in_zone(wall: dt.datetime, zone: dt.tzinfo | None) -> dt.datetime:
+    """A wall-clock time without an offset (a camera's, a file name's) read in `zone` (--timezone;
+    None: this machine's zone), never as UTC. OverflowError/OSError/ValueError for one out of range."""
+    return wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()
+
+
 def parse_exif_datetime(value: str, offset: str = "", zone: dt.tzinfo | None = None, subsec: str = "") -> dt.datetime | None:
     """EXIF 'YYYY:MM:DD HH:MM:SS' (+ OffsetTimeOriginal '+02:00', + SubSecTimeOriginal '123': the
     fraction's digits, which keep a burst's photos in their order) → aware datetime; None if unusable.
@@ -2424,7 +2430,7 @@ def parse_exif_datetime(value: str, offset: str = "", zone: dt.tzinfo | None = N
         sign = 1 if match[1] == "+" else -1
         return wall.replace(tzinfo=dt.timezone(sign * dt.timedelta(hours=int(match[2]), minutes=int(match[3]))))
     try:
-        return wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()   # naive: local
+        return in_zone(wall, zone)
     except (OverflowError, OSError, ValueError):
         return None
 
@@ -2521,7 +2527,7 @@ def parse_xmp_datetime(value: str, zone: dt.tzinfo | None) -> dt.datetime | None
             sign, digits = (1 if offset[0] != "-" else -1), offset[1:].replace(":", "")
             zone = dt.timezone.utc if offset == "Z" else dt.timezone(
                 sign * dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
-        moment = wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()
+        moment = in_zone(wall, zone)
     except (ValueError, OverflowError, OSError):
         return None
     return plausible(moment, "XMP/IPTC date")
@@ -2565,13 +2571,18 @@ def _read_tags(exiv2: Any, path: Path, extended: list[bytes], found: dict[str, s
     image = exiv2.ImageFactory.open(str(path))
     image.readMetadata()
     tags = [image.exifData(), image.xmpData(), image.iptcData()]
-    for packet in extended:   # read as an XMP sidecar is: its XMP only (libexiv2 copies it into EXIF too)
-        sidecar = exiv2.ImageFactory.open(packet)
-        sidecar.readMetadata()
-        tags.append(sidecar.xmpData())
+    tags += [_packet_xmp(exiv2, packet) for packet in extended]
     for data in tags:
         for datum in data:
             found.setdefault(datum.key(), str(datum.value()))
+
+
+def _packet_xmp(exiv2: Any, packet: bytes) -> Any:
+    """The XMP of a bare packet (a sidecar, an extended part), read as libexiv2 reads an XMP
+    sidecar: its XMP only (libexiv2 copies it into EXIF and IPTC too). Under EXIV2_LOCK."""
+    image = exiv2.ImageFactory.open(packet)
+    image.readMetadata()
+    return image.xmpData()
 
 
 def first_tag_time(found: dict[str, str], zone: dt.tzinfo | None) -> tuple[dt.datetime | None, str]:
@@ -2593,9 +2604,7 @@ def xmp_sidecar_time(data: bytes, zone: dt.tzinfo | None) -> dt.datetime | None:
         return None
     try:
         with EXIV2_LOCK:
-            packet = exiv2.ImageFactory.open(data)
-            packet.readMetadata()
-            found = {datum.key(): str(datum.value()) for datum in packet.xmpData()}
+            found = {datum.key(): str(datum.value()) for datum in _packet_xmp(exiv2, data)}
         return first_tag_time(found, zone)[0]
     except Exception:
         log.debug("unreadable XMP sidecar", exc_info=True)
@@ -2676,8 +2685,7 @@ def date_in_name(key: str, zone: dt.tzinfo | None) -> dt.datetime | None:
             if wall.year < NAME_DATE_MIN_YEAR:
                 continue
             try:
-                moment = wall.replace(tzinfo=dt.timezone.utc) if utc else \
-                    wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()
+                moment = in_zone(wall, dt.timezone.utc if utc else zone)
             except (OverflowError, OSError, ValueError):
                 continue
             if plausible(moment, "date in the file name"):
@@ -2913,8 +2921,7 @@ def riff_date(text: str, zone: dt.tzinfo | None) -> dt.datetime | None:
     if found is None:
         return None
     try:
-        wall = dt.datetime(*(int(part) for part in found))
-        moment = wall.replace(tzinfo=zone) if zone is not None else wall.astimezone()
+        moment = in_zone(dt.datetime(*(int(part) for part in found)), zone)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
     return plausible(moment, "AVI date")
@@ -3006,7 +3013,7 @@ def avchd_recording_time(head: bytes, zone: dt.tzinfo | None) -> dt.datetime | N
                 wall = dt.datetime(digits[0] * 100 + digits[1], *digits[2:])
                 minutes = (zone_byte >> 1 & 0x0F) * 60 + (30 if zone_byte & 1 else 0)
                 own = None if zone_byte & 0x80 else dt.timezone(dt.timedelta(minutes=-minutes if zone_byte & 0x20 else minutes))
-                moment = wall.replace(tzinfo=own or zone) if (own or zone) is not None else wall.astimezone()
+                moment = in_zone(wall, own or zone)
             except (ValueError, OverflowError, OSError):
                 return None
             return plausible(moment, "AVCHD recording time")
