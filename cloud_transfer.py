@@ -136,6 +136,9 @@ CHUNK_QUANTUM_BYTES = 256 * 1024
 SINGLE_REQUEST_MAX_BYTES = 5 * 1024 * 1024
 DOWNLOAD_BLOCK_BYTES = 1024 * 1024
 STREAM_SEND_BLOCK_BYTES = 1024 * 1024   #: block read from the staging file per send() of a chunk
+#: A streamed upload's staging file holds this many chunks at most: the one being sent and what the
+#: download has fetched ahead of it, so temporary disk is bounded whatever the object's size.
+STAGING_WINDOW_CHUNKS = 3
 
 SCOPE_DRIVE_FILE = "https://www.googleapis.com/auth/drive.file"  #: sees only what the tool created
 SCOPE_DRIVE_FULL = "https://www.googleapis.com/auth/drive"
@@ -2107,23 +2110,6 @@ def make_s3_client(config: Config) -> Any:
     return client
 
 
-class _StopAwareWriter:
-    """A file wrapper whose write() raises InterruptedRun once `stop` is set, so a Ctrl-C or SIGTERM
-    ends a download at the next block. Each block is progress: S3 is up."""
-
-    def __init__(self, fileobj: Any, stop: threading.Event, outage: OutageWatch):
-        self._fileobj, self._stop, self._outage = fileobj, stop, outage
-
-    def write(self, data: bytes) -> int:
-        if self._stop.is_set():
-            raise InterruptedRun("interrupted")
-        self._outage.ok("S3")
-        return self._fileobj.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fileobj, name)
-
-
 class S3Source:
     """Lists and reads objects of one bucket/prefix; turns botocore errors into ours.
     Downloads end early (InterruptedRun) once `stop` is set."""
@@ -2267,11 +2253,26 @@ class S3Source:
 
     def download_to(self, obj: SourceObject, fileobj: Any,
                     on_response: Callable[[Download], None] = lambda headers: None) -> Download:
-        """Stream the object into `fileobj` (opened w+b), hashing on the way; verify size and ETag.
-        `on_response` gets the object's headers (MD5 still empty) before the first byte."""
-        writer = _StopAwareWriter(fileobj, self.stop, self.outage)
+        """Stream the object into `fileobj` (None: only hashed), hashing on the way; verify size and
+        ETag. `on_response` gets the object's headers (MD5 still empty) before the first byte."""
+        md5, received = hashlib.md5(), 0
+
+        def write(block: bytes) -> None:
+            nonlocal received
+            md5.update(block)
+            if fileobj is not None:
+                fileobj.write(block)
+            received += len(block)
+        headers = self.stream(obj, write, 0, on_response)
+        return self.checked(obj, dataclasses.replace(headers, md5=md5.hexdigest()), received)
+
+    def stream(self, obj: SourceObject, write: Callable[[bytes], Any], start: int = 0,
+               on_response: Callable[[Download], None] = lambda headers: None) -> Download:
+        """Bytes `start`.. of the listed version, in order, block by block to `write`; the headers
+        (MD5 empty) go to `on_response` before the first byte. Ends early (InterruptedRun) once
+        `stop` is set."""
         try:
-            result = self._streamed_get(obj, writer, on_response)
+            headers = self._streamed_get(obj, write, start, on_response)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError,
                 *TRANSIENT_NETWORK_ERRORS) as exc:
             verdict = classify_s3_error(exc, self.profile)
@@ -2279,24 +2280,27 @@ class S3Source:
                 self.outage.failed("S3", verdict.reason)
             raise_for(verdict)
         self.outage.ok("S3")
-        written = fileobj.tell()
-        if written != obj.size:
-            raise ObjectError(Verdict(Verdict.RETRY, f"truncated download: {written} of {obj.size} bytes"))
-        if result.etag_checked and result.md5 != obj.etag:
+        return headers
+
+    def checked(self, obj: SourceObject, download: Download, received: int) -> Download:
+        """A whole download's size and MD5 against the listing's size and ETag."""
+        if received != obj.size:
+            raise ObjectError(Verdict(Verdict.RETRY, f"truncated download: {received} of {obj.size} bytes"))
+        if download.etag_checked and download.md5 != obj.etag:
             if not self.opaque_etags:
-                raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {result.md5} vs ETag {obj.etag}"))
+                raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {download.md5} vs ETag {obj.etag}"))
             # Other stores may send 32 hex digits that are no MD5 and say nothing about it (their
             # encryption, say). Two downloads that agree are the bytes; Drive's md5Checksum still
             # checks the copy end to end.
             with self._mismatch_lock:
                 earlier = self._etag_mismatches.pop((obj.key, obj.etag), None)
-                if earlier != result.md5:
-                    self._etag_mismatches[(obj.key, obj.etag)] = result.md5
-                    raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {result.md5} vs ETag {obj.etag}"))
+                if earlier != download.md5:
+                    self._etag_mismatches[(obj.key, obj.etag)] = download.md5
+                    raise ObjectError(Verdict(Verdict.RETRY, f"corrupted download: MD5 {download.md5} vs ETag {obj.etag}"))
             log.warning("the ETag of %s is not the MD5 of its bytes (two downloads agree): checking the copy "
                         "with Drive's MD5 only", obj.key)
-            result = dataclasses.replace(result, etag_checked=False)
-        return result
+            download = dataclasses.replace(download, etag_checked=False)
+        return download
 
     def _pinned(self, obj: SourceObject) -> dict[str, str]:
         # IfMatch pins the bytes to the listed version: a concurrent overwrite fails with 412. A store
@@ -2308,30 +2312,33 @@ class S3Source:
         return Download(md5, response.get("ContentType"), metadata_mtime(metadata),
                         etag_checked=self.etags_are_md5 and etag_is_md5(obj.etag, response), metadata=metadata)
 
-    def _streamed_get(self, obj: SourceObject, fileobj: Any, on_response: Callable[[Download], None]) -> Download:
-        """One GET, read in order (an upload can follow it closely), hashed on the way. A body cut
-        off mid-way is resumed where it stopped with a Range GET pinned to the same ETag, so a
-        dropped connection late in a 4 GB video costs a request, not the whole download.
+    def _streamed_get(self, obj: SourceObject, write: Callable[[bytes], Any], start: int,
+                      on_response: Callable[[Download], None]) -> Download:
+        """One GET, read in order (an upload can follow it closely). A body cut off mid-way is
+        resumed where it stopped with a Range GET pinned to the same ETag, so a dropped connection
+        late in a 4 GB video costs a request, not the whole download.
 
         PERF: s3transfer's parallel ranged GETs were dropped here: they write out of order, so the
         upload could not start before the last byte, and the MD5 needed a second pass over the file.
         One stream is what rclone uses for cloud-to-cloud copies; measured on moto it moves 1 GiB at
         975 MiB/s against s3transfer's 22-68 MiB/s (moto reads the object for every range)."""
-        md5, written, response = hashlib.md5(), 0, None
+        written, headers = start, None
         for attempt in range(1, MAX_REQUEST_ATTEMPTS + 1):
             ranged = {"Range": f"bytes={written}-"} if written else {}
             answer = self._read(self.client.get_object, Key=obj.key, **self._pinned(obj), **ranged)
-            if response is None:
-                response = answer
-                on_response(self._download(obj, "", answer))
-            elif not str(answer.get("ContentRange", "")).startswith(f"bytes {written}-"):
-                answer["Body"].close()   # a store that ignored the Range would append the whole body again
+            if written and not str(answer.get("ContentRange", "")).startswith(f"bytes {written}-"):
+                answer["Body"].close()   # a store that ignored the Range would send the whole body again
                 raise ObjectError(Verdict(Verdict.RETRY, "S3 ignored the Range of a resumed download"))
+            if headers is None:
+                headers = self._download(obj, "", answer)
+                on_response(headers)
             body = answer["Body"]
             try:
                 for block in body.iter_chunks(DOWNLOAD_BLOCK_BYTES):
-                    md5.update(block)
-                    fileobj.write(block)
+                    if self.stop.is_set():
+                        raise InterruptedRun("interrupted")
+                    self.outage.ok("S3")   # each block is progress: S3 is up
+                    write(block)
                     written += len(block)
                 break
             except (botocore.exceptions.BotoCoreError, *TRANSIENT_NETWORK_ERRORS):
@@ -2342,7 +2349,8 @@ class S3Source:
                 log.debug("S3 download of %s cut off at %d bytes: resuming there", obj.key, written)
             finally:
                 body.close()
-        return self._download(obj, md5.hexdigest(), response)
+        assert headers is not None
+        return headers
 
     def read_range(self, obj: SourceObject, offset: int, length: int) -> bytes:
         """Up to `length` bytes at `offset` of this version of the object (a video's header)."""
@@ -5571,23 +5579,63 @@ class Staging:
     uploaded: bool = False     # bytes went to Drive (what a run budget counts)
 
 
-class StagedDownload:
-    """A download written to the staging file by a thread of its own while an upload reads behind
-    it: a read waits until the bytes it asks for are on disk, so temp space is what it always was
-    (one file per worker) and the upload starts with the first chunk, not after the last byte."""
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        data, offset = data[written:], offset + written
 
-    def __init__(self, size: int, stream: Any, stop: threading.Event):
-        self.size, self._stream, self._stop = size, stream, stop
+
+class _Rewind(Exception):
+    """Raised into a download whose bytes an upload must read again from further back."""
+
+
+class StagedDownload:
+    """A download written into a staging file of at most `window` bytes by a thread of its own,
+    while an upload reads behind it and starts with the first chunk, not after the last byte.
+
+    The file is a ring: byte n of the object lives at n % window. Every resumable chunk starts
+    where Drive's last answer said it holds the bytes (the upload seeks there), so the bytes before
+    that position are never read again and the download may overwrite them: it runs at most a
+    window ahead of the chunk being sent. An upload that must go back further (a session Drive
+    expired, a chunk Drive says it lost) has the download start again there with a ranged GET.
+    The MD5 is taken on the first pass over each byte, so it is the whole object's however often
+    a range was fetched again; bytes before where a resumed session goes on are hashed, not stored,
+    unless the ETag is the object's MD5: then the download skips to where Drive's bytes end and the
+    ETag stands for the MD5 that Drive's md5Checksum is checked against.
+    """
+
+    def __init__(self, size: int, stream: Any, stop: threading.Event, window: int):
+        self.size, self._fd, self._stop = size, stream.fileno(), stop
+        self.window = max(1, min(window, size))   # a file that fits is never overwritten: a retry resends it
         self._cond = threading.Condition()
-        self._written = 0
+        self._floor = 0           # where the chunk being sent starts: Drive holds everything before
+        self._start = 0           # the first byte the file holds of the current pass
+        self._written = 0         # the end of the current pass
+        self._rewind_to: int | None = None
+        self._md5: Any = hashlib.md5()
+        self._hashed = 0
         self._headers: Download | None = None
-        self._finished = self._cancelled = False
+        self._finished = self._closed = False
         self.result: Download | None = None
         self.error: BaseException | None = None
 
     def fill(self, source: S3Source, obj: SourceObject) -> None:
+        """The download's thread: one pass to the end, then passes from wherever the upload rewinds
+        to, until the upload is over (close)."""
         try:
-            self.result = source.download_to(obj, self, on_response=self._got_headers)
+            start: int | None = 0
+            while start is not None:
+                try:
+                    headers = source.stream(obj, self._write, start, self._got_headers)
+                except _Rewind:
+                    start = self._rewound()
+                    continue
+                if self.result is None:
+                    md5 = self._md5.hexdigest() if self._md5 else obj.etag   # skipped: see the class
+                    self.result = source.checked(obj, dataclasses.replace(headers, md5=md5), self._written)
+                start = self._next_rewind()
         except BaseException as exc:  # handed to the uploading thread
             self.error = exc
         with self._cond:
@@ -5596,32 +5644,82 @@ class StagedDownload:
 
     def _got_headers(self, headers: Download) -> None:
         with self._cond:
-            self._headers = headers
+            self._headers = self._headers or headers
             self._cond.notify_all()
 
-    def write(self, data: bytes) -> int:
-        if self._cancelled:
-            raise InterruptedRun("upload abandoned")
-        written = self._stream.write(data)
-        self._stream.flush()   # the reader has a descriptor of its own
+    def _rewound(self) -> int:
         with self._cond:
-            self._written += written
-            self._cond.notify_all()
-        return written
+            assert self._rewind_to is not None
+            if self._rewind_to > self._hashed:
+                self._md5 = None
+            self._start = self._written = self._rewind_to
+            self._rewind_to = None
+            return self._start
 
-    def tell(self) -> int:
-        return self._written
-
-    def cancel(self) -> None:
+    def _next_rewind(self) -> int | None:
         with self._cond:
-            self._cancelled = True
+            while self._rewind_to is None and not self._closed:
+                self._cond.wait()
+            return None if self._closed else self._rewound()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        raise InterruptedRun("upload abandoned")
+                    if self._rewind_to is not None:
+                        raise _Rewind()
+                    offset = self._written
+                    # Bytes Drive holds already are hashed, not stored (a file that fits keeps them all)
+                    stored = offset + len(view) > self._floor or self.holds_all()
+                    room = self._floor + self.window - offset if stored else len(view)
+                    if room > 0:
+                        break
+                    if self._stop.is_set():
+                        raise InterruptedRun("interrupted")
+                    self._cond.wait(timeout=1.0)
+            piece = view[:room]
+            if self._md5 and offset + len(piece) > self._hashed:   # a pass again over hashed bytes adds nothing
+                self._md5.update(piece[self._hashed - offset:])
+                self._hashed = offset + len(piece)
+            if stored:
+                self._ring(_pwrite_all, offset, piece)
+            with self._cond:
+                self._written += len(piece)
+                if not stored:
+                    self._start = self._written
+                self._cond.notify_all()
+            view = view[len(piece):]
+
+    def _ring(self, io_call: Callable[[int, Any, int], Any], offset: int, data: Any) -> None:
+        """`io_call(fd, part, file offset)` for the one or two parts the object's bytes from
+        `offset` on (a view to write, or a length to read) occupy in the ring."""
+        at = offset % self.window
+        length = data if isinstance(data, int) else len(data)
+        first = min(length, self.window - at)
+        parts = ((first, length - first) if isinstance(data, int) else (data[:first], data[first:]))
+        io_call(self._fd, parts[0], at)
+        if first < length:
+            io_call(self._fd, parts[1], 0)
+
+    def holds_all(self) -> bool:
+        return self.window >= self.size
+
+    def close(self) -> None:
+        """The upload is over: the download stops, or its thread stops waiting for a rewind."""
+        with self._cond:
+            self._closed = True
             self._cond.notify_all()
 
     def _wait(self, ready: Callable[[], bool]) -> None:
         with self._cond:
             while not ready():
+                if self.error is not None:
+                    raise self.error
                 if self._finished:
-                    raise self.error or ObjectError(Verdict(Verdict.RETRY, "download ended early"))
+                    raise ObjectError(Verdict(Verdict.RETRY, "download ended early"))
                 if self._stop.is_set():
                     raise InterruptedRun("interrupted")
                 self._cond.wait(timeout=1.0)
@@ -5631,23 +5729,47 @@ class StagedDownload:
         assert self._headers is not None
         return self._headers
 
-    def available(self) -> int:
-        return self._written   # an int read: no lock needed for a hint
+    def seek(self, position: int) -> None:
+        """Where the upload's next chunk starts: Drive holds every byte before it."""
+        with self._cond:
+            self._floor = position
+            if position > self._written + self.window and self._headers is not None and self._headers.etag_checked:
+                self._rewind(position)   # a session resumed far ahead: the ETag stands for the MD5
+            self._cond.notify_all()
 
-    def wait_for(self, end: int) -> None:
-        self._wait(lambda: self._written >= end)
+    def _rewind(self, position: int) -> None:
+        self._rewind_to = position
+        self._floor = min(self._floor, position)
+        self._cond.notify_all()
+
+    def read(self, position: int, end: int) -> bytes:
+        """Bytes [position, end) once the file holds them (a rewind, if it no longer does), cut at a
+        window past the last seek: a chunk, and so each read of it, is a third of the window."""
+        def ready() -> bool:
+            nonlocal end
+            end = min(end, max(self._floor, position) + self.window)
+            if position < max(self._start, self._written - self.window):   # overwritten, or never stored
+                if self._rewind_to is None or self._rewind_to > position:
+                    self._rewind(position)
+                return False
+            return self._written >= end
+        self._wait(ready)
+        parts: list[bytes] = []
+        self._ring(lambda fd, length, at: parts.append(os.pread(fd, length, at)), position, end - position)
+        return b"".join(parts)
 
     def reader(self) -> _StagedReader:
-        return _StagedReader(self, os.dup(self._stream.fileno()))
+        return _StagedReader(self)
 
 
 class _StagedReader(io.RawIOBase):
     """A seekable view of a StagedDownload for googleapiclient's MediaIoBaseUpload: its size is the
-    object's (seek to the end), and reads wait for the bytes."""
+    object's (seek to the end), reads wait for the bytes, and a seek to a chunk's start tells the
+    download which bytes Drive holds."""
 
-    def __init__(self, staged: StagedDownload, fd: int):
+    def __init__(self, staged: StagedDownload):
         super().__init__()
-        self._staged, self._fd, self._pos = staged, fd, 0
+        self._staged, self._pos = staged, 0
 
     def readable(self) -> bool:
         return True
@@ -5656,8 +5778,11 @@ class _StagedReader(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._staged.size}[whence]
-        self._pos = base + offset
+        if whence == os.SEEK_END:   # MediaIoBaseUpload asks the size: not a chunk's start
+            self._pos = self._staged.size + offset
+            return self._pos
+        self._pos = offset + (self._pos if whence == os.SEEK_CUR else 0)
+        self._staged.seek(self._pos)
         return self._pos
 
     def tell(self) -> int:
@@ -5667,16 +5792,9 @@ class _StagedReader(io.RawIOBase):
         end = self._staged.size if size is None or size < 0 else min(self._pos + size, self._staged.size)
         if end <= self._pos:
             return b""
-        if self._staged.available() < end:
-            self._staged.wait_for(end)
-        data = os.pread(self._fd, end - self._pos, self._pos)
+        data = self._staged.read(self._pos, end)
         self._pos += len(data)
         return data
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
 
 
 class DailyWindow:
@@ -6259,9 +6377,7 @@ class Transfer:
         sending = Sending(self, obj, attempts, update_id, session)
         date, path = place.date, staging.path
         try:
-            if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
-                staging.stream.seek(0)
-                staging.stream.truncate()
+            if self._streams(obj, staging):
                 uploaded, download, date = self._upload_while_downloading(
                     obj, place.name, place.folder_id, staging, sending.upload, created=update_id is None, date=date)
             else:
@@ -6301,24 +6417,32 @@ class Transfer:
         log.debug("copied (%s): %s → %s (%s, date from %s)", how, obj.key, drive_path, format_bytes(obj.size),
                   date.source)
 
+    def _streams(self, obj: SourceObject, staging: Staging) -> bool:
+        """Whether the object uploads while it downloads: every resumable upload does, unless an
+        earlier attempt left the whole object in the staging file."""
+        return staging.download is None and self.drive.uploader.is_resumable(obj.size)
+
     def _date_before_upload(self, obj: SourceObject, staging: Staging) -> OriginalDate:
-        """The date, before any upload starts: from the staged file, or for a video that will upload
+        """The date, before any upload starts: from the staged file, or for a file that will upload
         while it downloads, from a HEAD (its metadata) and its header's ranged GETs."""
-        if staging.download is None and is_video(obj.key) and self.drive.uploader.is_resumable(obj.size):
+        if self._streams(obj, staging):
             return self.dates.date_of(obj, self.source.headers_of(obj), None)
         return self.dates.date_of(obj, self._staged(obj, staging), staging.path)
 
     def _upload_while_downloading(self, obj: SourceObject, name: str, folder_id: str, staging: Staging,
                                   upload: Callable[..., DriveFile], created: bool,
                                   date: OriginalDate | None) -> tuple[DriveFile, Download, OriginalDate]:
-        """A video's upload follows its download closely instead of waiting for the last byte.
+        """An upload that follows its download closely instead of waiting for the last byte, through
+        a staging file of a few chunks whatever the object's size (StagedDownload).
 
         Its MD5 is known only at the end, so it reaches `appProperties` by one update after the
         upload (one request per large file); its date, which createdTime must carry from the create
         on, comes from its header, read with ranged GETs while the download starts.
         A download that fails after the last byte was sent (an MD5 that is not the ETag's) removes
         the new Drive file before the object is tried again."""
-        staged = StagedDownload(obj.size, staging.stream, self.source.stop)
+        staging.stream.seek(0)
+        staging.stream.truncate()
+        staged = StagedDownload(obj.size, staging.stream, self.source.stop, self.staging_window_bytes())
         thread = threading.Thread(target=staged.fill, args=(self.source, obj), name="download", daemon=True)
         thread.start()
         try:
@@ -6332,12 +6456,11 @@ class Transfer:
                 metadata["appProperties"][PROP_MD5] = None
             uploaded = upload(staging.path, metadata, guess_mimetype(obj.key, headers.content_type),
                               opener=staged.reader)
-        except BaseException:
-            staged.cancel()
-            raise
         finally:
+            staged.close()
             thread.join()
-            staging.download = staged.result   # finished and verified: another attempt sends it as it is
+            if staged.holds_all():   # finished and verified: another attempt sends it as it is
+                staging.download = staged.result
         if staged.error is not None:
             if created:
                 self._remove_bad_copy(uploaded.id)
@@ -6366,15 +6489,19 @@ class Transfer:
         return staging.download
 
     def _finish_md5(self, obj: SourceObject, copy: DriveFile, staging: Staging) -> bool:
-        """A video uploaded in full whose MD5 update never came (the run was killed, or the update
-        failed, after the last chunk): download it, and if Drive holds these very bytes, record
-        their MD5 instead of uploading the video again."""
-        download = self._staged(obj, staging)
+        """A file uploaded in full whose MD5 update never came (the run was killed, or the update
+        failed, after the last chunk): download it (larger than the staging window: only hashed),
+        and if Drive holds these very bytes, record their MD5 instead of uploading it again."""
+        fits = obj.size <= self.staging_window_bytes()
+        download = self._staged(obj, staging) if fits else self.source.download_to(obj, None)
         if copy.md5 != download.md5:
             return False
         log.info("%s: already uploaded in full; recording its MD5", obj.key)
-        self._set_md5(copy.id, download.md5, self.dates.date_of(obj, download, staging.path))
+        self._set_md5(copy.id, download.md5, self.dates.date_of(obj, download, staging.path if fits else None))
         return True
+
+    def staging_window_bytes(self) -> int:
+        return STAGING_WINDOW_CHUNKS * self.drive.uploader.chunk_size_bytes
 
     def _remove_bad_copy(self, file_id: str) -> None:
         try:
@@ -7365,11 +7492,13 @@ def cmd_check(config: Config, runtime: Runtime) -> ExitCode:
     def temp_dir() -> str:
         staging = make_private_temp_dir(config.temp_dir)
         shutil.rmtree(staging, ignore_errors=True)
-        free, needed = shutil.disk_usage(staging.parent).free, sum(left["largest"])
+        window = STAGING_WINDOW_CHUNKS * config.chunk_size_bytes
+        free, needed = shutil.disk_usage(staging.parent).free, sum(min(size, window) for size in left["largest"])
+        bound = f"{config.workers} files in flight, each staged in at most {format_bytes(window)}"
         if needed > free:
-            raise UsageError(f"{staging.parent} has {format_bytes(free)} free; the {config.workers} largest files "
-                             f"in flight at once need {format_bytes(needed)}: use --temp-dir or fewer --workers")
-        return f"{staging.parent} is writable, {format_bytes(free)} free ({format_bytes(needed)} needed at most)"
+            raise UsageError(f"{staging.parent} has {format_bytes(free)} free; {bound} need {format_bytes(needed)}: "
+                             "use --temp-dir, a smaller --chunk-size or fewer --workers")
+        return f"{staging.parent} is writable, {format_bytes(free)} free ({format_bytes(needed)} needed at most: {bound})"
 
     def daily_budget() -> str:
         runs = checkpoint.runs if checkpoint else []

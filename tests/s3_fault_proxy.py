@@ -33,7 +33,8 @@ INTELLIGENT_TIERING; while the value is ``ARCHIVE_ACCESS`` or ``DEEP_ARCHIVE_ACC
 ``x-amz-archive-status`` and a GET gets 403 InvalidObjectState, as AWS answers for an object that
 must be restored first; None is the frequent tier (readable, as after a restore, which a
 RestoreObject through this proxy completes at once). Each object GET
-and HEAD is counted per key in ``gets`` and ``heads``.
+and HEAD is counted per key in ``gets`` and ``heads``; ``get_ranges`` lists each object GET's key
+and Range header (None without one), in order.
 
 ``restore_status_in_listing`` lists a ``RestoreStatus`` when the request asks for it
 (``x-amz-optional-object-attributes: RestoreStatus``), as AWS does and moto does not: only for
@@ -117,6 +118,7 @@ class S3FaultProxy:
         self.restoring: set[str] = set()
         self.gets: Counter[str] = Counter()
         self.heads: Counter[str] = Counter()
+        self.get_ranges: list[tuple[str, str | None]] = []   # (key, Range header or None) of each object GET
         self.counts: Counter[str] = Counter()
         self._origin: dict[tuple[str, str], str] = {}   # (key, ETag we sent) -> moto's ETag
         proxy = self
@@ -319,7 +321,10 @@ class S3FaultProxy:
             self._answer(handler, 403, "Forbidden", ARCHIVED_BODY)
             return
         if is_object_get:
-            if any(name.lower() == "range" for name in handler.headers):
+            asked_range = next((v for k, v in handler.headers.items() if k.lower() == "range"), None)
+            with self.lock:
+                self.get_ranges.append((key, asked_range))
+            if asked_range is not None:
                 self._count("ranged_get")
             if self.on_object_get is not None:
                 self.on_object_get(parts[1])

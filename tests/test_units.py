@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import threading
+import types
 import time
 import json
 
@@ -840,60 +841,114 @@ def test_s3_timestamps_parse_as_botocore_would(value):
 # -- a download read behind by an upload ------------------------------------------------------------
 
 class _ScriptedSource:
-    """Stands in for S3Source.download_to: writes the blocks it is handed, one per `step` event."""
+    """Stands in for S3Source.stream/checked: hands `body` from `start` on in blocks, one per `step`
+    release when stepped, and records where each pass started."""
 
-    def __init__(self, blocks, fail=None):
-        self.blocks, self.fail = blocks, fail
-        self.step = threading.Semaphore(0)
+    def __init__(self, body, block=1000, fail=None, stepped=True, etag_checked=False):
+        self.body, self.block, self.fail = body, block, fail
+        self.step = threading.Semaphore(0) if stepped else None
+        self.starts, self.etag_checked = [], etag_checked
 
-    def download_to(self, obj, fileobj, on_response):
-        on_response(ct.Download("", "video/mp4", None))
-        for block in self.blocks:
-            self.step.acquire()
-            fileobj.write(block)
+    def stream(self, obj, write, start, on_response):
+        self.starts.append(start)
+        on_response(ct.Download("", "video/mp4", None, etag_checked=self.etag_checked))
+        for at in range(start, len(self.body), self.block):
+            if self.step:
+                self.step.acquire()
+            write(self.body[at:at + self.block])
         if self.fail:
             raise self.fail
-        return ct.Download(hashlib.md5(b"".join(self.blocks)).hexdigest(), "video/mp4", None)
+        return ct.Download("", "video/mp4", None)
+
+    def checked(self, obj, download, received):
+        assert received == len(self.body)
+        return download
+
+
+def _staged(tmp_path, source, window, size=None):
+    stream = open(tmp_path / "staged", "w+b")
+    staged = ct.StagedDownload(size or len(source.body), stream, threading.Event(), window)
+    listed = types.SimpleNamespace(key="v.mp4", size=len(source.body), etag="0123456789abcdef" * 2)
+    thread = threading.Thread(target=staged.fill, args=(source, listed))
+    thread.start()
+    return staged, thread, stream
 
 
 def test_staged_download_lets_an_upload_read_bytes_as_soon_as_they_are_on_disk(tmp_path):
-    blocks = [b"a" * 1000, b"b" * 1000, b"c" * 500]
-    source = _ScriptedSource(blocks)
-    with open(tmp_path / "staged", "w+b") as stream:
-        staged = ct.StagedDownload(2500, stream, threading.Event())
-        thread = threading.Thread(target=staged.fill, args=(source, None))
-        thread.start()
-        assert staged.headers().content_type == "video/mp4"   # before any byte
-        reader = staged.reader()
-        assert reader.seek(0, os.SEEK_END) == 2500             # MediaIoBaseUpload's size: the object's
-        reader.seek(0)
-        source.step.release()
-        assert reader.read(1000) == b"a" * 1000                # the first block, the rest not yet there
-        got = []
-        later = threading.Thread(target=lambda: got.append(reader.read(1500)))
-        later.start()
-        source.step.release()
-        source.step.release()
-        later.join(timeout=10)
-        thread.join(timeout=10)
-        assert got == [b"b" * 1000 + b"c" * 500]
-        assert staged.result.md5 == hashlib.md5(b"".join(blocks)).hexdigest() and staged.error is None
-        reader.close()
+    source = _ScriptedSource(b"a" * 1000 + b"b" * 1000 + b"c" * 500)
+    staged, thread, stream = _staged(tmp_path, source, window=10_000)
+    assert staged.headers().content_type == "video/mp4"   # before any byte
+    reader = staged.reader()
+    assert reader.seek(0, os.SEEK_END) == 2500             # MediaIoBaseUpload's size: the object's
+    reader.seek(0)
+    source.step.release()
+    assert reader.read(1000) == b"a" * 1000                # the first block, the rest not yet there
+    got = []
+    later = threading.Thread(target=lambda: got.append(reader.read(1500)))
+    later.start()
+    source.step.release()
+    source.step.release()
+    later.join(timeout=10)
+    assert got == [b"b" * 1000 + b"c" * 500]
+    staged.close()
+    thread.join(timeout=10)
+    assert staged.result.md5 == hashlib.md5(source.body).hexdigest() and staged.error is None
+    assert staged.holds_all() and stream.read() == source.body   # a retry can send the file as it is
+    stream.close()
 
 
 def test_staged_download_hands_a_failed_download_to_the_reader(tmp_path):
     failure = ct.ObjectError(ct.Verdict(ct.Verdict.RETRY, "corrupted download"))
-    source = _ScriptedSource([b"a" * 100], fail=failure)
-    with open(tmp_path / "staged", "w+b") as stream:
-        staged = ct.StagedDownload(1000, stream, threading.Event())
-        thread = threading.Thread(target=staged.fill, args=(source, None))
-        thread.start()
-        source.step.release()
+    source = _ScriptedSource(b"a" * 100, fail=failure)
+    staged, thread, stream = _staged(tmp_path, source, window=10_000, size=1000)   # cut off after 100
+    source.step.release()
+    reader = staged.reader()
+    with pytest.raises(ct.ObjectError, match="corrupted download"):
+        reader.read(1000)
+    staged.close()
+    thread.join(timeout=10)
+    stream.close()
+
+
+def test_staging_window_holds_only_what_drive_lacks_and_fetches_again_what_it_overwrote(tmp_path):
+    body = bytes(range(256)) * 40   # 10,240 bytes through a 3,000-byte window
+    source = _ScriptedSource(body, block=700, stepped=False)
+    staged, thread, stream = _staged(tmp_path, source, window=3000)
+    reader = staged.reader()
+    reader.seek(0, os.SEEK_END)
+    for chunk_start in range(0, 6000, 1000):   # as Drive acknowledges chunk after chunk
+        reader.seek(chunk_start)
+        assert reader.read(1000) == body[chunk_start:chunk_start + 1000]
+        assert os.fstat(stream.fileno()).st_size <= 3000
+    reader.seek(500)   # a session started again: bytes 500.. were overwritten
+    assert reader.read(2000) == body[500:2500]
+    for chunk_start in range(2500, len(body), 1000):
+        reader.seek(chunk_start)
+        assert reader.read(1000) == body[chunk_start:chunk_start + 1000]
+    staged.close()
+    thread.join(timeout=10)
+    assert source.starts == [0, 500] and staged.error is None
+    assert staged.result.md5 == hashlib.md5(body).hexdigest()   # of every byte, hashed once
+    assert not staged.holds_all() and os.fstat(stream.fileno()).st_size <= 3000
+    stream.close()
+
+
+def test_staging_window_skips_to_where_a_resumed_session_goes_on_when_the_etag_is_the_md5(tmp_path):
+    body = b"x" * 20_000
+    for etag_checked, starts in ((True, [0, 15_000]), (False, [0])):
+        source = _ScriptedSource(body, block=1000, stepped=False, etag_checked=etag_checked)
+        staged, thread, stream = _staged(tmp_path, source, window=3000)
         reader = staged.reader()
-        with pytest.raises(ct.ObjectError, match="corrupted download"):
-            reader.read(1000)
+        staged.headers()
+        for chunk_start in range(15_000, len(body), 1000):   # Drive holds 15,000 bytes of an earlier run's session
+            reader.seek(chunk_start)
+            assert reader.read(1000) == body[chunk_start:chunk_start + 1000]
+        staged.close()
         thread.join(timeout=10)
-        reader.close()
+        assert source.starts == starts
+        # skipped: the ETag stands for the MD5 (checked against Drive's); else every byte was hashed
+        assert staged.result.md5 == ("0123456789abcdef" * 2 if etag_checked else hashlib.md5(body).hexdigest())
+        stream.close()
 
 
 def test_verify_walk_spill_finds_copies_by_provenance_or_path_even_when_hashes_collide(tmp_path, monkeypatch):
