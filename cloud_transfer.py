@@ -4264,14 +4264,26 @@ class CheckpointEntry:
     taken: str | None = None      # done by an upload: the capture day and its source, "2019-07-04 exif"
 
     def to_json(self) -> dict[str, Any]:
-        # The ETag is kept whatever it is: some S3-compatible stores send an empty one.
-        return {name: value for name in _ENTRY_FIELD_ORDER
+        # The ETag is kept whatever it is: some S3-compatible stores send an empty one. A done entry
+        # leaves out what most of a million share (PERF: bytes on disk): an MD5 equal to the ETag
+        # (one uploaded whole), and a first attempt.
+        data = {name: value for name in _ENTRY_FIELD_ORDER
                 if (value := getattr(self, name)) not in (None, "") or name == "etag"}
+        if self.status == STATUS_DONE:
+            if self.md5 == self.etag:
+                data.pop("md5", None)
+            else:
+                data["md5"] = self.md5   # None too: a missing one would be read as the ETag
+            if self.attempts == 1:
+                del data["attempts"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | CheckpointEntry) -> CheckpointEntry:
         if isinstance(data, CheckpointEntry):   # already built by json_entries_hook
             return data
+        if data.get("status") == STATUS_DONE:   # what to_json leaves out
+            data = {"md5": data.get("etag"), "attempts": 1, **data}
         try:
             entry = cls(**data)
         except TypeError:   # a field this version does not know (written by a newer one): dropped
@@ -4307,6 +4319,12 @@ def utc_now_iso() -> str:
 
 
 OBJECTS_LINE = b' "objects": {\n'   # in a snapshot, the last header line; one object per line follows
+
+
+def snapshot_line(key: str, data: dict[str, Any]) -> bytes:
+    """One object's line in the snapshot (without its comma): compact, still JSON to read."""
+    return (json.dumps(key, ensure_ascii=False) + ":" + json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+            ).encode("utf-8")
 
 
 class _NotLineFormat(Exception):
@@ -4349,14 +4367,21 @@ class HashedLines:
         return (name_hash & 0xFFFF_FFFF_FFFF_FFFF) >> cls.POSITION_BITS << cls.POSITION_BITS
 
     def seal(self, fd: int) -> None:
-        """Sort (one transient int a line: ~44 bytes, the peak of a million-photo run); lines are
-        then read from `fd`."""
+        """Sort; lines are then read from `fd`. PERF: in 256 buckets by the top 8 bits, each sorted
+        on its own, so the transient Python ints (~44 bytes each) are a bucket's, not every line's:
+        16 bytes a line at the peak instead of 52, and faster than one sort of a million."""
         if len(self._hashes) >> self.POSITION_BITS:
             raise CheckpointError(f"more than {1 << self.POSITION_BITS} objects in one index")
-        packed = sorted(map(int.__or__, map(self._hash_bits, self._hashes), range(len(self._hashes))))
+        buckets = [array("Q") for _ in range(256)]
+        appends = [bucket.append for bucket in buckets]
+        for position, bits in enumerate(map(self._hash_bits, self._hashes)):
+            packed = bits | position
+            appends[packed >> 56](packed)
         self._hashes = array("q")
-        self._sorted = array("Q", packed)
-        del packed
+        self._sorted = array("Q")
+        for number in range(len(buckets)):
+            self._sorted.extend(sorted(buckets[number]))
+            buckets[number] = array("Q")
         self.close()
         self._fd = fd
 
@@ -4571,8 +4596,7 @@ class Checkpoint:
         offsets: list[int] = []
         pieces: list[bytes] = []
         for n, (key, data) in enumerate(self.entries(as_data=True)):   # PERF: no entry objects
-            line = json.dumps(key, ensure_ascii=False).encode("utf-8") + b": " + json.dumps(
-                data, ensure_ascii=False).encode("utf-8")
+            line = snapshot_line(key, data)
             if n:
                 pieces.append(b",\n")
                 offset += 2

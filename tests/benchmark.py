@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
+from cloud_transfer import CheckpointEntry, snapshot_line
 from tests.drive_emulator import DriveEmulator, Faults
 from tests.local_cloud import LocalCloud, local_cloud
 from tests.synthetic_drive import synthetic_drive
@@ -385,9 +386,10 @@ def write_synthetic_checkpoint(path: Path, count: int) -> None:
         out.write(head[: -len("{}\n}")] + "{\n")
         for n in range(count):   # synthetic keys are numbered in key order
             key, etag, size = synthetic_object(n)
-            entry = {"status": "done", "etag": etag, "size": size, "md5": etag, "drive_id": f"synthetic{n:09d}",
-                     "attempts": 1, "run": run, "at": "2026-12-01T00:00:00Z"}
-            out.write((",\n" if n else "") + json.dumps(key) + ": " + json.dumps(entry))
+            # as the tool records a copy: a Drive id of 33 characters, the capture day and its source
+            entry = CheckpointEntry(status="done", etag=etag, size=size, md5=etag, drive_id=f"1{n:032d}",
+                                    attempts=1, run=run, at="2026-12-01T00:00:00Z", taken="2021-06-01 exif")
+            out.write((",\n" if n else "") + snapshot_line(key, entry.to_json()).decode("utf-8"))
         out.write("\n}\n}\n")
     path.with_name(path.name + ".journal").unlink(missing_ok=True)
 

@@ -66,7 +66,7 @@ def test_names_given_are_kept_when_a_key_that_sorts_first_arrives_later(env):
     assert env.main("--layout", "flat") == 0
     assert copied(env) == {"IMG_1.jpg": "b/IMG_1.jpg", "IMG_1 (2).jpg": "a/IMG_1.jpg"}
     snapshot = env.checkpoint.read_text()
-    assert '"a/IMG_1.jpg": {' in snapshot and '"name": "IMG_1 (2).jpg"' in snapshot
+    assert '"a/IMG_1.jpg":{' in snapshot and '"name":"IMG_1 (2).jpg"' in snapshot
 
 
 def test_mirror_layout_resolves_keys_that_differ_only_by_slashes(env):

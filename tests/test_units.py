@@ -531,7 +531,7 @@ def test_checkpoint_of_an_older_version_loads_then_is_rewritten_one_object_per_l
     assert checkpoint.done_run("b.jpg", "e1", 5) == "r1" and checkpoint.get("a.jpg").etag == ""
     checkpoint.finish()   # read whole once, then rewritten in the current form
     lines = path.read_bytes().splitlines()
-    assert lines[lines.index(ct.OBJECTS_LINE.rstrip(b"\n")) + 1].startswith(b'"a.jpg": {"status": "failed"')
+    assert lines[lines.index(ct.OBJECTS_LINE.rstrip(b"\n")) + 1].startswith(b'"a.jpg":{"status":"failed"')
     reloaded = ct.Checkpoint.load(path, BINDING)
     assert [key for key, _ in reloaded.entries()] == ["a.jpg", "b.jpg"]
     assert reloaded.done_run("b.jpg", "e1", 5) == "r1" and reloaded.get("a.jpg").reason == "x"
