@@ -34,6 +34,8 @@ import base64
 import concurrent.futures
 import bisect
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import datetime as dt
 import difflib
@@ -8405,11 +8407,21 @@ def stop_on_signals(stop: threading.Event) -> contextlib.AbstractContextManager[
     return handling_signals(handle)
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the OS (glibc's malloc_trim). PERF: Python compiles a
+    script it runs (no .pyc), and this one's compiler leaves ~20 MiB of freed heap that a run's
+    large arrays, allocated elsewhere (mmap), never reuse: a tenth of a million-photo run's peak."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None, *, own_process: bool = False) -> int:
     """Run one command; returns its exit code. `own_process` (the script itself, not a caller
     using it as a library) lets it end the process at once when work had to be abandoned."""
     if environ is None:
         environ = dict(os.environ)
+    if own_process:
+        release_freed_memory()
     try:
         config = load_config(argv, environ)
         setup_logging(config)
