@@ -34,8 +34,6 @@ import base64
 import concurrent.futures
 import bisect
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import datetime as dt
 import difflib
@@ -203,19 +201,13 @@ LEASE_TRIES = 10
 #: Pacing Drive's writes once it pushes back (see Pacer). Tuned in a simulation of 4 and 16 workers
 #: against token buckets of 1-20 writes/s and against 1-5% random refusals, then measured with
 #: `python -m tests.benchmark quota faults`.
-PACE_FIRST_DECREASE = 0.7
+PACE_FIRST_DECREASE = 0.5
 PACE_DECREASE = 0.85
-PACE_BELOW_LIMIT = 0.97      #: after a refusal with the limit measured: this far below it
-PACE_LIMIT_MIN_S = 2.0       #: ... measured over at least this long
-PACE_LIMIT_MIN_WRITES = 10   #: ... and this many accepted writes
-PACE_NEAR_LIMIT = 0.05       #: up to this share above the limit measured, the rate grows
-PACE_NEAR_GROWTH = 0.02      #: ... at this share of PACE_GROWTH_PER_WRITE
-PACE_SEARCH_GROWTH = 0.01    #: from pacing's start to the next refusal, each write held back raises the rate by this share
 PACE_GROWTH_PER_WRITE = 0.01
 PACE_MIN_RATE = 0.05
 PACE_WINDOW_S = 5.0
 PACE_OUTCOMES = 10
-PACE_START_REFUSALS = 3      #: refusals among the last PACE_OUTCOMES writes (within PACE_WINDOW_S) that start pacing
+PACE_START_REFUSALS = 4      #: refusals among the last PACE_OUTCOMES writes (within PACE_WINDOW_S) that start pacing
 PACE_START_MIN_RATE = 1.0    #: pacing never starts slower (a quiet spell of large videos accepts ~0 writes/s)
 PACE_PROBATION_WRITES = 40
 PACE_OVER_LIMIT_SHARE = 0.1
@@ -1725,16 +1717,11 @@ class Pacer:
     - Nothing is paced until a limit is plainly hit: PACE_START_REFUSALS of the last PACE_OUTCOMES
       writes refused. Pacing then starts at half of what Drive accepted over the last few seconds
       (a burst allowance makes that an overestimate), or just under the rate learnt before.
-    - Until the next refusal, each write the rate holds back raises it by PACE_SEARCH_GROWTH (that
-      first guess is a low one).
-    - A refusal of a write sent after the last cut is a new episode (refusals of writes already in
-      flight carry no news, and slots handed out at the old rate are void). A limit such as
-      Google's token bucket refuses when its allowance is spent, as it was at the last cut: the
-      writes accepted in between measure the rate it sustains (`limit`, a lower bound if it had
-      time to fill up again), and the rate goes just under it (PACE_BELOW_LIMIT); too soon to
-      measure, it is cut by PACE_DECREASE. While the rate holds writes back, each accepted write
-      raises it by PACE_GROWTH_PER_WRITE (1% a second), but only by a fiftieth of that just above
-      the limit measured: the next refusal is minutes away, and a limit that moved is still found.
+    - A refusal of a write sent after the last cut is a new episode: the rate is cut by
+      PACE_DECREASE (refusals of writes already in flight carry no news, and slots handed out at
+      the old rate are void). While the rate holds writes back, each accepted write raises it
+      by PACE_GROWTH_PER_WRITE (1% a second), so it hovers at Drive's limit and follows it for the
+      rest of the run; the burst allowance absorbs the small overshoots.
     - A cut must stop the refusals for a while (the allowance refills). If they go on at a low
       share in the PACE_PROBATION_WRITES writes after it, they are noise: pacing stops. At a high
       share (PACE_OVER_LIMIT_SHARE) the rate is still over the limit: it is cut again.
@@ -1754,9 +1741,6 @@ class Pacer:
         self._next_write = 0.0                  # the earliest slot for the next paced write
         self._paused_until = 0.0                # every request waits for this
         self._last_decrease = -math.inf
-        self._since_cut = 0                     # writes sent after the last cut and accepted
-        self.limit: float | None = None         # the rate Drive sustained between the last two cuts
-        self._searching = False                 # paced since the first cut, with no refusal since
         self._strikes = 0                       # episodes since the last accepted write
         self._accepted: deque[float] = deque()   # writes accepted in the last window
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=PACE_OUTCOMES)   # last write answers: (when, refused)
@@ -1811,35 +1795,17 @@ class Pacer:
                     return
                 self.rate = (self._learnt * PACE_DECREASE if self._learnt
                              else max(PACE_START_MIN_RATE, PACE_FIRST_DECREASE * self._accepted_rate(now)))
-                self._searching = not self._learnt
             elif not after_cut:
                 return   # sent before the last cut: the same episode
-            elif (self._probation is not None and not self._over_limit(self._probation) and not self._searching
-                  and not (self.limit and self.rate > self.limit)):
-                # refusals go on after a cut, but rarely: judged when the probation ends (a refusal
-                # of the rate's own search, or above the limit measured, is no noise)
-                return
+            elif self._probation is not None and not self._over_limit(self._probation):
+                return   # refusals go on after a cut, but rarely: judged when the probation ends
             else:
-                self.rate = self._rate_after(now)
-                self._searching = False
+                self.rate *= PACE_DECREASE
             self._cut(now)
-
-    def _rate_after(self, now: float) -> float:
-        """The rate after a refusal while paced. A limit such as a token bucket refuses when its
-        allowance is spent, and it was spent at the last cut too: the writes it accepted in between
-        are at most the rate it sustains, whatever its burst (less if it had filled up and wasted
-        some). Just under that, the next refusal is far off; without enough writes to tell, a plain cut."""
-        assert self.rate is not None
-        elapsed = now - self._last_decrease
-        if elapsed < PACE_LIMIT_MIN_S or self._since_cut < PACE_LIMIT_MIN_WRITES:
-            return self.rate * PACE_DECREASE
-        self.limit = self._since_cut / elapsed
-        return min(self.rate, self.limit) * PACE_BELOW_LIMIT
 
     def _cut(self, now: float) -> None:
         self.rate = max(self.rate or 0.0, PACE_MIN_RATE)
         self._last_decrease = now
-        self._since_cut = 0
         self._probation = [0, 0]
         self._next_write = now + 1 / self.rate   # slots handed out at the old rate are void
         self.epoch += 1
@@ -1874,8 +1840,6 @@ class Pacer:
             self._accepted.append(now)
             self._forget_old(now)
             probation = self._probation
-            if sent_at is None or sent_at > self._last_decrease:
-                self._since_cut += 1
             if probation is not None and (sent_at is None or sent_at > self._last_decrease):
                 probation[0] += 1
                 if probation[0] >= PACE_PROBATION_WRITES:
@@ -1888,15 +1852,7 @@ class Pacer:
                         log.debug("Drive rate limit answers look random: writes no longer paced")
                         return
             if self.rate is not None and self._next_write > now - 1 / self.rate:   # the rate holds writes back
-                # near the limit found, slowly (the next refusal is a long way off); away from it,
-                # fast enough to find a limit that moved
-                if self._searching:   # from the first cut to the next refusal: its guess is a low one
-                    self.rate *= 1 + PACE_SEARCH_GROWTH
-                elif self.limit is None:
-                    self.rate += PACE_GROWTH_PER_WRITE
-                else:   # just above the limit measured (a lower bound), slowly: the next refusal is there
-                    near = self.limit <= self.rate < (1 + PACE_NEAR_LIMIT) * self.limit
-                    self.rate += PACE_GROWTH_PER_WRITE * (PACE_NEAR_GROWTH if near else 1.0)
+                self.rate += PACE_GROWTH_PER_WRITE
 
 
 class OutageWatch:
@@ -4400,10 +4356,7 @@ class HashedLines:
     POSITION_BITS = 28   # up to 268 million lines; the hash keeps the other 36 bits
 
     def __init__(self) -> None:
-        # (hash top 36 bits | position) by the top 8 bits until seal(): each bucket is sorted on its
-        # own then, so the transient Python ints are a bucket's (PERF: 8 bytes a line at the peak)
-        self._buckets = [array("Q") for _ in range(256)]
-        self._offsets = array("q")   # in file order
+        self._hashes, self._offsets = array("q"), array("q")   # in file order, until seal()
         self._sorted = array("Q")                              # (hash top 36 bits | position), sorted
         self._fd: int | None = None
 
@@ -4414,20 +4367,22 @@ class HashedLines:
     def _hash_bits(cls, name_hash: int) -> int:
         return (name_hash & 0xFFFF_FFFF_FFFF_FFFF) >> cls.POSITION_BITS << cls.POSITION_BITS
 
-    def _add_hashes(self, name_hashes: Iterable[int]) -> None:
-        """The hashes of the next lines, before their offsets are added."""
-        appends, hash_bits = [bucket.append for bucket in self._buckets], self._hash_bits
-        for position, name_hash in enumerate(name_hashes, len(self._offsets)):
-            packed = hash_bits(name_hash) | position
-            appends[packed >> 56](packed)
-
     def seal(self, fd: int) -> None:
-        """Sort (bucket by bucket, faster than one sort of a million); lines are then read from `fd`."""
-        if len(self._offsets) >> self.POSITION_BITS:
+        """Sort; lines are then read from `fd`. PERF: in 256 buckets by the top 8 bits, each sorted
+        on its own, so the transient Python ints (~44 bytes each) are a bucket's, not every line's:
+        16 bytes a line at the peak instead of 52, and faster than one sort of a million."""
+        if len(self._hashes) >> self.POSITION_BITS:
             raise CheckpointError(f"more than {1 << self.POSITION_BITS} objects in one index")
-        for number, bucket in enumerate(self._buckets):
-            self._sorted.extend(sorted(bucket))
-            self._buckets[number] = array("Q")
+        buckets = [array("Q") for _ in range(256)]
+        appends = [bucket.append for bucket in buckets]
+        for position, bits in enumerate(map(self._hash_bits, self._hashes)):
+            packed = bits | position
+            appends[packed >> 56](packed)
+        self._hashes = array("q")
+        self._sorted = array("Q")
+        for number in range(len(buckets)):
+            self._sorted.extend(sorted(buckets[number]))
+            buckets[number] = array("Q")
         self.close()
         self._fd = fd
 
@@ -4478,7 +4433,7 @@ class SnapshotIndex(HashedLines):
         """Index parsed snapshot lines (PERF: C-level maps where it can, a million times)."""
         items = list(items)
         keys = [key for key, _ in items]
-        self._add_hashes(map(hash, keys))
+        self._hashes.extend(map(hash, keys))
         self._crcs.extend(map(zlib.crc32, map(str.encode, keys)))
         self._offsets.extend(offsets)
         versions, runs, run_numbers = self._versions.append, self._runs.append, self._run_numbers
@@ -5661,6 +5616,10 @@ class _Rewind(Exception):
     """Raised into a download whose bytes an upload must read again from further back."""
 
 
+class _Abandoned(Exception):
+    """Raised into a download whose upload is over."""
+
+
 class StagedDownload:
     """A download written into a staging file of at most `window` bytes by a thread of its own,
     while an upload reads behind it and starts with the first chunk, not after the last byte.
@@ -5683,6 +5642,7 @@ class StagedDownload:
         self._floor = 0           # where the chunk being sent starts: Drive holds everything before
         self._start = 0           # the first byte the file holds of the current pass
         self._written = 0         # the end of the current pass
+        self._writing = 0         # the end of the write in progress (its slots are being overwritten)
         self._rewind_to: int | None = None
         self._md5: Any = hashlib.md5()
         self._hashed = 0
@@ -5706,6 +5666,8 @@ class StagedDownload:
                     md5 = self._md5.hexdigest() if self._md5 else obj.etag   # skipped: see the class
                     self.result = source.checked(obj, dataclasses.replace(headers, md5=md5), self._written)
                 start = self._next_rewind()
+        except _Abandoned:
+            pass   # the upload ended first (its file was there already): no result, and no error
         except BaseException as exc:  # handed to the uploading thread
             self.error = exc
         with self._cond:
@@ -5722,7 +5684,7 @@ class StagedDownload:
             assert self._rewind_to is not None
             if self._rewind_to > self._hashed:
                 self._md5 = None
-            self._start = self._written = self._rewind_to
+            self._start = self._written = self._writing = self._rewind_to
             self._rewind_to = None
             return self._start
 
@@ -5738,19 +5700,21 @@ class StagedDownload:
             with self._cond:
                 while True:
                     if self._closed:
-                        raise InterruptedRun("upload abandoned")
+                        raise _Abandoned()
                     if self._rewind_to is not None:
                         raise _Rewind()
                     offset = self._written
                     # Bytes Drive holds already are hashed, not stored (a file that fits keeps them all)
                     stored = offset + len(view) > self._floor or self.holds_all()
-                    room = self._floor + self.window - offset if stored else len(view)
+                    room = min(self._floor + self.window - offset, self.window) if stored else len(view)
                     if room > 0:
                         break
                     if self._stop.is_set():
                         raise InterruptedRun("interrupted")
                     self._cond.wait(timeout=1.0)
-            piece = view[:room]
+                piece = view[:room]
+                if stored:   # the slots of these bytes are being overwritten: not readable
+                    self._writing = offset + len(piece)
             if self._md5 and offset + len(piece) > self._hashed:   # a pass again over hashed bytes adds nothing
                 self._md5.update(piece[self._hashed - offset:])
                 self._hashed = offset + len(piece)
@@ -5758,6 +5722,7 @@ class StagedDownload:
                 self._ring(_pwrite_all, offset, piece)
             with self._cond:
                 self._written += len(piece)
+                self._writing = self._written
                 if not stored:
                     self._start = self._written
                 self._cond.notify_all()
@@ -5818,7 +5783,7 @@ class StagedDownload:
         def ready() -> bool:
             nonlocal end
             end = min(end, max(self._floor, position) + self.window)
-            if position < max(self._start, self._written - self.window):   # overwritten, or never stored
+            if position < max(self._start, self._writing - self.window):   # overwritten, being so, or never stored
                 if self._rewind_to is None or self._rewind_to > position:
                     self._rewind(position)
                 return False
@@ -6488,9 +6453,12 @@ class Transfer:
                   date.source)
 
     def _streams(self, obj: SourceObject, staging: Staging) -> bool:
-        """Whether the object uploads while it downloads: every resumable upload does, unless an
-        earlier attempt left the whole object in the staging file."""
-        return staging.download is None and self.drive.uploader.is_resumable(obj.size)
+        """Whether the object uploads while it downloads: a resumable video, and anything larger
+        than the staging window, unless an earlier attempt left the whole object in the staging
+        file. A photo up to the window is staged whole: its date readers (libexiv2's among them)
+        want the file."""
+        return (staging.download is None and self.drive.uploader.is_resumable(obj.size)
+                and (is_video(obj.key) or obj.size > self.staging_window_bytes()))
 
     def _date_before_upload(self, obj: SourceObject, staging: Staging) -> OriginalDate:
         """The date, before any upload starts: from the staged file, or for a file that will upload
@@ -6535,8 +6503,9 @@ class Transfer:
             if created:
                 self._remove_bad_copy(uploaded.id)
             raise staged.error
-        download = staged.result
-        assert download is not None
+        # The upload can end before the download does (its file was complete in Drive already): the
+        # bytes are then hashed to the end, not staged, to check that file
+        download = staged.result or self.source.download_to(obj, None)
         if validate_upload(obj.size, download.md5, uploaded):
             return uploaded, download, date   # the caller removes it and tries again
         return self._set_md5(uploaded.id, download.md5, date), download, date
@@ -7793,7 +7762,7 @@ class DriveCopies(HashedLines):
                           ensure_ascii=False).encode("utf-8") + b"\n"
         with self._lock:
             self._file.write(line)
-            self._add_hashes((hash(("source", source)) if source else hash(path),))
+            self._hashes.append(hash(("source", source)) if source else hash(path))
             self._offsets.append(self._end)
             self._end += len(line)
 
@@ -8455,8 +8424,10 @@ def release_freed_memory() -> None:
     """Hand the heap's free memory back to the OS (glibc's malloc_trim). PERF: Python compiles a
     script it runs (no .pyc), and this one's compiler leaves ~20 MiB of freed heap that a run's
     large arrays, allocated elsewhere (mmap), never reuse: a tenth of a million-photo run's peak."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    if sys.platform.startswith("linux"):   # glibc's; musl has no malloc_trim (AttributeError)
+        with contextlib.suppress(ImportError, OSError, AttributeError):
+            import ctypes
+            ctypes.CDLL(None).malloc_trim(0)
 
 
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None, *, own_process: bool = False) -> int:

@@ -1910,7 +1910,10 @@ class DriveEmulator:
         elif path == "/upload/drive/v3/files" or path.startswith("/upload/drive/v3/files/"):
             file_id = path[len("/upload/drive/v3/files/"):] or None
             if "upload_id" in query:
-                if method != "PUT":
+                # Google's documents say PUT; its Go client (google.golang.org/api gensupport,
+                # resumable.go) and rclone (backend/drive/upload.go) send each chunk as POST, and
+                # Drive takes both
+                if method not in ("PUT", "POST"):
                     raise generic_error(404)
                 return self._resumable_put(query, headers, body)
             if file_id is None and method == "POST":

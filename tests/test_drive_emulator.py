@@ -374,6 +374,17 @@ def test_retransmitted_chunk_is_accepted_and_status_query_completes(emu):
     assert status == 200 and again == body
 
 
+def test_chunks_sent_as_post_are_taken_as_google_and_rclone_send_them(emu):
+    session = start_session(emu, query="&fields=id,size,md5Checksum")
+    data = b"p" * (CHUNK + 5)
+    headers = {"Content-Range": f"bytes 0-{CHUNK - 1}/{len(data)}"}
+    assert raw(emu, "POST", session, data[:CHUNK], headers)[0] == 308
+    headers = {"Content-Range": f"bytes {CHUNK}-{len(data) - 1}/{len(data)}"}
+    status, _, body = raw(emu, "POST", session, data[CHUNK:], headers)
+    assert status == 200 and body["md5Checksum"] == hashlib.md5(data).hexdigest()
+    assert raw(emu, "DELETE", session, b"", {})[0] == 404   # other methods are not
+
+
 def test_unknown_session_is_404(emu):
     status, _, body = put(emu, "/upload/drive/v3/files?uploadType=resumable&upload_id=nope", b"", "bytes */*")
     assert status == 404 and reason_of(body) == "notFound"
