@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-from cloud_transfer import CheckpointEntry, snapshot_line
+from cloud_transfer import STAGING_WINDOW_CHUNKS, CheckpointEntry, snapshot_line
 from tests.drive_emulator import DriveEmulator, Faults
 from tests.local_cloud import LocalCloud, local_cloud
 from tests.synthetic_drive import synthetic_drive
@@ -384,9 +384,9 @@ def scenario_large(options: argparse.Namespace) -> list[Row]:
         raw.unlink()
         cloud.drive.reset()
         counters = Counters(cloud.drive)
-        # Temporary disk: a tenth of the large object (at least 256 MiB); the staging window is 3 chunks
+        # Temporary disk: a tenth of the large object (at least 256 MiB), against the staging window
         temp_limit = max(256 * MIB, large // 10)
-        window = 3 * (8 if options.smoke else 64) * MIB
+        window = STAGING_WINDOW_CHUNKS * (8 if options.smoke else 64) * MIB
         chunk_args = ("--chunk-size", "8") if options.smoke else ()
         with bounded_temp_dir(temp_limit) as (temp_dir, bound), TempDiskPeak(temp_dir) as temp_peak:
             run = run_tool(cloud.workdir, cloud.tool_env(), "--workers", "1", "--temp-dir", str(temp_dir), *chunk_args)
@@ -413,7 +413,7 @@ def scenario_large(options: argparse.Namespace) -> list[Row]:
         Row("large", "... vs staging and upload at once", rate / both_ceiling * 100, "%"),
         Row("large", "Drive requests", requests, ""),
         Row("large", f"temporary disk at its peak (--temp-dir of {temp_limit / MIB:.0f} MiB: {bound})",
-            temp_peak.peak / MIB, "MiB", f"<= staging window ({window / MIB:.0f} MiB: 3 chunks)",
+            temp_peak.peak / MIB, "MiB", f"<= staging window ({window / MIB:.0f} MiB: {STAGING_WINDOW_CHUNKS} chunks)",
             temp_peak.peak <= window and run.code == 0),
         Row("large", "peak RSS", run.peak_rss_mib, "MiB", "<= 150 MB", run.peak_rss_mib * MIB <= 150e6),
         Row("large", "killed at 60%: bytes sent again by the re-run", resent, "% of the large object",
