@@ -198,19 +198,25 @@ LEASE_S = 600.0          #: a run's hold on its Drive folder lasts this long unl
 LEASE_RENEW_S = 120.0    #: ... which it is this often while the run lives
 LEASE_SETTLE_S = 2.0     #: wait between writing the lease and reading it back (see DriveLease)
 LEASE_TRIES = 10
-#: Pacing Drive's writes once it pushes back (see Pacer). Tuned in a simulation of 4 and 16 workers
-#: against token buckets of 1-20 writes/s and against 1-5% random refusals, then measured with
-#: `python -m tests.benchmark quota faults`.
+#: Pacing Drive's writes once it pushes back (see Pacer). Tuned in tests/pacer_sim.py (4 and 16
+#: workers against token buckets of 1-20 writes/s, with and without 0.5-5% random refusals), then
+#: measured with `python -m tests.benchmark quota faults`.
 PACE_FIRST_DECREASE = 0.5
+PACE_DISCOVERY_DOUBLING_S = 1.0
+PACE_MEASURE_WRITES = 10
+PACE_MEASURES = 3
+PACE_MARGIN = 0.03
+PACE_PROBE_GROWTH = 0.0001       #: per accepted write held back, right after a cut ...
+PACE_PROBE_DOUBLING_WRITES = 40  #: ... doubling every this many writes ...
+PACE_PROBE_MAX_GROWTH = 0.03     #: ... up to this
+PACE_NOISE_REFUSALS = 3
 PACE_DECREASE = 0.85
-PACE_GROWTH_PER_WRITE = 0.01
 PACE_MIN_RATE = 0.05
 PACE_WINDOW_S = 5.0
 PACE_OUTCOMES = 10
 PACE_START_REFUSALS = 4      #: refusals among the last PACE_OUTCOMES writes (within PACE_WINDOW_S) that start pacing
+PACE_START_IN_A_ROW = 3      #: ... or refusals in a row (the writes in flight when a burst allowance ran out)
 PACE_START_MIN_RATE = 1.0    #: pacing never starts slower (a quiet spell of large videos accepts ~0 writes/s)
-PACE_PROBATION_WRITES = 40
-PACE_OVER_LIMIT_SHARE = 0.1
 
 #: Where a file's date came from, in the order they are tried (OriginalDates.date_of), as the run
 #: summary says it. A run's counts, its report and the status page use these names.
@@ -1709,58 +1715,71 @@ class Backoff:
 
 
 class Pacer:
-    """One write rate shared by every worker, learnt from Drive's answers (AIMD, as TCP learns a link).
+    """One write rate shared by every worker, measured from Drive's answers.
 
     Drive limits each user's writes (creates, updates) far below what 16 workers can send, answers
-    403 userRateLimitExceeded or 429 beyond it, and counts the refused requests too; but it also
-    sends such answers now and then with no limit being hit. So:
+    403 userRateLimitExceeded or 429 beyond it, and counts the refused requests too; it also sends
+    such answers now and then with no limit being hit. The limit acts as a token bucket (a burst
+    allowance refilled at a steady rate), and a refusal at an empty bucket gives its rate away: the
+    writes accepted between two such refusals are what it refilled in between. So:
     - Nothing is paced until a limit is plainly hit: PACE_START_REFUSALS of the last PACE_OUTCOMES
-      writes refused. Pacing then starts at half of what Drive accepted over the last few seconds
-      (a burst allowance makes that an overestimate), or just under the rate learnt before.
-    - A refusal of a write sent after the last cut is a new episode: the rate is cut by
-      PACE_DECREASE (refusals of writes already in flight carry no news, and slots handed out at
-      the old rate are void). While the rate holds writes back, each accepted write raises it
-      by PACE_GROWTH_PER_WRITE (1% a second), so it hovers at Drive's limit and follows it for the
-      rest of the run; the burst allowance absorbs the small overshoots.
-    - A cut must stop the refusals for a while (the allowance refills). If they go on at a low
-      share in the PACE_PROBATION_WRITES writes after it, they are noise: pacing stops. At a high
-      share (PACE_OVER_LIMIT_SHARE) the rate is still over the limit: it is cut again.
+      writes refused, or PACE_START_IN_A_ROW in a row (the writes in flight when the allowance ran
+      out). Pacing starts at half of what Drive accepted over the last few seconds, or just under
+      the limit measured before, and doubles every PACE_DISCOVERY_DOUBLING_S until refused.
+    - A refusal of a write sent after the last cut, with PACE_MEASURE_WRITES or more accepted since
+      the cut and the rate at or above the limit, measures it: the limit is the accepted writes
+      over the seconds of the last PACE_MEASURES such spans (a bucket that filled up meanwhile
+      makes that an underestimate, which the next measures mend), and the rate is cut to
+      PACE_MARGIN under it. From there it grows slowly, twice as fast every
+      PACE_PROBE_DOUBLING_WRITES accepted writes, so it spends its time just under the limit,
+      meets it again every half a minute or so (one refusal), and follows a limit that rises.
+    - A refusal below the measured limit cannot come from that bucket: it is one of the random
+      refusals, and the rate stays. PACE_NOISE_REFUSALS of them in a row, each within
+      PACE_MEASURE_WRITES writes of the last, are a limit that fell: it is found anew.
+    - A refusal too soon after a cut to measure is a rate over the limit: cut by PACE_DECREASE,
+      or to the bound that refusal sets (the bucket was empty at the cut, so it refilled no more
+      than the writes accepted since, plus one), and regrown fast no further than just under it.
     Refusals that persist (a second cut with no write accepted in between) also pause every
-    request with exponential backoff; a Retry-After pauses every request for that long.
-
-    Thread-safe: `reserve()` hands out the next slot under a lock and returns how long the caller
-    must wait for it; a caller whose wait spans a change of `epoch` asks again. Reads (gets,
-    listings) are not paced, only held by pauses.
+    request with exponential backoff; a Retry-After pauses every request for that long. Reads
+    (gets, listings) are not paced, only held by pauses. Thread-safe.
     """
 
     def __init__(self, backoff: Backoff, clock: Callable[[], float] = time.monotonic):
         self.backoff, self.clock = backoff, clock
         self._lock = threading.Lock()
         self.rate: float | None = None          # writes per second; None: Drive has not pushed back
-        self.epoch = 0                          # changes when slots already handed out are void
+        self.limit: float | None = None         # the rate Drive was measured to sustain
+        self._ceiling = math.inf                # the rate regrows fast up to this, slowly beyond
         self._next_write = 0.0                  # the earliest slot for the next paced write
         self._paused_until = 0.0                # every request waits for this
         self._last_decrease = -math.inf
-        self._strikes = 0                       # episodes since the last accepted write
+        self._since_cut = 0                     # writes sent after the last cut and accepted
+        self._since_refused = 0                 # writes accepted since the last refusal
+        self._measures: deque[tuple[int, float]] = deque(maxlen=PACE_MEASURES)   # (accepted, seconds) between cuts
+        self._below = 0                         # refusals below the limit in a row, few writes apart
+        self._strikes = 0                       # cuts since the last accepted write
         self._accepted: deque[float] = deque()   # writes accepted in the last window
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=PACE_OUTCOMES)   # last write answers: (when, refused)
-        self._probation: list[int] | None = None   # [answers, refusals] of writes sent since the last cut
-        self._learnt: float | None = None           # the rate before pacing was judged needless
         self._first_write: float | None = None
         self._daily_cap: tuple[float, float, int] | None = None   # cap-like answers: (first, last, count)
         self.probe = False   # Google refused at its cap in the last 24 hours: one refused upload stops the run
 
     def reserve(self, write: bool = False) -> float:
+        """0: go now (a paced write takes the slot); else how long to wait before asking again.
+        Waiting workers ask again rather than queue for slots handed out in advance: when the rate
+        grows, the next slot comes sooner for all of them (16 slots handed out at 1/s would hold
+        the last worker 16 s whatever the rate does meanwhile)."""
         with self._lock:
             now = self.clock()
-            slot = max(now, self._paused_until)
+            wait = self._paused_until - now
             if write:
                 if self._first_write is None:
                     self._first_write = now
                 if self.rate:
-                    slot = max(slot, self._next_write)
-                    self._next_write = slot + 1 / self.rate
-            return slot - now
+                    wait = max(wait, self._next_write - now)
+                    if wait <= 0:
+                        self._next_write = now + 1 / self.rate
+            return max(wait, 0.0)
 
     def rate_limited(self, retry_after_s: float | None, daily_cap: bool = False, sent_at: float | None = None) -> None:
         """A rate-limit answer to a request sent at `sent_at` (the pacer's clock). Uploads refused
@@ -1783,41 +1802,51 @@ class Pacer:
             if retry_after_s is not None:
                 self._paused_until = max(self._paused_until, now + min(retry_after_s, 3600.0))
             self._outcomes.append((now, True))
-            after_cut = sent_at is None or sent_at > self._last_decrease
-            if self._probation is not None and after_cut:
-                self._probation[1] += 1
             if self.rate is None:
-                if sum(refused for when, refused in self._outcomes if when >= now - PACE_WINDOW_S) < PACE_START_REFUSALS:
+                recent = [refused for when, refused in self._outcomes if when >= now - PACE_WINDOW_S]
+                if sum(recent) < PACE_START_REFUSALS and not (len(recent) >= PACE_START_IN_A_ROW
+                                                              and all(recent[-PACE_START_IN_A_ROW:])):
                     # sporadic refusals are retried; only a limit being hit starts pacing. Until
                     # the writes in flight have answered (one round trip), none are sent.
                     if sent_at is not None:
                         self._paused_until = max(self._paused_until, now + min(now - sent_at, 1.0))
                     return
-                self.rate = (self._learnt * PACE_DECREASE if self._learnt
-                             else max(PACE_START_MIN_RATE, PACE_FIRST_DECREASE * self._accepted_rate(now)))
-            elif not after_cut:
+                self._ceiling = (1 - PACE_MARGIN) * self.limit if self.limit else math.inf
+                self.rate = min(self._ceiling, max(PACE_START_MIN_RATE, PACE_FIRST_DECREASE * self._accepted_rate(now)))
+            elif sent_at is not None and sent_at <= self._last_decrease:
                 return   # sent before the last cut: the same episode
-            elif self._probation is not None and not self._over_limit(self._probation):
-                return   # refusals go on after a cut, but rarely: judged when the probation ends
             else:
-                self.rate *= PACE_DECREASE
+                span, accepted = now - self._last_decrease, self._since_cut
+                if accepted >= PACE_MEASURE_WRITES and (self.limit is None or self.rate >= self.limit):
+                    self._measures.append((accepted, span))
+                    self.limit = sum(n for n, _ in self._measures) / sum(t for _, t in self._measures)
+                    self.rate = self._ceiling = (1 - PACE_MARGIN) * self.limit
+                    self._below = 0
+                elif self.limit is not None and self.rate < self.limit:
+                    quick, self._since_refused = self._since_refused < PACE_MEASURE_WRITES, 0
+                    self._below = self._below + 1 if quick else 0
+                    if self._below < PACE_NOISE_REFUSALS:
+                        return   # a random refusal
+                    log.debug("Drive rate limit: refused again and again under %.2f/s", self.limit)
+                    self.limit, self._ceiling, self._below = None, math.inf, 0
+                    self._measures.clear()
+                    self.rate *= PACE_DECREASE
+                else:
+                    ceiling = (1 - PACE_MARGIN) * self.rate
+                    if accepted:   # no deeper than half: the refusal may be a random one
+                        ceiling = max(min(ceiling, (1 - PACE_MARGIN) * (accepted + 1) / span), self.rate / 2)
+                    self._ceiling = ceiling
+                    self.rate = min(self.rate * PACE_DECREASE, ceiling)
             self._cut(now)
 
     def _cut(self, now: float) -> None:
         self.rate = max(self.rate or 0.0, PACE_MIN_RATE)
-        self._last_decrease = now
-        self._probation = [0, 0]
-        self._next_write = now + 1 / self.rate   # slots handed out at the old rate are void
-        self.epoch += 1
+        self._last_decrease, self._since_cut, self._since_refused = now, 0, 0
+        self._next_write = now + 1 / self.rate
         self._strikes += 1
         if self._strikes > 1:
             self._paused_until = max(self._paused_until, now + self.backoff.delay(self._strikes - 1))
         log.debug("Drive rate limit: pacing writes at %.2f/s", self.rate)
-
-    @staticmethod
-    def _over_limit(probation: list[int]) -> bool:
-        answers, refused = probation
-        return refused >= 2 and refused >= PACE_OVER_LIMIT_SHARE * answers
 
     def _accepted_rate(self, now: float) -> float:
         self._forget_old(now)
@@ -1839,20 +1868,17 @@ class Pacer:
             self._outcomes.append((now, False))
             self._accepted.append(now)
             self._forget_old(now)
-            probation = self._probation
-            if probation is not None and (sent_at is None or sent_at > self._last_decrease):
-                probation[0] += 1
-                if probation[0] >= PACE_PROBATION_WRITES:
-                    self._probation = None
-                    if probation[1] >= 2 and not self._over_limit(probation):
-                        # refusals went on at a low rate after the cut: they are noise (random
-                        # 403/429s), not a limit being hit; pacing would only slow the run down
-                        self._learnt, self.rate = self.rate, None
-                        self._outcomes.clear()
-                        log.debug("Drive rate limit answers look random: writes no longer paced")
-                        return
-            if self.rate is not None and self._next_write > now - 1 / self.rate:   # the rate holds writes back
-                self.rate += PACE_GROWTH_PER_WRITE
+            self._since_refused += 1
+            if sent_at is None or sent_at > self._last_decrease:
+                self._since_cut += 1
+            if self.rate is None:
+                return
+            if self._next_write > now - 1 / self.rate:   # the rate holds writes back
+                if self.rate < self._ceiling:   # doubling every PACE_DISCOVERY_DOUBLING_S
+                    self.rate = min(self.rate * 2 ** (1 / (self.rate * PACE_DISCOVERY_DOUBLING_S)), self._ceiling)
+                else:
+                    growth = PACE_PROBE_GROWTH * 2 ** (self._since_cut / PACE_PROBE_DOUBLING_WRITES)
+                    self.rate *= 1 + min(growth, PACE_PROBE_MAX_GROWTH)
 
 
 class OutageWatch:
@@ -3638,13 +3664,12 @@ class DriveApi:
         return "Google Drive's upload service" if upload else "Google Drive"
 
     def wait_turn(self, write: bool = False) -> float:
-        """Wait for this request's slot from the pacer; returns when it is sent (the pacer's clock).
-        A slot handed out before the pacer slowed down is given back for a new one."""
-        while True:
-            epoch = self.pacer.epoch
-            self.pause(self.pacer.reserve(write))
-            if self.pacer.epoch == epoch:
-                return self.pacer.clock()
+        """Wait for this request's slot from the pacer; returns when it is sent (the pacer's clock)."""
+        while wait := self.pacer.reserve(write):
+            self.pause(wait)
+        if self.stop.is_set():
+            raise InterruptedRun("interrupted")
+        return self.pacer.clock()
 
     def after_error(self, verdict: Verdict, attempt: int, upload: bool = False, sent_at: float | None = None,
                     write: bool = True) -> None:

@@ -18,6 +18,7 @@ from google.auth.exceptions import RefreshError
 from googleapiclient.errors import HttpError
 
 import cloud_transfer as ct
+from tests import pacer_sim
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -275,46 +276,72 @@ class FakeClock:
 
 def accept_writes(pacer, clock, n, spacing_s=0.0):
     for _ in range(n):
-        clock.now += max(spacing_s, pacer.reserve(write=True))
+        clock.now += spacing_s
+        while wait := pacer.reserve(write=True):
+            clock.now += wait
         pacer.succeeded(write=True, sent_at=clock.now)
 
 
-def test_pacer_does_not_pace_until_a_limit_is_plainly_hit_then_learns_a_rate():
+def test_pacer_does_not_pace_until_a_limit_is_plainly_hit_then_measures_it():
     clock = FakeClock()
     pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
     accept_writes(pacer, clock, 10, spacing_s=0.05)          # ten writes in 0.5 s: no pacing at all
-    for _ in range(ct.PACE_START_REFUSALS - 1):               # a few refusals: retried, still no pacing
-        pacer.rate_limited(None, sent_at=clock.now)
+    pacer.rate_limited(None, sent_at=clock.now)               # a sporadic refusal: retried, no pacing
+    accept_writes(pacer, clock, 1)
     assert pacer.rate is None and pacer.reserve(write=True) == 0
     sent_at = clock.now
-    pacer.rate_limited(None, sent_at=sent_at)                 # most recent writes refused: a limit
-    assert pacer.rate == pytest.approx(5.0)     # half of the 10/s accepted (over at least 1 s)
+    pacer.rate_limited(None, sent_at=sent_at)
+    pacer.rate_limited(None, sent_at=sent_at)
+    assert pacer.rate is None
+    pacer.rate_limited(None, sent_at=sent_at)                 # three in a row: the writes in flight at a limit
+    cut_at = clock.now
+    assert pacer.rate == pytest.approx(5.5)     # half of the 11/s accepted (over at least 1 s)
     assert pacer.reserve() == 0                 # reads are not paced
-    assert [pacer.reserve(write=True) for _ in range(3)] == pytest.approx([0.2, 0.4, 0.6])
-    epoch = pacer.epoch
-    pacer.rate_limited(None, sent_at=sent_at)   # already in flight when the rate was cut: same episode
-    assert (pacer.rate, pacer.epoch) == (pytest.approx(5.0), epoch)
-    clock.now += 1
-    pacer.rate_limited(None, sent_at=clock.now - 0.01)   # sent after the cut: one refusal may be noise
-    assert pacer.rate == pytest.approx(5.0)
-    pacer.rate_limited(None, sent_at=clock.now - 0.01)   # refusals going on at a high share: cut again
-    assert pacer.rate == pytest.approx(5.0 * ct.PACE_DECREASE)
-    assert pacer.epoch == epoch + 1                      # slots handed out at 5/s are void
-    assert pacer.reserve() == pytest.approx(1.0)         # a second cut in a row pauses everyone
-    clock.now += 1
+    assert pacer.reserve(write=True) == pytest.approx(1 / 5.5)
+    assert pacer.reserve(write=True) == pytest.approx(1 / 5.5)   # asking again takes no slot
+    clock.now += 1 / 5.5
+    assert pacer.reserve(write=True) == 0                        # the slot: taken
+    assert pacer.reserve(write=True) == pytest.approx(1 / 5.5)
+    pacer.rate_limited(None, sent_at=sent_at)   # already in flight when pacing began: the same episode
+    assert pacer.rate == pytest.approx(5.5)
+    accept_writes(pacer, clock, 6)              # until refused, the rate doubles every second
+    assert clock.now - cut_at < 1.2 and pacer.rate > 1.7 * 5.5
+    accept_writes(pacer, clock, 14)
+    pacer.rate_limited(None, sent_at=clock.now)   # 20 writes since the cut: the bucket's rate
+    limit = 20 / (clock.now - cut_at)
+    assert pacer.limit == pytest.approx(limit)
+    assert pacer.rate == pytest.approx((1 - ct.PACE_MARGIN) * limit)
+
+
+def test_pacer_ignores_refusals_under_the_measured_limit_and_finds_a_limit_that_fell():
+    clock = FakeClock()
+    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
+    accept_writes(pacer, clock, 10, spacing_s=0.05)
+    for _ in range(ct.PACE_START_IN_A_ROW):
+        pacer.rate_limited(None, sent_at=clock.now)
+    accept_writes(pacer, clock, 40)
     pacer.rate_limited(None, sent_at=clock.now)
-    pacer.rate_limited(None, sent_at=clock.now)
-    assert pacer.reserve() == pytest.approx(2.0)         # ... growing as the refusals persist
-    pacer.rate_limited(retry_after_s=30, sent_at=clock.now)
-    assert pacer.reserve() == pytest.approx(30.0)        # Retry-After holds every request
-    clock.now += 30
-    accept_writes(pacer, clock, ct.PACE_PROBATION_WRITES)   # no refusal after the cut: it was needed
+    limit, paced = pacer.limit, pacer.rate
+    assert paced < limit
+    for _ in range(5):                        # random refusals, far apart: nothing changes
+        accept_writes(pacer, clock, ct.PACE_MEASURE_WRITES)
+        rate = pacer.rate
+        pacer.rate_limited(None, sent_at=clock.now)
+        assert (pacer.rate, pacer.limit) == (rate, limit)
+    for _ in range(ct.PACE_NOISE_REFUSALS - 1):   # refusals again and again under the limit ...
+        accept_writes(pacer, clock, 2)
+        rate = pacer.rate
+        pacer.rate_limited(None, sent_at=clock.now)
+        assert pacer.rate == rate
+    accept_writes(pacer, clock, 2)
     rate = pacer.rate
-    accept_writes(pacer, clock, 100)                     # accepted writes the rate holds back raise it
-    assert pacer.rate == pytest.approx(rate + 100 * ct.PACE_GROWTH_PER_WRITE)
-    clock.now += 60                                      # idle: writes not held back, no growth
-    pacer.succeeded(write=True, sent_at=clock.now)
-    assert pacer.rate == pytest.approx(rate + 100 * ct.PACE_GROWTH_PER_WRITE)
+    pacer.rate_limited(None, sent_at=clock.now)   # ... are a limit that fell: found anew
+    assert pacer.limit is None and pacer.rate == pytest.approx(rate * ct.PACE_DECREASE)
+    clock.now += 0.5
+    pacer.rate_limited(None, sent_at=clock.now)   # refused again, nothing accepted: a second cut in a row
+    assert pacer.reserve() == pytest.approx(1.0)  # ... pauses everyone
+    pacer.rate_limited(retry_after_s=30, sent_at=clock.now)
+    assert pacer.reserve() == pytest.approx(30.0)  # Retry-After holds every request
 
 
 def test_pacer_is_not_started_by_refusals_spread_over_a_quiet_spell_nor_starts_at_a_crawl():
@@ -331,21 +358,33 @@ def test_pacer_is_not_started_by_refusals_spread_over_a_quiet_spell_nor_starts_a
     assert pacer.rate == ct.PACE_START_MIN_RATE
 
 
-def test_pacer_stops_pacing_when_refusals_go_on_at_a_low_share_after_a_cut():
-    clock = FakeClock()
-    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
-    accept_writes(pacer, clock, 50, spacing_s=0.05)
-    for _ in range(ct.PACE_START_REFUSALS):
-        pacer.rate_limited(None, sent_at=clock.now)
-    assert pacer.rate is not None
-    clock.now += 0.1
-    for n in range(ct.PACE_PROBATION_WRITES):            # after the cut: 2 refusals in 40 writes
-        if n in (10, 30):
-            pacer.rate_limited(None, sent_at=clock.now)
-            assert pacer.rate is not None                # a low share is judged at the end, not cut on
-        accept_writes(pacer, clock, 1)
-    assert pacer.rate is None                            # random refusals: pacing only slowed the run
-    assert pacer.reserve(write=True) == 0
+def simulated(workers, seeds=3, **kwargs):
+    return [pacer_sim.simulate(lambda clock: ct.Pacer(ct.Backoff(), clock=clock), workers=workers, seed=seed, **kwargs)
+            for seed in range(seeds)]
+
+
+@pytest.mark.parametrize("workers", [4, 16])
+def test_pacer_uses_a_create_quota_to_the_full_with_few_refusals(workers):
+    """Drive's create quota as the benchmark emulates it (5/s, burst 10, 20 ms), the run's lease
+    written a few seconds before the workers start (the rate Drive accepted is diluted by it)."""
+    runs = simulated(workers, writes=400, rate=5.0, burst=10, lead_s=4)
+    assert min(run.used for run in runs) >= 0.98
+    assert sum(run.refused for run in runs) / sum(run.writes for run in runs) <= 0.025
+    noisy = simulated(workers, writes=400, rate=5.0, burst=10, lead_s=4, noise=0.01)   # and 1 % random refusals
+    assert sum(run.used for run in noisy) / len(noisy) >= 0.95
+
+
+@pytest.mark.parametrize("rate, writes, used, refused", [(1.0, 400, 0.98, 0.08), (20.0, 1600, 0.6, 0.02)])
+def test_pacer_finds_slow_and_fast_limits(rate, writes, used, refused):
+    runs = simulated(16, writes=writes, rate=rate, burst=10, noise=0.005)
+    assert sum(run.used for run in runs) / len(runs) >= used
+    assert max(run.refused_share for run in runs) <= refused
+
+
+def test_random_refusals_without_a_limit_barely_slow_writes():
+    clean = simulated(4, writes=2000, rate=0)
+    noisy = simulated(4, writes=2000, rate=0, noise=0.05)
+    assert sum(run.writes_per_s for run in noisy) >= 0.75 * sum(run.writes_per_s for run in clean)
 
 
 # -- configuration --------------------------------------------------------------------------------
