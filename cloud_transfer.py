@@ -86,6 +86,7 @@ try:  # after the filter above, as the Google imports must be
     import boto3  # noqa: E402
     import botocore.config
     import botocore.exceptions
+    import botocore.handlers
     import dotenv  # noqa: F401  (imported where used; checked here so a missing one fails at once)
     import exifread  # noqa: F401
     import httplib2
@@ -168,11 +169,14 @@ REVISION_CHUNK_BYTES = 32 * 1024 * 1024   # a rollback's download of an earlier 
 DRIVE_CHANGES_FIELDS = "nextPageToken,newStartPageToken,changes(fileId,removed,file(id,mimeType,parents,trashed))"
 GENERATED_IDS_PER_CALL = 1000   #: files.generateIds' maximum: one request per 1,000 creates
 
-CHECKPOINT_VERSION = 1
+#: 2: an entry's Drive id is stored as "id" (1: "drive_id"), and a done entry leaves out an MD5 equal
+#: to its ETag, a first attempt and its time. Version 1 files are read as they are.
+CHECKPOINT_VERSION = 2
 FLUSH_EVERY_N = 500        #: journal lines buffered before an fsync'd append
 FLUSH_INTERVAL_S = 10.0    #: ... or this long, whichever comes first
 COMPACT_AFTER_JOURNAL_LINES = 1000   #: fold the journal in anyway once it is this long (runs that change nothing)
 COMPACT_AFTER_OBJECTS = 100_000      #: ... and mid-run once this many outcomes wait in memory (a first run's)
+DRIVE_PAGE_SIZE = 1000              #: files.list's largest page
 DRIVE_PARALLEL_REQUESTS = 8          #: folders `verify` lists, files `rollback` removes, at a time
 SNAPSHOT_READ_BYTES = 1024 * 1024   #: snapshot lines read (and parsed by one json.loads) at a time
 RETRY_NOTICE_S = 30.0      #: "cannot reach …: retrying" at most this often
@@ -210,6 +214,7 @@ PACE_PROBE_GROWTH = 0.0001       #: per accepted write held back, right after a 
 PACE_PROBE_DOUBLING_WRITES = 40  #: ... doubling every this many writes ...
 PACE_PROBE_MAX_GROWTH = 0.03     #: ... up to this
 PACE_NOISE_REFUSALS = 3
+PACE_FORGET_S = 300.0
 PACE_DECREASE = 0.85
 PACE_MIN_RATE = 0.05
 PACE_WINDOW_S = 5.0
@@ -1457,6 +1462,10 @@ class Stats:
         with self._lock:
             self.counts[name] += n
 
+    def add_all(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            self.counts.update(counts)
+
     def skip(self, reason: str, key: str | None = None) -> None:
         with self._lock:
             self.skipped[reason] += 1
@@ -1739,6 +1748,8 @@ class Pacer:
     - A refusal too soon after a cut to measure is a rate over the limit: cut by PACE_DECREASE,
       or to the bound that refusal sets (the bucket was empty at the cut, so it refilled no more
       than the writes accepted since, plus one), and regrown fast no further than just under it.
+    - PACE_FORGET_S with no refusal at all ends pacing, and what was measured is forgotten: a
+      storm of refusals must not leave the run at the crawl it measured then.
     Refusals that persist (a second cut with no write accepted in between) also pause every
     request with exponential backoff; a Retry-After pauses every request for that long. Reads
     (gets, listings) are not paced, only held by pauses. Thread-safe.
@@ -1752,6 +1763,7 @@ class Pacer:
         self._ceiling = math.inf                # the rate regrows fast up to this, slowly beyond
         self._next_write = 0.0                  # the earliest slot for the next paced write
         self._paused_until = 0.0                # every request waits for this
+        self._last_refused = -math.inf
         self._last_decrease = -math.inf
         self._since_cut = 0                     # writes sent after the last cut and accepted
         self._since_refused = 0                 # writes accepted since the last refusal
@@ -1800,8 +1812,9 @@ class Pacer:
                 if count + 1 >= 3 and now - first >= self.backoff.cap_s:
                     raise GoogleCapError("Google refused new uploads with its daily limit")
             if retry_after_s is not None:
-                self._paused_until = max(self._paused_until, now + min(retry_after_s, 3600.0))
+                self._pause_until(now + min(retry_after_s, 3600.0))
             self._outcomes.append((now, True))
+            self._last_refused = now
             if self.rate is None:
                 recent = [refused for when, refused in self._outcomes if when >= now - PACE_WINDOW_S]
                 if sum(recent) < PACE_START_REFUSALS and not (len(recent) >= PACE_START_IN_A_ROW
@@ -1809,14 +1822,17 @@ class Pacer:
                     # sporadic refusals are retried; only a limit being hit starts pacing. Until
                     # the writes in flight have answered (one round trip), none are sent.
                     if sent_at is not None:
-                        self._paused_until = max(self._paused_until, now + min(now - sent_at, 1.0))
+                        self._pause_until(now + min(now - sent_at, 1.0))
                     return
                 self._ceiling = (1 - PACE_MARGIN) * self.limit if self.limit else math.inf
                 self.rate = min(self._ceiling, max(PACE_START_MIN_RATE, PACE_FIRST_DECREASE * self._accepted_rate(now)))
             elif sent_at is not None and sent_at <= self._last_decrease:
                 return   # sent before the last cut: the same episode
             else:
-                span, accepted = now - self._last_decrease, self._since_cut
+                # a pause is part of the span: the bucket refills meanwhile (a long one wastes what
+                # overflows, and the measure comes out low: a lower bound, as when the rate was low)
+                span = max(now - self._last_decrease, 1e-3)
+                accepted = self._since_cut
                 if accepted >= PACE_MEASURE_WRITES and (self.limit is None or self.rate >= self.limit):
                     self._measures.append((accepted, span))
                     self.limit = sum(n for n, _ in self._measures) / sum(t for _, t in self._measures)
@@ -1845,8 +1861,11 @@ class Pacer:
         self._next_write = now + 1 / self.rate
         self._strikes += 1
         if self._strikes > 1:
-            self._paused_until = max(self._paused_until, now + self.backoff.delay(self._strikes - 1))
+            self._pause_until(now + self.backoff.delay(self._strikes - 1))
         log.debug("Drive rate limit: pacing writes at %.2f/s", self.rate)
+
+    def _pause_until(self, until: float) -> None:
+        self._paused_until = max(self._paused_until, until)
 
     def _accepted_rate(self, now: float) -> float:
         self._forget_old(now)
@@ -1872,6 +1891,13 @@ class Pacer:
             if sent_at is None or sent_at > self._last_decrease:
                 self._since_cut += 1
             if self.rate is None:
+                return
+            if now - self._last_refused > PACE_FORGET_S:
+                # minutes without a refusal: whatever was measured is stale (a storm of refusals
+                # may have left it far too low); unpaced, the next limit hit is measured afresh
+                log.debug("Drive rate limit: no refusal for %d s, writes no longer paced", PACE_FORGET_S)
+                self.rate = self.limit = None
+                self._measures.clear()
                 return
             if self._next_write > now - 1 / self.rate:   # the rate holds writes back
                 if self.rate < self._ceiling:   # doubling every PACE_DISCOVERY_DOUBLING_S
@@ -2133,7 +2159,29 @@ def make_s3_client(config: Config) -> Any:
             said[0] = time.monotonic()
             log.warning("cannot reach S3 at %s (%s): retrying", client.meta.endpoint_url, type(caught_exception).__name__)
     client.meta.events.register("needs-retry.s3", say_retrying)
+    lighten_200_error_check(client)
     return client
+
+
+def lighten_200_error_check(client: Any) -> bool:
+    """botocore (1.35.45 on) parses every S3 answer as XML once before its real parse, to catch an
+    error sent with status 200 (CopyObject, UploadPartCopy, CompleteMultipartUpload do that) or a
+    body cut short: a sixth of listing a million keys. A listing page that ends with its end tag is
+    neither, and skips that parse; any other answer (another operation, a page that ends otherwise)
+    gets botocore's check. Where botocore has no such handler, nothing changes. True: in place."""
+    full_check = getattr(botocore.handlers, "_handle_200_error", None)
+    if full_check is None:
+        return False
+
+    def check(operation_model: Any, response_dict: Any, **kwargs: Any) -> None:
+        body = (response_dict or {}).get("body") or b""
+        if operation_model.name == "ListObjectsV2" and response_dict.get("status_code") == 200 \
+                and body[-64:].rstrip().endswith(b"</ListBucketResult>"):
+            return None
+        return full_check(operation_model, response_dict, **kwargs)
+    client.meta.events.unregister("before-parse.s3.*", full_check)
+    client.meta.events.register_first("before-parse.s3.*", check)
+    return True
 
 
 class S3Source:
@@ -3763,7 +3811,7 @@ class DriveApi:
         page_token = None
         while True:
             response = self.call(lambda service, token=page_token: service.files().list(
-                q=query, fields=DRIVE_LIST_FIELDS, pageSize=1000, pageToken=token, **self.list_options))
+                q=query, fields=DRIVE_LIST_FIELDS, pageSize=DRIVE_PAGE_SIZE, pageToken=token, **self.list_options))
             if response.get("incompleteSearch"):
                 raise ObjectError(Verdict(Verdict.RETRY, "Drive answered an incomplete listing (incompleteSearch)"))
             for resource in response.get("files", []):
@@ -3776,10 +3824,11 @@ class DriveApi:
         """Every non-trashed child of a folder."""
         return self.list(f"{drive_query_literal(folder_id)} in parents and trashed = false")
 
-    def set_app_properties(self, file_id: str, props: dict[str, str]) -> None:
-        """Add to a file's appProperties (Drive merges them key by key)."""
+    def set_app_properties(self, file_id: str, props: dict[str, str], paced: bool = True) -> None:
+        """Add to a file's appProperties (Drive merges them key by key). `paced` False: the run's
+        lease, one write in minutes, which must not wait behind the workers' for a slot."""
         self.call(lambda service: service.files().update(
-            fileId=file_id, body={"appProperties": props}, fields="id", supportsAllDrives=True), write=True)
+            fileId=file_id, body={"appProperties": props}, fields="id", supportsAllDrives=True), write=paced)
 
     def my_drive_id(self) -> str:
         """The id of My Drive's top folder (what `'root' in parents` means)."""
@@ -4211,6 +4260,7 @@ class DriveUploader:
                 raise InterruptedRun("interrupted")
             else:
                 sent_at = api.pacer.clock()
+            starting = request.resumable_uri is None
             try:
                 status, response = request.next_chunk(num_retries=0)
             except CloudTransferError:
@@ -4237,11 +4287,13 @@ class DriveUploader:
                 continue
             attempt = 0
             api.outage.ok(api._service_name(upload=True))
+            if starting:   # the session's create went through: the write Drive counts (and paces)
+                api.pacer.succeeded(write=True, sent_at=sent_at)
             if request.resumable_uri != announced and response is None:
                 announced = request.resumable_uri
                 on_session(announced)
             if response is not None:
-                api.succeeded(upload=True)
+                api.pacer.succeeded(upload=True)   # an upload went through: not at the daily cap
                 return response
             if status is not None and progress:
                 progress(status.resumable_progress)
@@ -4292,7 +4344,7 @@ class CheckpointEntry:
         # The ETag is kept whatever it is: some S3-compatible stores send an empty one. A done entry
         # leaves out what most of a million share (PERF: bytes on disk): an MD5 equal to the ETag
         # (one uploaded whole), a first attempt, and its time (its run's record has it).
-        data = {name: value for name in _ENTRY_FIELD_ORDER
+        data = {_ENTRY_JSON_NAMES.get(name, name): value for name in _ENTRY_FIELD_ORDER
                 if (value := getattr(self, name)) not in (None, "") or name == "etag"}
         if self.status == STATUS_DONE:
             if self.md5 == self.etag:
@@ -4308,6 +4360,9 @@ class CheckpointEntry:
     def from_json(cls, data: dict[str, Any] | CheckpointEntry) -> CheckpointEntry:
         if isinstance(data, CheckpointEntry):   # already built by json_entries_hook
             return data
+        if "id" in data:   # version 2's name for drive_id
+            data = {**data, "drive_id": data["id"]}
+            del data["id"]
         if data.get("status") == STATUS_DONE:   # what to_json leaves out
             data = {"md5": data.get("etag"), "attempts": 1, **data}
         try:
@@ -4321,6 +4376,13 @@ class CheckpointEntry:
 
 _ENTRY_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(CheckpointEntry))
 _ENTRY_FIELDS = frozenset(_ENTRY_FIELD_ORDER)
+_ENTRY_JSON_NAMES = {"drive_id": "id"}   # PERF: 6 bytes an object on disk
+_ENTRY_JSON_KEYS = _ENTRY_FIELDS | frozenset(_ENTRY_JSON_NAMES.values())
+
+
+def stored_drive_id(data: dict[str, Any]) -> str | None:
+    """The Drive id of an entry as the checkpoint stores it (version 2's "id", version 1's "drive_id")."""
+    return data.get("id") or data.get("drive_id")
 
 
 def entry_from_data(data: dict[str, Any]) -> CheckpointEntry:
@@ -4331,7 +4393,7 @@ def entry_from_data(data: dict[str, Any]) -> CheckpointEntry:
 def json_entries_hook(obj: dict[str, Any]) -> Any:
     """json object_hook turning entry-shaped objects into CheckpointEntry as they are parsed, so a
     million-entry snapshot is never held twice (as dicts and as entries) while loading."""
-    if "status" in obj and "size" in obj and obj.keys() <= _ENTRY_FIELDS:
+    if "status" in obj and "size" in obj and obj.keys() <= _ENTRY_JSON_KEYS:
         obj.setdefault("etag", "")   # versions before 1.1 dropped an empty ETag when saving
         try:
             return CheckpointEntry.from_json(obj)
@@ -4438,7 +4500,7 @@ class HashedLines:
 
 
 class SnapshotIndex(HashedLines):
-    """Where each object's line is in the snapshot, found by a hash of its key: 32 bytes an object
+    """Where each object's line is in the snapshot, found by a hash of its key: 30 bytes an object
     in memory instead of the ~600 of a parsed entry. A re-run of a million done photos answers
     "done, this version?" from here alone, and reads the file only for the objects it works on.
 
@@ -4449,7 +4511,8 @@ class SnapshotIndex(HashedLines):
 
     def __init__(self) -> None:
         super().__init__()
-        self._versions, self._runs, self._crcs = array("q"), array("I"), array("I")
+        # PERF: run numbers in 16 bits (a checkpoint has a few hundred runs), widened past 65,535
+        self._versions, self._runs, self._crcs = array("q"), array("H"), array("I")
         self.named: list[tuple[str, str | None]] = []   # what Namer needs of the snapshot (few)
         self._run_ids: list[str] = []
         self._run_numbers: dict[str, int] = {}
@@ -4472,6 +4535,9 @@ class SnapshotIndex(HashedLines):
             if number is None:
                 number = run_numbers[run] = len(self._run_ids)
                 self._run_ids.append(run)
+                if number > 0xFFFF and self._runs.typecode == "H":
+                    self._runs = array("I", self._runs)
+                    runs = self._runs.append
             versions(version_hash(data.get("etag", ""), data["size"]) if data["status"] == STATUS_DONE else 0)
             runs(number)
 
@@ -5167,7 +5233,7 @@ class Namer:
 
 def may_hold_a_name(data: dict[str, Any]) -> bool:
     """A checkpoint entry whose object has (or may have) a file in Drive under its name."""
-    return data["status"] in (STATUS_DONE, STATUS_SENDING) or bool(data.get("drive_id") or data.get("name"))
+    return data["status"] in (STATUS_DONE, STATUS_SENDING) or bool(stored_drive_id(data) or data.get("name"))
 
 
 def source_id_for(bucket: str, key: str) -> str:
@@ -5480,7 +5546,10 @@ def plan_listing(source: S3Source, object_filter: ObjectFilter, all_files: bool,
     its photo: copied when one of its photos is in the copy (whatever the filters say of the
     sidecar itself), left out otherwise or with --no-sidecars."""
     def plan(obj: SourceObject, sidecar: bool = False) -> Planned:
-        archive = listed_archive_state(obj, archived_before(obj), source.restores_listed)
+        # PERF: the checkpoint is asked only for Intelligent-Tiering objects, the one class where
+        # an earlier run's look counts (a million reads of entry lines otherwise)
+        archive = listed_archive_state(obj, obj.storage_class == TIERED_STORAGE_CLASS and archived_before(obj),
+                                       source.restores_listed)
         action, reason = plan_object(obj, done(obj), all_files, archive, sidecar)
         return Planned(obj, action, reason, ask_archive=archive == ASK_S3 and action in (PLAN_COPY, PLAN_CHECK_TYPE))
 
@@ -6174,6 +6243,10 @@ class Transfer:
                 obj, action, reason = planned.obj, planned.action, planned.reason
                 if self.stop.is_set() or self.draining.is_set():
                     return
+                if action == PLAN_DONE:   # PERF: most objects of a re-run; one lock, not five
+                    self.stats.add_all({"listed": 1, "eligible": 1, "eligible_bytes": obj.size,
+                                        "already_done": 1, "already_done_bytes": obj.size})
+                    continue
                 self.stats.add("listed")
                 if action in (PLAN_COPY, PLAN_CHECK_TYPE) and self.filter.by_date and self._outside_dates_as_recorded(obj):
                     action, reason = PLAN_SKIP, SKIP_DATE_FILTERED
@@ -6185,22 +6258,18 @@ class Transfer:
                 if action == PLAN_ARCHIVED:
                     self.stats.archive(obj, reason or SKIP_ARCHIVED)
                     continue
-                if action == PLAN_DONE or (action == PLAN_COPY and not planned.ask_archive):
+                if action == PLAN_COPY and not planned.ask_archive:
                     self._count_eligible(obj)
-                if action == PLAN_DONE:
-                    self.stats.add("already_done")
-                    self.stats.add("already_done_bytes", obj.size)
-                else:
-                    name = self.namer.name_for(obj.key)
-                    if name != drive_path_for(obj.key)[-1]:
-                        self._renamed[obj.key] = name
-                    if planned.sidecars or planned.twin:
-                        self.dates.relatives[obj.key] = (planned.sidecars, planned.twin)
-                    item = WorkItem(obj, check_type=action == PLAN_CHECK_TYPE, check_archive=planned.ask_archive)
-                    if held is not None:
-                        held.append(item)
-                    elif not self._put(item):
-                        return
+                name = self.namer.name_for(obj.key)
+                if name != drive_path_for(obj.key)[-1]:
+                    self._renamed[obj.key] = name
+                if planned.sidecars or planned.twin:
+                    self.dates.relatives[obj.key] = (planned.sidecars, planned.twin)
+                item = WorkItem(obj, check_type=action == PLAN_CHECK_TYPE, check_archive=planned.ask_archive)
+                if held is not None:
+                    held.append(item)
+                elif not self._put(item):
+                    return
             self.stats.add("listing_complete")
             if held:
                 self.stats.listing_done = True   # totals are known: progress lines get their ETA
@@ -6835,7 +6904,7 @@ class DriveLease:
         return LeaseHolder.parse((resource.get("appProperties") or {}).get(PROP_LEASE))
 
     def _write(self, value: str | None) -> None:
-        self.api.set_app_properties(self.root_id, {PROP_LEASE: value})   # None deletes the key
+        self.api.set_app_properties(self.root_id, {PROP_LEASE: value}, paced=False)   # None deletes the key
 
     def _refuse(self, holder: LeaseHolder) -> LockHeldError:
         return LockHeldError(f"another run is copying into this Drive folder: {holder.describe()}; this run "
@@ -6959,9 +7028,9 @@ def read_drive_changes(api: DriveApi, checkpoint: Checkpoint, root_id: str, run_
     gone: list[tuple[str, dict[str, Any]]] = []
     if files:   # one pass over the checkpoint, only when something left
         gone = [(key, data) for key, data in checkpoint.entries(as_data=True)
-                if data["status"] == STATUS_DONE and data.get("drive_id") in files]
+                if data["status"] == STATUS_DONE and stored_drive_id(data) in files]
     for key, data in gone:
-        how = files[data["drive_id"]]
+        how = files[stored_drive_id(data)]
         news.removed[how] += 1
         checkpoint.record(key, dataclasses.replace(entry_from_data(data), status=STATUS_SKIPPED, reason=REMOVED_HOW[how],
                                                    run=run_id, at=""))
@@ -7650,7 +7719,7 @@ def removed_since_last_run(config: Config, runtime: Runtime, checkpoint: Checkpo
     if folders:
         return set(), "a folder of the copy left Drive since the last run: the next run looks for every copy"
     return {key for key, data in checkpoint.entries(as_data=True)
-            if data["status"] == STATUS_DONE and data.get("drive_id") in files}, ""
+            if data["status"] == STATUS_DONE and stored_drive_id(data) in files}, ""
 
 
 def dry_run_checkpoint(config: Config) -> Checkpoint | None:
@@ -7780,16 +7849,22 @@ class DriveCopies(HashedLines):
         self._lock = threading.Lock()
         self.claimed = bytearray()
 
-    def add(self, path: tuple[str, ...], drive_file: DriveFile) -> None:
-        """Called from the walk's threads."""
-        source = drive_file.app_properties.get(PROP_SOURCE)
-        line = json.dumps([path, drive_file.id, drive_file.size, drive_file.md5, drive_file.app_properties],
-                          ensure_ascii=False).encode("utf-8") + b"\n"
+    def add(self, folder: tuple[str, ...], files: list[DriveFile]) -> None:
+        """The files of one folder's page. Called from the walk's threads; PERF: one lock a page, the
+        lines made outside it (a lock a file had the threads queueing for it and the GIL in turn)."""
+        lines, hashes = [], []
+        for drive_file in files:
+            path = folder + (drive_file.name,)
+            lines.append(json.dumps([path, drive_file.id, drive_file.size, drive_file.md5, drive_file.app_properties],
+                                    ensure_ascii=False).encode("utf-8") + b"\n")
+            source = drive_file.app_properties.get(PROP_SOURCE)
+            hashes.append(hash(("source", source)) if source else hash(path))
         with self._lock:
-            self._file.write(line)
-            self._hashes.append(hash(("source", source)) if source else hash(path))
-            self._offsets.append(self._end)
-            self._end += len(line)
+            self._file.write(b"".join(lines))
+            self._hashes.extend(hashes)
+            for line in lines:
+                self._offsets.append(self._end)
+                self._end += len(line)
 
     def seal(self) -> None:  # type: ignore[override]
         self._file.flush()
@@ -7827,21 +7902,25 @@ class DriveCopies(HashedLines):
         return paths
 
 
-def walk_drive_tree(api: DriveApi, root_ids: list[str], on_file: Callable[[tuple[str, ...], DriveFile], None],
+def walk_drive_tree(api: DriveApi, root_ids: list[str], on_files: Callable[[tuple[str, ...], list[DriveFile]], None],
                     workers: int = DRIVE_PARALLEL_REQUESTS) -> None:
-    """Every file under the root (and the folders it continues in), with its path, to `on_file`
-    (from the walk's threads): one listing per folder, DRIVE_PARALLEL_REQUESTS at a time (one at a
-    time, 10,000 folders at 150 ms a request took 25 minutes; reads are not paced). Pages are handed
-    on as they come, never held. A folder that continues a full one ("2019 (2)") is that one's path."""
+    """Every file under the root (and the folders it continues in), with its folder's path, to
+    `on_files` (from the walk's threads, a page at most at a time): one listing per folder,
+    DRIVE_PARALLEL_REQUESTS at a time (one at a time, 10,000 folders at 150 ms a request took 25
+    minutes; reads are not paced). Pages are handed on as they come, never held. A folder that
+    continues a full one ("2019 (2)") is that one's path."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="walk") as pool:
         def listing(folder_id: str, path: tuple[str, ...]) -> concurrent.futures.Future[list[DriveFile]]:
             def subfolders() -> list[DriveFile]:
-                found = []
+                found: list[DriveFile] = []
+                files: list[DriveFile] = []
                 for item in api.list_folder(folder_id):
-                    if item.is_folder:
-                        found.append(item)
-                    else:
-                        on_file(path + (item.name,), item)
+                    (found if item.is_folder else files).append(item)
+                    if len(files) >= DRIVE_PAGE_SIZE:
+                        on_files(path, files)
+                        files = []
+                if files:
+                    on_files(path, files)
                 return found
             return pool.submit(subfolders)
 

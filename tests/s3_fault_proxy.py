@@ -5,10 +5,15 @@ proxy forwards every request to moto unchanged and, when asked, answers or damag
 
 - ``slowdown_count``: the next N object GETs get ``503 SlowDown`` (S3's throttling answer);
 - ``truncate_count``: the next N object GETs send the headers and half the body, then hang up;
+- ``listing_cut_count``: the next N listings answer 200 with half their XML (its length stated as
+  that half: a body cut short where the client cannot tell from the framing);
+- ``listing_error_count``: the next N listings answer 200 with an ``<Error>`` body (InternalError),
+  as S3 documents for CopyObject and CompleteMultipartUpload ("a 200 OK response can contain
+  either a success or an error");
 - ``on_object_get(key)``: called before an object GET is forwarded (a test deletes the object there
   to get "deleted between list and get", or blocks to hold a download in flight).
 
-Only object GETs are faulted (listings and HEADs pass), so a test decides exactly what breaks.
+Only object GETs and listings are faulted (HEADs pass), so a test decides exactly what breaks.
 
 Four switches (off by default) make moto's answers look like other S3s. Each is a bool or a
 predicate on the key, and is applied alike to the ListObjectsV2 XML, HEAD, GET (ranged too) and
@@ -66,6 +71,8 @@ SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown
 PRECONDITION_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PreconditionFailed</Code>'
                      b"<Message>At least one of the pre-conditions you specified did not hold</Message>"
                      b"<Condition>If-Match</Condition></Error>")
+INTERNAL_ERROR_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+                       b"<Message>We encountered an internal error. Please try again.</Message></Error>")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 KMS_KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 SSE_C_KEY_MD5 = "ZmFrZS1jdXN0b21lci1rZXk="   # any base64: no customer key is checked
@@ -105,6 +112,8 @@ class S3FaultProxy:
         self.lock = threading.Lock()
         self.slowdown_count = 0
         self.truncate_count = 0
+        self.listing_cut_count = 0
+        self.listing_error_count = 0
         self.on_object_get: Callable[[str], None] | None = None
         self.sse_kms: Switch = False
         self.sse_c: Switch = False
@@ -356,8 +365,13 @@ class S3FaultProxy:
         elif response.status == 200 and is_listing and b"<ListBucketResult" in payload[:512]:
             asked = handler.headers.get("x-amz-optional-object-attributes", "")
             payload = self._listing(payload, self.restore_status_in_listing and "RestoreStatus" in asked)
+        status, reason = response.status, response.reason
+        if is_listing and status == 200 and self._take("listing_cut_count"):
+            payload = payload[: len(payload) // 2]
+        elif is_listing and status == 200 and self._take("listing_error_count"):
+            payload = INTERNAL_ERROR_BODY
         truncate = is_object_get and response.status == 200 and len(payload) > 1 and self._take("truncate_count")
-        handler.send_response(response.status, response.reason)
+        handler.send_response(status, reason)
         for name, value in answer_headers:
             if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
                 handler.send_header(name, value)

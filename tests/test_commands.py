@@ -72,7 +72,7 @@ def test_rollback_never_touches_a_file_without_our_provenance(env):
     checkpoint = json.loads(env.checkpoint.read_text())
     folder_id = checkpoint["folders"]["p"]["id"]
     stranger = env.drive.add_file("someone-elses.jpg", b"not ours", parent_id=folder_id)
-    checkpoint["objects"]["p/mine.jpg"]["drive_id"] = stranger["id"]   # a checkpoint that points astray
+    checkpoint["objects"]["p/mine.jpg"]["id"] = stranger["id"]   # a checkpoint that points astray
     env.checkpoint.write_text(json.dumps(checkpoint))
     result = env.run("rollback", "--yes")
     assert result.returncode == 1

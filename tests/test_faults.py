@@ -534,6 +534,18 @@ def test_cut_off_download_resumes_where_it_stopped(fenv):
     assert_drive_matches(fenv, bodies)
 
 
+@pytest.mark.parametrize("fault", ["listing_cut_count", "listing_error_count"])
+def test_a_listing_page_cut_short_or_an_error_sent_as_200_is_listed_again(fenv, fault):
+    """The tool checks a listing page by its end tag instead of botocore's second XML parse of
+    every answer (a third of listing a million keys): what that parse caught must still be retried."""
+    bodies = populate(fenv, 5)
+    setattr(fenv.proxy, fault, 2)
+    result = fenv.run()
+    assert result.returncode == 0, result.stderr
+    assert fenv.proxy.counts[fault.removesuffix("_count")] == 2
+    assert_drive_matches(fenv, bodies)
+
+
 def test_object_deleted_between_list_and_get_is_skipped_with_reason(fenv):
     bodies = populate(fenv, 5)
     gone = "album/0/IMG_002.jpg"

@@ -338,4 +338,4 @@ def test_a_file_trashed_moments_ago_is_not_adopted_from_a_lagging_listing(env):
     live = env.drive_files()
     assert {path: len(copies) for path, copies in live.items()} == {f"{ROOT}/{key}": 1 for key in bodies}
     entries = json.loads(env.checkpoint.read_text())["objects"]
-    assert all(not env.drive.files[entries[key]["drive_id"]]["trashed"] for key in bodies)
+    assert all(not env.drive.files[entries[key]["id"]]["trashed"] for key in bodies)

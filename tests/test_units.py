@@ -344,6 +344,21 @@ def test_pacer_ignores_refusals_under_the_measured_limit_and_finds_a_limit_that_
     assert pacer.reserve() == pytest.approx(30.0)  # Retry-After holds every request
 
 
+def test_pacer_forgets_what_it_measured_after_minutes_without_a_refusal():
+    clock = FakeClock()
+    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
+    accept_writes(pacer, clock, 10, spacing_s=0.05)
+    for _ in range(ct.PACE_START_IN_A_ROW):
+        pacer.rate_limited(None, sent_at=clock.now)
+    accept_writes(pacer, clock, 40)
+    pacer.rate_limited(None, sent_at=clock.now)
+    assert pacer.limit is not None
+    accept_writes(pacer, clock, 10, spacing_s=ct.PACE_FORGET_S / 20)   # half the quiet spell: still paced
+    assert pacer.rate is not None
+    accept_writes(pacer, clock, 11, spacing_s=ct.PACE_FORGET_S / 20)
+    assert pacer.rate is None and pacer.limit is None and pacer.reserve(write=True) == 0
+
+
 def test_pacer_is_not_started_by_refusals_spread_over_a_quiet_spell_nor_starts_at_a_crawl():
     clock = FakeClock()
     pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
@@ -562,18 +577,24 @@ def test_unusable_checkpoint_is_refused_and_left_untouched(tmp_path, content, fr
 
 def test_checkpoint_of_an_older_version_loads_then_is_rewritten_one_object_per_line(tmp_path):
     path = tmp_path / "cp.json"
-    entries = {"b.jpg": {"status": "done", "etag": "e1", "size": 5, "run": "r1"},
+    entries = {"b.jpg": {"status": "done", "etag": "e1", "size": 5, "md5": "e1", "drive_id": "d1", "run": "r1",
+                         "attempts": 1},
                "a.jpg": {"status": "failed", "size": 6, "reason": "x"}}   # no etag: older versions dropped ""
     path.write_text(json.dumps({"kind": ct.CHECKPOINT_KIND, "version": 1, "binding": BINDING, "runs": [],
                                 "objects": entries}, indent=1))
     checkpoint = ct.Checkpoint.load(path, BINDING)
     assert checkpoint.done_run("b.jpg", "e1", 5) == "r1" and checkpoint.get("a.jpg").etag == ""
+    assert checkpoint.get("b.jpg").drive_id == "d1"
     checkpoint.finish()   # read whole once, then rewritten in the current form
-    lines = path.read_bytes().splitlines()
+    written = path.read_bytes()
+    lines = written.splitlines()
     assert lines[lines.index(ct.OBJECTS_LINE.rstrip(b"\n")) + 1].startswith(b'"a.jpg":{"status":"failed"')
+    assert json.loads(written)["version"] == ct.CHECKPOINT_VERSION
+    assert json.loads(written)["objects"]["b.jpg"] == {"status": "done", "etag": "e1", "size": 5, "id": "d1", "run": "r1"}
     reloaded = ct.Checkpoint.load(path, BINDING)
     assert [key for key, _ in reloaded.entries()] == ["a.jpg", "b.jpg"]
     assert reloaded.done_run("b.jpg", "e1", 5) == "r1" and reloaded.get("a.jpg").reason == "x"
+    assert reloaded.get("b.jpg").drive_id == "d1" and reloaded.get("b.jpg").md5 == "e1"
 
 
 def test_checkpoint_index_tells_apart_keys_whose_hashes_collide(tmp_path, monkeypatch):
@@ -595,6 +616,47 @@ def test_checkpoint_index_tells_apart_keys_whose_hashes_collide(tmp_path, monkey
     single.compact()
     single = ct.Checkpoint.load(tmp_path / "one.json", BINDING)
     assert single.done_run("c.jpg", "e", 1) is None    # one line with its hash, but not its key
+
+
+def test_listing_pages_skip_botocores_second_xml_parse_and_nothing_else_does(monkeypatch):
+    import boto3
+    import botocore.handlers
+    parsed = []
+    looks = botocore.handlers._looks_like_special_case_error
+    monkeypatch.setattr(botocore.handlers, "_looks_like_special_case_error",
+                        lambda status, body: parsed.append(body) or looks(status, body))
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    assert ct.lighten_200_error_check(client)   # botocore's handler is where it is expected
+    handlers = list(client.meta.events._emitter._handlers.prefix_search("before-parse.s3.ListObjectsV2"))
+    assert botocore.handlers._handle_200_error not in handlers   # private, but what is registered is the point
+    check = handlers[0]
+    listing = client.meta.service_model.operation_model("ListObjectsV2")
+    page = b"<ListBucketResult><Contents/></ListBucketResult>\n"
+    for body, status in [(page, 200),
+                         (page.strip() + b"<!-- XML allows this -->", 200),   # botocore's parse says
+                         (b"<ListBucketResult><Conte", 500),                   # cut short
+                         (b"<Error><Code>InternalError</Code></Error>", 500),  # an error sent as 200
+                         (b"", 200)]:                                          # botocore accepts an empty one
+        answer = {"status_code": 200, "body": body, "headers": {}}
+        check(listing, answer)
+        assert answer["status_code"] == status, body
+    assert page not in parsed and len(parsed) == 4   # the end tag spared one parse; the rest were parsed
+    other = {"status_code": 200, "body": b"<Error><Code>InternalError</Code></Error>", "headers": {}}
+    check(client.meta.service_model.operation_model("CompleteMultipartUpload"), other)
+    assert other["status_code"] == 500   # every other operation: botocore's check
+
+
+def test_checkpoint_index_keeps_run_numbers_past_sixteen_bits():
+    index = ct.SnapshotIndex()
+    count = 0x10000 + 5
+    index.add_lines(((f"k{n}", {"status": "done", "etag": "e", "size": 1, "run": f"r{n}"}) for n in range(count)),
+                    range(count))
+    index.seal(os.open(os.devnull, os.O_RDONLY))
+    try:
+        assert index.done_run(f"k{count - 1}", "e", 1) == f"r{count - 1}"
+        assert index.done_run("k7", "e", 1) == "r7"
+    finally:
+        index.close()
 
 
 def test_checkpoint_snapshot_cut_short_is_refused(tmp_path):
@@ -1000,10 +1062,9 @@ def test_verify_walk_spill_finds_copies_by_provenance_or_path_even_when_hashes_c
         return ct.DriveFile(id=file_id, name="x.jpg", mime_type="image/jpeg", parent_id="p", size=3, md5="m",
                             app_properties={ct.PROP_SOURCE: source} if source else {})
 
-    copies.add(("a", "x.jpg"), drive_file("1", "s1"))
-    copies.add(("2020", "01", "x.jpg"), drive_file("2", "s1"))   # a duplicate, elsewhere
-    copies.add(("a", "x.jpg"), drive_file("3", None))            # copied by another tool
-    copies.add(("b", "x.jpg"), drive_file("4", "s9"))
+    copies.add(("a",), [drive_file("1", "s1"), drive_file("3", None)])   # the second copied by another tool
+    copies.add(("2020", "01"), [drive_file("2", "s1")])                 # a duplicate, elsewhere
+    copies.add(("b",), [drive_file("4", "s9")])
     copies.seal()
     try:
         ours = copies.copies_of("s1", ("a", "x.jpg"))
