@@ -313,7 +313,8 @@ def test_pacer_does_not_pace_until_a_limit_is_plainly_hit_then_measures_it():
     assert pacer.rate == pytest.approx((1 - ct.PACE_MARGIN) * limit)
 
 
-def test_pacer_ignores_refusals_under_the_measured_limit_and_finds_a_limit_that_fell():
+def measured_pacer():
+    """A pacer that started at three refusals in a row and measured the limit at the next one."""
     clock = FakeClock()
     pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
     accept_writes(pacer, clock, 10, spacing_s=0.05)
@@ -321,6 +322,11 @@ def test_pacer_ignores_refusals_under_the_measured_limit_and_finds_a_limit_that_
         pacer.rate_limited(None, sent_at=clock.now)
     accept_writes(pacer, clock, 40)
     pacer.rate_limited(None, sent_at=clock.now)
+    return clock, pacer
+
+
+def test_pacer_ignores_refusals_under_the_measured_limit_and_finds_a_limit_that_fell():
+    clock, pacer = measured_pacer()
     limit, paced = pacer.limit, pacer.rate
     assert paced < limit
     for _ in range(5):                        # random refusals, far apart: nothing changes
@@ -345,13 +351,7 @@ def test_pacer_ignores_refusals_under_the_measured_limit_and_finds_a_limit_that_
 
 
 def test_pacer_forgets_what_it_measured_after_minutes_without_a_refusal():
-    clock = FakeClock()
-    pacer = ct.Pacer(ct.Backoff(base_s=1, cap_s=8, rng=lambda: 1.0), clock=clock)
-    accept_writes(pacer, clock, 10, spacing_s=0.05)
-    for _ in range(ct.PACE_START_IN_A_ROW):
-        pacer.rate_limited(None, sent_at=clock.now)
-    accept_writes(pacer, clock, 40)
-    pacer.rate_limited(None, sent_at=clock.now)
+    clock, pacer = measured_pacer()
     assert pacer.limit is not None
     accept_writes(pacer, clock, 10, spacing_s=ct.PACE_FORGET_S / 20)   # half the quiet spell: still paced
     assert pacer.rate is not None
